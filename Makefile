@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+TRITON_VENV ?= .venv-triton
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TRITON_STAMP := $(TRITON_VENV)/.installed
+PIP := -m pip install -q --disable-pip-version-check
+
+.PHONY: install demo test test-fast bench lint serve serve-down clean
+
+install: $(STAMP) $(TRITON_STAMP)
+
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) $(PIP) -r requirements.txt -c constraints.txt
+	$(PY) $(PIP) --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
+	touch $@
+
+# The local tritonserver gets its own venv: its python backend needs numpy < 2, the app uses numpy 2.
+$(TRITON_STAMP): requirements-triton.txt constraints-triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python $(PIP) -r requirements-triton.txt -c constraints-triton.txt
+	touch $@
+
+demo: install  ## the whole pipeline on ML-100K (or RECSYS_DATA, or synthetic data)
+	$(VENV)/bin/recsys demo
+
+test: install  ## the full suite, including the end-to-end pipeline test
+	$(PY) -m pytest
+
+test-fast: install  ## everything but the heavy end-to-end test
+	$(PY) -m pytest -m "not e2e"
+
+bench: install  ## benchmarks; results in bench/results/ and BENCHMARKS.md
+	$(VENV)/bin/recsys bench
+
+serve: install  ## Triton + Ray Serve on the exported champions (after `make demo`)
+	$(VENV)/bin/recsys serve
+
+serve-down:
+	$(VENV)/bin/recsys serve --down
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .recsys .recsys-ci

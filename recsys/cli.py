@@ -1,0 +1,286 @@
+"""`recsys`: one sub-command per pipeline step. Each parses → calls one library function → renders.
+
+Every failure exits non-zero with one readable line (set RECSYS_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recsys.errors import RecsysError
+from recsys.settings import Settings, load_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Offline pipeline: data → features → train → evaluate → promote → export.")
+console = Console()
+err = Console(stderr=True)
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+@app.callback()
+def main_options(
+    profile: Annotated[str | None, typer.Option(help="Settings profile: dev, ci, gpu.")] = None,
+    home: Annotated[Path | None, typer.Option(help="Root of generated state (default .recsys).")] = None,
+    settings_file: Annotated[Path | None, typer.Option(help="YAML settings file (the chart renders one).")] = None,
+) -> None:
+    # Options become env vars so every reader (including the Feast repo definitions) sees one config.
+    for name, value in (("RECSYS_PROFILE", profile), ("RECSYS_HOME", home), ("RECSYS_SETTINGS_FILE", settings_file)):
+        if value is not None:
+            os.environ[name] = str(value)
+    load_settings()  # fail fast on bad settings, before any work
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="right" if c != columns[0] else "left")
+    for r in rows:
+        t.add_row(*[_fmt(r.get(c, "")) for c in columns])
+    return t
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+class Download(StrEnum):
+    ml_100k = "ml-100k"
+    ml_latest_small = "ml-latest-small"
+
+
+@app.command()
+def data(
+    source: Annotated[Path | None, typer.Option(help="MovieLens directory (ML-100K or ml-latest format).")] = None,
+    download: Annotated[Download | None, typer.Option(help="Download from GroupLens (needs network).")] = None,
+    synthetic: Annotated[bool, typer.Option(help="Generate synthetic data with planted structure.")] = False,
+) -> None:
+    """Load interaction logs into the canonical Parquet tables."""
+    from training.steps import prepare_data
+
+    if sum(x is not None and x is not False for x in (source, download, synthetic)) > 1:
+        raise typer.BadParameter("choose one of --source, --download, --synthetic")
+    with console.status("loading data"):
+        res = prepare_data(settings(), source, download.value if download else None, synthetic)
+    m = res.manifest
+    console.print(f"data: {m['counts']} from {res.source} → {settings().data_dir}")
+
+
+@app.command()
+def features() -> None:
+    """Build the Feast offline sources, `feast apply`, and materialize into the online store."""
+    from training.steps import build_feature_store, require_data
+
+    s = settings()
+    require_data(s)
+    with console.status("building features (content embeddings, apply, materialize)"):
+        stats = build_feature_store(s)
+    console.print(f"features: {stats} → {s.features_dir}")
+
+
+class Model(StrEnum):
+    retrieval = "retrieval"
+    ranking = "ranking"
+    all = "all"
+
+
+@app.command()
+def train(
+    model: Annotated[Model, typer.Argument(help="Which model to train.")] = Model.all,
+    resume: Annotated[bool, typer.Option(help="Resume the interrupted run from its latest checkpoint.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="Override the epochs of the chosen model.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers.")] = None,
+    gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="One GPU per worker.")] = None,
+) -> None:
+    """Train on Ray Train, log to MLflow, register the new versions as `challenger`."""
+    from training.steps import train_ranking_step, train_retrieval_step
+
+    if workers is not None:
+        os.environ["RECSYS_TRAIN_WORKERS"] = str(workers)
+    if gpu is not None:
+        os.environ["RECSYS_USE_GPU"] = str(gpu).lower()
+    if epochs is not None and model == Model.all:
+        raise typer.BadParameter("--epochs needs one model: `recsys train retrieval --epochs N`")
+    s = settings()
+    overrides = {"epochs": epochs} if epochs is not None else {}
+    rows = []
+    if model in (Model.retrieval, Model.all):
+        console.print("training retrieval (Ray Train, MLflow)…")
+        rows.append(train_retrieval_step(s, resume=resume, **overrides))
+    if model in (Model.ranking, Model.all):
+        console.print("training ranking (Ray Train, MLflow)…")
+        rows.append(train_ranking_step(s, resume=resume and model == Model.ranking, **overrides))
+    console.print(_table("trained (registered as challenger)", rows,
+                         ["model", "version", "val_hr_at_10", "val_ndcg_at_10", "test_hr_at_10", "test_ndcg_at_10",
+                          "train_seconds"]))
+
+
+@app.command()
+def evaluate(
+    alias: Annotated[str, typer.Option(help="Registry alias to evaluate: champion or challenger.")] = "challenger",
+    baselines: Annotated[bool, typer.Option(help="Also run MostPop, item-kNN, EASE, BPR-MF.")] = True,
+) -> None:
+    """Full-ranking HR@10 / NDCG@10 / MRR (± SE) of the registered models beside baselines."""
+    from training.evaluate import evaluation_table
+
+    with console.status("evaluating"):
+        rows = evaluation_table(settings(), alias, baselines)
+    console.print(_table(f"test split, full ranking, k=10 ({alias})", rows,
+                         ["model", "hr_at_10", "hr_at_10_se", "ndcg_at_10", "ndcg_at_10_se", "mrr", "coverage_at_10"]))
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="recsys-retrieval or recsys-ranker (or retrieval/ranking/all).")],
+    force: Annotated[bool, typer.Option(help="Promote even if the policy fails (recorded as forced).")] = False,
+    to_version: Annotated[str | None, typer.Option(help="Roll back: point champion at this version.")] = None,
+) -> None:
+    """Move the `champion` alias if the promotion policy (mlflow/promotion_policy.yaml) passes."""
+    from training.promotion import promote as run_promotion
+    from training.tracking import MODELS
+
+    names = {"retrieval": ["recsys-retrieval"], "ranking": ["recsys-ranker"], "all": list(MODELS)}.get(
+        model, [model])
+    if any(n not in MODELS for n in names):
+        raise typer.BadParameter(f"unknown model {model!r}: use one of {', '.join(MODELS)}, retrieval, ranking, all")
+    if to_version and len(names) > 1:
+        raise typer.BadParameter("--to-version needs one model")
+    for name in names:
+        d = run_promotion(settings(), name, force=force, to_version=to_version)
+        verb = "rolled back to" if to_version else ("force-promoted" if d.forced else "promoted")
+        console.print(f"{name}: {verb} v{d.version} (previous champion: {d.previous_champion or 'none'})")
+
+
+@app.command()
+def export(
+    backend: Annotated[str, typer.Option(help="python (local tritonserver) or onnxruntime (stock Triton).")] = "python",
+) -> None:
+    """Write the Triton model repository and the recall index from the champion versions."""
+    from training.export import export_repository
+
+    if backend not in ("python", "onnxruntime"):
+        raise typer.BadParameter("backend must be python or onnxruntime")
+    res = export_repository(settings(), backend)  # type: ignore[arg-type]
+    console.print(f"exported {res.versions} → {res.repository} (index: {res.index_dir})")
+
+
+triton_app = typer.Typer(no_args_is_help=True, help="The local tritonserver serving the exported model repository.")
+app.add_typer(triton_app, name="triton")
+
+
+@triton_app.command("up")
+def triton_up() -> None:
+    """Start tritonserver on the exported repository (explicit model control) and wait until ready."""
+    from serving import triton_server
+
+    s = settings()
+    with console.status("starting tritonserver"):
+        pid = triton_server.up(s)
+    console.print(f"triton ready (pid {pid}): gRPC {s.triton_grpc_url}, HTTP {s.triton_http_url}, "
+                  f"metrics :{s.triton_metrics_port}; log {triton_server.log_file(s)}")
+
+
+@triton_app.command("down")
+def triton_down() -> None:
+    """Stop the tritonserver this project started."""
+    from serving import triton_server
+
+    console.print("triton stopped" if triton_server.down(settings()) else "triton was not running")
+
+
+@triton_app.command("status")
+def triton_status() -> None:
+    """Process, readiness and model states; exits 1 when not ready."""
+    from serving import triton_server
+
+    st = triton_server.status(settings())
+    models = ", ".join(f"{k}={v}" for k, v in sorted(st.models.items())) or "none"
+    console.print(f"triton pid={st.pid or '-'} ready={st.ready} url={st.url} models: {models}")
+    if not st.ready:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    down: Annotated[bool, typer.Option("--down", help="Stop the graph, the local Ray head and Triton.")] = False,
+) -> None:
+    """Start Triton (if needed) and deploy the Ray Serve graph; `--down` stops both."""
+    from serving import launcher
+
+    s = settings()
+    if down:
+        stopped = launcher.down(s)
+        console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return
+    with console.status("starting triton, ray and the serve graph"):
+        url = launcher.up(s)
+    console.print(f"serving on {url}/recommend (docs {url}/docs); Ray dashboard "
+                  f"http://127.0.0.1:{s.ray_dashboard_port}; stop with `recsys serve --down`")
+
+
+@app.command()
+def recommend(
+    user_id: Annotated[int, typer.Argument(help="User to recommend for.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="Number of items.")] = 10,
+    copy: Annotated[bool, typer.Option("--copy/--no-copy", help="Generate copy for each item.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON response.")] = False,
+) -> None:
+    """Ask the running graph for recommendations (start it with `recsys serve`)."""
+    from serving.client import recommend_http
+
+    resp = recommend_http(settings(), user_id, k, copy)
+    if as_json:
+        console.print_json(data=resp)
+        return
+    t = Table(title=f"user {user_id}: request {resp['request_id']} · models {resp['model_versions']}")
+    for c in ("rank", "title", "score", "copy"):
+        t.add_column(c)
+    for it in resp["items"]:
+        t.add_row(str(it["rank"]), it["title"] or str(it["item_id"]), f"{it['score']:.4f}", it.get("copy") or "")
+    console.print(t)
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in resp["timings_ms"].items())
+    console.print(f"timings (ms): {stages}")
+    for d in resp["degraded"]:
+        console.print(f"[yellow]degraded {d['stage']}: {d['reason']} → {d['fallback']}[/]")
+
+
+@app.command()
+def demo() -> None:
+    """The whole offline pipeline end to end: data → features → train → promote → export → metrics."""
+    from training.demo import run_demo
+
+    run_demo(settings(), console)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except RecsysError as e:
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        # typer >= 0.16 vendors click (typer._click): its usage errors are TyperException, not click's classes.
+        if isinstance(e, click.exceptions.ClickException | typer.TyperException) and hasattr(e, "show"):
+            e.show()
+            sys.exit(e.exit_code)
+        if os.environ.get("RECSYS_DEBUG"):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        err.print(f"error: {type(e).__name__}: {first} (RECSYS_DEBUG=1 shows the traceback)", markup=False,
+                  highlight=False, soft_wrap=True)
+        sys.exit(2)

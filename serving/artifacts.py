@@ -1,0 +1,80 @@
+"""Loading what `recsys export` wrote (the champions): recall index, user encoder, ranker config.
+
+Export code lives in `training/`; this is the serving side's reader of the same layout:
+  <model_repo>/{user_encoder,ranker}/recsys.json   {"version": "3", "config": {...}}
+  <model_repo>/user_encoder/<v>/model.onnx
+  <home>/recall_index/CURRENT → <v>/{item_ids.json, item_embeddings.npy, items.hnsw.faiss}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recsys.errors import MissingStepError
+from recsys.settings import Settings
+
+ANN_FILE = "items.hnsw.faiss"  # written by training.export.write_ann_index
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str
+    config: dict
+
+
+def model_info(settings: Settings, name: str) -> ModelInfo:
+    path = settings.model_repo / name / "recsys.json"
+    if not path.exists():
+        raise MissingStepError(f"no exported {name} in {settings.model_repo}: run `recsys export` first")
+    data = json.loads(path.read_text())
+    return ModelInfo(name, str(data["version"]), data["config"])
+
+
+@dataclass
+class RecallIndex:
+    version: str
+    item_ids: np.ndarray  # (n_items + 1,) raw id per index; index 0 = padding (-1)
+    embeddings: np.ndarray  # (n_items + 1, d) float32; row 0 = padding
+    ann: object | None  # faiss index over rows 1..n (row i of the index = item index i + 1), None → exact
+
+    @property
+    def index_of(self) -> dict[int, int]:
+        return {int(r): i for i, r in enumerate(self.item_ids) if i > 0}
+
+
+def recall_index_dir(settings: Settings) -> Path:
+    root = settings.home / "recall_index"
+    current = root / "CURRENT"
+    if not current.exists():
+        raise MissingStepError(f"no recall index in {root}: run `recsys export` first")
+    return root / current.read_text().strip()
+
+
+def load_recall_index(settings: Settings) -> RecallIndex:
+    d = recall_index_dir(settings)
+    item_ids = np.asarray(json.loads((d / "item_ids.json").read_text()), dtype=np.int64)
+    emb = np.load(d / "item_embeddings.npy").astype(np.float32)
+    ann = None
+    if (d / ANN_FILE).exists():
+        try:
+            import faiss
+
+            ann = faiss.read_index(str(d / ANN_FILE))
+            ann.hnsw.efSearch = 256
+        except Exception:  # a broken or foreign index file: exact search still answers
+            ann = None
+    return RecallIndex(d.name, item_ids, emb, ann)
+
+
+def onnx_session(path: Path, threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])

@@ -1,0 +1,93 @@
+"""Typed contracts between the graph's stages and of the public API; each stage takes one and returns one.
+
+Validated at the boundary (pydantic), so a shape bug fails where it happens, not three hops later.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Stage = Literal["features", "recall", "ranking", "copy"]
+CopySource = Literal["template", "model", "none"]
+
+
+class RecommendRequest(BaseModel):
+    """POST /recommend body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: int = Field(ge=0, description="the user to recommend for (unknown users get cold-start results)")
+    k: int = Field(default=10, ge=1, le=100, description="how many items to return")
+    context: dict[str, Any] | None = Field(default=None, description="optional client context, logged as is")
+    include_copy: bool = Field(default=True, description="generate a short blurb for every item")
+
+
+class Degradation(BaseModel):
+    """One stage that did not give its normal answer, and what was served instead."""
+
+    stage: Stage
+    reason: str  # e.g. "timeout after 200 ms", "triton unavailable: …"
+    fallback: str  # what the response used instead, e.g. "recall order"
+
+
+class UserContext(BaseModel):
+    """Features → Recall/Ranking: the user's online features (empty history for an unknown user)."""
+
+    user_id: int
+    known: bool  # False: no row in the online store (cold start)
+    recent_items: list[int] = Field(default_factory=list)  # raw item ids, most recent last
+    n_interactions: int = 0
+    mean_rating: float = 0.0
+    favourite_genres: list[str] = Field(default_factory=list)
+
+
+class Candidates(BaseModel):
+    """Recall → Ranking: candidate raw item ids in recall order with their scores (u·v or popularity)."""
+
+    item_ids: list[int]
+    scores: list[float]
+    channels: list[Literal["ann", "exact", "popular"]]  # which channel produced each candidate
+    model_version: str  # retrieval (user encoder + index) version; "" when only popularity answered
+
+
+class RankedItem(BaseModel):
+    item_id: int
+    score: float  # ranker p(click), or the recall score when ranking degraded
+    title: str
+    year: int
+    genres: list[str]
+
+
+class RankedItems(BaseModel):
+    """Ranking → Copy/Ingress: the final top-k, business rules applied."""
+
+    items: list[RankedItem]
+    model_version: str  # ranker version that scored them; "" when ranking degraded
+    degraded: Degradation | None = None
+
+
+class Copy(BaseModel):
+    text: str
+    source: CopySource
+
+
+class RecommendedItem(BaseModel):
+    item_id: int
+    title: str
+    score: float
+    rank: int
+    copy_text: str | None = Field(default=None, alias="copy", serialization_alias="copy")
+    copy_source: CopySource
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    user_id: int
+    items: list[RecommendedItem]
+    model_versions: dict[str, str]  # {"retrieval": "3", "ranker": "2", "copy": "template"}
+    timings_ms: dict[str, float]  # per stage and "total"
+    degraded: list[Degradation]

@@ -1,0 +1,94 @@
+"""Features stage: the user's online profile (recent-item sequence, counters) and item rows from Feast.
+
+Input: user_id (int) or item ids (list[int]). Output: `UserContext` / `ItemRows`.
+One `FeatureStore` per replica (registry parsed once); one feature view per entity per request; the
+blocking SDK read runs in a thread so the replica's event loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from ray import serve
+
+from recsys.feature_store import feature_store
+from recsys.settings import Settings, load_settings
+from serving.contracts import UserContext
+
+USER_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres")
+ITEM_FIELDS = ("title", "genres", "year", "popularity", "item_mean_rating", "content_embedding")
+
+
+@dataclass
+class ItemRows:
+    """Item features for a list of ids, in that order; `found[i]` False where the store has no row."""
+
+    item_ids: np.ndarray  # (N,) raw ids
+    found: np.ndarray  # (N,) bool
+    title: list[str]
+    genres: list[list[str]]
+    year: np.ndarray  # (N,) int, -1 unknown
+    popularity: np.ndarray  # (N,) int
+    item_mean_rating: np.ndarray  # (N,) float
+    content: np.ndarray  # (N, 384) float32
+
+
+class FeatureReader:
+    """Synchronous Feast online reads (the deployment wraps them; tests and the recall stage use them)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.store = feature_store(settings)
+        self.last_read_ms = 0.0
+
+    def user(self, user_id: int) -> UserContext:
+        t0 = time.perf_counter()
+        row = self.store.get_online_features(features=[f"user_profile:{f}" for f in USER_FIELDS],
+                                             entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        self.last_read_ms = (time.perf_counter() - t0) * 1e3
+        recent = row["recent_items"][0]
+        if recent is None:  # no row: an unknown user
+            return UserContext(user_id=user_id, known=False)
+        return UserContext(user_id=user_id, known=True, recent_items=[int(i) for i in recent],
+                           n_interactions=int(row["n_interactions"][0] or 0),
+                           mean_rating=float(row["mean_rating"][0] or 0.0),
+                           favourite_genres=list(row["favourite_genres"][0] or []))
+
+    def items(self, item_ids: list[int] | np.ndarray, fields: tuple[str, ...] = ITEM_FIELDS) -> ItemRows:
+        ids = np.asarray(item_ids, dtype=np.int64)
+        out = self.store.get_online_features(features=[f"item_features:{f}" for f in fields],
+                                             entity_rows=[{"item_id": int(i)} for i in ids]).to_dict()
+        n = len(ids)
+
+        def col(name: str, default):
+            return out.get(name, [default] * n)
+
+        titles = col("title", None)
+        found = np.array([t is not None for t in titles], dtype=bool)
+        embs = col("content_embedding", None)
+        dim = next((len(e) for e in embs if e is not None), 384)
+        content = np.zeros((n, dim), dtype=np.float32)
+        for i, e in enumerate(embs):
+            if e is not None:
+                content[i] = e
+        return ItemRows(
+            item_ids=ids, found=found,
+            title=[t or "" for t in titles],
+            genres=[list(g or []) for g in col("genres", None)],
+            year=np.array([-1 if y is None else y for y in col("year", None)], dtype=np.int64),
+            popularity=np.array([0 if p is None else p for p in col("popularity", None)], dtype=np.int64),
+            item_mean_rating=np.array([0.0 if m is None else m for m in col("item_mean_rating", None)],
+                                      dtype=np.float32),
+            content=content,
+        )
+
+
+@serve.deployment(name="Features", max_ongoing_requests=64)
+class Features:
+    def __init__(self) -> None:
+        self.reader = FeatureReader(load_settings())
+
+    async def user(self, user_id: int) -> UserContext:
+        return await asyncio.to_thread(self.reader.user, user_id)

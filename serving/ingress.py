@@ -1,0 +1,176 @@
+"""Ingress: the HTTP API (FastAPI) that validates a request and walks the graph, one awaited stage per step.
+
+Input: `RecommendRequest` (POST /recommend). Output: `RecommendResponse`.
+Every stage has its own timeout and degraded answer, visible in `recommend` below; the response lists what
+degraded and why (HTTP 200), so a client is never told a fallback is the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from recsys.settings import load_settings
+from serving.contracts import (
+    Candidates,
+    Degradation,
+    RankedItem,
+    RankedItems,
+    RecommendedItem,
+    RecommendRequest,
+    RecommendResponse,
+    UserContext,
+)
+from serving.copy import template_copy
+from serving.metrics import StageMetrics
+
+api = FastAPI(title="recsys", version="1", description="Real-time recommendations: features → recall → "
+              "ranking (Triton) → copy. Degraded stages are listed in every response.")
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return JSONResponse({"error": "malformed JSON body"}, status_code=400)
+    first = errors[0] if errors else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    msg = f"{field}: {first.get('msg', 'invalid')}"
+    return JSONResponse({"error": msg, "field": field}, status_code=422)
+
+
+@api.exception_handler(StageFailed)
+async def _stage_failed(request: Request, exc: StageFailed) -> JSONResponse:
+    return JSONResponse({"error": f"{exc.stage} unavailable: {exc.reason}"}, status_code=503,
+                        headers={"Retry-After": "1"})
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+
+@api.middleware("http")
+async def _limit_body(request: Request, call_next):
+    limit = load_settings().max_request_bytes
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > limit:
+        return JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)
+    return await call_next(request)
+
+
+async def _call(stage: str, response, timeout_ms: float) -> Any:
+    """Await one handle call with the stage's timeout; any failure becomes StageFailed(stage, reason)."""
+    try:
+        return await asyncio.wait_for(response, timeout_ms / 1e3)
+    except TimeoutError:
+        response.cancel()
+        raise StageFailed(stage, f"timeout after {timeout_ms:.0f} ms") from None
+    except Exception as e:
+        lines = str(e).strip().splitlines()
+        raise StageFailed(stage, (lines[-1] if lines else type(e).__name__)[:200]) from None
+
+
+@serve.deployment(name="Ingress", max_ongoing_requests=64)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, features: DeploymentHandle, recall: DeploymentHandle, ranking: DeploymentHandle,
+                 copy: DeploymentHandle) -> None:
+        self.features, self.recall, self.ranking, self.copy = features, recall, ranking, copy
+        self.s = load_settings()
+        self.metrics = StageMetrics()
+
+    @api.post("/recommend", response_model=RecommendResponse, response_model_by_alias=True)
+    async def recommend(self, req: RecommendRequest, request: Request) -> RecommendResponse:
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        degraded: list[Degradation] = []
+
+        def lap(stage: str, start: float) -> None:
+            timings[stage] = round((time.perf_counter() - start) * 1e3, 3)
+            self.metrics.observe(stage, timings[stage])
+
+        # 1. Features (Feast online). Degraded: an unknown-user context → cold-start recommendations.
+        t = time.perf_counter()
+        try:
+            user: UserContext = await _call("features", self.features.user.remote(req.user_id),
+                                            self.s.features_timeout_ms)
+        except StageFailed as e:
+            user = UserContext(user_id=req.user_id, known=False)
+            degraded.append(Degradation(stage="features", reason=e.reason, fallback="cold-start (popularity)"))
+        lap("features", t)
+
+        # 2. Recall (encoder + ANN + popularity). No degraded answer without candidates: 503, said plainly.
+        t = time.perf_counter()
+        cands: Candidates = await _call("recall", self.recall.candidates.remote(user), self.s.recall_timeout_ms)
+        lap("recall", t)
+
+        # 3. Ranking (Triton). Degraded inside the stage (Triton down → recall order); here: stage lost.
+        t = time.perf_counter()
+        try:
+            ranked: RankedItems = await _call("ranking", self.ranking.rank.remote(user, cands, req.k),
+                                              self.s.ranking_timeout_ms + self.s.features_timeout_ms)
+        except StageFailed as e:
+            ranked = _recall_order(cands, req.k, e.reason)
+        if ranked.degraded:
+            degraded.append(ranked.degraded)
+        lap("ranking", t)
+
+        # 4. Copy. Degraded: template copy from the ranked items' own attributes.
+        copies = [None] * len(ranked.items)
+        if req.include_copy and ranked.items:
+            t = time.perf_counter()
+            try:
+                copies = await _call("copy", self.copy.write.remote(user, ranked), self.s.copy_timeout_ms)
+            except StageFailed as e:
+                copies = [template_copy(it) for it in ranked.items]
+                degraded.append(Degradation(stage="copy", reason=e.reason, fallback="template copy"))
+            lap("copy", t)
+
+        timings["total"] = round((time.perf_counter() - t0) * 1e3, 3)
+        self.metrics.request(timings["total"], [d.stage for d in degraded])
+        items = [RecommendedItem(item_id=it.item_id, title=it.title, score=it.score, rank=r + 1,
+                                 copy=c.text if c else None, copy_source=c.source if c else "none")
+                 for r, (it, c) in enumerate(zip(ranked.items, copies, strict=True))]
+        versions = {"retrieval": cands.model_version, "ranker": ranked.model_version}
+        if req.include_copy:
+            versions["copy"] = "template"
+        return RecommendResponse(request_id=rid, user_id=req.user_id, items=items, model_versions=versions,
+                                 timings_ms=timings, degraded=degraded)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, bool]:
+        return {"ok": True}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        """Ready only when Triton has the champion ranker loaded (the graph can answer un-degraded)."""
+        try:
+            ok = await _call("ranking", self.ranking.ready.remote(), 2000)
+        except StageFailed:
+            ok = False
+        return JSONResponse({"ready": bool(ok)}, status_code=200 if ok else 503)
+
+
+def _recall_order(cands: Candidates, k: int, reason: str) -> RankedItems:
+    """The ranking stage itself was lost: recall's first k, unranked and without attributes."""
+    items = [RankedItem(item_id=i, score=s, title="", year=-1, genres=[])
+             for i, s in list(zip(cands.item_ids, cands.scores, strict=True))[:k]]
+    return RankedItems(items=items, model_version="",
+                       degraded=Degradation(stage="ranking", reason=reason, fallback="recall order"))

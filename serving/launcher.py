@@ -1,0 +1,144 @@
+"""`recsys serve [--down]`: Triton, then a local Ray head, then the Serve application; and back down.
+
+Locally Ray runs as its own head process (`ray start --head`), so the application outlives this command
+and the dashboard stays on 127.0.0.1:<ray_dashboard_port>. Replicas read one resolved settings file (all
+paths absolute), passed through the runtime env, so they see exactly what this command saw.
+In a cluster the RayService deploys `serving.app:app` itself and none of this runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from recsys.errors import RecsysError
+from recsys.settings import Settings
+from serving import triton_server
+
+
+class ServeError(RecsysError):
+    """The serving stack could not be started or stopped."""
+
+
+def ray_env(settings: Settings) -> dict[str, str]:
+    """Environment of the local Ray head: no stray RECSYS_* (replicas get the settings file instead)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env["RAY_AUTH_MODE"] = "disabled"  # Ray ≥ 2.5x token auth: off for the embedded loopback cluster
+    if settings.serve_throughput_optimized:
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    return env
+
+
+def resolved_settings_file(settings: Settings) -> Path:
+    """The settings as one YAML file with absolute paths, for processes with another working directory."""
+    data = json.loads(settings.model_dump_json())
+    for key, value in list(data.items()):
+        if isinstance(getattr(settings, key), Path):
+            data[key] = str(Path(value).resolve())
+    if settings.model_repository is None:
+        data["model_repository"] = str(settings.model_repo.resolve())
+    if settings.mlflow_tracking_uri is None:
+        data["mlflow_tracking_uri"] = settings.tracking_uri
+    path = (settings.home / "serve" / "settings.yaml").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    return path
+
+
+def _ray_bin() -> str:
+    local = Path(sys.executable).parent / "ray"
+    return str(local) if local.exists() else (shutil.which("ray") or "ray")
+
+
+def ray_address(settings: Settings) -> str:
+    return settings.ray_address or f"127.0.0.1:{settings.ray_head_port}"
+
+
+def start_ray_head(settings: Settings) -> None:
+    cmd = [_ray_bin(), "start", "--head", f"--port={settings.ray_head_port}", "--node-ip-address=127.0.0.1",
+           f"--num-cpus={settings.ray_num_cpus}", "--disable-usage-stats",
+           f"--include-dashboard={'true' if settings.ray_dashboard else 'false'}", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={settings.ray_dashboard_port}"]
+    res = subprocess.run(cmd, env=ray_env(settings), capture_output=True, text=True, timeout=180)
+    if res.returncode != 0:
+        tail = [ln for ln in (res.stderr or res.stdout).splitlines() if ln.strip()][-1:]
+        raise ServeError(f"`ray start --head` failed: {tail[0] if tail else res.returncode}")
+
+
+def _connect(settings: Settings) -> bool:
+    """Connect this process to the serving Ray cluster; False if none answers."""
+    import ray
+
+    if ray.is_initialized():
+        return True
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    try:
+        ray.init(address=ray_address(settings), log_to_driver=False, configure_logging=False)
+    except (ConnectionError, RuntimeError):
+        return False
+    return True
+
+
+def http_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.serve_host in ("0.0.0.0", "") else settings.serve_host
+    return f"http://{host}:{settings.serve_http_port}"
+
+
+def healthy(settings: Settings, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{http_url(settings)}/healthz", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def up(settings: Settings) -> str:
+    """Triton → Ray head (if none) → serve.run(graph); returns the HTTP base URL once /healthz answers."""
+    from ray import serve
+
+    from serving.app import build
+
+    triton_server.up(settings)
+    if not _connect(settings):
+        if settings.ray_address:
+            raise ServeError(f"no Ray cluster at {settings.ray_address}")
+        start_ray_head(settings)
+        if not _connect(settings):
+            raise ServeError(f"started a Ray head but cannot connect to {ray_address(settings)}")
+    env = {"RECSYS_SETTINGS_FILE": str(resolved_settings_file(settings)), "RECSYS_PROFILE": settings.profile,
+           "RAY_AUTH_MODE": "disabled"}
+    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_http_port})
+    serve.run(build(settings, env), name=settings.serve_app_name, route_prefix="/")
+    deadline = time.monotonic() + 60
+    while not healthy(settings):
+        if time.monotonic() > deadline:
+            raise ServeError(f"the graph is deployed but {http_url(settings)}/healthz does not answer")
+        time.sleep(0.3)
+    return http_url(settings)
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop the Serve app, the local Ray head and Triton; returns what was stopped."""
+    stopped = []
+    if not settings.ray_address and _connect(settings):
+        from ray import serve
+
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+        subprocess.run([_ray_bin(), "stop", "--force"], env=ray_env(settings), capture_output=True, timeout=120)
+        stopped.append("ray serve")
+    if triton_server.down(settings):
+        stopped.append("triton")
+    return stopped

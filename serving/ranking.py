@@ -1,0 +1,133 @@
+"""Ranking stage: item features for the candidates (Feast) → ranker on Triton (gRPC) → business rules → top-k.
+
+Input: `UserContext`, `Candidates`, k. Output: `RankedItems`.
+Triton down, slow or erroring → the candidates keep recall order and the answer carries a `Degradation`;
+the rules (no repeats, genre diversity) apply either way. Inputs are built with the same transforms the
+ranker was trained on (`training.models.ranking_inputs`), with indices from the exported recall index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pandas as pd
+from ray import serve
+
+from recsys.settings import Settings, load_settings
+from serving.artifacts import load_recall_index, model_info
+from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
+from serving.features import FeatureReader, ItemRows
+from serving.triton_client import RankerClient
+from training.models.ranking_inputs import item_dense, user_dense
+
+
+def diversify(order: list[int], first_genre: list[str], k: int, max_share: float) -> list[int]:
+    """Greedy top-k from `order` (positions) with at most ceil(max_share·k) items per first genre.
+
+    Items over a genre's cap are deferred, not dropped: they fill the list if too few others remain.
+    """
+    cap = max(1, math.ceil(max_share * k))
+    counts: dict[str, int] = {}
+    picked: list[int] = []
+    deferred: list[int] = []
+    for pos in order:
+        g = first_genre[pos]
+        if counts.get(g, 0) < cap:
+            picked.append(pos)
+            counts[g] = counts.get(g, 0) + 1
+        else:
+            deferred.append(pos)
+        if len(picked) == k:
+            return picked
+    return picked + deferred[: k - len(picked)]
+
+
+class Ranker:
+    def __init__(self, settings: Settings, reader: FeatureReader | None = None,
+                 client: RankerClient | None = None) -> None:
+        self.settings = settings
+        self.reader = reader or FeatureReader(settings)
+        info = model_info(settings, "ranker")
+        self.version = info.version
+        self.genres: list[str] = list(info.config["genres"])
+        self.max_len = int(info.config["max_len"])
+        self.index_of = load_recall_index(settings).index_of
+        self.client = client or RankerClient(settings.triton_grpc_url)
+        self.timeout_s = settings.ranking_timeout_ms / 1e3
+
+    def inputs(self, user: UserContext, cands: Candidates, items: ItemRows) -> dict[str, np.ndarray]:
+        """The six ranker inputs for every candidate, shapes as in config.pbtxt (batch first)."""
+        n = len(cands.item_ids)
+        hist = [self.index_of[i] for i in user.recent_items if i in self.index_of][-self.max_len :]
+        history = np.zeros((n, self.max_len), dtype=np.int64)
+        if hist:
+            history[:, -len(hist) :] = hist
+        frame = pd.DataFrame({"genres": items.genres, "year": items.year, "popularity": items.popularity,
+                              "item_mean_rating": items.item_mean_rating})
+        users = pd.DataFrame({"n_interactions": [user.n_interactions], "mean_rating": [user.mean_rating]})
+        return {
+            "history": history,
+            "item": np.array([[self.index_of.get(i, 0)] for i in cands.item_ids], dtype=np.int64),
+            "item_dense": item_dense(frame, self.genres),
+            "item_content": items.content.astype(np.float32),
+            "user_dense": np.repeat(user_dense(users), n, axis=0),
+            "recall_score": np.asarray(cands.scores, dtype=np.float32)[:, None],
+        }
+
+    async def rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
+        if not cands.item_ids:
+            return RankedItems(items=[], model_version="")
+        items = await asyncio.to_thread(self.reader.items, cands.item_ids)
+        degraded = None
+        version = self.version
+        try:
+            scores = await asyncio.wait_for(
+                self.client.score(self.inputs(user, cands, items), self.version, self.timeout_s), self.timeout_s)
+            order = list(np.argsort(-scores, kind="stable"))
+        except TimeoutError:
+            degraded, scores, version = self._degrade(f"triton timeout after {self.timeout_s * 1e3:.0f} ms", cands)
+            order = list(range(len(cands.item_ids)))
+        except Exception as e:  # unreachable, model unloaded, bad response: recall order, flagged
+            degraded, scores, version = self._degrade(f"triton error: {_one_line(e)}", cands)
+            order = list(range(len(cands.item_ids)))
+        order = _unique(order, cands.item_ids)
+        first = [g[0] if g else "" for g in items.genres]
+        top = diversify(order, first, k, self.settings.max_per_genre_share)
+        out = [RankedItem(item_id=cands.item_ids[p], score=float(scores[p]), title=items.title[p],
+                          year=int(items.year[p]), genres=items.genres[p]) for p in top]
+        return RankedItems(items=out, model_version=version, degraded=degraded)
+
+    @staticmethod
+    def _degrade(reason: str, cands: Candidates) -> tuple[Degradation, np.ndarray, str]:
+        return (Degradation(stage="ranking", reason=reason, fallback="recall order"),
+                np.asarray(cands.scores, dtype=np.float32), "")
+
+
+def _unique(order: list[int], ids: list[int]) -> list[int]:
+    """Positions in `order` with repeated item ids removed (first occurrence wins)."""
+    seen: set[int] = set()
+    out = []
+    for p in order:
+        if ids[p] not in seen:
+            seen.add(ids[p])
+            out.append(p)
+    return out
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+@serve.deployment(name="Ranking", max_ongoing_requests=32)
+class Ranking:
+    def __init__(self) -> None:
+        self.ranker = Ranker(load_settings())
+
+    async def rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
+        return await self.ranker.rank(user, cands, k)
+
+    async def ready(self) -> bool:
+        return await self.ranker.client.ready(self.ranker.version)

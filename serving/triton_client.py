@@ -1,0 +1,46 @@
+"""The ranker on Triton over gRPC (KServe v2 protocol): async client, typed inputs, explicit version.
+
+Separate from anything importing `kserve`: tritonclient.grpc and kserve register the same protobuf symbols.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.models.ranking_inputs import INPUTS
+
+_DTYPES = {"history": "INT64", "item": "INT64", "item_dense": "FP32", "item_content": "FP32",
+           "user_dense": "FP32", "recall_score": "FP32"}
+
+
+class RankerClient:
+    """One gRPC channel per replica; `score` returns p(click) per row."""
+
+    def __init__(self, url: str, model: str = "ranker") -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self._mod = grpcclient
+        self.url = url
+        self.model = model
+        self.client = grpcclient.InferenceServerClient(url)
+
+    async def ready(self, version: str = "") -> bool:
+        try:
+            return await self.client.is_model_ready(self.model, version)
+        except Exception:  # unreachable server: not ready, and the caller says so
+            return False
+
+    async def score(self, inputs: dict[str, np.ndarray], version: str, timeout_s: float) -> np.ndarray:
+        tensors = []
+        for name in INPUTS:
+            arr = np.ascontiguousarray(inputs[name])
+            t = self._mod.InferInput(name, list(arr.shape), _DTYPES[name])
+            t.set_data_from_numpy(arr)
+            tensors.append(t)
+        res = await self.client.infer(self.model, tensors, model_version=version,
+                                      outputs=[self._mod.InferRequestedOutput("p_click")],
+                                      client_timeout=timeout_s)
+        return res.as_numpy("p_click")[:, 0]
+
+    async def close(self) -> None:
+        await self.client.close()

@@ -1,0 +1,92 @@
+"""The offline pipeline on the real local stack (Feast SQLite, Ray Train on local Ray, MLflow SQLite)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import RECSYS, cli_env, run_cli
+
+
+def _metrics(home: Path, model: str, alias: str) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mv = c.get_model_version_by_alias(model, alias)
+    return c.get_run(mv.run_id).data.metrics
+
+
+def test_killed_training_resumes_from_its_latest_checkpoint(feature_home, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(feature_home, home)
+    epochs = "6"
+    proc = subprocess.Popen([RECSYS, "train", "retrieval", "--epochs", epochs], env=cli_env(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        # Wait for the third checkpoint folder, then kill everything: a folder appears before Ray registers
+        # the checkpoint, so only the third one proves the second was committed.
+        while time.time() < deadline:
+            if len(list((home / "ray_results").glob("retrieval-*/checkpoint_*"))) >= 3:
+                break
+            assert proc.poll() is None, "training ended before it could be interrupted"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no checkpoint within 240 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    pointer = json.loads((home / "ray_results" / "retrieval.current.json").read_text())
+    assert pointer["name"].startswith("retrieval-")
+    res = run_cli(home, "train", "retrieval", "--resume", "--epochs", epochs)
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = _metrics(home, "recsys-retrieval", "challenger")
+    assert m["epochs_completed"] == int(epochs)  # same final epoch count as an uninterrupted run
+    assert m["start_epoch"] >= 2  # it continued from a checkpoint instead of starting over
+    assert not (home / "ray_results" / "retrieval.current.json").exists()
+
+
+@pytest.mark.e2e
+def test_whole_offline_pipeline_through_the_cli(feature_home, tmp_path, use_home):
+    home = tmp_path / "home"
+    shutil.copytree(feature_home, home)
+    res = run_cli(home, "train", "all", timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    # Gate: first promotion passes the checks; then a worse challenger (1 epoch) is refused.
+    assert run_cli(home, "promote", "all").returncode == 0
+    champion = _metrics(home, "recsys-retrieval", "champion")
+    assert champion["onnx_parity_max_abs_diff"] < 1e-4
+    worse = run_cli(home, "train", "retrieval", "--epochs", "1")
+    assert worse.returncode == 0, worse.stderr[-3000:]
+    refused = run_cli(home, "promote", "retrieval")
+    assert refused.returncode == 1 and "not promoted" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert _metrics(home, "recsys-retrieval", "champion")["val_ndcg_at_10"] == champion["val_ndcg_at_10"]
+
+    ex = run_cli(home, "export")
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    repo = home / "model_repository"
+    assert (repo / "ranker" / "1" / "model.onnx").exists() and (repo / "user_encoder" / "1" / "model.onnx").exists()
+    assert 'name: "ranker"' in (repo / "ranker" / "config.pbtxt").read_text()
+    assert (home / "recall_index" / "1" / "item_embeddings.npy").exists()
+
+    # The models learned the planted structure: the served pipeline beats most-popular on the test split.
+    ev = run_cli(home, "evaluate", "--alias", "champion")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert "mostpop" in ev.stdout and "ranker v1" in ev.stdout
+    ranker = _metrics(home, "recsys-ranker", "champion")
+    use_home(home)
+    from recsys.settings import load_settings
+    from training.steps import baselines_step
+
+    mostpop = baselines_step(load_settings())["mostpop"]
+    assert ranker["test_hr_at_10"] > mostpop["hr_at_10"] + 2 * mostpop["hr_at_10_se"]

@@ -1,0 +1,167 @@
+"""Promotion gate against a real MLflow registry (SQLite in tmp_path): checks, refusals, force, rollback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.errors import ConfigError, MissingStepError, PromotionRefused
+from recsys.settings import Settings, load_settings
+from training.promotion import load_policy, metric_key, promote
+from training.registry import CHAMPION, set_challenger
+from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL, client, setup_mlflow
+
+POLICY = Path(__file__).resolve().parents[2] / "mlflow" / "promotion_policy.yaml"
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty MLflow DB: the schema migrations take seconds, so they run once and are copied."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_db: Path) -> Settings:
+    shutil.copy(empty_db, tmp_path / "mlflow.db")
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    monkeypatch.setenv("RECSYS_PROMOTION_POLICY", str(POLICY))
+    return load_settings()
+
+
+def register(settings: Settings, model: str, ndcg: float, parity: float = 1e-6, latency: float = 5.0,
+             digest: str = "digest-a", **tags: str) -> str:
+    """A registered version made the way training makes one: run metrics, pytorch flavour, tags, challenger."""
+    import mlflow
+
+    setup_mlflow(settings)
+    checks = {"onnx_parity_max_abs_diff": parity, "onnx_latency_ms": latency}
+    with mlflow.start_run():
+        mlflow.log_metrics({metric_key("val_ndcg@10"): ndcg, metric_key("test_ndcg@10"): ndcg, **checks})
+        info = mlflow.pytorch.log_model(torch.nn.Linear(2, 1), name="model", registered_model_name=model,
+                                        input_example=np.zeros((1, 2), np.float32), pip_requirements=["torch"])
+    version = str(info.registered_model_version)
+    set_challenger(settings, model, version, {"data_digest": digest, **checks, **tags})
+    return version
+
+
+def champion(settings: Settings, model: str = RETRIEVAL_MODEL) -> str:
+    return str(client(settings).get_model_version_by_alias(model, CHAMPION).version)
+
+
+def tags(settings: Settings, version: str, model: str = RETRIEVAL_MODEL) -> dict[str, str]:
+    return client(settings).get_model_version(model, version).tags
+
+
+def test_policy_file_is_valid() -> None:
+    policies = load_policy(POLICY)
+    assert set(policies) == {RETRIEVAL_MODEL, RANKER_MODEL}
+    p = policies[RETRIEVAL_MODEL]
+    assert (p.metric, p.direction, p.alias) == ("val_ndcg@10", "maximize", "champion")
+    assert p.checks.onnx_max_abs_diff == 1e-4 and p.checks.same_data
+    assert not (POLICY.parent / "__init__.py").exists()  # would shadow the mlflow library
+
+
+def test_unknown_policy_key_names_key_and_file(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(POLICY.read_text().replace("min_gain:", "min_gian:", 1))
+    with pytest.raises(ConfigError, match=r"policy\.yaml.*models\.recsys-retrieval\.min_gian"):
+        load_policy(bad)
+    bad.write_text(POLICY.read_text().replace("direction: maximize", "direction: up", 1))
+    with pytest.raises(ConfigError, match="direction"):
+        load_policy(bad)
+
+
+def test_missing_challenger(settings: Settings) -> None:
+    with pytest.raises(MissingStepError, match="recsys train"):
+        promote(settings, RETRIEVAL_MODEL)
+
+
+def test_first_promotion_then_rerun_is_unchanged(settings: Settings) -> None:
+    v1 = register(settings, RETRIEVAL_MODEL, 0.10)
+    d = promote(settings, RETRIEVAL_MODEL)
+    assert (d.version, d.promoted, d.forced, d.action, d.previous_champion) == (v1, True, False, "promoted", None)
+    assert champion(settings) == v1
+    t = tags(settings, v1)
+    assert t["promotion.decision"] == "promoted" and t["promotion.compared_to"] == "none"
+    assert "val_ndcg@10" in t["promotion.metric"] and t["promotion.at"].endswith("+00:00")
+    assert promote(settings, RETRIEVAL_MODEL).action == "unchanged"
+    assert tags(settings, v1)["promotion.decision"] == "promoted"
+
+
+def test_worse_refused_then_better_promoted(settings: Settings) -> None:
+    v1 = register(settings, RETRIEVAL_MODEL, 0.10)
+    promote(settings, RETRIEVAL_MODEL)
+    v2 = register(settings, RETRIEVAL_MODEL, 0.08)
+    with pytest.raises(PromotionRefused, match=rf"recsys-retrieval v{v2} not promoted: val_ndcg@10 0.0800 < "
+                                               rf"champion v{v1} 0.1000 \+ min_gain 0.0000"):
+        promote(settings, RETRIEVAL_MODEL)
+    assert champion(settings) == v1
+    t = tags(settings, v2)
+    assert t["promotion.decision"] == "refused" and t["promotion.compared_to"] == v1
+    assert "val_ndcg@10" in t["promotion.reasons"]
+
+    v3 = register(settings, RETRIEVAL_MODEL, 0.12)
+    d = promote(settings, RETRIEVAL_MODEL)
+    assert (d.version, d.previous_champion, d.value, d.champion_value) == (v3, v1, 0.12, 0.10)
+    assert champion(settings) == v3
+
+
+def test_failed_onnx_parity_refuses_a_better_model(settings: Settings) -> None:
+    v1 = register(settings, RETRIEVAL_MODEL, 0.10)
+    promote(settings, RETRIEVAL_MODEL)
+    v2 = register(settings, RETRIEVAL_MODEL, 0.20, parity=3e-3)
+    with pytest.raises(PromotionRefused, match="ONNX parity"):
+        promote(settings, RETRIEVAL_MODEL)
+    assert champion(settings) == v1
+    assert "ONNX parity" in tags(settings, v2)["promotion.reasons"]
+
+
+def test_other_data_refused_unless_forced(settings: Settings) -> None:
+    register(settings, RETRIEVAL_MODEL, 0.10, digest="digest-a")
+    promote(settings, RETRIEVAL_MODEL)
+    v2 = register(settings, RETRIEVAL_MODEL, 0.20, digest="digest-b")
+    with pytest.raises(PromotionRefused, match="data digest digest-b differs"):
+        promote(settings, RETRIEVAL_MODEL)
+    d = promote(settings, RETRIEVAL_MODEL, force=True)
+    assert (d.promoted, d.forced, d.action) == (True, True, "forced")
+    assert champion(settings) == v2
+    t = tags(settings, v2)
+    assert t["promotion.decision"] == "forced" and "data digest" in t["promotion.reasons"]
+
+
+def test_rollback(settings: Settings) -> None:
+    v1 = register(settings, RETRIEVAL_MODEL, 0.10)
+    promote(settings, RETRIEVAL_MODEL)
+    v2 = register(settings, RETRIEVAL_MODEL, 0.12)
+    promote(settings, RETRIEVAL_MODEL)
+    d = promote(settings, RETRIEVAL_MODEL, to_version=v1)
+    assert (d.version, d.previous_champion, d.action) == (v1, v2, "rollback")
+    assert champion(settings) == v1
+    t = tags(settings, v1)
+    assert t["promotion.decision"] == "rollback" and t["promotion.compared_to"] == v2
+
+    with pytest.raises(ConfigError, match=r"recsys-retrieval has no version '9'.*registered: 1, 2"):
+        promote(settings, RETRIEVAL_MODEL, to_version="9")
+    with pytest.raises(MissingStepError, match="no versions of recsys-ranker"):
+        promote(settings, RANKER_MODEL, to_version="1")
+
+
+def test_ranker_needs_its_retrieval_model_as_champion(settings: Settings) -> None:
+    register(settings, RETRIEVAL_MODEL, 0.10)
+    promote(settings, RETRIEVAL_MODEL)
+    r2 = register(settings, RETRIEVAL_MODEL, 0.12)  # trained, not yet promoted
+    k1 = register(settings, RANKER_MODEL, 0.15, retrieval_version=r2)
+    with pytest.raises(PromotionRefused, match=rf"ranker v{k1} was trained on retrieval v{r2} but champion "
+                                               r"retrieval is v1: promote retrieval first or retrain"):
+        promote(settings, RANKER_MODEL)
+    promote(settings, RETRIEVAL_MODEL)
+    assert promote(settings, RANKER_MODEL).promoted
+    assert champion(settings, RANKER_MODEL) == k1

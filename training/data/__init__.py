@@ -1,0 +1,1 @@
+"""Data sets: canonical tables, MovieLens loaders, synthetic data and splits."""

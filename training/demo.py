@@ -1,0 +1,73 @@
+"""`make demo`: every offline step in order on the embedded defaults, then the metrics table."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from recsys.errors import PromotionRefused
+from recsys.settings import Settings
+
+
+def run_demo(settings: Settings, console: Console) -> dict[str, float]:
+    from training.evaluate import evaluation_table
+    from training.export import export_repository
+    from training.promotion import promote
+    from training.steps import build_feature_store, prepare_data, train_ranking_step, train_retrieval_step
+    from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL
+
+    timings: dict[str, float] = {}
+
+    def step(name: str):
+        console.rule(f"[bold]{name}")
+        timings[name] = time.perf_counter()
+
+    def done(name: str) -> None:
+        timings[name] = time.perf_counter() - timings[name]
+        console.print(f"[green]✓ {name}[/] in {timings[name]:.1f} s")
+
+    step("data")
+    res = prepare_data(settings)
+    console.print(f"{res.manifest['counts']} from {res.source}")
+    done("data")
+    step("features")
+    console.print(build_feature_store(settings))
+    done("features")
+    step("train retrieval")
+    r = train_retrieval_step(settings)
+    console.print(f"retrieval v{r['version']}: val NDCG@10 {r['val_ndcg_at_10']:.4f}")
+    done("train retrieval")
+    step("train ranking")
+    k = train_ranking_step(settings)
+    console.print(f"ranker v{k['version']}: val NDCG@10 {k['val_ndcg_at_10']:.4f} (recall alone "
+                  f"{k['recall_val_ndcg_at_10']:.4f}), AUC {k['val_auc']:.3f}, rating RMSE {k['val_rating_rmse']:.3f}")
+    done("train ranking")
+    step("promote")
+    for name in (RETRIEVAL_MODEL, RANKER_MODEL):
+        try:
+            d = promote(settings, name)
+            console.print(f"{name}: champion is now v{d.version}")
+        except PromotionRefused as e:
+            console.print(f"[yellow]{e}[/] (the previous champion stays)")
+    done("promote")
+    step("export")
+    ex = export_repository(settings)
+    console.print(f"Triton repository {ex.repository} {ex.versions}; recall index {ex.index_dir}")
+    done("export")
+    step("evaluate")
+    rows = evaluation_table(settings, "champion", baselines=True)
+    done("evaluate")
+    table = Table(title="Test split, full ranking over all items, k=10 (mean ± standard error)")
+    for c in ("model", "HR@10", "NDCG@10", "MRR", "coverage@10"):
+        table.add_column(c)
+    for row in rows:
+        table.add_row(row["model"], f"{row['hr_at_10']:.4f} ± {row['hr_at_10_se']:.4f}",
+                      f"{row['ndcg_at_10']:.4f} ± {row['ndcg_at_10_se']:.4f}", f"{row['mrr']:.4f}",
+                      f"{row['coverage_at_10']:.3f}")
+    console.print(table)
+    total = sum(timings.values())
+    parts = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+    console.print(f"offline pipeline wall time: {total:.0f} s ({parts})")
+    return timings

@@ -1,0 +1,1 @@
+"""Offline evaluation: ranking/ranker metrics, the full-ranking protocol and reference baselines."""

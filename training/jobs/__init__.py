@@ -1,0 +1,1 @@
+"""Ray Train jobs: one function per model, config → data → model → loop → eval → log."""

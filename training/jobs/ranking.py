@@ -1,0 +1,225 @@
+"""Ranking job: DIN/DCN-v2 ranker trained with Ray Train on point-in-time examples, then evaluated as
+the served pipeline (recall top-N → ranker) with the same full-ranking protocol as retrieval."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.settings import Settings
+from training.datasets import Prepared
+from training.evaluation.metrics import auc, logloss, mae, rmse
+from training.evaluation.protocol import RankingReport, evaluate_full_ranking
+from training.jobs.common import fit, load_result_state, restore_state, save_and_report, worker_threads
+from training.models.ranking import Ranker, RankingConfig
+from training.models.retrieval import SASRec
+from training.ranking_data import (
+    Examples,
+    ItemTable,
+    UserRows,
+    genre_vocab,
+    item_table,
+    sample_examples,
+    target_rows,
+    training_positives,
+    user_rows,
+)
+
+RECALL_N = 200  # candidates the ranker re-orders (the serving default)
+
+
+def batch_inputs(users: UserRows, items: ItemTable, user_row: np.ndarray, item: np.ndarray,
+                 recall: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """Gather the six model inputs for examples (user_row[i], item[i])."""
+    return (
+        torch.from_numpy(users.history[user_row]),
+        torch.from_numpy(item[:, None]),
+        torch.from_numpy(items.dense[item]),
+        torch.from_numpy(items.content[item]),
+        torch.from_numpy(users.dense[user_row]),
+        torch.from_numpy(recall[:, None].astype(np.float32)),
+    )
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker; resumes from the run's latest checkpoint if Ray restored one."""
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(config["threads"])
+    cfg = RankingConfig(**config["model"])
+    torch.manual_seed(cfg.seed)
+    model = Ranker(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    start, state = 0, restore_state()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["epoch"]
+    ddp = ray.train.torch.prepare_model(model)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    users, items, ex = config["users"], config["items"], config["examples"]
+    per_worker = max(1, cfg.batch_size // world)
+    n_per = len(ex.item) // world
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(ex.item))
+        shard = perm[rank * n_per : (rank + 1) * n_per]
+        ddp.train()
+        losses = []
+        for i in range(0, n_per, per_worker):
+            b = shard[i : i + per_worker]
+            inputs = batch_inputs(users, items, ex.user_row[b], ex.item[b], ex.recall[b])
+            _, loss = ddp(*inputs, torch.from_numpy(ex.click[b, None]), torch.from_numpy(ex.rating[b, None]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "start_epoch": start,
+                   "epoch_seconds": time.perf_counter() - t0, "samples": int(n_per * world)}
+        state = None
+        if rank == 0:
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                     "config": cfg.to_dict()}
+            _log_mlflow(config.get("mlflow"), metrics, epoch + 1)
+        save_and_report(metrics, state)
+
+
+def _log_mlflow(spec: dict[str, str] | None, metrics: dict[str, float], step: int) -> None:
+    if spec:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=spec["uri"])
+        for k, v in metrics.items():
+            client.log_metric(spec["run_id"], k, float(v), step=step)
+
+
+@torch.no_grad()
+def predict(model: Ranker, users: UserRows, items: ItemTable, user_row, item, recall) -> tuple[np.ndarray, ...]:
+    model.eval()
+    out_p, out_r = [], []
+    for i in range(0, len(item), 4096):
+        sl = slice(i, i + 4096)
+        (p, r), _ = model(*batch_inputs(users, items, user_row[sl], item[sl], recall[sl]))
+        out_p.append(p[:, 0].numpy())
+        out_r.append(r[:, 0].numpy())
+    return np.concatenate(out_p), np.concatenate(out_r)
+
+
+@dataclass
+class StageData:
+    users: UserRows
+    targets: np.ndarray  # (U,) item index of the held-out interaction
+    ratings: np.ndarray  # (U,) its rating
+    histories: list[np.ndarray]  # items to exclude (everything before the target)
+
+
+def stage_data(settings: Settings, prepared: Prepared, recall: SASRec, stage: str) -> StageData:
+    rows = target_rows(prepared, stage)
+    users = user_rows(settings, prepared, rows, recall)
+    index = prepared.item_index
+    user_ids, hists, _ = prepared.eval_set(stage)  # type: ignore[arg-type]
+    by_user = dict(zip(user_ids.tolist(), hists, strict=True))
+    df = prepared.split.valid if stage == "valid" else prepared.split.test
+    df = df.sort_values("user_id").reset_index(drop=True)
+    targets = df["item_id"].map(index).to_numpy(dtype=np.int64)
+    return StageData(users, targets, df["rating"].to_numpy(np.float32), [by_user[int(u)] for u in df["user_id"]])
+
+
+def pipeline_scores(ranker: Ranker | None, recall: SASRec, data: StageData, items: ItemTable, n: int = RECALL_N):
+    """score_fn for the full-ranking protocol: recall's top-n re-scored by the ranker, the rest below."""
+    item_vectors = recall.items.all_items().detach().numpy()
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        s = data.users.vectors[rows] @ item_vectors.T  # (B, n_items + 1)
+        if ranker is None:
+            return s
+        masked = s.copy()
+        masked[:, 0] = -np.inf
+        for j, r in enumerate(rows):
+            masked[j, data.histories[r]] = -np.inf
+        cand = np.argpartition(-masked, n, axis=1)[:, :n]  # (B, n)
+        user_row = np.repeat(rows, n)
+        p, _ = predict(ranker, data.users, items, user_row, cand.reshape(-1), s[np.arange(len(rows))[:, None],
+                                                                               cand].reshape(-1))
+        out = s - 1e6  # outside the candidate set: recall order, below every candidate
+        np.put_along_axis(out, cand, p.reshape(len(rows), n), axis=1)
+        return out
+
+    return score
+
+
+def evaluate_pipeline(ranker: Ranker | None, recall: SASRec, data: StageData, items: ItemTable,
+                      n_items: int, seed: int) -> RankingReport:
+    rows = np.arange(len(data.targets))
+    return evaluate_full_ranking(pipeline_scores(ranker, recall, data, items), rows, data.histories,
+                                 data.targets, n_items, seed=seed)
+
+
+def classification_metrics(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable,
+                           cfg: RankingConfig) -> dict[str, float]:
+    """AUC/logloss on held-out positives + sampled negatives; rating RMSE/MAE on held-out positives."""
+    item_vectors = recall.items.all_items().detach().numpy()
+    ex = sample_examples(data.users, data.targets, data.ratings, item_vectors, cfg, seed=cfg.seed + 7)
+    p, r = predict(ranker, data.users, items, ex.user_row, ex.item, ex.recall)
+    pos = ex.click > 0.5
+    return {"auc": auc(ex.click, p), "logloss": logloss(ex.click, p),
+            "rating_rmse": rmse(ex.rating[pos], r[pos]), "rating_mae": mae(ex.rating[pos], r[pos])}
+
+
+@dataclass
+class RankingOutcome:
+    model: Ranker
+    items: ItemTable
+    valid: RankingReport
+    test: RankingReport
+    recall_valid: RankingReport
+    recall_test: RankingReport
+    classification: dict[str, float]
+    train_seconds: float
+    samples_per_second: float
+    epochs: int
+
+
+def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: RankingConfig,
+                  per_user: int = 30, resume: bool = False,
+                  mlflow_run: dict[str, str] | None = None) -> RankingOutcome:
+    """Examples from Feast (point in time) + recall → Ray Train → pipeline evaluation on valid and test."""
+    cfg.genres = genre_vocab(prepared)
+    cfg.n_items = prepared.n_items + 1
+    cfg.max_len = recall.cfg.max_len
+    items = item_table(settings, prepared, cfg.genres)
+    pos = training_positives(prepared, per_user)
+    from training.features import training_entities
+
+    users = user_rows(settings, prepared, training_entities(pos), recall)
+    item_vectors = recall.items.all_items().detach().numpy()
+    positives = pos["item_id"].map(prepared.item_index).to_numpy(dtype=np.int64)
+    ex: Examples = sample_examples(users, positives, pos["rating"].to_numpy(np.float32), item_vectors, cfg,
+                                   cfg.seed)
+    config = {"model": cfg.to_dict(), "threads": worker_threads(settings), "users": users, "items": items,
+              "examples": ex, "mlflow": mlflow_run}
+    t0 = time.perf_counter()
+    result = fit(settings, "ranking", train_loop, config, resume)
+    seconds = time.perf_counter() - t0
+    state = load_result_state(result)
+    model = Ranker(RankingConfig(**state["config"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    valid = stage_data(settings, prepared, recall, "valid")
+    test = stage_data(settings, prepared, recall, "test")
+    n = prepared.n_items
+    return RankingOutcome(
+        model, items,
+        evaluate_pipeline(model, recall, valid, items, n, cfg.seed),
+        evaluate_pipeline(model, recall, test, items, n, cfg.seed),
+        evaluate_pipeline(None, recall, valid, items, n, cfg.seed),
+        evaluate_pipeline(None, recall, test, items, n, cfg.seed),
+        classification_metrics(model, recall, valid, items, cfg),
+        seconds, len(ex.item) * cfg.epochs / seconds, state["epoch"],
+    )

@@ -1,0 +1,151 @@
+"""Retrieval job: SASRec-style encoder trained with Ray Train (DDP), evaluated, logged and registered."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.settings import Settings
+from training.datasets import Prepared
+from training.evaluation.protocol import RankingReport, evaluate_full_ranking
+from training.jobs.common import fit, load_result_state, restore_state, save_and_report, worker_threads
+from training.models.retrieval import RetrievalConfig, SASRec
+from training.sequences import left_pad, training_windows
+
+
+def score_fn(model: SASRec, seqs: np.ndarray):
+    """Full-catalogue scores for evaluation: user vector · all item vectors."""
+
+    @torch.no_grad()
+    def score(rows: np.ndarray) -> np.ndarray:
+        model.eval()
+        u = model.user_vector(torch.from_numpy(seqs[rows]))
+        return (u @ model.items.all_items().T).numpy()
+
+    return score
+
+
+def evaluate(model: SASRec, prepared: Prepared, stage: str, seed: int = 0) -> RankingReport:
+    users, hists, targets = prepared.eval_set(stage)  # type: ignore[arg-type]
+    seqs = left_pad(hists, model.cfg.max_len)
+    rows = np.arange(len(users))
+    return evaluate_full_ranking(score_fn(model, seqs), rows, hists, targets, prepared.n_items, seed=seed)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker. Resumes from the run's latest checkpoint if Ray restored one."""
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(config["threads"])
+    cfg = RetrievalConfig(**config["model"])
+    torch.manual_seed(cfg.seed)
+    model = SASRec(cfg, torch.from_numpy(config["content"]))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    state = restore_state()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start = state["epoch"]
+    ddp = ray.train.torch.prepare_model(model)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    inputs, targets = config["inputs"], config["targets"]
+    per_worker = max(1, cfg.batch_size // world)
+    n_per = len(inputs) // world  # equal shards: every DDP rank takes the same number of steps
+    valid = config["valid"]
+    tracker = _Tracker(config.get("mlflow"))
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(inputs))
+        shard = perm[rank * n_per : (rank + 1) * n_per]
+        ddp.train()
+        losses = []
+        for i in range(0, n_per, per_worker):
+            b = shard[i : i + per_worker]
+            _, loss = ddp(torch.from_numpy(inputs[b]), torch.from_numpy(targets[b]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "start_epoch": start,
+                   "epoch_seconds": time.perf_counter() - t0, "samples": int(n_per * world)}
+        if rank == 0:
+            hists = [np.asarray(h) for h in valid["histories"]]
+            rep = evaluate_full_ranking(
+                score_fn(model, valid["seqs"]), np.arange(len(hists)), hists, valid["targets"],
+                cfg.n_items - 1, seed=cfg.seed,
+            )
+            metrics.update(rep.as_dict("val_"))
+            tracker.log(metrics, epoch + 1)
+            save_and_report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                      "epoch": epoch + 1, "config": cfg.to_dict()})
+        else:
+            save_and_report(metrics, None)
+
+
+class _Tracker:
+    """Per-epoch metrics to the MLflow run the driver opened (rank 0 only)."""
+
+    def __init__(self, spec: dict[str, str] | None) -> None:
+        self.spec = spec
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.spec:
+            return
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.spec["uri"])
+        for k, v in metrics.items():
+            client.log_metric(self.spec["run_id"], k, float(v), step=step)
+
+
+@dataclass
+class RetrievalOutcome:
+    model: SASRec
+    valid: RankingReport
+    test: RankingReport
+    train_seconds: float
+    samples_per_second: float
+    epochs: int
+
+
+def train_retrieval(
+    settings: Settings,
+    prepared: Prepared,
+    content: np.ndarray,
+    cfg: RetrievalConfig,
+    resume: bool = False,
+    mlflow_run: dict[str, str] | None = None,
+) -> RetrievalOutcome:
+    """config → data → Ray Train loop → final evaluation on valid and test (full ranking)."""
+    seqs = [prepared.train[u] for u in sorted(prepared.train)]
+    inputs, targets = training_windows(seqs, cfg.max_len)
+    _, vh, vt = prepared.eval_set("valid")
+    content_full = np.zeros((prepared.n_items + 1, content.shape[1]), dtype=np.float32)
+    content_full[1:] = content
+    config = {
+        "model": cfg.to_dict(),
+        "threads": worker_threads(settings),
+        "content": content_full,
+        "inputs": inputs,
+        "targets": targets,
+        "valid": {"seqs": left_pad(vh, cfg.max_len), "histories": vh, "targets": vt},
+        "mlflow": mlflow_run,
+    }
+    t0 = time.perf_counter()
+    result = fit(settings, "retrieval", train_loop, config, resume)
+    seconds = time.perf_counter() - t0
+    state = load_result_state(result)
+    model = SASRec(RetrievalConfig(**state["config"]), torch.from_numpy(content_full))
+    model.load_state_dict(state["model"])
+    model.eval()
+    samples = len(inputs) * cfg.epochs
+    return RetrievalOutcome(model, evaluate(model, prepared, "valid", cfg.seed),
+                            evaluate(model, prepared, "test", cfg.seed), seconds, samples / seconds,
+                            state["epoch"])

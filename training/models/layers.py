@@ -1,0 +1,58 @@
+"""Pre-norm causal self-attention blocks shared by the sequence models.
+
+Written out (no nn.MultiheadAttention / SDPA) so ONNX export is plain MatMul/Softmax on every runtime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape  # (B, T, d)
+        q, k, v = self.qkv(x).split(d, dim=-1)
+        h, hd = self.n_heads, d // self.n_heads
+        q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, h, T, hd)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, h, T, T)
+        att = att.masked_fill(~mask, -1e9).softmax(dim=-1)
+        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, t, d)
+        return self.out(y)
+
+
+class Block(nn.Module):
+    """x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(d_model)
+        self.attn = SelfAttention(d_model, n_heads, dropout)
+        self.ln2 = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * d_model, d_model)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), mask))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+def causal_padding_mask(seq: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) bool: attend to earlier non-padding positions; every position sees itself (no NaN rows)."""
+    idx = torch.arange(seq.shape[1], device=seq.device)  # comparisons, not tril/eye: both export to every ORT
+    causal = idx[None, :] <= idx[:, None]  # (T, T)
+    keys = (seq != 0)[:, None, None, :]  # (B, 1, 1, T)
+    eye = idx[None, :] == idx[:, None]
+    return (causal & keys) | eye

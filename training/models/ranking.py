@@ -1,0 +1,113 @@
+"""Ranking: DIN-style attention over the recent sequence w.r.t. the candidate, DCN-v2 cross layers,
+and two heads (interaction probability, rating). Loss = w_click·BCE + w_rating·MSE(rating | positive).
+
+Every input is a plain tensor so the model exports to ONNX and serves from Triton as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.ranking_inputs import INPUTS, OUTPUTS, USER_DENSE_DIM, item_dense, user_dense
+
+__all__ = ["INPUTS", "OUTPUTS", "Ranker", "RankingConfig", "ServingRanker", "item_dense", "user_dense"]
+
+
+@dataclass
+class RankingConfig:
+    n_items: int = 0  # vocabulary size including padding index 0
+    max_len: int = 50  # history length (same as the user profile's recent_items)
+    genres: list[str] = field(default_factory=list)  # genre vocabulary for the multi-hot item feature
+    content_dim: int = 384  # item content embedding size
+    d_model: int = 32  # id embedding size
+    n_cross: int = 2  # DCN-v2 cross layers
+    hidden: int = 128  # deep tower width
+    dropout: float = 0.1  # dropout in the deep tower
+    w_click: float = 1.0  # loss weight of the interaction head
+    w_rating: float = 0.5  # loss weight of the rating head
+    lr: float = 2e-3  # AdamW learning rate
+    batch_size: int = 512  # global batch size
+    epochs: int = 4  # passes over the training examples
+    negatives: int = 4  # sampled negatives per positive (half hard from recall, half uniform)
+    seed: int = 0  # initialisation and sampling seed
+
+    @property
+    def item_dense_dim(self) -> int:
+        return len(self.genres) + 3  # genres multi-hot, year, log popularity, mean rating
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CrossLayer(nn.Module):
+    """DCN-v2: x_{l+1} = x0 ⊙ (W x_l + b) + x_l."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(dim, dim)
+
+    def forward(self, x0: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return x0 * self.lin(x) + x
+
+
+class Ranker(nn.Module):
+    def __init__(self, cfg: RankingConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.item_emb = nn.Embedding(cfg.n_items, d, padding_idx=0)
+        self.content = nn.Linear(cfg.content_dim, d)
+        self.att = nn.Sequential(nn.Linear(4 * d, 32), nn.ReLU(), nn.Linear(32, 1))
+        in_dim = 3 * d + d + cfg.item_dense_dim + USER_DENSE_DIM + 1
+        self.cross = nn.ModuleList(CrossLayer(in_dim) for _ in range(cfg.n_cross))
+        self.deep = nn.Sequential(
+            nn.Linear(in_dim, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, cfg.hidden // 2), nn.ReLU(),
+        )
+        self.click_head = nn.Linear(in_dim + cfg.hidden // 2, 1)
+        self.rating_head = nn.Linear(in_dim + cfg.hidden // 2, 1)
+
+    def logits(self, history, item, item_dense, item_content, user_dense, recall_score):
+        """history (B, L), item (B, 1) → (click logit (B, 1), rating (B, 1) in 1..5)."""
+        c = self.item_emb(item[:, 0]) + self.content(item_content)  # (B, d)
+        h = self.item_emb(history)  # (B, L, d)
+        ce = c.unsqueeze(1).expand_as(h)
+        w = self.att(torch.cat([h, ce, h * ce, h - ce], dim=-1)).squeeze(-1)  # (B, L)
+        w = w.masked_fill(history == 0, -1e9).softmax(dim=-1) * (history != 0).any(1, keepdim=True)
+        pooled = (w.unsqueeze(-1) * h).sum(1)  # (B, d)
+        x0 = torch.cat([c, pooled, c * pooled, self.content(item_content), item_dense, user_dense,
+                        recall_score], dim=-1)
+        x = x0
+        for layer in self.cross:
+            x = layer(x0, x)
+        z = torch.cat([x, self.deep(x0)], dim=-1)
+        return self.click_head(z), 1.0 + 4.0 * torch.sigmoid(self.rating_head(z))
+
+    def forward(self, history, item, item_dense, item_content, user_dense, recall_score,
+                click=None, rating=None):
+        """Returns ((p_click, rating), loss); rating loss only on positives (click == 1)."""
+        logit, r = self.logits(history, item, item_dense, item_content, user_dense, recall_score)
+        loss = None
+        if click is not None:
+            loss = self.cfg.w_click * F.binary_cross_entropy_with_logits(logit, click)
+            if rating is not None:
+                pos = click > 0.5
+                if pos.any():
+                    loss = loss + self.cfg.w_rating * F.mse_loss(r[pos], rating[pos]) / 4.0
+        return (torch.sigmoid(logit), r), loss
+
+
+class ServingRanker(nn.Module):
+    """The exported graph: six inputs → (p_click, rating)."""
+
+    def __init__(self, model: Ranker) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, history, item, item_dense, item_content, user_dense, recall_score):
+        logit, r = self.model.logits(history, item, item_dense, item_content, user_dense, recall_score)
+        return torch.sigmoid(logit), r

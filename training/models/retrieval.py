@@ -1,0 +1,104 @@
+"""Retrieval: a SASRec-style sequential user encoder and an item tower (id + content embedding).
+
+Scores are dot products, so recall is an ANN search over the exported item-embedding index.
+Training: full-softmax cross-entropy over all items at every position (Klenitskiy & Vasilev, RecSys'23).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.layers import Block, causal_padding_mask
+
+
+@dataclass
+class RetrievalConfig:
+    n_items: int = 0  # vocabulary size including padding index 0 (set from the data)
+    max_len: int = 50  # sequence length read from the user profile (most recent last)
+    d_model: int = 64  # embedding and hidden size
+    n_heads: int = 2  # attention heads per block
+    n_layers: int = 2  # transformer blocks
+    dropout: float = 0.2  # dropout in blocks and on input embeddings
+    content_dim: int = 384  # size of the item content embedding (0 = id embeddings only)
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    batch_size: int = 128  # global batch size (split across workers)
+    epochs: int = 20  # passes over the training windows
+    seed: int = 0  # initialisation and shuffling seed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ItemTower(nn.Module):
+    """Item vector = id embedding + projected content embedding; unseen items still get a vector."""
+
+    def __init__(self, cfg: RetrievalConfig, content: torch.Tensor | None) -> None:
+        super().__init__()
+        self.id_emb = nn.Embedding(cfg.n_items, cfg.d_model, padding_idx=0)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.id_emb.weight[0].zero_()
+        if content is None:
+            content = torch.zeros(cfg.n_items, cfg.content_dim)
+        self.register_buffer("content", content.float(), persistent=True)  # (n_items, content_dim)
+        self.proj = nn.Linear(cfg.content_dim, cfg.d_model, bias=False) if cfg.content_dim else None
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        v = self.id_emb(idx)
+        if self.proj is not None:
+            v = v + self.proj(self.content[idx])
+        return v
+
+    def all_items(self) -> torch.Tensor:
+        return self.forward(torch.arange(self.id_emb.num_embeddings, device=self.id_emb.weight.device))
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: RetrievalConfig, content: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.items = ItemTower(cfg, content)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        self.ln = nn.LayerNorm(cfg.d_model)
+
+    def encode(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, T) left-padded item indices → hidden states (B, T, d)."""
+        t = seq.shape[1]
+        x = self.items(seq) + self.pos.weight[-t:]  # right-aligned positions: the latest item is always last
+        x = self.drop(x) * (seq != 0).unsqueeze(-1)
+        mask = causal_padding_mask(seq)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln(x)
+
+    def user_vector(self, seq: torch.Tensor) -> torch.Tensor:
+        """(B, T) → (B, d): the state after the most recent item; this is what the ONNX encoder exports."""
+        return self.encode(seq)[:, -1]
+
+    def forward(self, seq: torch.Tensor, targets: torch.Tensor | None = None):
+        """Returns (scores, loss): scores (B, T, n_items) over all items; loss ignores padding targets."""
+        h = self.encode(seq)  # (B, T, d)
+        logits = h @ self.items.all_items().T  # (B, T, n_items)
+        logits[..., 0] = -1e9  # padding is never a prediction
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0)
+        return logits, loss
+
+
+class UserEncoder(nn.Module):
+    """The serving half: sequence → user vector. Exported to ONNX for the recall stage."""
+
+    def __init__(self, model: SASRec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.model.user_vector(seq)

@@ -1,0 +1,86 @@
+"""ONNX export of the two serving graphs, with a parity check against torch (max abs diff)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.models.ranking import INPUTS, OUTPUTS, Ranker, ServingRanker
+from training.models.retrieval import SASRec, UserEncoder
+
+PARITY_TOL = 1e-4  # max |onnx − torch| the export must meet
+
+
+def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
+            outputs: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    module.eval()
+    torch.onnx.export(
+        module, args, str(path), input_names=inputs, output_names=outputs,
+        dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, opset_version=17, dynamo=False,
+    )
+    return path
+
+
+def export_user_encoder(model: SASRec, path: Path) -> Path:
+    seq = torch.randint(0, model.cfg.n_items, (2, model.cfg.max_len))
+    return _export(UserEncoder(model), (seq,), path, ["history"], ["user_vector"])
+
+
+def ranker_example(model: Ranker, batch: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """A random batch of the ranker's six inputs (also the MLflow input example)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.cfg
+    return (
+        torch.randint(0, cfg.n_items, (batch, cfg.max_len), generator=g),
+        torch.randint(1, cfg.n_items, (batch, 1), generator=g),
+        torch.rand(batch, cfg.item_dense_dim, generator=g),
+        torch.randn(batch, cfg.content_dim, generator=g) * 0.05,
+        torch.rand(batch, 2, generator=g),
+        torch.randn(batch, 1, generator=g),
+    )
+
+
+def export_ranker(model: Ranker, path: Path) -> Path:
+    return _export(ServingRanker(model), ranker_example(model, 2), path, list(INPUTS), list(OUTPUTS))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def parity(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> float:
+    """Max abs difference between torch and onnxruntime outputs on `args`."""
+    module.eval()
+    ref = module(*args)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    sess = _session(path)
+    feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args, strict=True)}
+    got = sess.run(None, feeds)
+    return float(max(np.abs(r.numpy() - g).max() for r, g in zip(ref, got, strict=True)))
+
+
+def latency_ms(path: Path, args: tuple[torch.Tensor, ...], repeats: int = 50) -> float:
+    """Median onnxruntime latency (ms) of one call with `args` (single thread)."""
+    sess = _session(path)
+    feeds = {i.name: a.numpy() for i, a in zip(sess.get_inputs(), args, strict=True)}
+    sess.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def user_encoder_example(model: SASRec, batch: int = 8, seed: int = 0) -> tuple[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, model.cfg.n_items, (batch, model.cfg.max_len), generator=g),)

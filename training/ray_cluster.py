@@ -1,0 +1,34 @@
+"""Connect to Ray: an embedded local cluster by default, the KubeRay cluster when `ray_address` is set."""
+
+from __future__ import annotations
+
+import os
+
+from recsys.settings import Settings
+
+
+def ensure_ray(settings: Settings) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray ≥ 2.5x token auth: off for the embedded cluster
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, log_to_driver=False)
+        return
+    ray.init(
+        num_cpus=settings.ray_num_cpus,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=settings.ray_dashboard,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def worker_resources(settings: Settings) -> dict[str, float]:
+    """Each worker's CPU share of the local cluster (GPU workers take one GPU and one CPU)."""
+    if settings.use_gpu:
+        return {"CPU": 1}
+    return {"CPU": max(1, settings.ray_num_cpus // max(1, settings.train_workers))}

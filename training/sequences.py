@@ -1,0 +1,46 @@
+"""Per-user item sequences in index space: the retrieval model's input and the evaluation histories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def histories(df: pd.DataFrame, item_index: dict[int, int]) -> dict[int, np.ndarray]:
+    """user_id → item indices ordered by (timestamp, item_id), the protocol's order."""
+    df = df.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    idx = df["item_id"].map(item_index).to_numpy(dtype=np.int64)
+    out: dict[int, np.ndarray] = {}
+    users = df["user_id"].to_numpy()
+    if len(users) == 0:
+        return out
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    for chunk_users, chunk in zip(np.split(users, bounds), np.split(idx, bounds), strict=True):
+        out[int(chunk_users[0])] = chunk
+    return out
+
+
+def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
+    """(N, max_len) int64, each row the last max_len items right-aligned, 0 = padding."""
+    out = np.zeros((len(seqs), max_len), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = s[-max_len:]
+        if len(s):
+            out[i, -len(s) :] = s
+    return out
+
+
+def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Next-item windows: inputs s[a:b-1], targets s[a+1:b], cut from the end in steps of max_len.
+
+    Long histories give several windows, so no interaction is dropped from training.
+    """
+    inputs, targets = [], []
+    for s in seqs:
+        end = len(s)
+        while end >= 2:
+            start = max(0, end - max_len - 1)
+            inputs.append(s[start : end - 1])
+            targets.append(s[start + 1 : end])
+            end = start + 1 if start > 0 else 0
+    return left_pad(inputs, max_len), left_pad(targets, max_len)

@@ -1,0 +1,194 @@
+"""The offline pipeline's steps as library functions; the CLI and the in-cluster jobs call these."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.errors import MissingStepError
+from recsys.settings import Settings
+from training.data.movielens import download_movielens, load_movielens
+from training.data.schema import save_dataset
+from training.data.synthetic import generate_synthetic
+from training.datasets import Prepared, prepare
+from training.evaluation.baselines import run_baselines
+from training.features import build_features, item_features, require_features
+from training.models.ranking import INPUTS, Ranker, RankingConfig, ServingRanker
+from training.models.retrieval import RetrievalConfig, SASRec, UserEncoder
+from training.onnx_export import (
+    export_ranker,
+    export_user_encoder,
+    latency_ms,
+    parity,
+    ranker_example,
+    user_encoder_example,
+)
+from training.registry import (
+    CHALLENGER,
+    log_artifacts,
+    log_pytorch,
+    set_challenger,
+    version_by_alias,
+)
+from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL, setup_mlflow
+
+
+@dataclass
+class DataResult:
+    manifest: dict[str, Any]
+    source: str  # where the data came from, said to the user
+
+
+def prepare_data(settings: Settings, source: Path | None = None, download: str | None = None,
+                 synthetic: bool = False) -> DataResult:
+    """Load MovieLens (a path, a download, RECSYS_DATA, the shared copy) or synthetic data into Parquet."""
+    path: Path | None = None
+    if download:
+        path = download_movielens(download, settings.home / "raw")  # type: ignore[arg-type]
+    elif not synthetic:
+        path = source or settings.data or (settings.shared_data if settings.shared_data.exists() else None)
+    if path is None:
+        ds = generate_synthetic(seed=settings.seed)
+        origin = "synthetic data" + ("" if synthetic else " (no RECSYS_DATA and no shared ML-100K found)")
+    else:
+        ds = load_movielens(Path(path))
+        origin = str(path)
+    return DataResult(save_dataset(ds, settings.data_dir), origin)
+
+
+def build_feature_store(settings: Settings) -> dict[str, int]:
+    prepared = prepare(settings)
+    return build_features(settings, prepared.ds, prepared.split)
+
+
+def content_matrix(settings: Settings, prepared: Prepared) -> np.ndarray:
+    """(n_items, 384) content embeddings in index order, read through Feast's offline store."""
+    frame = item_features(settings, prepared.item_ids[1:])
+    return np.stack(frame["content_embedding"].to_numpy()).astype(np.float32)
+
+
+def _run_spec(settings: Settings, run) -> dict[str, str]:
+    return {"uri": settings.tracking_uri, "run_id": run.info.run_id}
+
+
+def _data_params(settings: Settings, prepared: Prepared) -> dict[str, Any]:
+    return {"data_digest": prepared.digest, "dataset": prepared.ds.name, "n_items": prepared.n_items,
+            "n_users": len(prepared.train), "train_workers": settings.train_workers, "use_gpu": settings.use_gpu}
+
+
+def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -> RetrievalConfig:
+    cfg = RetrievalConfig(n_items=prepared.n_items + 1, max_len=settings.sequence_length,
+                          epochs=settings.retrieval_epochs, seed=settings.seed)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def register_retrieval(settings: Settings, prepared: Prepared, model: SASRec,
+                       metrics: dict[str, float]) -> str:
+    """Inside an active MLflow run: ONNX + parity + latency + index artifacts, pytorch flavour, challenger."""
+    import mlflow
+
+    model.eval()
+    with tempfile.TemporaryDirectory() as d:
+        onnx_path = export_user_encoder(model, Path(d) / "user_encoder.onnx")
+        enc = UserEncoder(model)
+        checks = {"onnx_parity_max_abs_diff": parity(enc, user_encoder_example(model, 32, seed=1), onnx_path),
+                  "onnx_latency_ms": latency_ms(onnx_path, user_encoder_example(model, 1))}
+        with torch.no_grad():
+            index = model.items.all_items().numpy().astype(np.float32)
+        log_artifacts({"user_encoder.onnx": onnx_path, "item_embeddings.npy": index,
+                       "item_ids.json": prepared.item_ids.tolist(), "config.json": model.cfg.to_dict()})
+    mlflow.log_metrics({**metrics, **checks})
+    version = log_pytorch(enc, user_encoder_example(model, 2), ["history"], RETRIEVAL_MODEL)
+    set_challenger(settings, RETRIEVAL_MODEL, version, {"data_digest": prepared.digest, **checks})
+    return version
+
+
+def register_ranker(settings: Settings, prepared: Prepared, model: Ranker, metrics: dict[str, float],
+                    retrieval_version: str) -> str:
+    import mlflow
+
+    model.eval()
+    with tempfile.TemporaryDirectory() as d:
+        onnx_path = export_ranker(model, Path(d) / "ranker.onnx")
+        serving = ServingRanker(model)
+        checks = {"onnx_parity_max_abs_diff": parity(serving, ranker_example(model, 64, seed=1), onnx_path),
+                  "onnx_latency_ms": latency_ms(onnx_path, ranker_example(model, 200))}
+        log_artifacts({"ranker.onnx": onnx_path, "config.json": model.cfg.to_dict()})
+    mlflow.log_metrics({**metrics, **checks})
+    version = log_pytorch(serving, ranker_example(model, 2), list(INPUTS), RANKER_MODEL)
+    set_challenger(settings, RANKER_MODEL, version, {"data_digest": prepared.digest,
+                                                     "retrieval_version": retrieval_version, **checks})
+    return version
+
+
+def train_retrieval_step(settings: Settings, resume: bool = False, **overrides: Any) -> dict[str, Any]:
+    from training.jobs.retrieval import train_retrieval
+
+    require_features(settings)
+    prepared = prepare(settings)
+    cfg = retrieval_config(settings, prepared, **overrides)
+    setup_mlflow(settings)
+    import mlflow
+
+    with mlflow.start_run(run_name="retrieval") as run:
+        mlflow.log_params({**cfg.to_dict(), **_data_params(settings, prepared)})
+        out = train_retrieval(settings, prepared, content_matrix(settings, prepared), cfg, resume,
+                              _run_spec(settings, run))
+        metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
+                   "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
+                   "epochs_completed": out.epochs}
+        version = register_retrieval(settings, prepared, out.model, metrics)
+    return {"model": RETRIEVAL_MODEL, "version": version, "run_id": run.info.run_id, **metrics}
+
+
+def load_retrieval(settings: Settings, alias: str = CHALLENGER) -> tuple[SASRec, str]:
+    from training.registry import load_torch
+
+    mv = version_by_alias(settings, RETRIEVAL_MODEL, alias)
+    enc = load_torch(settings, RETRIEVAL_MODEL, mv.version)
+    return enc.model, str(mv.version)
+
+
+def train_ranking_step(settings: Settings, resume: bool = False, **overrides: Any) -> dict[str, Any]:
+    from training.jobs.ranking import train_ranking
+
+    require_features(settings)
+    prepared = prepare(settings)
+    recall, recall_version = load_retrieval(settings, CHALLENGER)
+    cfg = RankingConfig(epochs=settings.ranking_epochs, seed=settings.seed)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    setup_mlflow(settings)
+    import mlflow
+
+    with mlflow.start_run(run_name="ranking") as run:
+        params = {k: v for k, v in cfg.to_dict().items() if k != "genres"}
+        mlflow.log_params({**params, **_data_params(settings, prepared), "retrieval_version": recall_version})
+        out = train_ranking(settings, prepared, recall, cfg, resume=resume, mlflow_run=_run_spec(settings, run))
+        metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
+                   **out.recall_valid.as_dict("recall_val_"), **out.recall_test.as_dict("recall_test_"),
+                   **{f"val_{k}": v for k, v in out.classification.items()},
+                   "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
+                   "epochs_completed": out.epochs}
+        version = register_ranker(settings, prepared, out.model, metrics, recall_version)
+    return {"model": RANKER_MODEL, "version": version, "run_id": run.info.run_id, **metrics}
+
+
+def baselines_step(settings: Settings, stage: str = "test") -> dict[str, dict[str, float]]:
+    """MostPop, item-kNN, EASE, BPR-MF under the same protocol (histories = everything before the target)."""
+    prepared = prepare(settings)
+    _, hists, targets = prepared.eval_set(stage)  # type: ignore[arg-type]
+    results = run_baselines(hists, hists, targets, prepared.n_items, seed=settings.seed)
+    return {name: {**r.report.as_dict(), "fit_seconds": r.fit_seconds} for name, r in results.items()}
+
+
+def require_data(settings: Settings) -> None:
+    if not (settings.data_dir / "manifest.json").exists():
+        raise MissingStepError(f"no prepared data set in {settings.data_dir}: run `recsys data` first")
