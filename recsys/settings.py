@@ -82,6 +82,7 @@ class Settings(BaseModel):
     ranking_timeout_ms: float = 400.0
     copy_timeout_ms: float = 800.0
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
+    item_cache_ttl_s: float = 300.0  # serving keeps item feature rows this long (0: read Feast every request)
 
     @cached_property
     def data_dir(self) -> Path:

@@ -85,6 +85,37 @@ class FeatureReader:
         )
 
 
+class ItemCache:
+    """Item rows kept for `ttl_s` per replica: item features change only when materialized, and reading ~200
+    rows with their 384-d embeddings from the online store costs ~35 ms here against ~0.1 ms from memory."""
+
+    def __init__(self, reader: FeatureReader, ttl_s: float) -> None:
+        self.reader = reader
+        self.ttl_s = ttl_s
+        self._rows: dict[int, tuple[float, tuple]] = {}  # item id → (loaded at, row)
+
+    def items(self, item_ids: list[int]) -> ItemRows:
+        if self.ttl_s <= 0:
+            return self.reader.items(item_ids)
+        now = time.monotonic()
+        stale = [i for i in dict.fromkeys(item_ids) if i not in self._rows or now - self._rows[i][0] > self.ttl_s]
+        if stale:
+            fresh = self.reader.items(stale)
+            for j, i in enumerate(stale):
+                self._rows[i] = (now, (fresh.found[j], fresh.title[j], fresh.genres[j], fresh.year[j],
+                                       fresh.popularity[j], fresh.item_mean_rating[j], fresh.content[j]))
+        rows = [self._rows[i][1] for i in item_ids]
+        return ItemRows(
+            item_ids=np.asarray(item_ids, dtype=np.int64),
+            found=np.array([r[0] for r in rows], dtype=bool),
+            title=[r[1] for r in rows], genres=[r[2] for r in rows],
+            year=np.array([r[3] for r in rows], dtype=np.int64),
+            popularity=np.array([r[4] for r in rows], dtype=np.int64),
+            item_mean_rating=np.array([r[5] for r in rows], dtype=np.float32),
+            content=np.stack([r[6] for r in rows]) if rows else np.zeros((0, 384), dtype=np.float32),
+        )
+
+
 @serve.deployment(name="Features", max_ongoing_requests=64)
 class Features:
     def __init__(self) -> None:

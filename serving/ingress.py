@@ -5,7 +5,6 @@ Every stage has its own timeout and degraded answer, visible in `recommend` belo
 degraded and why (HTTP 200), so a client is never told a fallback is the real thing.
 """
 
-from __future__ import annotations
 
 import asyncio
 import time

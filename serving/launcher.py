@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -75,15 +76,30 @@ def start_ray_head(settings: Settings) -> None:
         raise ServeError(f"`ray start --head` failed: {tail[0] if tail else res.returncode}")
 
 
+def _port_open(address: str, timeout: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def _connect(settings: Settings) -> bool:
-    """Connect this process to the serving Ray cluster; False if none answers."""
+    """Connect this process to the serving Ray cluster; False if none answers.
+
+    Locally the GCS port is probed first: `ray.init(address=…)` with nothing listening retries for minutes.
+    """
     import ray
 
     if ray.is_initialized():
         return True
+    if not settings.ray_address and not _port_open(ray_address(settings)):
+        return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    kwargs = {} if settings.ray_address else {"_node_ip_address": "127.0.0.1"}
     try:
-        ray.init(address=ray_address(settings), log_to_driver=False, configure_logging=False)
+        ray.init(address=ray_address(settings), log_to_driver=False, configure_logging=False, **kwargs)
     except (ConnectionError, RuntimeError):
         return False
     return True

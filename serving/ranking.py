@@ -18,7 +18,7 @@ from ray import serve
 from recsys.settings import Settings, load_settings
 from serving.artifacts import load_recall_index, model_info
 from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
-from serving.features import FeatureReader, ItemRows
+from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
 from training.models.ranking_inputs import item_dense, user_dense
 
@@ -48,7 +48,7 @@ class Ranker:
     def __init__(self, settings: Settings, reader: FeatureReader | None = None,
                  client: RankerClient | None = None) -> None:
         self.settings = settings
-        self.reader = reader or FeatureReader(settings)
+        self.items = ItemCache(reader or FeatureReader(settings), settings.item_cache_ttl_s)
         info = model_info(settings, "ranker")
         self.version = info.version
         self.genres: list[str] = list(info.config["genres"])
@@ -79,7 +79,7 @@ class Ranker:
     async def rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
         if not cands.item_ids:
             return RankedItems(items=[], model_version="")
-        items = await asyncio.to_thread(self.reader.items, cands.item_ids)
+        items = await asyncio.to_thread(self.items.items, cands.item_ids)
         degraded = None
         version = self.version
         try:

@@ -22,7 +22,14 @@ class RankerClient:
         self._mod = grpcclient
         self.url = url
         self.model = model
-        self.client = grpcclient.InferenceServerClient(url)
+        self._client = None
+
+    @property
+    def client(self):
+        """Created on first use, inside the running event loop (a grpc.aio channel is bound to its loop)."""
+        if self._client is None:
+            self._client = self._mod.InferenceServerClient(self.url)
+        return self._client
 
     async def ready(self, version: str = "") -> bool:
         try:
@@ -43,4 +50,6 @@ class RankerClient:
         return res.as_numpy("p_click")[:, 0]
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

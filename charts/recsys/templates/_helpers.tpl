@@ -1,0 +1,211 @@
+{{/* Prefix of every object name: the release name unless fullnameOverride is set. */}}
+{{- define "recsys.fullname" -}}
+{{- default .Release.Name .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "recsys.labels" -}}
+app.kubernetes.io/name: recsys
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: include "recsys.selector" (list . "mlflow") */}}
+{{- define "recsys.selector" -}}
+{{- $ := index . 0 -}}
+app.kubernetes.io/name: recsys
+app.kubernetes.io/instance: {{ $.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "recsys.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* Pod securityContext for a UID: include "recsys.podSecurityContext" (list . uid) */}}
+{{- define "recsys.podSecurityContext" -}}
+{{- $ := index . 0 -}}
+{{- $uid := index . 1 | int64 -}}
+{{- toYaml (merge (dict "runAsUser" $uid "runAsGroup" $uid "fsGroup" $uid) (deepCopy $.Values.podSecurityContext)) -}}
+{{- end -}}
+
+{{- define "recsys.containerSecurityContext" -}}
+{{- toYaml .Values.containerSecurityContext -}}
+{{- end -}}
+
+{{/* ---- Service addresses (one place; the settings file and the templates both use these) ---- */}}
+{{- define "recsys.mlflowUri" -}}
+http://{{ include "recsys.fullname" . }}-mlflow:{{ .Values.mlflow.port }}
+{{- end -}}
+
+{{- define "recsys.redisAddress" -}}
+{{- if .Values.redis.enabled -}}
+{{ include "recsys.fullname" . }}-redis:6379
+{{- else -}}
+{{ required "redis.externalAddress is required when redis.enabled is false" .Values.redis.externalAddress }}
+{{- end -}}
+{{- end -}}
+
+{{- define "recsys.s3Endpoint" -}}
+{{- if .Values.objectStore.externalEndpoint -}}
+{{ .Values.objectStore.externalEndpoint }}
+{{- else if .Values.objectStore.minio.enabled -}}
+http://{{ include "recsys.fullname" . }}-minio:9000
+{{- else -}}
+{{- fail "objectStore: set externalEndpoint or enable objectStore.minio" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "recsys.postgresHost" -}}
+{{- if .Values.postgres.enabled -}}
+{{ include "recsys.fullname" . }}-postgres
+{{- else -}}
+{{ required "postgres.externalHost is required when postgres.enabled is false" .Values.postgres.externalHost }}
+{{- end -}}
+{{- end -}}
+
+{{- define "recsys.objectStoreSecret" -}}
+{{ .Values.objectStore.existingSecret | default (printf "%s-object-store" (include "recsys.fullname" .)) }}
+{{- end -}}
+
+{{- define "recsys.postgresSecret" -}}
+{{- if and (not .Values.postgres.enabled) (not .Values.postgres.existingSecret) -}}
+{{- fail "postgres.existingSecret is required with an external Postgres (postgres.enabled=false)" -}}
+{{- end -}}
+{{ .Values.postgres.existingSecret | default (printf "%s-postgres" (include "recsys.fullname" .)) }}
+{{- end -}}
+
+{{- define "recsys.rankerName" -}}
+{{ include "recsys.fullname" . }}-{{ .Values.ranker.name }}
+{{- end -}}
+
+{{- define "recsys.serverless" -}}
+{{- if has .Values.ranker.deploymentMode (list "Serverless" "Knative") -}}true{{- end -}}
+{{- end -}}
+
+{{- define "recsys.storageUri" -}}
+{{ .Values.ranker.storageUri | default (printf "s3://%s/model_repository" .Values.objectStore.bucket) }}
+{{- end -}}
+
+{{/* GPUs per pod of a worker group (0 when none). */}}
+{{- define "recsys.groupGpus" -}}
+{{- $l := .resources.limits | default dict -}}
+{{- index $l "nvidia.com/gpu" | default 0 | int -}}
+{{- end -}}
+
+{{/*
+The ONE settings file (recsys/settings.py reads it through RECSYS_SETTINGS_FILE). Computed service
+URIs first, then .Values.settings on top (pass-through: explicit values win). Keys must be Settings
+fields: tests/charts/test_chart.py loads the rendered file through recsys.settings.load_settings.
+*/}}
+{{- define "recsys.settings" -}}
+{{- $gpus := 0 -}}
+{{- $workers := 0 -}}
+{{- range .Values.training.workerGroups -}}
+{{- $g := include "recsys.groupGpus" . | int -}}
+{{- $gpus = add $gpus (mul $g .replicas) -}}
+{{- $workers = add $workers (mul (max $g 1) .replicas) -}}
+{{- end -}}
+{{- $computed := dict
+  "home" .Values.persistence.state.mountPath
+  "mlflow_tracking_uri" (include "recsys.mlflowUri" .)
+  "feast_online_store" (dict "type" "redis" "connection_string" (include "recsys.redisAddress" .))
+  "feast_registry" (printf "s3://%s/feast/registry.db" .Values.objectStore.bucket)
+  "feature_server_url" (printf "http://%s-feature-server:%d" (include "recsys.fullname" .) (int .Values.featureServer.port))
+  "ray_address" "auto"
+  "train_workers" (max $workers 1)
+  "use_gpu" (gt (int $gpus) 0)
+  "triton_host" (printf "%s-predictor" (include "recsys.rankerName" .))
+  "triton_grpc_port" (ternary 80 (int .Values.ranker.grpcPort) (eq (include "recsys.serverless" .) "true"))
+  "triton_http_port" (int .Values.ranker.httpPort)
+  "triton_metrics_port" (int .Values.ranker.metricsPort)
+  "serve_host" "0.0.0.0"
+  "serve_http_port" (int (dig "http_options" "port" 8000 .Values.serving.serveConfig))
+  "serve_app_name" (index .Values.serving.serveConfig.applications 0).name
+-}}
+{{- toYaml (mergeOverwrite $computed (deepCopy .Values.settings)) -}}
+{{- end -}}
+
+{{/* Env of every platform container: where settings come from + S3 client configuration. */}}
+{{- define "recsys.env" -}}
+- name: RECSYS_SETTINGS_FILE
+  value: /etc/recsys/settings.yaml
+- name: RECSYS_PROFILE
+  value: {{ .Values.profile | quote }}
+- name: HOME
+  value: /tmp
+- name: AWS_ACCESS_KEY_ID
+  valueFrom: {secretKeyRef: {name: {{ include "recsys.objectStoreSecret" . }}, key: AWS_ACCESS_KEY_ID}}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom: {secretKeyRef: {name: {{ include "recsys.objectStoreSecret" . }}, key: AWS_SECRET_ACCESS_KEY}}
+- name: AWS_DEFAULT_REGION
+  value: {{ .Values.objectStore.region | quote }}
+- name: AWS_ENDPOINT_URL
+  value: {{ include "recsys.s3Endpoint" . | quote }}
+- name: MLFLOW_S3_ENDPOINT_URL
+  value: {{ include "recsys.s3Endpoint" . | quote }}
+- name: FEAST_S3_ENDPOINT_URL
+  value: {{ include "recsys.s3Endpoint" . | quote }}
+{{- end -}}
+
+{{/* Volumes of platform pods: settings, state, /tmp. */}}
+{{- define "recsys.volumes" -}}
+- name: settings
+  configMap:
+    name: {{ include "recsys.fullname" . }}-settings
+- name: tmp
+  emptyDir: {}
+- name: state
+{{- if .Values.persistence.state.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "recsys.fullname" . }}-state
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end -}}
+
+{{- define "recsys.volumeMounts" -}}
+- name: settings
+  mountPath: /etc/recsys
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+- name: state
+  mountPath: {{ .Values.persistence.state.mountPath }}
+{{- end -}}
+
+{{/* Prometheus scrape annotations: include "recsys.scrape" (list . port path) */}}
+{{- define "recsys.scrape" -}}
+{{- $ := index . 0 -}}
+{{- if $.Values.metrics.scrapeAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ index . 1 | quote }}
+prometheus.io/path: {{ index . 2 | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Reuse a generated secret value across upgrades: include "recsys.secretValue" (list . secretName key) */}}
+{{- define "recsys.secretValue" -}}
+{{- $ := index . 0 -}}
+{{- $existing := lookup "v1" "Secret" $.Release.Namespace (index . 1) -}}
+{{- if and $existing (hasKey $existing.data (index . 2)) -}}
+{{ index $existing.data (index . 2) }}
+{{- else -}}
+{{ randAlphaNum 32 | b64enc }}
+{{- end -}}
+{{- end -}}
+
+{{/* Ray pod template pieces shared by RayJob and RayService. */}}
+{{- define "recsys.rayVolumes" -}}
+{{ include "recsys.volumes" . }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+{{- end -}}
+
+{{- define "recsys.rayVolumeMounts" -}}
+{{ include "recsys.volumeMounts" . }}
+- name: dshm
+  mountPath: /dev/shm
+{{- end -}}

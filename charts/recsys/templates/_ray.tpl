@@ -1,0 +1,63 @@
+{{/*
+Ray pod template: include "recsys.rayPod" (dict "root" $ "component" "training" "role" "head"
+"resources" ... "nodeSelector" ... "tolerations" ...). Head and workers run the platform image with
+the settings file, state volume, /tmp and a memory-backed /dev/shm for the object store.
+*/}}
+{{- define "recsys.rayPod" -}}
+{{- $ := .root -}}
+metadata:
+  labels:
+    {{- include "recsys.selector" (list $ (printf "%s-%s" .component .role)) | nindent 4 }}
+    recsys.io/part: {{ .component }}
+  annotations:
+    checksum/settings: {{ include "recsys.settings" $ | sha256sum }}
+    {{- include "recsys.scrape" (list $ 8080 "/metrics") | nindent 4 }}
+spec:
+  serviceAccountName: {{ include "recsys.fullname" $ }}
+  automountServiceAccountToken: false
+  {{- with $.Values.imagePullSecrets }}
+  imagePullSecrets: {{ toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- include "recsys.podSecurityContext" (list $ $.Values.platformUid) | nindent 4 }}
+  {{- with .nodeSelector }}
+  nodeSelector: {{ toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .tolerations }}
+  tolerations: {{ toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: ray-{{ .role }}
+      image: {{ include "recsys.image" $ }}
+      imagePullPolicy: {{ $.Values.image.pullPolicy }}
+      env:
+        {{- include "recsys.env" $ | nindent 8 }}
+      {{- if eq .role "head" }}
+      ports:
+        - {name: gcs, containerPort: 6379}
+        - {name: dashboard, containerPort: 8265}
+        - {name: client, containerPort: 10001}
+        {{- if eq .component "serving" }}
+        - {name: serve, containerPort: 8000}
+        {{- end }}
+        - {name: metrics, containerPort: 8080}
+      {{- end }}
+      securityContext:
+        {{- include "recsys.containerSecurityContext" $ | nindent 8 }}
+      resources:
+        {{- toYaml .resources | nindent 8 }}
+      volumeMounts:
+        {{- include "recsys.rayVolumeMounts" $ | nindent 8 }}
+  volumes:
+    {{- include "recsys.rayVolumes" $ | nindent 4 }}
+{{- end -}}
+
+{{/* rayStartParams of a worker group: num-gpus from its nvidia.com/gpu limit. */}}
+{{- define "recsys.workerStartParams" -}}
+{{- $g := include "recsys.groupGpus" . | int -}}
+{{- if gt $g 0 }}
+num-gpus: {{ $g | quote }}
+{{- else }}
+{}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,404 @@
+"""The umbrella chart renders, lints and validates offline for every values profile, and stays in step with the code.
+
+Checks: `helm lint`; `helm template` output validated with kubernetes-validate (built-in kinds, strict) and the
+shared KubeRay/KServe CRD schemas (validate_cr.py); assertions on rendered paths; the values schema rejecting bad
+values; the rendered settings file loading through `recsys.settings.load_settings` (chart ↔ code drift guard); the
+RayService naming the Serve application and deployments that exist in serving/.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from recsys.settings import load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared"  # the clean-clone layout: ../shared beside the repository
+CHART = REPO / "charts" / "recsys"
+HELM = REPO / ".tools" / "bin" / "helm"
+RELEASE = "r"
+PROFILES = {
+    "default": [],
+    "dev": ["-f", str(CHART / "values-dev.yaml")],
+    "gpu": ["-f", str(CHART / "values-gpu.yaml")],
+}
+POD_KINDS = {"Deployment", "StatefulSet", "Job", "CronJob", "Pod"}
+GPU = "nvidia.com/gpu"
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """A real helm binary in .tools/bin, installed from the shared script when missing (fails, never skips)."""
+    if not HELM.exists():
+        script = SHARED / "tools" / "install-helm.sh"
+        if not script.exists():
+            pytest.fail(f"cannot install helm: {script} not found (expected ../shared beside the repository)")
+        res = subprocess.run(["bash", str(script), str(HELM.parent)], capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            pytest.fail(f"cannot install helm with {script}:\n{res.stdout}\n{res.stderr}")
+    res = subprocess.run([str(HELM), "version", "--short"], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail(f"{HELM} does not run: {res.stderr}")
+    return HELM
+
+
+def run_helm(helm: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=120)
+
+
+@cache
+def _render(helm: Path, args: tuple[str, ...]) -> str:
+    res = run_helm(helm, "template", RELEASE, str(CHART), *args)
+    assert res.returncode == 0, f"helm template {' '.join(args)} failed:\n{res.stderr}"
+    return res.stdout
+
+
+def render(helm: Path, profile: str, *extra: str) -> str:
+    return _render(helm, (*PROFILES[profile], *extra))
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in objs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) for every pod the release creates, including KubeRay head/worker/submitter templates."""
+    out = []
+    for d in objs:
+        where, kind, spec = f"{d['kind']}/{d['metadata']['name']}", d["kind"], d.get("spec", {})
+        if kind == "Pod":
+            out.append((where, spec))
+        elif kind == "CronJob":
+            out.append((where, spec["jobTemplate"]["spec"]["template"]["spec"]))
+        elif kind in POD_KINDS:
+            out.append((where, spec["template"]["spec"]))
+        elif kind in ("RayJob", "RayService"):
+            cluster = spec.get("rayClusterSpec") or spec["rayClusterConfig"]
+            out.append((f"{where}/head", cluster["headGroupSpec"]["template"]["spec"]))
+            out += [(f"{where}/{g['groupName']}", g["template"]["spec"]) for g in cluster["workerGroupSpecs"]]
+            if "submitterPodTemplate" in spec:
+                out.append((f"{where}/submitter", spec["submitterPodTemplate"]["spec"]))
+    return out
+
+
+def settings_file(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    return yaml.safe_load(one(objs, "ConfigMap", f"{RELEASE}-settings")["data"]["settings.yaml"])
+
+
+# ---- lint and schema validation of the rendered output, per profile ----
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_helm_lint_passes(helm: Path, profile: str) -> None:
+    res = run_helm(helm, "lint", "--strict", str(CHART), *PROFILES[profile])
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_builtin_kinds_pass_kubernetes_validate_strict(helm: Path, profile: str, tmp_path: Path) -> None:
+    out = tmp_path / "rendered.yaml"
+    out.write_text(render(helm, profile))
+    assert len([d for d in docs(out.read_text()) if "." not in d["apiVersion"].split("/")[0]]) > 10
+    cli = Path(sys.executable).parent / "kubernetes-validate"
+    assert cli.exists(), f"{cli} missing: pip install kubernetes-validate==1.37.0"
+    res = subprocess.run([str(cli), "--strict", "--no-warn", "--quiet", "-k", "1.33.0", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_custom_resources_pass_crd_schemas(helm: Path, profile: str, tmp_path: Path) -> None:
+    out = tmp_path / "rendered.yaml"
+    out.write_text(render(helm, profile, "--set", "ranker.runtime.create=true"))
+    res = subprocess.run([sys.executable, str(SHARED / "k8s" / "validate_cr.py"), str(SHARED / "k8s" / "crds"),
+                          str(out)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for kind in ("RayJob", "RayService", "InferenceService", "ServingRuntime"):
+        assert re.search(rf"{kind}/\S+: ok", res.stdout), f"{kind} was not validated:\n{res.stdout}"
+
+
+# ---- values schema ----
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"trainning": {"enabled": True}}, "additional properties 'trainning' not allowed"),
+    ({"serving": {"upgradeStrategy": "BlueGreen"}}, "/serving/upgradeStrategy"),
+    ({"featureServer": {"resources": {"requests": {"cpu": 0.5, "memory": "1Gi"},
+                                      "limits": {"cpu": "1", "memory": "1Gi"}}}}, "/featureServer/resources"),
+    ({"ranker": {"deploymentMode": "Knative", "canaryTrafficPercent": 120}}, "/ranker/canaryTrafficPercent"),
+    ({"podSecurityContext": {"runAsNonRoot": False}}, "/podSecurityContext/runAsNonRoot"),
+])
+def test_bad_values_fail_with_schema_message(helm: Path, tmp_path: Path, values: dict, message: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    res = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(bad))
+    assert res.returncode != 0
+    assert "don't meet the specifications of the schema" in res.stderr, res.stderr
+    assert message in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(("sets", "message"), [
+    ("postgres.enabled=false", "postgres.externalHost is required"),
+    ("postgres.enabled=false,postgres.externalHost=db", "postgres.existingSecret is required"),
+    ("objectStore.minio.enabled=false", "set externalEndpoint or enable objectStore.minio"),
+    ("redis.enabled=false", "redis.externalAddress is required"),
+])
+def test_external_services_need_their_address_and_secret(helm: Path, sets: str, message: str) -> None:
+    res = run_helm(helm, "template", RELEASE, str(CHART), "--set", sets)
+    assert res.returncode != 0 and message in res.stderr, res.stderr
+
+
+def test_values_keys_are_documented() -> None:
+    """Every values.yaml key outside pass-through maps has a `# --` comment right above it."""
+    passthrough = {"settings", "serveConfig", "resources", "serverArgs", "args", "labels", "podSecurityContext",
+                   "containerSecurityContext", "workerGroups", "annotations", "nodeSelector", "tolerations"}
+    lines = CHART.joinpath("values.yaml").read_text().splitlines()
+    undocumented, skip_deeper_than = [], None
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z][\w.-]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        if skip_deeper_than is not None and indent > skip_deeper_than:
+            continue
+        skip_deeper_than = indent if m.group(2) in passthrough else None
+        block = []
+        for prev in reversed(lines[:i]):
+            if not prev.strip().startswith("#"):
+                break
+            block.append(prev)
+        if not any("# --" in c for c in block):
+            undocumented.append(f"line {i + 1}: {m.group(2)}")
+    assert not undocumented, "keys without a `# --` comment: " + ", ".join(undocumented)
+
+
+# ---- settings file: the chart renders what the code reads ----
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_rendered_settings_file_loads_through_recsys_settings(helm: Path, profile: str, tmp_path: Path) -> None:
+    objs = docs(render(helm, profile))
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings_file(objs)))
+    s = load_settings(environ={"RECSYS_SETTINGS_FILE": str(path), "RECSYS_PROFILE": "dev"})
+    assert s.mlflow_tracking_uri == f"http://{RELEASE}-mlflow:5000"
+    assert s.feast_online_store == {"type": "redis", "connection_string": f"{RELEASE}-redis:6379"}
+    assert s.feast_registry == "s3://recsys/feast/registry.db"
+    assert s.feature_server_url == f"http://{RELEASE}-feature-server:6566"
+    assert s.ray_address == "auto"
+    assert s.triton_host == f"{RELEASE}-ranker-predictor"
+    assert s.triton_grpc_port == 9000
+    assert str(s.home) == "/var/lib/recsys"
+    # Every platform pod reads that file (except the plain HTTP clients: Ray job submitter, helm test pod).
+    clients = ("/submitter", "-test-recommend")
+    for where, spec in pod_specs(objs):
+        for c in spec["containers"]:
+            if c["image"].startswith("ghcr.io/recsys/platform") and not where.endswith(clients):
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                assert env.get("RECSYS_SETTINGS_FILE") == "/etc/recsys/settings.yaml", where
+                assert env.get("RECSYS_PROFILE"), where
+                assert not {n for n in env if n.startswith("RECSYS_")} - {"RECSYS_SETTINGS_FILE", "RECSYS_PROFILE"}, \
+                    f"{where}: RECSYS_* variables are settings keys; put them in the settings file"
+
+
+def test_settings_values_override_computed_uris(helm: Path) -> None:
+    objs = docs(render(helm, "default", "--set", "settings.mlflow_tracking_uri=https://mlflow.example.com"))
+    assert settings_file(objs)["mlflow_tracking_uri"] == "https://mlflow.example.com"
+
+
+def test_unknown_settings_key_is_rejected_by_the_code(helm: Path, tmp_path: Path) -> None:
+    objs = docs(render(helm, "default", "--set", "settings.mlflow_trackin_uri=x"))
+    path = tmp_path / "settings.yaml"
+    path.write_text(yaml.safe_dump(settings_file(objs)))
+    with pytest.raises(Exception, match="mlflow_trackin_uri"):
+        load_settings(environ={"RECSYS_SETTINGS_FILE": str(path), "RECSYS_PROFILE": "dev"})
+
+
+# ---- serving graph ----
+
+def _serve_deployment_names() -> set[str]:
+    names = set()
+    for path in (REPO / "serving").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                for dec in node.decorator_list:
+                    if isinstance(dec, ast.Call) and ast.unparse(dec.func).endswith("serve.deployment"):
+                        kw = {k.arg: k.value for k in dec.keywords}
+                        names.add(ast.literal_eval(kw["name"]) if "name" in kw else node.name)
+    return names
+
+
+def test_rayservice_serves_the_graph_defined_in_serving(helm: Path) -> None:
+    objs = docs(render(helm, "default"))
+    svc = one(objs, "RayService")
+    assert isinstance(svc["spec"]["serveConfigV2"], str)
+    config = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    (application,) = config["applications"]
+    assert application["import_path"] == "serving.app:app"
+    module, symbol = application["import_path"].split(":")
+    tree = ast.parse((REPO / Path(*module.split("."))).with_suffix(".py").read_text())
+    assigned = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    assert symbol in assigned, f"{module} defines no `{symbol}`"
+    deployments = {d["name"] for d in application["deployments"]}
+    assert deployments == _serve_deployment_names() == {"Ingress", "Features", "Recall", "Ranking", "Copy"}
+    assert settings_file(objs)["serve_app_name"] == application["name"]
+    assert settings_file(objs)["serve_http_port"] == config["http_options"]["port"]
+
+
+@pytest.mark.parametrize(("profile", "strategy"), [("default", "NewCluster"), ("dev", "None"), ("gpu", "NewCluster")])
+def test_rayservice_upgrade_strategy_and_dashboard(helm: Path, profile: str, strategy: str) -> None:
+    objs = docs(render(helm, profile))
+    assert one(objs, "RayService")["spec"]["upgradeStrategy"]["type"] == strategy
+    dash = one(objs, "Service", f"{RELEASE}-serve-dashboard")
+    assert dash["spec"]["ports"][0]["port"] == 8265
+    head = one(objs, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]["labels"]
+    assert all(head.get(k) == v for k, v in dash["spec"]["selector"].items())
+
+
+# ---- ranker on KServe ----
+
+def test_inferenceservice_declares_grpc_port_and_storage_uri(helm: Path) -> None:
+    objs = docs(render(helm, "default"))
+    isvc = one(objs, "InferenceService", f"{RELEASE}-ranker")
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "triton"
+    assert model["storageUri"] == "s3://recsys/model_repository"
+    assert {"name": "h2c", "containerPort": 9000, "protocol": "TCP"} in model["ports"]
+    assert model["ports"][0]["name"] == "http1"  # KServe maps the first port to 80; 9000 stays 9000
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+
+
+@pytest.mark.parametrize(("mode", "canary_rendered", "grpc_port"), [
+    ("RawDeployment", False, 9000), ("Standard", False, 9000), ("Serverless", True, 80), ("Knative", True, 80)])
+def test_canary_only_in_serverless_mode(helm: Path, mode: str, canary_rendered: bool, grpc_port: int) -> None:
+    objs = docs(render(helm, "default", "--set", f"ranker.deploymentMode={mode}",
+                       "--set", "ranker.canaryTrafficPercent=10"))
+    predictor = one(objs, "InferenceService")["spec"]["predictor"]
+    assert ("canaryTrafficPercent" in predictor) is canary_rendered
+    if canary_rendered:
+        assert predictor["canaryTrafficPercent"] == 10
+        assert [p["name"] for p in predictor["model"]["ports"]] == ["h2c"]  # Knative: a single port
+    assert settings_file(objs)["triton_grpc_port"] == grpc_port
+
+
+def test_own_serving_runtime_is_used_when_created(helm: Path) -> None:
+    objs = docs(render(helm, "default", "--set", "ranker.runtime.create=true"))
+    rt = one(objs, "ServingRuntime", f"{RELEASE}-triton")
+    assert "--grpc-port=9000" in rt["spec"]["containers"][0]["args"]
+    assert one(objs, "InferenceService")["spec"]["predictor"]["model"]["runtime"] == f"{RELEASE}-triton"
+
+
+# ---- GPU placement ----
+
+def test_gpu_profile_requests_gpus_on_gpu_nodes(helm: Path) -> None:
+    objs = docs(render(helm, "gpu"))
+    job = one(objs, "RayJob")
+    groups = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert groups and all(g["rayStartParams"]["num-gpus"] == "1" for g in groups)
+    for g in groups:
+        spec = g["template"]["spec"]
+        assert spec["containers"][0]["resources"]["limits"][GPU] == 1
+        assert spec["nodeSelector"] and any(t["key"] == GPU for t in spec["tolerations"])
+    predictor = one(objs, "InferenceService")["spec"]["predictor"]
+    assert predictor["model"]["resources"]["limits"][GPU] == 1
+    s = settings_file(objs)
+    assert s["use_gpu"] is True and s["train_workers"] == 4
+
+
+@pytest.mark.parametrize("profile", ["default", "dev"])
+def test_cpu_profiles_request_no_gpus(helm: Path, profile: str) -> None:
+    text = render(helm, profile)
+    assert GPU not in text
+    s = settings_file(docs(text))
+    assert s["use_gpu"] is False
+
+
+# ---- security ----
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_no_plaintext_credentials_in_rendered_output(helm: Path, profile: str) -> None:
+    objs = docs(render(helm, profile))
+    secrets = [d for d in objs if d["kind"] == "Secret"]
+    assert {s["metadata"]["name"] for s in secrets} == {f"{RELEASE}-object-store", f"{RELEASE}-postgres"}
+    others = yaml.safe_dump_all([d for d in objs if d["kind"] != "Secret"])
+    for s in secrets:
+        assert "stringData" not in s
+        for value in s["data"].values():
+            assert len(base64.b64decode(value)) >= 32
+            assert base64.b64decode(value).decode() not in others
+    for where, spec in pod_specs(objs):
+        for c in spec["containers"]:
+            for e in c.get("env", []):
+                if re.search(r"PASSWORD|SECRET|ACCESS_KEY", e["name"]):
+                    assert "secretKeyRef" in e.get("valueFrom", {}), f"{where}: {e['name']} not from a Secret"
+    assert "$(POSTGRES_PASSWORD)" in others  # the MLflow URI gets the password from the Secret at start-up
+
+
+def test_existing_secrets_are_used_and_nothing_is_generated(helm: Path) -> None:
+    objs = docs(render(helm, "default", "--set", "objectStore.existingSecret=s3-creds",
+                       "--set", "postgres.existingSecret=pg-creds"))
+    assert not [d for d in objs if d["kind"] == "Secret"]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for _, spec in pod_specs(objs) for c in spec["containers"]
+            for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {"s3-creds", "pg-creds"}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pods_run_with_secure_defaults_and_bounded_resources(helm: Path, profile: str) -> None:
+    objs = docs(render(helm, profile))
+    specs = pod_specs(objs)
+    assert len(specs) >= 12
+    for where, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["runAsUser"] > 0, where
+        if "promotion" not in where:
+            assert spec.get("automountServiceAccountToken") is False, where
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, where
+            assert sc["capabilities"]["drop"] == ["ALL"], where
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(c["resources"][bound]), f"{where}/{c['name']}: {bound}"
+                assert isinstance(c["resources"][bound]["cpu"], str), f"{where}: quote CPU quantities"
+    sas = {d["metadata"]["name"]: d for d in objs if d["kind"] == "ServiceAccount"}
+    assert [n for n, sa in sas.items() if sa.get("automountServiceAccountToken") is not False] == \
+        [f"{RELEASE}-promotion"]
+
+
+def test_promotion_role_only_patches_the_inferenceservice(helm: Path) -> None:
+    objs = docs(render(helm, "default"))
+    (rule,) = one(objs, "Role")["rules"]
+    assert rule == {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+                    "resourceNames": [f"{RELEASE}-ranker"], "verbs": ["get", "patch"]}
+
+
+# ---- observability ----
+
+def test_scrape_annotations_and_dashboard(helm: Path) -> None:
+    objs = docs(render(helm, "default"))
+    fs = one(objs, "Deployment", f"{RELEASE}-feature-server")["spec"]["template"]["metadata"]["annotations"]
+    assert fs["prometheus.io/scrape"] == "true" and fs["prometheus.io/port"] == "8000"
+    serve_head = one(objs, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["metadata"]
+    assert serve_head["annotations"]["prometheus.io/port"] == "8080"
+    triton = one(objs, "InferenceService")["spec"]["predictor"]["annotations"]
+    assert triton["prometheus.io/port"] == "8002"
+    dash = json.loads(one(objs, "ConfigMap", f"{RELEASE}-dashboard")["data"]["recsys.json"])
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for metric in ("ray_recsys_stage_latency_ms_bucket", "ray_recsys_requests_total", "ray_recsys_degraded_total",
+                   "nv_gpu_utilization"):
+        assert metric in exprs
