@@ -242,22 +242,33 @@ def recommend(
     if as_json:
         console.print_json(data=resp)
         return
-    t = Table(title=f"user {user_id}: request {resp['request_id']} · models {resp['model_versions']}")
-    for c in ("rank", "title", "score", "copy"):
-        t.add_column(c)
-    for it in resp["items"]:
-        t.add_row(str(it["rank"]), it["title"] or str(it["item_id"]), f"{it['score']:.4f}", it.get("copy") or "")
-    console.print(t)
+    from recsys.demo import show_recommendations
+
+    show_recommendations(console, resp)
     stages = ", ".join(f"{k} {v:.1f}" for k, v in resp["timings_ms"].items())
-    console.print(f"timings (ms): {stages}")
-    for d in resp["degraded"]:
-        console.print(f"[yellow]degraded {d['stage']}: {d['reason']} → {d['fallback']}[/]")
+    console.print(f"request {resp['request_id']}; timings (ms): {stages}")
+
+
+@app.command()
+def bench(
+    suite: Annotated[list[str] | None, typer.Option(help="offline, scaling, quality, serving (repeatable); "
+                                                         "default all.")] = None,
+) -> None:
+    """Measure the pipeline, training scaling, quality and serving latency; writes BENCHMARKS.md."""
+    from recsys.bench import SUITES, run_bench
+
+    chosen = tuple(suite or SUITES)
+    unknown = [x for x in chosen if x not in SUITES]
+    if unknown:
+        raise typer.BadParameter(f"unknown suite {unknown[0]!r}: choose from {', '.join(SUITES)}")
+    path = run_bench(chosen, console)
+    console.print(f"results: {path} and BENCHMARKS.md")
 
 
 @app.command()
 def demo() -> None:
-    """The whole offline pipeline end to end: data → features → train → promote → export → metrics."""
-    from training.demo import run_demo
+    """Everything end to end: data → features → train → promote → export → metrics → serve → recommend."""
+    from recsys.demo import run_demo
 
     run_demo(settings(), console)
 

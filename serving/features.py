@@ -120,6 +120,7 @@ class ItemCache:
 class Features:
     def __init__(self) -> None:
         self.reader = FeatureReader(load_settings())
+        self.reader.user(-1)  # warm-up: the first online read pays for connection and registry setup
 
     async def user(self, user_id: int) -> UserContext:
         return await asyncio.to_thread(self.reader.user, user_id)

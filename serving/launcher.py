@@ -140,7 +140,21 @@ def up(settings: Settings) -> str:
         if time.monotonic() > deadline:
             raise ServeError(f"the graph is deployed but {http_url(settings)}/healthz does not answer")
         time.sleep(0.3)
+    warm_up(settings)
     return http_url(settings)
+
+
+def warm_up(settings: Settings, requests: int = 3) -> None:
+    """A few cold-start requests through every stage, so the first user request meets warm handles and channels."""
+    body = json.dumps({"user_id": 0, "k": 5, "include_copy": True}).encode()
+    for _ in range(requests):
+        req = urllib.request.Request(f"{http_url(settings)}/recommend", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                r.read()
+        except (urllib.error.URLError, OSError):
+            return  # the caller's own requests will say what is wrong
 
 
 def down(settings: Settings) -> list[str]:

@@ -22,6 +22,8 @@ from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
 from training.models.ranking_inputs import item_dense, user_dense
 
+WARM_ITEMS = 5_000  # item rows read into the cache at start-up
+
 
 def diversify(order: list[int], first_genre: list[str], k: int, max_share: float) -> list[int]:
     """Greedy top-k from `order` (positions) with at most ceil(max_share·k) items per first genre.
@@ -54,6 +56,7 @@ class Ranker:
         self.genres: list[str] = list(info.config["genres"])
         self.max_len = int(info.config["max_len"])
         self.index_of = load_recall_index(settings).index_of
+        self.items.items(list(self.index_of)[:WARM_ITEMS])  # warm-up: prime the item cache before traffic
         self.client = client or RankerClient(settings.triton_grpc_url)
         self.timeout_s = settings.ranking_timeout_ms / 1e3
 

@@ -32,6 +32,7 @@ class Recaller:
         order = np.argsort(-pop, kind="stable")
         self.popular = order + 1  # item indices, most popular first
         self.popular_score = pop[order] / max(1, int(pop.max(initial=0)))
+        self.user_vector(np.zeros((1, self.max_len), dtype=np.int64))  # warm-up: first ORT run allocates
 
     def history(self, recent_items: list[int]) -> np.ndarray:
         """(1, max_len) left-padded item indices; ids unknown to the index are skipped."""

@@ -5,6 +5,8 @@ Separate from anything importing `kserve`: tritonclient.grpc and kserve register
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
 from training.models.ranking_inputs import INPUTS
@@ -32,9 +34,11 @@ class RankerClient:
         return self._client
 
     async def ready(self, version: str = "") -> bool:
+        client = self.client
         try:
-            return await self.client.is_model_ready(self.model, version)
+            return await client.is_model_ready(self.model, version, client_timeout=2.0)
         except Exception:  # unreachable server: not ready, and the caller says so
+            self._drop(client)
             return False
 
     async def score(self, inputs: dict[str, np.ndarray], version: str, timeout_s: float) -> np.ndarray:
@@ -44,10 +48,20 @@ class RankerClient:
             t = self._mod.InferInput(name, list(arr.shape), _DTYPES[name])
             t.set_data_from_numpy(arr)
             tensors.append(t)
-        res = await self.client.infer(self.model, tensors, model_version=version,
-                                      outputs=[self._mod.InferRequestedOutput("p_click")],
-                                      client_timeout=timeout_s)
+        client = self.client
+        try:
+            res = await client.infer(self.model, tensors, model_version=version,
+                                     outputs=[self._mod.InferRequestedOutput("p_click")], client_timeout=timeout_s)
+        except BaseException:
+            self._drop(client)
+            raise
         return res.as_numpy("p_click")[:, 0]
+
+    def _drop(self, client) -> None:
+        """A fresh channel next time: a channel that saw the server die backs off for up to minutes."""
+        if self._client is client:
+            self._client = None
+            asyncio.get_running_loop().create_task(client.close())
 
     async def close(self) -> None:
         if self._client is not None:

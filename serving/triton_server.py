@@ -138,9 +138,7 @@ def running_pid(settings: Settings) -> int | None:
     if not path.exists():
         return None
     pid = int(path.read_text().strip() or 0)
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+    if pid <= 0 or not _alive(pid):  # a killed server can linger as a zombie until its new parent reaps it
         path.unlink(missing_ok=True)
         return None
     return pid

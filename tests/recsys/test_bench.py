@@ -1,0 +1,60 @@
+"""The benchmark report and the closed-loop load generator, against a tiny local HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from recsys.bench import load, report
+
+
+class _Fake(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body["user_id"] == 13:
+            self.send_response(500)
+            self.end_headers()
+            return
+        out = json.dumps({"degraded": [{"stage": "copy"}] if body["user_id"] == 7 else [],
+                          "timings_ms": {"recall": 1.0, "total": 2.0}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_graph():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Fake)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/recommend"
+    server.shutdown()
+
+
+def test_load_counts_errors_and_degraded_answers_separately(fake_graph):
+    r = load(fake_graph, users=[1, 7, 13], concurrency=3, seconds=0.5, include_copy=False, max_requests=60)
+    assert r["requests"] > 0 and r["errors"] > 0  # user 13 always fails and is not counted as answered
+    assert 0 < r["degraded"] < r["requests"]
+    assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    assert r["stage_p50_ms"] == {"recall": 1.0, "total": 2.0}
+
+
+def test_report_has_one_table_row_per_measurement():
+    result = {
+        "started": "2026-11-25T00:00:00+00:00",
+        "machine": {"cpu": "cpu", "cores": 2, "ram_gib": 24, "python": "3.11", "commit": "abc", "stack": {"ray": "2"}},
+        "scaling": {"workers_1": 100.0, "workers_2": 150.0, "speedup": 1.5, "scaling_efficiency": 0.75, "epochs": 3},
+        "quality": [{"model": "mostpop", "hr_at_10": 0.05, "hr_at_10_se": 0.007, "ndcg_at_10": 0.025,
+                     "ndcg_at_10_se": 0.004, "mrr": 0.02, "coverage_at_10": 0.01}],
+    }
+    text = report(result, Path("bench/results/x.json"))
+    assert "| 2 × 1 thread (DDP) | 150.0 |" in text
+    assert "| mostpop | 0.0500 ± 0.0070 | 0.0250 ± 0.0040 |" in text
+    assert "## Serving" not in text  # a suite that did not run gets no table
