@@ -20,7 +20,7 @@ from serving.artifacts import load_recall_index, model_info
 from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
-from training.models.ranking_inputs import item_dense, user_dense
+from training.models.ranking_inputs import blend, item_dense, user_dense
 
 WARM_ITEMS = 5_000  # item rows read into the cache at start-up
 
@@ -55,6 +55,7 @@ class Ranker:
         self.version = info.version
         self.genres: list[str] = list(info.config["genres"])
         self.max_len = int(info.config["max_len"])
+        self.recall_weight = float(info.config.get("recall_weight", 0.0))  # tuned on validation at training
         self.index_of = load_recall_index(settings).index_of
         self.items.items(list(self.index_of)[:WARM_ITEMS])  # warm-up: prime the item cache before traffic
         self.client = client or RankerClient(settings.triton_grpc_url)
@@ -88,7 +89,8 @@ class Ranker:
         try:
             scores = await asyncio.wait_for(
                 self.client.score(self.inputs(user, cands, items), self.version, self.timeout_s), self.timeout_s)
-            order = list(np.argsort(-scores, kind="stable"))
+            final = blend(scores, np.asarray(cands.scores, dtype=np.float32), self.recall_weight)
+            order = list(np.argsort(-final, kind="stable"))
         except TimeoutError:
             degraded, scores, version = self._degrade(f"triton timeout after {self.timeout_s * 1e3:.0f} ms", cands)
             order = list(range(len(cands.item_ids)))

@@ -176,7 +176,7 @@ def train_ranking_step(settings: Settings, resume: bool = False, **overrides: An
                    **out.recall_valid.as_dict("recall_val_"), **out.recall_test.as_dict("recall_test_"),
                    **{f"val_{k}": v for k, v in out.classification.items()},
                    "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
-                   "epochs_completed": out.epochs}
+                   "epochs_completed": out.epochs, "recall_weight": out.model.cfg.recall_weight}
         version = register_ranker(settings, prepared, out.model, metrics, recall_version)
     return {"model": RANKER_MODEL, "version": version, "run_id": run.info.run_id, **metrics}
 

@@ -34,3 +34,15 @@ def test_template_copy_uses_only_true_attributes():
 def test_template_copy_does_not_repeat_a_year_already_in_the_title():
     item = RankedItem(item_id=5, score=0.9, title="Fargo (1996)", year=1996, genres=[])
     assert template_copy(item).text == "Fargo (1996)."
+
+
+def test_blend_weight_moves_the_order_from_ranker_to_recall():
+    import numpy as np
+
+    from training.models.ranking_inputs import blend
+
+    p_click = np.array([0.9, 0.5, 0.1])  # the ranker prefers 0, 1, 2
+    recall = np.array([1.0, 2.0, 3.0])  # recall prefers 2, 1, 0
+    assert list(np.argsort(-blend(p_click, recall, 0.0))) == [0, 1, 2]
+    assert list(np.argsort(-blend(p_click, recall, 1000.0))) == [2, 1, 0]
+    assert blend(p_click[None, :], recall[None, :], 1.0).shape == (1, 3)  # per-user rows

@@ -16,6 +16,7 @@ from training.evaluation.metrics import auc, logloss, mae, rmse
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
 from training.jobs.common import fit, load_result_state, restore_state, save_and_report, worker_threads
 from training.models.ranking import Ranker, RankingConfig
+from training.models.ranking_inputs import RECALL_WEIGHTS, blend
 from training.models.retrieval import SASRec
 from training.ranking_data import (
     Examples,
@@ -131,34 +132,57 @@ def stage_data(settings: Settings, prepared: Prepared, recall: SASRec, stage: st
     return StageData(users, targets, df["rating"].to_numpy(np.float32), [by_user[int(u)] for u in df["user_id"]])
 
 
-def pipeline_scores(ranker: Ranker | None, recall: SASRec, data: StageData, items: ItemTable, n: int = RECALL_N):
-    """score_fn for the full-ranking protocol: recall's top-n re-scored by the ranker, the rest below."""
+def candidate_scores(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable, n: int = RECALL_N):
+    """For every evaluation user: recall scores over the catalogue (U, n_items + 1), recall's top-n unseen
+    candidates (U, n) and the ranker's p(click) for them (U, n)."""
     item_vectors = recall.items.all_items().detach().numpy()
+    s = data.users.vectors @ item_vectors.T
+    masked = s.copy()
+    masked[:, 0] = -np.inf
+    for r, hist in enumerate(data.histories):
+        masked[r, hist] = -np.inf
+    cand = np.argpartition(-masked, n, axis=1)[:, :n]
+    rows = np.arange(len(s))
+    p, _ = predict(ranker, data.users, items, np.repeat(rows, n), cand.reshape(-1),
+                   np.take_along_axis(s, cand, axis=1).reshape(-1))
+    return s, cand, p.reshape(len(s), n)
+
+
+def pipeline_scores(s: np.ndarray, cand: np.ndarray | None, p: np.ndarray | None, weight: float):
+    """score_fn for the full-ranking protocol: candidates ordered by the blend, the rest below in recall order."""
 
     def score(rows: np.ndarray) -> np.ndarray:
-        s = data.users.vectors[rows] @ item_vectors.T  # (B, n_items + 1)
-        if ranker is None:
-            return s
-        masked = s.copy()
-        masked[:, 0] = -np.inf
-        for j, r in enumerate(rows):
-            masked[j, data.histories[r]] = -np.inf
-        cand = np.argpartition(-masked, n, axis=1)[:, :n]  # (B, n)
-        user_row = np.repeat(rows, n)
-        p, _ = predict(ranker, data.users, items, user_row, cand.reshape(-1), s[np.arange(len(rows))[:, None],
-                                                                               cand].reshape(-1))
-        out = s - 1e6  # outside the candidate set: recall order, below every candidate
-        np.put_along_axis(out, cand, p.reshape(len(rows), n), axis=1)
+        if cand is None or p is None:
+            return s[rows]
+        out = s[rows] - 1e6
+        c = cand[rows]
+        np.put_along_axis(out, c, blend(p[rows], np.take_along_axis(s[rows], c, axis=1), weight), axis=1)
         return out
 
     return score
 
 
 def evaluate_pipeline(ranker: Ranker | None, recall: SASRec, data: StageData, items: ItemTable,
-                      n_items: int, seed: int) -> RankingReport:
+                      n_items: int, seed: int, weight: float | None = None) -> RankingReport:
+    """Recall alone (ranker None) or recall → ranker with its tuned `recall_weight` (or `weight`)."""
     rows = np.arange(len(data.targets))
-    return evaluate_full_ranking(pipeline_scores(ranker, recall, data, items), rows, data.histories,
-                                 data.targets, n_items, seed=seed)
+    if ranker is None:
+        fn = pipeline_scores(data.users.vectors @ recall.items.all_items().detach().numpy().T, None, None, 0.0)
+    else:
+        s, cand, p = candidate_scores(ranker, recall, data, items)
+        fn = pipeline_scores(s, cand, p, ranker.cfg.recall_weight if weight is None else weight)
+    return evaluate_full_ranking(fn, rows, data.histories, data.targets, n_items, seed=seed)
+
+
+def tune_recall_weight(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable, n_items: int,
+                       seed: int) -> tuple[float, dict[float, float]]:
+    """The blend weight with the best validation NDCG@10 (ties → the smaller weight, i.e. more ranker)."""
+    s, cand, p = candidate_scores(ranker, recall, data, items)
+    rows = np.arange(len(data.targets))
+    ndcg = {w: evaluate_full_ranking(pipeline_scores(s, cand, p, w), rows, data.histories, data.targets, n_items,
+                                     seed=seed).ndcg for w in RECALL_WEIGHTS}
+    best = max(RECALL_WEIGHTS, key=lambda w: (ndcg[w], -w))
+    return best, ndcg
 
 
 def classification_metrics(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable,
@@ -214,6 +238,7 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     valid = stage_data(settings, prepared, recall, "valid")
     test = stage_data(settings, prepared, recall, "test")
     n = prepared.n_items
+    model.cfg.recall_weight, _ = tune_recall_weight(model, recall, valid, items, n, cfg.seed)
     return RankingOutcome(
         model, items,
         evaluate_pipeline(model, recall, valid, items, n, cfg.seed),

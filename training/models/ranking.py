@@ -34,6 +34,7 @@ class RankingConfig:
     epochs: int = 4  # passes over the training examples
     negatives: int = 4  # sampled negatives per positive (half hard from recall, half uniform)
     seed: int = 0  # initialisation and sampling seed
+    recall_weight: float = 0.0  # serving order = z(logit p_click) + w·z(recall score); tuned on validation
 
     @property
     def item_dense_dim(self) -> int:
