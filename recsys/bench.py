@@ -215,12 +215,9 @@ def in_process(s: Settings, users: list[int], n: int = 200) -> dict[str, float]:
 
 
 def serving(s: Settings, console: Console, seconds: float = 10.0) -> dict[str, Any]:
-    import ray
-
     from serving import launcher
     from training.datasets import prepare
 
-    ray.shutdown()  # the training steps' in-process Ray; the graph gets its own head (high-throughput mode)
     users = sorted(prepare(s).train)[:500]
     url = f"{launcher.http_url(s)}/recommend"
     with PeakRSS() as mem:

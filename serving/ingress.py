@@ -7,6 +7,7 @@ degraded and why (HTTP 200), so a client is never told a fallback is the real th
 
 
 import asyncio
+import functools
 import time
 import uuid
 from typing import Any
@@ -64,9 +65,14 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
+@functools.cache
+def _max_request_bytes() -> int:
+    return load_settings().max_request_bytes  # read once per replica, not per request
+
+
 @api.middleware("http")
 async def _limit_body(request: Request, call_next):
-    limit = load_settings().max_request_bytes
+    limit = _max_request_bytes()
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > limit:
         return JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)

@@ -120,11 +120,14 @@ def healthy(settings: Settings, timeout: float = 2.0) -> bool:
 
 def up(settings: Settings) -> str:
     """Triton → Ray head (if none) → serve.run(graph); returns the HTTP base URL once /healthz answers."""
+    import ray
     from ray import serve
 
     from serving.app import build
 
     triton_server.up(settings)
+    if ray.is_initialized() and not settings.ray_address:
+        ray.shutdown()  # an embedded (training) Ray dies with this process; the graph needs the detached head
     if not _connect(settings):
         if settings.ray_address:
             raise ServeError(f"no Ray cluster at {settings.ray_address}")

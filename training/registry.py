@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ def log_pytorch(model: torch.nn.Module, example: tuple[torch.Tensor, ...], names
     signature = infer_signature(inputs, outputs)
     # pickle (not pt2): the loaded model is our class again, with its config, for evaluation and export.
     example = inputs[names[0]] if len(names) == 1 else inputs
+    # MLflow re-validates the example through pyfunc serving, which cannot feed integer/multi-tensor inputs to
+    # the pytorch flavour and warns with a multi-line "Failed to validate serving input example"; the example
+    # and signature are still logged, and this project loads the model with mlflow.pytorch, not pyfunc.
+    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
     info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
                                     serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__}"],
                                     registered_model_name=registered_name)
