@@ -17,7 +17,7 @@ import numpy as np
 from recsys.errors import MissingStepError
 from recsys.settings import Settings
 
-ANN_FILE = "items.hnsw.faiss"  # written by training.export.write_ann_index
+ANN_FILE = "items.hnsw.faiss"  # faiss HNSW, inner product; row i is item index i + 1 (no padding row)
 
 
 @dataclass
@@ -44,7 +44,7 @@ class RecallIndex:
 
     @property
     def index_of(self) -> dict[int, int]:
-        return {int(r): i for i, r in enumerate(self.item_ids) if i > 0}
+        return item_index(self.item_ids)
 
 
 def recall_index_dir(settings: Settings) -> Path:
@@ -55,9 +55,18 @@ def recall_index_dir(settings: Settings) -> Path:
     return root / current.read_text().strip()
 
 
+def load_item_ids(settings: Settings) -> np.ndarray:
+    """(n_items + 1,) raw id per model index (index 0 = padding), the index space both models share."""
+    return np.asarray(json.loads((recall_index_dir(settings) / "item_ids.json").read_text()), dtype=np.int64)
+
+
+def item_index(item_ids: np.ndarray) -> dict[int, int]:
+    return {int(r): i for i, r in enumerate(item_ids) if i > 0}
+
+
 def load_recall_index(settings: Settings) -> RecallIndex:
     d = recall_index_dir(settings)
-    item_ids = np.asarray(json.loads((d / "item_ids.json").read_text()), dtype=np.int64)
+    item_ids = load_item_ids(settings)
     emb = np.load(d / "item_embeddings.npy").astype(np.float32)
     ann = None
     if (d / ANN_FILE).exists():

@@ -16,7 +16,7 @@ import pandas as pd
 from ray import serve
 
 from recsys.settings import Settings, load_settings
-from serving.artifacts import load_recall_index, model_info
+from serving.artifacts import item_index, load_item_ids, model_info
 from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
@@ -56,7 +56,7 @@ class Ranker:
         self.genres: list[str] = list(info.config["genres"])
         self.max_len = int(info.config["max_len"])
         self.recall_weight = float(info.config.get("recall_weight", 0.0))  # tuned on validation at training
-        self.index_of = load_recall_index(settings).index_of
+        self.index_of = item_index(load_item_ids(settings))
         self.items.items(list(self.index_of)[:WARM_ITEMS])  # warm-up: prime the item cache before traffic
         self.client = client or RankerClient(settings.triton_grpc_url)
         self.timeout_s = settings.ranking_timeout_ms / 1e3

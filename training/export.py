@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from recsys.settings import Settings
+from serving.artifacts import ANN_FILE
 from training.registry import CHAMPION, download_artifacts, version_by_alias
 from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL
 
@@ -104,7 +105,6 @@ def write_model(repo: Path, name: str, version: str, onnx_file: Path, cfg: dict,
     return model_dir
 
 
-ANN_FILE = "items.hnsw.faiss"  # faiss HNSW, inner product; row i is item index i + 1 (no padding row)
 
 
 def write_ann_index(embeddings: np.ndarray, path: Path, m: int = 32, ef_construction: int = 200) -> Path:
