@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TRITON_STAMP := $(TRITON_VENV)/.installed
 PIP := -m pip install -q --disable-pip-version-check
 
-.PHONY: install demo test test-fast bench lint serve serve-down clean
+.PHONY: install demo test test-fast bench lint serve serve-down proto clean
 
 install: $(STAMP) $(TRITON_STAMP)
 
@@ -41,6 +41,12 @@ serve: install  ## Triton + Ray Serve on the exported champions (after `make dem
 
 serve-down:
 	$(VENV)/bin/recsys serve --down
+
+# grpcio-tools 1.78 emits stubs for protobuf 6.x (the runtime Ray pins); newer tools need protobuf 7.
+proto:  ## regenerate serving/proto/recsys_pb2*.py from recsys.proto (the stubs are committed)
+	python3 -m venv .venv-proto && .venv-proto/bin/pip install -q grpcio-tools==1.78.0 protobuf==6.33.6
+	.venv-proto/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
+		serving/proto/recsys.proto
 
 lint: install
 	$(VENV)/bin/ruff check .

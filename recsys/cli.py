@@ -147,7 +147,7 @@ def promote(
 ) -> None:
     """Move the `champion` alias if the promotion policy (mlflow/promotion_policy.yaml) passes."""
     from training.promotion import promote as run_promotion
-    from training.tracking import MODELS
+    from training.tracking import MODELS, RANKER_MODEL
 
     names = {"retrieval": ["recsys-retrieval"], "ranking": ["recsys-ranker"], "all": list(MODELS)}.get(
         model, [model])
@@ -155,10 +155,54 @@ def promote(
         raise typer.BadParameter(f"unknown model {model!r}: use one of {', '.join(MODELS)}, retrieval, ranking, all")
     if to_version and len(names) > 1:
         raise typer.BadParameter("--to-version needs one model")
+    s = settings()
     for name in names:
-        d = run_promotion(settings(), name, force=force, to_version=to_version)
+        d = run_promotion(s, name, force=force, to_version=to_version)
         verb = "rolled back to" if to_version else ("force-promoted" if d.forced else "promoted")
         console.print(f"{name}: {verb} v{d.version} (previous champion: {d.previous_champion or 'none'})")
+        if name == RANKER_MODEL and _serving_live(s):
+            from serving.rollout import promote_live
+
+            r = promote_live(s, str(d.version))
+            console.print(f"serving: ranker v{r.before.champion} → v{r.after.champion} live "
+                          f"(triton {'switched' if r.triton else 'not running'}, "
+                          f"graph {'reconfigured' if r.graph else 'not running'})")
+
+
+def _serving_live(s: Settings) -> bool:
+    """A running Triton or graph on this machine: promotion then swaps the ranker in place."""
+    from serving import launcher, triton_server
+
+    try:
+        from serving.artifacts import read_route
+
+        read_route(s)
+    except RecsysError:
+        return False  # nothing exported yet: `recsys export` writes the champion
+    return triton_server.ready(s) or launcher.healthy(s)
+
+
+@app.command()
+def canary(
+    percent: Annotated[float, typer.Argument(min=0, max=100, help="Share of users (by user hash) for the "
+                                             "challenger; 0 ends the canary.")],
+    version: Annotated[str | None, typer.Option(help="Ranker version; default: recsys-ranker@challenger.")] = None,
+) -> None:
+    """Serve the ranker's challenger to a share of users beside the champion (live if serving is up)."""
+    from serving.rollout import canary as run_canary
+
+    s = settings()
+    if percent > 0 and version is None:
+        from training.registry import CHALLENGER, version_by_alias
+        from training.tracking import RANKER_MODEL
+
+        version = str(version_by_alias(s, RANKER_MODEL, CHALLENGER).version)
+    r = run_canary(s, version, percent)
+    if r.after.challenger:
+        console.print(f"ranker canary: v{r.after.challenger} for {r.after.percent:g}% of users, "
+                      f"v{r.after.champion} for the rest")
+    else:
+        console.print(f"ranker canary off: v{r.after.champion} for all users")
 
 
 @app.command()
@@ -234,11 +278,12 @@ def recommend(
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="Number of items.")] = 10,
     copy: Annotated[bool, typer.Option("--copy/--no-copy", help="Generate copy for each item.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON response.")] = False,
+    use_grpc: Annotated[bool, typer.Option("--grpc", help="Call Recommender.Recommend over gRPC, not HTTP.")] = False,
 ) -> None:
     """Ask the running graph for recommendations (start it with `recsys serve`)."""
-    from serving.client import recommend_http
+    from serving.client import recommend_grpc, recommend_http
 
-    resp = recommend_http(settings(), user_id, k, copy)
+    resp = (recommend_grpc if use_grpc else recommend_http)(settings(), user_id, k, copy)
     if as_json:
         console.print_json(data=resp)
         return

@@ -17,8 +17,9 @@ from serving.ranking import Ranking
 from serving.recall import Recall
 
 
-def build(settings: Settings, env: dict[str, str] | None = None) -> Application:
-    """`env` is passed to every replica (the local launcher sends the resolved settings file this way)."""
+def build(settings: Settings, env: dict[str, str] | None = None, route: dict | None = None) -> Application:
+    """`env` is passed to every replica; `route` is the Ranking deployment's user_config. Deployed by
+    import path (`serving.launcher.deploy`, the RayService), both come from the deploy config instead."""
     opts: dict = {"num_cpus": settings.serve_replica_cpus}
     if env:
         opts["runtime_env"] = {"env_vars": env}
@@ -26,7 +27,8 @@ def build(settings: Settings, env: dict[str, str] | None = None) -> Application:
     def o(deployment):
         return deployment.options(ray_actor_options=opts)
 
-    return o(Ingress).bind(features=o(Features).bind(), recall=o(Recall).bind(), ranking=o(Ranking).bind(),
+    ranking = o(Ranking).options(user_config=route) if route else o(Ranking)
+    return o(Ingress).bind(features=o(Features).bind(), recall=o(Recall).bind(), ranking=ranking.bind(),
                            copy=o(CopyStage).bind())
 
 

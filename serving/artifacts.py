@@ -1,8 +1,9 @@
 """Loading what `recsys export` wrote (the champions): recall index, user encoder, ranker config.
 
 Export code lives in `training/`; this is the serving side's reader of the same layout:
-  <model_repo>/{user_encoder,ranker}/recsys.json   {"version": "3", "config": {...}}
-  <model_repo>/user_encoder/<v>/model.onnx
+  <model_repo>/{user_encoder,ranker}/recsys.json   the route: {"version": "3", "config": {...},
+                                                   "challenger": null | {"version": "4", "percent": 10.0}}
+  <model_repo>/{user_encoder,ranker}/<v>/{model.onnx, recsys.json}   one exported version and its config
   <home>/recall_index/CURRENT → <v>/{item_ids.json, item_embeddings.npy, items.hnsw.faiss}
 """
 
@@ -27,12 +28,49 @@ class ModelInfo:
     config: dict
 
 
-def model_info(settings: Settings, name: str) -> ModelInfo:
+def model_info(settings: Settings, name: str, version: str | None = None) -> ModelInfo:
+    """The champion's info (version None), or that of one exported version."""
+    path = settings.model_repo / name / (version or "") / "recsys.json"
+    if not path.exists():
+        what = f"{name} v{version}" if version else name
+        raise MissingStepError(f"no exported {what} in {settings.model_repo}: run `recsys export` first")
+    data = json.loads(path.read_text())
+    return ModelInfo(name, str(data["version"]), data["config"])
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which ranker versions answer: the champion, and a challenger for `percent` % of users (by user hash)."""
+
+    champion: str
+    challenger: str | None = None
+    percent: float = 0.0
+
+    @property
+    def versions(self) -> list[str]:
+        return [self.champion] + ([self.challenger] if self.challenger and self.challenger != self.champion else [])
+
+    def as_dict(self) -> dict:
+        return {"champion": self.champion, "challenger": self.challenger, "percent": self.percent}
+
+
+def read_route(settings: Settings, name: str = "ranker") -> Route:
     path = settings.model_repo / name / "recsys.json"
     if not path.exists():
         raise MissingStepError(f"no exported {name} in {settings.model_repo}: run `recsys export` first")
     data = json.loads(path.read_text())
-    return ModelInfo(name, str(data["version"]), data["config"])
+    ch = data.get("challenger") or {}
+    return Route(str(data["version"]), ch.get("version"), float(ch.get("percent", 0.0)))
+
+
+def write_route(settings: Settings, route: Route, name: str = "ranker") -> None:
+    """Point the model's top-level recsys.json at `route` (atomically: replicas may be reading it)."""
+    info = model_info(settings, name, route.champion)
+    ch = {"version": route.challenger, "percent": route.percent} if route.challenger else None
+    path = settings.model_repo / name / "recsys.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"version": info.version, "config": info.config, "challenger": ch}, indent=1))
+    tmp.replace(path)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 from recsys.errors import RecsysError
 from recsys.settings import Settings
-from serving.launcher import http_url
+from serving.launcher import grpc_target, http_url
 
 
 class ServingError(RecsysError):
@@ -32,3 +32,29 @@ def recommend_http(settings: Settings, user_id: int, k: int = 10, include_copy: 
         raise ServingError(f"{url} answered {e.code}: {msg}") from None
     except (urllib.error.URLError, OSError) as e:
         raise ServingError(f"no graph at {url} ({getattr(e, 'reason', e)}): start it with `recsys serve`") from None
+
+
+def recommend_grpc(settings: Settings, user_id: int, k: int = 10, include_copy: bool = True,
+                   timeout: float = 10.0) -> dict[str, Any]:
+    """`Recommender.Recommend` through Serve's gRPC proxy; the same dict as `recommend_http`."""
+    import grpc
+
+    from serving.contracts import RecommendRequest
+    from serving.grpc_api import request_to_proto, response_from_proto
+    from serving.proto.recsys_pb2_grpc import RecommenderStub
+
+    target = grpc_target(settings)
+    try:
+        req = RecommendRequest(user_id=user_id, k=k, include_copy=include_copy)
+    except ValueError as e:
+        raise ServingError(f"invalid request: {e}") from None
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = RecommenderStub(channel).Recommend(request_to_proto(req), timeout=timeout,
+                                                      metadata=(("application", settings.serve_app_name),))
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE,) and "unavailable:" not in (e.details() or ""):
+                raise ServingError(f"no graph at grpc://{target} ({e.details()}): start it with `recsys serve`"
+                                   ) from None
+            raise ServingError(f"grpc://{target} answered {e.code().name}: {e.details()}") from None
+    return response_from_proto(resp).model_dump(by_alias=True)

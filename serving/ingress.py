@@ -1,6 +1,7 @@
 """Ingress: the HTTP API (FastAPI) that validates a request and walks the graph, one awaited stage per step.
 
-Input: `RecommendRequest` (POST /recommend). Output: `RecommendResponse`.
+Input: `RecommendRequest` (HTTP POST /recommend, or gRPC `recsys.v1.Recommender/Recommend` through Serve's
+gRPC proxy; one contract, see `serving.grpc_api`). Output: `RecommendResponse`.
 Every stage has its own timeout and degraded answer, visible in `recommend` below; the response lists what
 degraded and why (HTTP 200), so a client is never told a fallback is the real thing.
 """
@@ -12,10 +13,12 @@ import time
 import uuid
 from typing import Any
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from recsys.settings import load_settings
@@ -30,7 +33,9 @@ from serving.contracts import (
     UserContext,
 )
 from serving.copy import template_copy
+from serving.grpc_api import InvalidRequest, first_error, request_from_proto, response_to_proto
 from serving.metrics import StageMetrics
+from serving.proto import recsys_pb2 as pb
 
 api = FastAPI(title="recsys", version="1", description="Real-time recommendations: features → recall → "
               "ranking (Triton) → copy. Degraded stages are listed in every response.")
@@ -48,9 +53,7 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return JSONResponse({"error": "malformed JSON body"}, status_code=400)
-    first = errors[0] if errors else {}
-    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-    msg = f"{field}: {first.get('msg', 'invalid')}"
+    field, msg = first_error(errors)
     return JSONResponse({"error": msg, "field": field}, status_code=422)
 
 
@@ -102,7 +105,25 @@ class Ingress:
 
     @api.post("/recommend", response_model=RecommendResponse, response_model_by_alias=True)
     async def recommend(self, req: RecommendRequest, request: Request) -> RecommendResponse:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        return await self._recommend(req, request.headers.get("x-request-id") or uuid.uuid4().hex)
+
+    async def Recommend(self, request: pb.RecommendRequest,  # the gRPC method name
+                        grpc_context: RayServegRPCContext) -> pb.RecommendResponse:
+        """gRPC: same walk as HTTP; INVALID_ARGUMENT names the field, UNAVAILABLE names the lost stage."""
+        rid = dict(grpc_context.invocation_metadata()).get("x-request-id") or uuid.uuid4().hex
+        try:
+            return response_to_proto(await self._recommend(request_from_proto(request), rid))
+        except InvalidRequest as e:
+            code, details = grpc.StatusCode.INVALID_ARGUMENT, str(e)
+        except StageFailed as e:
+            code, details = grpc.StatusCode.UNAVAILABLE, f"{e.stage} unavailable: {e.reason}"
+        except Exception as e:
+            code, details = grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__})"
+        grpc_context.set_code(code)
+        grpc_context.set_details(details)
+        return pb.RecommendResponse()
+
+    async def _recommend(self, req: RecommendRequest, rid: str) -> RecommendResponse:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         degraded: list[Degradation] = []

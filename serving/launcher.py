@@ -76,7 +76,7 @@ def start_ray_head(settings: Settings) -> None:
         raise ServeError(f"`ray start --head` failed: {tail[0] if tail else res.returncode}")
 
 
-def _port_open(address: str, timeout: float = 1.0) -> bool:
+def port_open(address: str, timeout: float = 1.0) -> bool:
     host, _, port = address.rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
@@ -94,7 +94,7 @@ def _connect(settings: Settings) -> bool:
 
     if ray.is_initialized():
         return True
-    if not settings.ray_address and not _port_open(ray_address(settings)):
+    if not settings.ray_address and not port_open(ray_address(settings)):
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     kwargs = {} if settings.ray_address else {"_node_ip_address": "127.0.0.1"}
@@ -110,6 +110,10 @@ def http_url(settings: Settings) -> str:
     return f"http://{host}:{settings.serve_http_port}"
 
 
+def grpc_target(settings: Settings) -> str:
+    return f"{http_url(settings).removeprefix('http://').rpartition(':')[0]}:{settings.serve_grpc_port}"
+
+
 def healthy(settings: Settings, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(f"{http_url(settings)}/healthz", timeout=timeout) as r:
@@ -121,9 +125,6 @@ def healthy(settings: Settings, timeout: float = 2.0) -> bool:
 def up(settings: Settings) -> str:
     """Triton → Ray head (if none) → serve.run(graph); returns the HTTP base URL once /healthz answers."""
     import ray
-    from ray import serve
-
-    from serving.app import build
 
     triton_server.up(settings)
     if ray.is_initialized() and not settings.ray_address:
@@ -134,10 +135,7 @@ def up(settings: Settings) -> str:
         start_ray_head(settings)
         if not _connect(settings):
             raise ServeError(f"started a Ray head but cannot connect to {ray_address(settings)}")
-    env = {"RECSYS_SETTINGS_FILE": str(resolved_settings_file(settings)), "RECSYS_PROFILE": settings.profile,
-           "RAY_AUTH_MODE": "disabled"}
-    serve.start(http_options={"host": settings.serve_host, "port": settings.serve_http_port})
-    serve.run(build(settings, env), name=settings.serve_app_name, route_prefix="/")
+    deploy(settings)
     deadline = time.monotonic() + 60
     while not healthy(settings):
         if time.monotonic() > deadline:
@@ -145,6 +143,46 @@ def up(settings: Settings) -> str:
         time.sleep(0.3)
     warm_up(settings)
     return http_url(settings)
+
+
+def serve_config(settings: Settings) -> dict:
+    """The Serve deploy config, in the same form as the chart's RayService `serveConfigV2`: the graph by
+    import path, replicas' env, and the exported route as Ranking's `user_config`."""
+    from serving.artifacts import read_route
+    from serving.grpc_api import SERVICER
+
+    env = {"RECSYS_SETTINGS_FILE": str(resolved_settings_file(settings)), "RECSYS_PROFILE": settings.profile,
+           "RAY_AUTH_MODE": "disabled"}
+    return {
+        "http_options": {"host": settings.serve_host, "port": settings.serve_http_port},
+        "grpc_options": {"port": settings.serve_grpc_port, "grpc_servicer_functions": [SERVICER]},
+        "applications": [{
+            "name": settings.serve_app_name, "route_prefix": "/", "import_path": "serving.app:app",
+            "runtime_env": {"env_vars": env},
+            "deployments": [{"name": "Ranking", "user_config": read_route(settings).as_dict()}],
+        }],
+    }
+
+
+def deploy(settings: Settings) -> None:
+    """Apply `serve_config` declaratively (as KubeRay does), so deploying again with only a new route is a
+    lightweight update: Serve calls `reconfigure` on the live Ranking replicas, nothing restarts. (A Python
+    `serve.run(app)` would give every deployment a new code version and restart all replicas.)"""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = serve_config(settings)
+    serve.start(http_options=cfg["http_options"], grpc_options=cfg["grpc_options"])
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(cfg), _blocking=True)
+
+
+def reconfigure(settings: Settings) -> bool:
+    """Push the exported route to a running local graph; False when no graph is up (nothing to switch)."""
+    if settings.ray_address or not healthy(settings) or not _connect(settings):
+        return False
+    deploy(settings)
+    return True
 
 
 def warm_up(settings: Settings, requests: int = 3) -> None:

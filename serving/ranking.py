@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import math
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from ray import serve
 
 from recsys.settings import Settings, load_settings
-from serving.artifacts import item_index, load_item_ids, model_info
+from serving.artifacts import Route, item_index, load_item_ids, model_info, read_route
 from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
@@ -46,26 +48,59 @@ def diversify(order: list[int], first_genre: list[str], k: int, max_share: float
     return picked + deferred[: k - len(picked)]
 
 
+def user_bucket(user_id: int) -> float:
+    """A user's stable position in [0, 100): the same in every replica and process (crc32, not hash())."""
+    return zlib.crc32(str(user_id).encode()) % 10_000 / 100
+
+
+@dataclass(frozen=True)
+class RankerVersion:
+    """What serving needs of one exported ranker version: its inputs' shapes and its blend weight."""
+
+    version: str
+    genres: list[str]
+    max_len: int
+    recall_weight: float  # tuned on validation at training
+
+    @classmethod
+    def load(cls, settings: Settings, version: str) -> RankerVersion:
+        cfg = model_info(settings, "ranker", version).config
+        return cls(version, list(cfg["genres"]), int(cfg["max_len"]), float(cfg.get("recall_weight", 0.0)))
+
+
 class Ranker:
     def __init__(self, settings: Settings, reader: FeatureReader | None = None,
-                 client: RankerClient | None = None) -> None:
+                 client: RankerClient | None = None, route: Route | None = None) -> None:
         self.settings = settings
         self.items = ItemCache(reader or FeatureReader(settings), settings.item_cache_ttl_s)
-        info = model_info(settings, "ranker")
-        self.version = info.version
-        self.genres: list[str] = list(info.config["genres"])
-        self.max_len = int(info.config["max_len"])
-        self.recall_weight = float(info.config.get("recall_weight", 0.0))  # tuned on validation at training
+        self.set_route(route or read_route(settings))
         self.index_of = item_index(load_item_ids(settings))
         self.items.items(list(self.index_of)[:WARM_ITEMS])  # warm-up: prime the item cache before traffic
         self.client = client or RankerClient(settings.triton_grpc_url)
         self.timeout_s = settings.ranking_timeout_ms / 1e3
 
-    def inputs(self, user: UserContext, cands: Candidates, items: ItemRows) -> dict[str, np.ndarray]:
+    def set_route(self, route: Route) -> None:
+        """Switch versions between requests: build the new table, then swap one reference (no lock needed)."""
+        models = {v: RankerVersion.load(self.settings, v) for v in route.versions}
+        self.route, self.models = route, models
+
+    @property
+    def version(self) -> str:
+        return self.route.champion
+
+    def model_for(self, user_id: int) -> RankerVersion:
+        route, models = self.route, self.models
+        if route.challenger and user_bucket(user_id) < route.percent:
+            return models.get(route.challenger, models[route.champion])
+        return models[route.champion]
+
+    def inputs(self, user: UserContext, cands: Candidates, items: ItemRows,
+               model: RankerVersion | None = None) -> dict[str, np.ndarray]:
         """The six ranker inputs for every candidate, shapes as in config.pbtxt (batch first)."""
+        model = model or self.models[self.route.champion]
         n = len(cands.item_ids)
-        hist = [self.index_of[i] for i in user.recent_items if i in self.index_of][-self.max_len :]
-        history = np.zeros((n, self.max_len), dtype=np.int64)
+        hist = [self.index_of[i] for i in user.recent_items if i in self.index_of][-model.max_len :]
+        history = np.zeros((n, model.max_len), dtype=np.int64)
         if hist:
             history[:, -len(hist) :] = hist
         frame = pd.DataFrame({"genres": items.genres, "year": items.year, "popularity": items.popularity,
@@ -74,7 +109,7 @@ class Ranker:
         return {
             "history": history,
             "item": np.array([[self.index_of.get(i, 0)] for i in cands.item_ids], dtype=np.int64),
-            "item_dense": item_dense(frame, self.genres),
+            "item_dense": item_dense(frame, model.genres),
             "item_content": items.content.astype(np.float32),
             "user_dense": np.repeat(user_dense(users), n, axis=0),
             "recall_score": np.asarray(cands.scores, dtype=np.float32)[:, None],
@@ -85,11 +120,12 @@ class Ranker:
             return RankedItems(items=[], model_version="")
         items = await asyncio.to_thread(self.items.items, cands.item_ids)
         degraded = None
-        version = self.version
+        model = self.model_for(user.user_id)
+        version = model.version
         try:
             scores = await asyncio.wait_for(
-                self.client.score(self.inputs(user, cands, items), self.version, self.timeout_s), self.timeout_s)
-            final = blend(scores, np.asarray(cands.scores, dtype=np.float32), self.recall_weight)
+                self.client.score(self.inputs(user, cands, items, model), version, self.timeout_s), self.timeout_s)
+            final = blend(scores, np.asarray(cands.scores, dtype=np.float32), model.recall_weight)
             order = list(np.argsort(-final, kind="stable"))
         except TimeoutError:
             degraded, scores, version = self._degrade(f"triton timeout after {self.timeout_s * 1e3:.0f} ms", cands)
@@ -128,8 +164,15 @@ def _one_line(e: BaseException) -> str:
 
 @serve.deployment(name="Ranking", max_ongoing_requests=32)
 class Ranking:
+    """`user_config` = the route ({champion, challenger, percent}); changing it reconfigures live replicas."""
+
     def __init__(self) -> None:
         self.ranker = Ranker(load_settings())
+
+    def reconfigure(self, config: dict) -> None:
+        if config:
+            self.ranker.set_route(Route(str(config["champion"]), config.get("challenger"),
+                                        float(config.get("percent") or 0.0)))
 
     async def rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
         return await self.ranker.rank(user, cands, k)

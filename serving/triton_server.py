@@ -166,6 +166,41 @@ def model_states(settings: Settings) -> dict[str, str]:
     return {row["name"]: row.get("state", "") for row in rows}
 
 
+def _http(settings: Settings, path: str, body: dict | None = None, timeout: float = 120.0) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://{settings.triton_http_url}{path}", data=data,
+                                 method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+    except urllib.error.HTTPError as e:
+        try:
+            msg = json.loads(e.read()).get("error", e.reason)
+        except ValueError:
+            msg = e.reason
+        raise TritonError(f"triton {path}: {msg}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise TritonError(f"triton at {settings.triton_http_url} unreachable: {e}") from None
+    return json.loads(raw) if raw else {}
+
+
+def load_model(settings: Settings, name: str, versions: list[str] | None = None) -> None:
+    """(Re)load `name` (explicit model control). `versions`: serve exactly these, whatever config.pbtxt says;
+    None: as config.pbtxt says. Triton keeps serving the loaded versions until the new set is ready, and
+    finishes in-flight requests of a version before unloading it."""
+    body: dict = {}
+    if versions is not None:
+        cfg = _http(settings, f"/v2/models/{name}/config")
+        cfg["version_policy"] = {"specific": {"versions": [int(v) for v in versions]}}
+        body = {"parameters": {"config": json.dumps(cfg)}}
+    _http(settings, f"/v2/repository/models/{name}/load", body)
+
+
+def loaded_versions(settings: Settings, name: str) -> list[str]:
+    rows = _http(settings, "/v2/repository/index", {"ready": True})
+    return sorted((r["version"] for r in rows if r["name"] == name and r.get("state") == "READY"), key=int)
+
+
 def _last_lines(path: Path, n: int = 3) -> str:
     if not path.exists():
         return ""

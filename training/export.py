@@ -62,7 +62,10 @@ class TensorSpec:
 
 
 def config_pbtxt(name: str, backend: Backend, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                 max_batch_size: int, queue_delay_us: int = 500) -> str:
+                 max_batch_size: int, versions: list[str], queue_delay_us: int = 500) -> str:
+    """`versions`: exactly the versions Triton loads (champion, plus a canary challenger), so a restarted
+    server serves what the route says, never just the highest number on disk."""
+
     def tensors(kind: str, specs: list[TensorSpec]) -> str:
         rows = [f'  {{ name: "{s.name}" data_type: {s.dtype} dims: [ {", ".join(map(str, s.dims))} ] }}'
                 for s in specs]
@@ -74,7 +77,7 @@ def config_pbtxt(name: str, backend: Backend, inputs: list[TensorSpec], outputs:
         tensors("input", inputs), tensors("output", outputs),
         f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
         "instance_group [ { count: 1 kind: KIND_CPU } ]",
-        "version_policy: { latest: { num_versions: 1 } }", "",
+        f"version_policy: {{ specific: {{ versions: [ {', '.join(versions)} ] }} }}", "",
     ])
 
 
@@ -92,17 +95,48 @@ def encoder_specs(cfg: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
             [TensorSpec("user_vector", "TYPE_FP32", (cfg["d_model"],))])
 
 
-def write_model(repo: Path, name: str, version: str, onnx_file: Path, cfg: dict, backend: Backend,
-                specs: tuple[list[TensorSpec], list[TensorSpec]], max_batch_size: int) -> Path:
-    model_dir = repo / name
-    vdir = model_dir / version
+MAX_BATCH = {"user_encoder": 256, "ranker": 1024}
+SPECS = {"user_encoder": encoder_specs, "ranker": ranker_specs}
+
+
+def write_version(repo: Path, name: str, version: str, onnx_file: Path, cfg: dict, backend: Backend) -> Path:
+    """One version folder: model.onnx (+ model.py) and its own recsys.json; the route is not touched."""
+    vdir = repo / name / version
     vdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_file, vdir / "model.onnx")
     if backend == "python":
         (vdir / "model.py").write_text(PYTHON_MODEL)
-    (model_dir / "config.pbtxt").write_text(config_pbtxt(name, backend, *specs, max_batch_size))
-    (model_dir / "recsys.json").write_text(json.dumps({"version": version, "config": cfg}, indent=1))
-    return model_dir
+    (vdir / "recsys.json").write_text(json.dumps({"version": version, "config": cfg}, indent=1))
+    return vdir
+
+
+def write_config(repo: Path, name: str, cfg: dict, backend: Backend, versions: list[str]) -> None:
+    text = config_pbtxt(name, backend, *SPECS[name](cfg), MAX_BATCH[name], versions)
+    tmp = repo / name / "config.pbtxt.tmp"
+    tmp.write_text(text)
+    tmp.replace(repo / name / "config.pbtxt")
+
+
+def write_model(repo: Path, name: str, version: str, onnx_file: Path, cfg: dict, backend: Backend) -> Path:
+    """A version folder, made the champion: config.pbtxt loads only it, recsys.json routes all traffic to it."""
+    write_version(repo, name, version, onnx_file, cfg, backend)
+    write_config(repo, name, cfg, backend, [version])
+    (repo / name / "recsys.json").write_text(json.dumps({"version": version, "config": cfg, "challenger": None},
+                                                       indent=1))
+    return repo / name
+
+
+def export_version(settings: Settings, name: str, version: str, backend: Backend = "python") -> Path:
+    """Export one registered ranker/user-encoder version beside the others (for a canary or a live swap)."""
+    from training.registry import client
+
+    model = {"ranker": RANKER_MODEL, "user_encoder": RETRIEVAL_MODEL}[name]
+    mv = client(settings).get_model_version(model, version)
+    with tempfile.TemporaryDirectory() as d:
+        art = download_artifacts(settings, mv.run_id, Path(d) / name)
+        cfg = json.loads((art / "config.json").read_text())
+        onnx = art / ("ranker.onnx" if name == "ranker" else "user_encoder.onnx")
+        return write_version(settings.model_repo, name, str(version), onnx, cfg, backend)
 
 
 
@@ -138,10 +172,8 @@ def export_repository(settings: Settings, backend: Backend = "python") -> Export
         ka = download_artifacts(settings, ranker.run_id, Path(d) / "ranker")
         rcfg = json.loads((ra / "config.json").read_text())
         kcfg = json.loads((ka / "config.json").read_text())
-        write_model(repo, "user_encoder", str(retrieval.version), ra / "user_encoder.onnx", rcfg, backend,
-                    encoder_specs(rcfg), 256)
-        write_model(repo, "ranker", str(ranker.version), ka / "ranker.onnx", kcfg, backend,
-                    ranker_specs(kcfg), 1024)
+        write_model(repo, "user_encoder", str(retrieval.version), ra / "user_encoder.onnx", rcfg, backend)
+        write_model(repo, "ranker", str(ranker.version), ka / "ranker.onnx", kcfg, backend)
         index_dir = index_root / str(retrieval.version)
         index_dir.mkdir(parents=True, exist_ok=True)
         emb = np.load(ra / "item_embeddings.npy")
@@ -150,3 +182,9 @@ def export_repository(settings: Settings, backend: Backend = "python") -> Export
         shutil.copyfile(ra / "item_ids.json", index_dir / "item_ids.json")
         (index_root / "CURRENT").write_text(str(retrieval.version))
     return ExportResult(repo, index_dir, {"user_encoder": str(retrieval.version), "ranker": str(ranker.version)})
+
+
+def repository_backend(settings: Settings, name: str = "ranker") -> Backend:
+    """The backend an existing export used (so a live swap adds a version in the same form)."""
+    text = (settings.model_repo / name / "config.pbtxt").read_text()
+    return "onnxruntime" if "onnxruntime_onnx" in text else "python"

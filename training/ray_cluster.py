@@ -1,4 +1,5 @@
-"""Connect to Ray: an embedded local cluster by default, the KubeRay cluster when `ray_address` is set."""
+"""Connect to Ray: the KubeRay cluster when `ray_address` is set; else the local serving head if one is up
+(`recsys serve`: retraining then shows in the same dashboard, beside the graph); else an embedded cluster."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ def ensure_ray(settings: Settings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, log_to_driver=False)
         return
+    from serving.launcher import port_open, ray_address
+
+    if port_open(ray_address(settings)):
+        ray.init(address=ray_address(settings), _node_ip_address="127.0.0.1", log_to_driver=False,
+                 configure_logging=False)
+        return
     ray.init(
+        address="local",  # never attach to some other Ray on this machine by accident
         num_cpus=settings.ray_num_cpus,
         _node_ip_address="127.0.0.1",
         include_dashboard=settings.ray_dashboard,

@@ -257,6 +257,12 @@ def test_rayservice_serves_the_graph_defined_in_serving(helm: Path) -> None:
     assert deployments == _serve_deployment_names() == {"Ingress", "Features", "Recall", "Ranking", "Copy"}
     assert settings_file(objs)["serve_app_name"] == application["name"]
     assert settings_file(objs)["serve_http_port"] == config["http_options"]["port"]
+    from serving.grpc_api import SERVICER
+
+    assert config["grpc_options"]["grpc_servicer_functions"] == [SERVICER]  # the stubs the package ships
+    assert settings_file(objs)["serve_grpc_port"] == config["grpc_options"]["port"]
+    head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {"name": "serve-grpc", "containerPort": config["grpc_options"]["port"]} in head["ports"]
 
 
 @pytest.mark.parametrize(("profile", "strategy"), [("default", "NewCluster"), ("dev", "None"), ("gpu", "NewCluster")])

@@ -9,9 +9,11 @@ import json
 import os
 import shutil
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,8 +21,9 @@ import pytest
 from tests.conftest import run_cli
 
 PORTS = {"RECSYS_SERVE_HTTP_PORT": "28000", "RECSYS_TRITON_HTTP_PORT": "28100", "RECSYS_TRITON_GRPC_PORT": "28101",
-         "RECSYS_TRITON_METRICS_PORT": "28102", "RECSYS_RAY_HEAD_PORT": "26379"}
+         "RECSYS_TRITON_METRICS_PORT": "28102", "RECSYS_RAY_HEAD_PORT": "26379", "RECSYS_SERVE_GRPC_PORT": "28200"}
 URL = "http://127.0.0.1:28000"  # ports outside the local Ray worker range (10002-19999)
+GRPC = "127.0.0.1:28200"
 
 
 def post(path: str, body: bytes | dict, timeout: float = 30) -> tuple[int, dict]:
@@ -157,3 +160,115 @@ def test_cli_recommend_prints_json_and_fails_in_one_line_without_a_graph(served)
     down = run_cli(served, "recommend", "1", **{**PORTS, "RECSYS_SERVE_HTTP_PORT": "28999"})
     assert down.returncode == 1
     assert down.stderr.strip().count("\n") == 0 and "recsys serve" in down.stderr
+
+
+def grpc_recommend(request, metadata=(("application", "recsys"),)):
+    import grpc
+
+    from serving.proto import recsys_pb2_grpc
+
+    with grpc.insecure_channel(GRPC) as channel:
+        return recsys_pb2_grpc.RecommenderStub(channel).Recommend(request, timeout=30, metadata=metadata)
+
+
+def test_grpc_answers_the_same_contract_as_http(served):
+    from serving.proto import recsys_pb2 as pb
+
+    http = recommend(7, k=6)
+    got = grpc_recommend(pb.RecommendRequest(user_id=7, k=6, include_copy=False),
+                         metadata=(("application", "recsys"), ("x-request-id", "grpc-req-1")))
+    assert got.request_id == "grpc-req-1"
+    assert [it.item_id for it in got.items] == [it["item_id"] for it in http["items"]]
+    assert [it.rank for it in got.items] == list(range(1, 7))
+    assert dict(got.model_versions) == http["model_versions"] and not got.degraded
+    assert all(it.copy == "" and it.copy_source == "none" for it in got.items)
+    default = grpc_recommend(pb.RecommendRequest(user_id=7))  # proto3 defaults: k 10, copy on
+    assert len(default.items) == 10 and all(it.copy_source == "template" for it in default.items)
+
+
+@pytest.mark.parametrize(("fields", "needle"), [({"user_id": 1, "k": 101}, "k:"), ({"user_id": -1}, "user_id:")])
+def test_grpc_bad_input_is_invalid_argument_naming_the_field(served, fields, needle):
+    import grpc
+
+    from serving.proto import recsys_pb2 as pb
+
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_recommend(pb.RecommendRequest(**fields))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in err.value.details() and "Traceback" not in err.value.details()
+
+
+def test_cli_recommend_over_grpc(served):
+    res = run_cli(served, "recommend", "2", "-k", "4", "--grpc", "--json", **PORTS)
+    assert res.returncode == 0, res.stderr[-2000:]
+    body = json.loads(res.stdout)
+    assert len(body["items"]) == 4 and body["model_versions"]["ranker"]
+    down = run_cli(served, "recommend", "2", "--grpc", **{**PORTS, "RECSYS_SERVE_GRPC_PORT": "28999"})
+    assert down.returncode == 1 and down.stderr.strip().count("\n") == 0 and "grpc://" in down.stderr
+
+
+class Load:
+    """Closed-loop HTTP clients until stopped; every answer is kept as (user, status, ranker version, degraded)."""
+
+    def __init__(self, clients: int = 3, users: int = 40) -> None:
+        self.results: list[tuple[int, int, str, list]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(c, users), daemon=True) for c in range(clients)]
+
+    def _run(self, c: int, users: int) -> None:
+        n = c
+        while not self._stop.is_set():
+            user = n % users
+            n += 3
+            try:
+                status, body = post("/recommend", {"user_id": user, "k": 5, "include_copy": False}, timeout=10)
+            except OSError as e:  # a dropped connection is an error too
+                status, body = 0, {"error": str(e)}
+            self.results.append((user, status, body.get("model_versions", {}).get("ranker", ""),
+                                 body.get("degraded", body.get("error"))))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def mark(self) -> int:
+        return len(self.results)
+
+
+def test_canary_then_hot_swap_under_load_drops_nothing(served, use_home):
+    """A second ranker version: canary to half the users by hash, then promote it live; all under load."""
+    from serving.ranking import user_bucket
+
+    res = run_cli(served, "train", "ranking", "--epochs", "1", **PORTS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    with Load() as load:
+        time.sleep(2)
+        res = run_cli(served, "canary", "50", **PORTS)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "v2 for 50% of users" in res.stdout
+        canary_from = load.mark()
+        time.sleep(3)
+        canary_rows = load.results[canary_from : load.mark()]
+        res = run_cli(served, "promote", "ranking", "--force", **PORTS)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "ranker v1 → v2 live" in res.stdout and "graph reconfigured" in res.stdout
+        after_from = load.mark()
+        time.sleep(3)
+    rows = load.results
+    assert len(rows) > 50
+    assert [r for r in rows if r[1] != 200 or r[3]] == []  # no error and nothing degraded, throughout
+    assert canary_rows and all(v == ("2" if user_bucket(u) < 50 else "1") for u, _, v, _ in canary_rows)
+    assert Counter(v for _, _, v, _ in canary_rows).keys() == {"1", "2"}
+    assert rows[after_from:] and {v for _, _, v, _ in rows[after_from:]} == {"2"}
+    use_home(served)
+    from recsys.settings import load_settings
+    from serving.triton_server import loaded_versions
+
+    settings = load_settings().model_copy(update={"triton_http_port": int(PORTS["RECSYS_TRITON_HTTP_PORT"])})
+    assert loaded_versions(settings, "ranker") == ["2"]  # the old version was unloaded

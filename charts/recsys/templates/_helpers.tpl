@@ -122,6 +122,7 @@ fields: tests/charts/test_chart.py loads the rendered file through recsys.settin
   "triton_metrics_port" (int .Values.ranker.metricsPort)
   "serve_host" "0.0.0.0"
   "serve_http_port" (int (dig "http_options" "port" 8000 .Values.serving.serveConfig))
+  "serve_grpc_port" (int (dig "grpc_options" "port" 9000 .Values.serving.serveConfig))
   "serve_app_name" (index .Values.serving.serveConfig.applications 0).name
 -}}
 {{- toYaml (mergeOverwrite $computed (deepCopy .Values.settings)) -}}

@@ -38,7 +38,8 @@ spec:
         - {name: dashboard, containerPort: 8265}
         - {name: client, containerPort: 10001}
         {{- if eq .component "serving" }}
-        - {name: serve, containerPort: 8000}
+        - {name: serve, containerPort: {{ dig "http_options" "port" 8000 $.Values.serving.serveConfig }}}
+        - {name: serve-grpc, containerPort: {{ dig "grpc_options" "port" 9000 $.Values.serving.serveConfig }}}
         {{- end }}
         - {name: metrics, containerPort: 8080}
       {{- end }}

@@ -1,0 +1,58 @@
+"""The gRPC face of the API (`serving/proto/recsys.proto`): proto ⇄ the same pydantic contracts as HTTP.
+
+One contract, two encodings: the ingress validates a gRPC request with `RecommendRequest` exactly as it
+validates JSON, so the two APIs cannot drift; a validation error names the field, as HTTP 422 does.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from serving.contracts import Degradation, RecommendedItem, RecommendRequest, RecommendResponse
+from serving.proto import recsys_pb2 as pb
+
+SERVICER = "serving.proto.recsys_pb2_grpc.add_RecommenderServicer_to_server"  # Serve's grpc_servicer_functions
+
+
+class InvalidRequest(ValueError):
+    """A gRPC request that fails the contract; the message names the field (→ INVALID_ARGUMENT)."""
+
+
+def first_error(errors: list) -> tuple[str, str]:
+    """(field, "field: message") of the first validation error; shared by HTTP 422 and INVALID_ARGUMENT."""
+    first = errors[0] if errors else {}
+    field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return field, f"{field}: {first.get('msg', 'invalid')}"
+
+
+def request_from_proto(msg: pb.RecommendRequest) -> RecommendRequest:
+    """Proto3 has no 'unset' for scalars: k = 0 means the default (10), an unset include_copy means true."""
+    try:
+        return RecommendRequest(user_id=msg.user_id, k=msg.k or 10,
+                                include_copy=msg.include_copy if msg.HasField("include_copy") else True,
+                                context=dict(msg.context) or None)
+    except ValidationError as e:
+        raise InvalidRequest(first_error(e.errors())[1]) from None
+
+
+def request_to_proto(req: RecommendRequest) -> pb.RecommendRequest:
+    context = {str(k): str(v) for k, v in (req.context or {}).items()}
+    return pb.RecommendRequest(user_id=req.user_id, k=req.k, include_copy=req.include_copy, context=context)
+
+
+def response_to_proto(resp: RecommendResponse) -> pb.RecommendResponse:
+    items = [pb.Item(item_id=it.item_id, title=it.title, score=it.score, rank=it.rank, copy=it.copy_text or "",
+                     copy_source=it.copy_source) for it in resp.items]
+    degraded = [pb.Degradation(stage=d.stage, reason=d.reason, fallback=d.fallback) for d in resp.degraded]
+    return pb.RecommendResponse(request_id=resp.request_id, user_id=resp.user_id, items=items,
+                                model_versions=dict(resp.model_versions), timings_ms=dict(resp.timings_ms),
+                                degraded=degraded)
+
+
+def response_from_proto(msg: pb.RecommendResponse) -> RecommendResponse:
+    items = [RecommendedItem(item_id=it.item_id, title=it.title, score=it.score, rank=it.rank,
+                             copy=it.copy or None, copy_source=it.copy_source or "none") for it in msg.items]
+    degraded = [Degradation(stage=d.stage, reason=d.reason, fallback=d.fallback) for d in msg.degraded]
+    return RecommendResponse(request_id=msg.request_id, user_id=msg.user_id, items=items,
+                             model_versions=dict(msg.model_versions), timings_ms=dict(msg.timings_ms),
+                             degraded=degraded)

@@ -1,0 +1,82 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "k", "include_copy", "context")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_COPY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    k: int
+    include_copy: bool
+    context: _containers.ScalarMap[str, str]
+    def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., include_copy: bool = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Item(_message.Message):
+    __slots__ = ("item_id", "title", "score", "rank", "copy", "copy_source")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    COPY_FIELD_NUMBER: _ClassVar[int]
+    COPY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    item_id: int
+    title: str
+    score: float
+    rank: int
+    copy: str
+    copy_source: str
+    def __init__(self, item_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., copy: _Optional[str] = ..., copy_source: _Optional[str] = ...) -> None: ...
+
+class Degradation(_message.Message):
+    __slots__ = ("stage", "reason", "fallback")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    reason: str
+    fallback: str
+    def __init__(self, stage: _Optional[str] = ..., reason: _Optional[str] = ..., fallback: _Optional[str] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("request_id", "user_id", "items", "model_versions", "timings_ms", "degraded")
+    class ModelVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TimingsMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    user_id: int
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    model_versions: _containers.ScalarMap[str, str]
+    timings_ms: _containers.ScalarMap[str, float]
+    degraded: _containers.RepeatedCompositeFieldContainer[Degradation]
+    def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[int] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ...) -> None: ...
