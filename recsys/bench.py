@@ -187,6 +187,35 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
             "stage_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()}}
 
 
+def _process_cpu() -> dict[int, tuple[float, str]]:
+    """CPU seconds so far of every process on the machine, with a short label."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["cmdline", "name"]):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            cmd = " ".join(p.info["cmdline"] or [p.info["name"] or ""])
+            label = next((w.removeprefix("ray::") for w in cmd.split() if w.startswith("ray::")), None) or \
+                ("tritonserver" if "tritonserver" in cmd else "triton python model" if "python_backend_stub" in cmd
+                 else Path(cmd.split()[0]).name if cmd else "?")
+            out[p.pid] = (t.user + t.system, label)
+    return out
+
+
+def cpu_per_request(run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run a load and attribute the machine's CPU time to processes: ms of CPU per answered request."""
+    before = _process_cpu()
+    result = run()
+    after = _process_cpu()
+    per: dict[str, float] = {}
+    for pid, (cpu, label) in after.items():
+        per[label] = per.get(label, 0.0) + cpu - before.get(pid, (0.0, ""))[0]
+    n = max(1, result["requests"])
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:8]
+    return result, {k: round(v / n * 1e3, 2) for k, v in top if v > 0}
+
+
 def in_process(s: Settings, users: list[int], n: int = 200) -> dict[str, float]:
     """The same stages called in one process (no Serve hops): the baseline for the graph's overhead."""
     import asyncio
@@ -225,7 +254,10 @@ def serving(s: Settings, console: Console, seconds: float = 10.0) -> dict[str, A
         runs = []
         for include_copy in (False, True):
             for c in (1, 8, 32):
-                r = load(url, users, c, seconds, include_copy)
+                if c == 8 and not include_copy:
+                    r, cpu_ms = cpu_per_request(lambda: load(url, users, 8, seconds, False))
+                else:
+                    r = load(url, users, c, seconds, include_copy)
                 console.print(f"copy={include_copy} c={c}: {r['rps']} req/s, p50 {r['p50_ms']} ms, "
                               f"p99 {r['p99_ms']} ms, errors {r['errors']}, degraded {r['degraded']}")
                 runs.append(r)
@@ -233,7 +265,8 @@ def serving(s: Settings, console: Console, seconds: float = 10.0) -> dict[str, A
     launcher.down(s)
     c1 = next(r for r in runs if r["concurrency"] == 1 and r["include_copy"])
     return {"runs": runs, "in_process": baseline, "graph_over_in_process_p50": round(c1["p50_ms"] /
-            baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "seconds_per_run": seconds}
+            baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "seconds_per_run": seconds,
+            "cpu_ms_per_request_c8": cpu_ms}
 
 
 SUITES = ("offline", "scaling", "quality", "serving")
@@ -305,4 +338,8 @@ def report(r: dict[str, Any], path: Path) -> str:
         lines += ["", f"Same stages in one process (no Serve hops): p50 {ip['p50_ms']} ms, p99 {ip['p99_ms']} ms; "
                   f"graph / in-process p50 at concurrency 1 = {sv['graph_over_in_process_p50']}×. Peak RSS of the "
                   f"serving stack: {sv['peak_rss_gib']} GiB.", ""]
+        if sv.get("cpu_ms_per_request_c8"):
+            cpu = ", ".join(f"{k} {v}" for k, v in sv["cpu_ms_per_request_c8"].items())
+            lines += [f"CPU per request at concurrency 8, no copy (ms, by process): {cpu}. On 2 cores the "
+                      "throughput ceiling is 2000 / (their sum) req/s.", ""]
     return "\n".join(lines)

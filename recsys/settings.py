@@ -83,6 +83,7 @@ class Settings(BaseModel):
     copy_timeout_ms: float = 800.0
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
     item_cache_ttl_s: float = 300.0  # serving keeps item feature rows this long (0: read Feast every request)
+    impression_log_dir: Path | None = None  # impression log (JSON lines per replica); None → home/impressions
 
     @cached_property
     def data_dir(self) -> Path:
@@ -93,6 +94,11 @@ class Settings(BaseModel):
     def features_dir(self) -> Path:
         """Feast offline sources, registry and SQLite online store; never in the repository."""
         return self.home / "features"
+
+    @property
+    def impressions_dir(self) -> Path:
+        """What the graph showed and which model versions chose it (joined with feedback on request_id)."""
+        return self.impression_log_dir or self.home / "impressions"
 
     @cached_property
     def runs_dir(self) -> Path:

@@ -87,32 +87,63 @@ class FeatureReader:
 
 class ItemCache:
     """Item rows kept for `ttl_s` per replica: item features change only when materialized, and reading ~200
-    rows with their 384-d embeddings from the online store costs ~35 ms here against ~0.1 ms from memory."""
+    rows with their 384-d embeddings from the online store costs ~35 ms here against ~0.1 ms from memory.
+
+    Rows live in column arrays (one slot per item), so a request gathers its candidates with one fancy
+    index per column instead of stacking per-item rows (that stacking was a tenth of the Ranking replica's CPU).
+    """
 
     def __init__(self, reader: FeatureReader, ttl_s: float) -> None:
         self.reader = reader
         self.ttl_s = ttl_s
-        self._rows: dict[int, tuple[float, tuple]] = {}  # item id → (loaded at, row)
+        self._slot: dict[int, int] = {}  # item id → row in the column arrays
+        self._loaded = np.zeros(0)  # monotonic time each slot was read
+        self._cols: dict[str, np.ndarray] = {}
+        self._title: list[str] = []
+        self._genres: list[list[str]] = []
+
+    def _store(self, rows: ItemRows, now: float) -> None:
+        slots = [self._slot.setdefault(int(i), len(self._slot)) for i in rows.item_ids]
+        size = len(self._slot)
+        if size > len(self._loaded):  # grow every column (doubling) before writing the new slots
+            cap = max(size, 2 * len(self._loaded), 256)
+            fresh = {"found": rows.found, "year": rows.year, "popularity": rows.popularity,
+                     "item_mean_rating": rows.item_mean_rating, "content": rows.content}
+            for name, arr in fresh.items():
+                old = self._cols.get(name)
+                grown = np.zeros((cap, *arr.shape[1:]), dtype=arr.dtype)
+                if old is not None:
+                    grown[: len(old)] = old
+                self._cols[name] = grown
+            loaded = np.full(cap, -np.inf)
+            loaded[: len(self._loaded)] = self._loaded
+            self._loaded = loaded
+            self._title += [""] * (cap - len(self._title))
+            self._genres += [[] for _ in range(cap - len(self._genres))]
+        idx = np.asarray(slots, dtype=np.int64)
+        for name in ("found", "year", "popularity", "item_mean_rating", "content"):
+            self._cols[name][idx] = getattr(rows, name)
+        for j, slot in enumerate(slots):
+            self._title[slot] = rows.title[j]
+            self._genres[slot] = rows.genres[j]
+        self._loaded[idx] = now
 
     def items(self, item_ids: list[int]) -> ItemRows:
-        if self.ttl_s <= 0:
+        if self.ttl_s <= 0 or len(item_ids) == 0:
             return self.reader.items(item_ids)
         now = time.monotonic()
-        stale = [i for i in dict.fromkeys(item_ids) if i not in self._rows or now - self._rows[i][0] > self.ttl_s]
-        if stale:
-            fresh = self.reader.items(stale)
-            for j, i in enumerate(stale):
-                self._rows[i] = (now, (fresh.found[j], fresh.title[j], fresh.genres[j], fresh.year[j],
-                                       fresh.popularity[j], fresh.item_mean_rating[j], fresh.content[j]))
-        rows = [self._rows[i][1] for i in item_ids]
+        slots = np.fromiter((self._slot.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        stale = (slots < 0) | (now - self._loaded[np.maximum(slots, 0)] > self.ttl_s) if len(self._loaded) else \
+            np.ones(len(item_ids), dtype=bool)
+        if stale.any():
+            self._store(self.reader.items(list(dict.fromkeys(np.asarray(item_ids)[stale].tolist()))), now)
+            slots = np.fromiter((self._slot[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+        c = self._cols
         return ItemRows(
-            item_ids=np.asarray(item_ids, dtype=np.int64),
-            found=np.array([r[0] for r in rows], dtype=bool),
-            title=[r[1] for r in rows], genres=[r[2] for r in rows],
-            year=np.array([r[3] for r in rows], dtype=np.int64),
-            popularity=np.array([r[4] for r in rows], dtype=np.int64),
-            item_mean_rating=np.array([r[5] for r in rows], dtype=np.float32),
-            content=np.stack([r[6] for r in rows]) if rows else np.zeros((0, 384), dtype=np.float32),
+            item_ids=np.asarray(item_ids, dtype=np.int64), found=c["found"][slots],
+            title=[self._title[s] for s in slots], genres=[self._genres[s] for s in slots],
+            year=c["year"][slots], popularity=c["popularity"][slots],
+            item_mean_rating=c["item_mean_rating"][slots], content=c["content"][slots],
         )
 
 

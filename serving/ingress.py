@@ -34,6 +34,7 @@ from serving.contracts import (
 )
 from serving.copy import template_copy
 from serving.grpc_api import InvalidRequest, first_error, request_from_proto, response_to_proto
+from serving.impressions import ImpressionLog
 from serving.metrics import StageMetrics
 from serving.proto import recsys_pb2 as pb
 
@@ -102,6 +103,7 @@ class Ingress:
         self.features, self.recall, self.ranking, self.copy = features, recall, ranking, copy
         self.s = load_settings()
         self.metrics = StageMetrics()
+        self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
 
     @api.post("/recommend", response_model=RecommendResponse, response_model_by_alias=True)
     async def recommend(self, req: RecommendRequest, request: Request) -> RecommendResponse:
@@ -177,8 +179,10 @@ class Ingress:
         versions = {"retrieval": cands.model_version, "ranker": ranked.model_version}
         if req.include_copy:
             versions["copy"] = "template"
-        return RecommendResponse(request_id=rid, user_id=req.user_id, items=items, model_versions=versions,
+        resp = RecommendResponse(request_id=rid, user_id=req.user_id, items=items, model_versions=versions,
                                  timings_ms=timings, degraded=degraded)
+        self.impressions.write(resp, req.context)
+        return resp
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, bool]:

@@ -22,7 +22,7 @@ from serving.artifacts import Route, item_index, load_item_ids, model_info, read
 from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
-from training.models.ranking_inputs import blend, item_dense, user_dense
+from training.models.ranking_inputs import blend, item_dense_arrays, user_dense
 
 WARM_ITEMS = 5_000  # item rows read into the cache at start-up
 
@@ -103,14 +103,13 @@ class Ranker:
         history = np.zeros((n, model.max_len), dtype=np.int64)
         if hist:
             history[:, -len(hist) :] = hist
-        frame = pd.DataFrame({"genres": items.genres, "year": items.year, "popularity": items.popularity,
-                              "item_mean_rating": items.item_mean_rating})
         users = pd.DataFrame({"n_interactions": [user.n_interactions], "mean_rating": [user.mean_rating]})
         return {
             "history": history,
             "item": np.array([[self.index_of.get(i, 0)] for i in cands.item_ids], dtype=np.int64),
-            "item_dense": item_dense(frame, model.genres),
-            "item_content": items.content.astype(np.float32),
+            "item_dense": item_dense_arrays(items.genres, items.year, items.popularity, items.item_mean_rating,
+                                            model.genres),
+            "item_content": np.ascontiguousarray(items.content, dtype=np.float32),
             "user_dense": np.repeat(user_dense(users), n, axis=0),
             "recall_score": np.asarray(cands.scores, dtype=np.float32)[:, None],
         }

@@ -58,3 +58,24 @@ def test_report_has_one_table_row_per_measurement():
     assert "| 2 × 1 thread (DDP) | 150.0 |" in text
     assert "| mostpop | 0.0500 ± 0.0070 | 0.0250 ± 0.0040 |" in text
     assert "## Serving" not in text  # a suite that did not run gets no table
+
+
+def test_cpu_per_request_charges_the_process_that_burned_it() -> None:
+    import os
+    import time
+
+    import psutil
+
+    from recsys.bench import cpu_per_request
+
+    def busy() -> dict:
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        return {"requests": 10}
+
+    result, per = cpu_per_request(busy)
+    assert result == {"requests": 10}
+    me = psutil.Process(os.getpid()).cmdline()[0]
+    label = os.path.basename(me)
+    assert per.get(label, 0) >= 25  # ≥ 0.25 s over 10 requests, charged to this process

@@ -19,16 +19,23 @@ USER_DENSE_DIM = 2  # log activity, mean rating
 
 def item_dense(frame: pd.DataFrame, genres: list[str]) -> np.ndarray:
     """(N, G+3) float32 from item feature rows (genres, year, popularity, item_mean_rating) — shared with serving."""
+    return item_dense_arrays(list(frame["genres"]), frame["year"].to_numpy(), frame["popularity"].to_numpy(),
+                             frame["item_mean_rating"].to_numpy(), genres)
+
+
+def item_dense_arrays(item_genres: list, year: np.ndarray, popularity: np.ndarray, mean_rating: np.ndarray,
+                      genres: list[str]) -> np.ndarray:
+    """`item_dense` on plain arrays: serving's hot path skips building a DataFrame per request."""
     pos = {g: i for i, g in enumerate(genres)}
-    out = np.zeros((len(frame), len(genres) + 3), dtype=np.float32)
-    for r, gs in enumerate(frame["genres"]):
+    out = np.zeros((len(item_genres), len(genres) + 3), dtype=np.float32)
+    for r, gs in enumerate(item_genres):
         for g in gs if gs is not None else []:
             if g in pos:
                 out[r, pos[g]] = 1.0
-    year = frame["year"].to_numpy(dtype=np.float64)
-    out[:, -3] = np.where(year > 0, (year - 1990.0) / 30.0, 0.0)
-    out[:, -2] = np.log1p(frame["popularity"].to_numpy(dtype=np.float64)) / math.log(1000.0)
-    out[:, -1] = frame["item_mean_rating"].to_numpy(dtype=np.float64) / 5.0
+    y = np.asarray(year, dtype=np.float64)
+    out[:, -3] = np.where(y > 0, (y - 1990.0) / 30.0, 0.0)
+    out[:, -2] = np.log1p(np.asarray(popularity, dtype=np.float64)) / math.log(1000.0)
+    out[:, -1] = np.asarray(mean_rating, dtype=np.float64) / 5.0
     return out
 
 

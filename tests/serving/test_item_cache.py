@@ -1,0 +1,45 @@
+"""The Ranking replica's item cache against the real Feast online store (synthetic data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class CountingReader:
+    """The real FeatureReader, counting how many item rows it was asked for."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.rows = reader, 0
+
+    def items(self, ids, fields=None):
+        self.rows += len(ids)
+        return self.reader.items(ids)
+
+
+def test_cache_returns_what_the_store_returns_and_rereads_only_stale_rows(feature_home: Path, use_home) -> None:
+    use_home(feature_home)
+    from recsys.settings import load_settings
+    from serving.features import FeatureReader, ItemCache
+
+    reader = FeatureReader(load_settings())
+    counting = CountingReader(reader)
+    cache = ItemCache(counting, ttl_s=3600)
+    ids = [3, 1, 2, 3, 999_999, 5]  # a repeat and an id the store does not know
+    first = cache.items(ids)
+    direct = reader.items(ids)
+    assert counting.rows == 5  # each distinct id read once
+    for got in (first, cache.items(ids)):
+        assert got.item_ids.tolist() == ids
+        assert got.found.tolist() == direct.found.tolist() == [True, True, True, True, False, True]
+        assert got.title == direct.title and got.genres == direct.genres
+        for col in ("year", "popularity", "item_mean_rating", "content"):
+            np.testing.assert_array_equal(getattr(got, col), getattr(direct, col))
+    assert counting.rows == 5  # the second call came from memory
+    many = list(range(1, 301))  # grows the column arrays past their first capacity
+    assert cache.items(many).title == reader.items(many).title
+    cache.ttl_s = 1e-9  # everything is stale now: read again
+    before = counting.rows
+    cache.items([1, 2])
+    assert counting.rows == before + 2
