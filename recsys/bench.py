@@ -187,6 +187,19 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
             "stage_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()}}
 
 
+def _label(cmd: str) -> str:
+    """A process's short name: its Ray actor name, the Triton parts, else the executable."""
+    words = cmd.split()
+    ray_name = next((w.removeprefix("ray::") for w in words if w.startswith("ray::")), None)
+    if ray_name:
+        return ray_name
+    if "python_backend_stub" in cmd:
+        return "triton python model"
+    if "tritonserver" in cmd:
+        return "tritonserver"
+    return Path(words[0]).name if words else "?"
+
+
 def _process_cpu() -> dict[int, tuple[float, str]]:
     """CPU seconds so far of every process on the machine, with a short label."""
     import psutil
@@ -195,11 +208,7 @@ def _process_cpu() -> dict[int, tuple[float, str]]:
     for p in psutil.process_iter(["cmdline", "name"]):
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
-            cmd = " ".join(p.info["cmdline"] or [p.info["name"] or ""])
-            label = next((w.removeprefix("ray::") for w in cmd.split() if w.startswith("ray::")), None) or \
-                ("tritonserver" if "tritonserver" in cmd else "triton python model" if "python_backend_stub" in cmd
-                 else Path(cmd.split()[0]).name if cmd else "?")
-            out[p.pid] = (t.user + t.system, label)
+            out[p.pid] = (t.user + t.system, _label(" ".join(p.info["cmdline"] or [p.info["name"] or ""])))
     return out
 
 

@@ -172,10 +172,9 @@ def promote(
 def _serving_live(s: Settings) -> bool:
     """A running Triton or graph on this machine: promotion then swaps the ranker in place."""
     from serving import launcher, triton_server
+    from serving.artifacts import read_route
 
     try:
-        from serving.artifacts import read_route
-
         read_route(s)
     except RecsysError:
         return False  # nothing exported yet: `recsys export` writes the champion

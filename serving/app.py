@@ -17,18 +17,15 @@ from serving.ranking import Ranking
 from serving.recall import Recall
 
 
-def build(settings: Settings, env: dict[str, str] | None = None, route: dict | None = None) -> Application:
-    """`env` is passed to every replica; `route` is the Ranking deployment's user_config. Deployed by
-    import path (`serving.launcher.deploy`, the RayService), both come from the deploy config instead."""
+def build(settings: Settings) -> Application:
+    """Replicas' env and Ranking's `user_config` (the route) come from the deploy config that imports this
+    (`serving.launcher.serve_config` locally, the RayService `serveConfigV2` in a cluster)."""
     opts: dict = {"num_cpus": settings.serve_replica_cpus}
-    if env:
-        opts["runtime_env"] = {"env_vars": env}
 
     def o(deployment):
         return deployment.options(ray_actor_options=opts)
 
-    ranking = o(Ranking).options(user_config=route) if route else o(Ranking)
-    return o(Ingress).bind(features=o(Features).bind(), recall=o(Recall).bind(), ranking=ranking.bind(),
+    return o(Ingress).bind(features=o(Features).bind(), recall=o(Recall).bind(), ranking=o(Ranking).bind(),
                            copy=o(CopyStage).bind())
 
 

@@ -53,6 +53,10 @@ class Route:
     def as_dict(self) -> dict:
         return {"champion": self.champion, "challenger": self.challenger, "percent": self.percent}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Route:
+        return cls(str(d["champion"]), d.get("challenger"), float(d.get("percent") or 0.0))
+
 
 def read_route(settings: Settings, name: str = "ranker") -> Route:
     path = settings.model_repo / name / "recsys.json"

@@ -53,7 +53,7 @@ def recommend_grpc(settings: Settings, user_id: int, k: int = 10, include_copy: 
             resp = RecommenderStub(channel).Recommend(request_to_proto(req), timeout=timeout,
                                                       metadata=(("application", settings.serve_app_name),))
         except grpc.RpcError as e:
-            if e.code() in (grpc.StatusCode.UNAVAILABLE,) and "unavailable:" not in (e.details() or ""):
+            if e.code() == grpc.StatusCode.UNAVAILABLE and "unavailable:" not in (e.details() or ""):
                 raise ServingError(f"no graph at grpc://{target} ({e.details()}): start it with `recsys serve`"
                                    ) from None
             raise ServingError(f"grpc://{target} answered {e.code().name}: {e.details()}") from None

@@ -85,6 +85,9 @@ class FeatureReader:
         )
 
 
+_ARRAY_COLUMNS = ("found", "year", "popularity", "item_mean_rating", "content")  # ItemRows' numpy fields
+
+
 class ItemCache:
     """Item rows kept for `ttl_s` per replica: item features change only when materialized, and reading ~200
     rows with their 384-d embeddings from the online store costs ~35 ms here against ~0.1 ms from memory.
@@ -107,9 +110,8 @@ class ItemCache:
         size = len(self._slot)
         if size > len(self._loaded):  # grow every column (doubling) before writing the new slots
             cap = max(size, 2 * len(self._loaded), 256)
-            fresh = {"found": rows.found, "year": rows.year, "popularity": rows.popularity,
-                     "item_mean_rating": rows.item_mean_rating, "content": rows.content}
-            for name, arr in fresh.items():
+            for name in _ARRAY_COLUMNS:
+                arr = getattr(rows, name)
                 old = self._cols.get(name)
                 grown = np.zeros((cap, *arr.shape[1:]), dtype=arr.dtype)
                 if old is not None:
@@ -121,7 +123,7 @@ class ItemCache:
             self._title += [""] * (cap - len(self._title))
             self._genres += [[] for _ in range(cap - len(self._genres))]
         idx = np.asarray(slots, dtype=np.int64)
-        for name in ("found", "year", "popularity", "item_mean_rating", "content"):
+        for name in _ARRAY_COLUMNS:
             self._cols[name][idx] = getattr(rows, name)
         for j, slot in enumerate(slots):
             self._title[slot] = rows.title[j]
@@ -133,8 +135,8 @@ class ItemCache:
             return self.reader.items(item_ids)
         now = time.monotonic()
         slots = np.fromiter((self._slot.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
-        stale = (slots < 0) | (now - self._loaded[np.maximum(slots, 0)] > self.ttl_s) if len(self._loaded) else \
-            np.ones(len(item_ids), dtype=bool)
+        stale = slots < 0
+        stale[~stale] = now - self._loaded[slots[~stale]] > self.ttl_s
         if stale.any():
             self._store(self.reader.items(list(dict.fromkeys(np.asarray(item_ids)[stale].tolist()))), now)
             slots = np.fromiter((self._slot[i] for i in item_ids), dtype=np.int64, count=len(item_ids))

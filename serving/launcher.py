@@ -85,7 +85,7 @@ def port_open(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def _connect(settings: Settings) -> bool:
+def connect(settings: Settings) -> bool:
     """Connect this process to the serving Ray cluster; False if none answers.
 
     Locally the GCS port is probed first: `ray.init(address=…)` with nothing listening retries for minutes.
@@ -105,13 +105,16 @@ def _connect(settings: Settings) -> bool:
     return True
 
 
+def _client_host(settings: Settings) -> str:
+    return "127.0.0.1" if settings.serve_host in ("0.0.0.0", "") else settings.serve_host
+
+
 def http_url(settings: Settings) -> str:
-    host = "127.0.0.1" if settings.serve_host in ("0.0.0.0", "") else settings.serve_host
-    return f"http://{host}:{settings.serve_http_port}"
+    return f"http://{_client_host(settings)}:{settings.serve_http_port}"
 
 
 def grpc_target(settings: Settings) -> str:
-    return f"{http_url(settings).removeprefix('http://').rpartition(':')[0]}:{settings.serve_grpc_port}"
+    return f"{_client_host(settings)}:{settings.serve_grpc_port}"
 
 
 def healthy(settings: Settings, timeout: float = 2.0) -> bool:
@@ -123,17 +126,17 @@ def healthy(settings: Settings, timeout: float = 2.0) -> bool:
 
 
 def up(settings: Settings) -> str:
-    """Triton → Ray head (if none) → serve.run(graph); returns the HTTP base URL once /healthz answers."""
+    """Triton → Ray head (if none) → deploy the graph; returns the HTTP base URL once /healthz answers."""
     import ray
 
     triton_server.up(settings)
     if ray.is_initialized() and not settings.ray_address:
         ray.shutdown()  # an embedded (training) Ray dies with this process; the graph needs the detached head
-    if not _connect(settings):
+    if not connect(settings):
         if settings.ray_address:
             raise ServeError(f"no Ray cluster at {settings.ray_address}")
         start_ray_head(settings)
-        if not _connect(settings):
+        if not connect(settings):
             raise ServeError(f"started a Ray head but cannot connect to {ray_address(settings)}")
     deploy(settings)
     deadline = time.monotonic() + 60
@@ -179,7 +182,7 @@ def deploy(settings: Settings) -> None:
 
 def reconfigure(settings: Settings) -> bool:
     """Push the exported route to a running local graph; False when no graph is up (nothing to switch)."""
-    if settings.ray_address or not healthy(settings) or not _connect(settings):
+    if settings.ray_address or not healthy(settings) or not connect(settings):
         return False
     deploy(settings)
     return True
@@ -201,7 +204,7 @@ def warm_up(settings: Settings, requests: int = 3) -> None:
 def down(settings: Settings) -> list[str]:
     """Stop the Serve app, the local Ray head and Triton; returns what was stopped."""
     stopped = []
-    if not settings.ray_address and _connect(settings):
+    if not settings.ray_address and connect(settings):
         from ray import serve
 
         serve.shutdown()

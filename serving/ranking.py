@@ -14,7 +14,6 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from ray import serve
 
 from recsys.settings import Settings, load_settings
@@ -22,7 +21,7 @@ from serving.artifacts import Route, item_index, load_item_ids, model_info, read
 from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
-from training.models.ranking_inputs import blend, item_dense_arrays, user_dense
+from training.models.ranking_inputs import blend, item_dense_arrays, user_dense_arrays
 
 WARM_ITEMS = 5_000  # item rows read into the cache at start-up
 
@@ -81,15 +80,18 @@ class Ranker:
 
     def set_route(self, route: Route) -> None:
         """Switch versions between requests: build the new table, then swap one reference (no lock needed)."""
-        models = {v: RankerVersion.load(self.settings, v) for v in route.versions}
-        self.route, self.models = route, models
+        self._active = (route, {v: RankerVersion.load(self.settings, v) for v in route.versions})
+
+    @property
+    def route(self) -> Route:
+        return self._active[0]
 
     @property
     def version(self) -> str:
         return self.route.champion
 
     def model_for(self, user_id: int) -> RankerVersion:
-        route, models = self.route, self.models
+        route, models = self._active
         if route.challenger and user_bucket(user_id) < route.percent:
             return models.get(route.challenger, models[route.champion])
         return models[route.champion]
@@ -97,20 +99,21 @@ class Ranker:
     def inputs(self, user: UserContext, cands: Candidates, items: ItemRows,
                model: RankerVersion | None = None) -> dict[str, np.ndarray]:
         """The six ranker inputs for every candidate, shapes as in config.pbtxt (batch first)."""
-        model = model or self.models[self.route.champion]
+        if model is None:
+            route, models = self._active
+            model = models[route.champion]
         n = len(cands.item_ids)
         hist = [self.index_of[i] for i in user.recent_items if i in self.index_of][-model.max_len :]
         history = np.zeros((n, model.max_len), dtype=np.int64)
         if hist:
             history[:, -len(hist) :] = hist
-        users = pd.DataFrame({"n_interactions": [user.n_interactions], "mean_rating": [user.mean_rating]})
         return {
             "history": history,
             "item": np.array([[self.index_of.get(i, 0)] for i in cands.item_ids], dtype=np.int64),
             "item_dense": item_dense_arrays(items.genres, items.year, items.popularity, items.item_mean_rating,
                                             model.genres),
             "item_content": np.ascontiguousarray(items.content, dtype=np.float32),
-            "user_dense": np.repeat(user_dense(users), n, axis=0),
+            "user_dense": np.repeat(user_dense_arrays([user.n_interactions], [user.mean_rating]), n, axis=0),
             "recall_score": np.asarray(cands.scores, dtype=np.float32)[:, None],
         }
 
@@ -170,8 +173,7 @@ class Ranking:
 
     def reconfigure(self, config: dict) -> None:
         if config:
-            self.ranker.set_route(Route(str(config["champion"]), config.get("challenger"),
-                                        float(config.get("percent") or 0.0)))
+            self.ranker.set_route(Route.from_dict(config))
 
     async def rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
         return await self.ranker.rank(user, cands, k)

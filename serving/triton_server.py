@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from recsys.errors import MissingStepError, RecsysError
 from recsys.settings import Settings
@@ -156,17 +157,15 @@ def ready(settings: Settings, timeout: float = 1.0) -> bool:
 
 def model_states(settings: Settings) -> dict[str, str]:
     """{model: "READY" | "UNAVAILABLE" | …} from the repository index (latest version per model)."""
-    req = urllib.request.Request(f"http://{settings.triton_http_url}/v2/repository/index", data=b"{}",
-                                 method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=2) as r:
-            rows = json.loads(r.read())
-    except (urllib.error.URLError, OSError):
+        rows = _http(settings, "/v2/repository/index", {}, timeout=2)
+    except TritonError:
         return {}
     return {row["name"]: row.get("state", "") for row in rows}
 
 
-def _http(settings: Settings, path: str, body: dict | None = None, timeout: float = 120.0) -> dict:
+def _http(settings: Settings, path: str, body: dict | None = None, timeout: float = 120.0) -> Any:
+    """GET (no body) or POST one Triton HTTP endpoint; any failure is a one-line TritonError."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://{settings.triton_http_url}{path}", data=data,
                                  method="GET" if body is None else "POST")

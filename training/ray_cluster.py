@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from recsys.errors import ConfigError
 from recsys.settings import Settings
 
 
@@ -15,15 +16,12 @@ def ensure_ray(settings: Settings) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray ≥ 2.5x token auth: off for the embedded cluster
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    if settings.ray_address:
-        ray.init(address=settings.ray_address, log_to_driver=False)
-        return
-    from serving.launcher import port_open, ray_address
+    from serving.launcher import connect
 
-    if port_open(ray_address(settings)):
-        ray.init(address=ray_address(settings), _node_ip_address="127.0.0.1", log_to_driver=False,
-                 configure_logging=False)
+    if connect(settings):  # the configured cluster, or the local serving head when one is listening
         return
+    if settings.ray_address:
+        raise ConfigError(f"no Ray cluster answers at ray_address={settings.ray_address}")
     ray.init(
         address="local",  # never attach to some other Ray on this machine by accident
         num_cpus=settings.ray_num_cpus,

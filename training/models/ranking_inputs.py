@@ -41,8 +41,13 @@ def item_dense_arrays(item_genres: list, year: np.ndarray, popularity: np.ndarra
 
 def user_dense(frame: pd.DataFrame) -> np.ndarray:
     """(N, 2) float32 from user profile rows (n_interactions, mean_rating) — shared with serving."""
-    n = frame["n_interactions"].fillna(0).to_numpy(dtype=np.float64)
-    m = frame["mean_rating"].fillna(0).to_numpy(dtype=np.float64)
+    return user_dense_arrays(frame["n_interactions"].fillna(0).to_numpy(), frame["mean_rating"].fillna(0).to_numpy())
+
+
+def user_dense_arrays(n_interactions: np.ndarray, mean_rating: np.ndarray) -> np.ndarray:
+    """`user_dense` on plain arrays (no missing values), for serving's hot path."""
+    n = np.asarray(n_interactions, dtype=np.float64)
+    m = np.asarray(mean_rating, dtype=np.float64)
     return np.stack([np.log1p(n) / math.log(1000.0), m / 5.0], axis=1).astype(np.float32)
 
 
