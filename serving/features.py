@@ -130,16 +130,30 @@ class ItemCache:
             self._genres[slot] = rows.genres[j]
         self._loaded[idx] = now
 
+    def _stale(self, item_ids: list[int], now: float) -> tuple[np.ndarray, np.ndarray]:
+        slots = np.fromiter((self._slot.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        stale = slots < 0
+        stale[~stale] = now - self._loaded[slots[~stale]] > self.ttl_s
+        return slots, stale
+
+    def fresh(self, item_ids: list[int]) -> ItemRows | None:
+        """The rows from memory if every one is cached and fresh, else None (the caller reads, off the loop)."""
+        if self.ttl_s <= 0 or len(item_ids) == 0:
+            return None
+        slots, stale = self._stale(item_ids, time.monotonic())
+        return None if stale.any() else self._gather(item_ids, slots)
+
     def items(self, item_ids: list[int]) -> ItemRows:
         if self.ttl_s <= 0 or len(item_ids) == 0:
             return self.reader.items(item_ids)
         now = time.monotonic()
-        slots = np.fromiter((self._slot.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
-        stale = slots < 0
-        stale[~stale] = now - self._loaded[slots[~stale]] > self.ttl_s
+        slots, stale = self._stale(item_ids, now)
         if stale.any():
             self._store(self.reader.items(list(dict.fromkeys(np.asarray(item_ids)[stale].tolist()))), now)
             slots = np.fromiter((self._slot[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+        return self._gather(item_ids, slots)
+
+    def _gather(self, item_ids: list[int], slots: np.ndarray) -> ItemRows:
         c = self._cols
         return ItemRows(
             item_ids=np.asarray(item_ids, dtype=np.int64), found=c["found"][slots],

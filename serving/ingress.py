@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
@@ -74,13 +74,26 @@ def _max_request_bytes() -> int:
     return load_settings().max_request_bytes  # read once per replica, not per request
 
 
-@api.middleware("http")
-async def _limit_body(request: Request, call_next):
-    limit = _max_request_bytes()
-    size = request.headers.get("content-length")
-    if size is not None and size.isdigit() and int(size) > limit:
-        return JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)
-    return await call_next(request)
+class BodyLimit:
+    """413 before the body is read when Content-Length is over the limit.
+
+    Pure ASGI: Starlette's `@app.middleware("http")` wraps every request in an extra task and stream.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            size = dict(scope["headers"]).get(b"content-length", b"")
+            limit = _max_request_bytes()
+            if size.isdigit() and int(size) > limit:
+                await JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(BodyLimit)
 
 
 async def _call(stage: str, response, timeout_ms: float) -> Any:
@@ -106,8 +119,10 @@ class Ingress:
         self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
 
     @api.post("/recommend", response_model=RecommendResponse, response_model_by_alias=True)
-    async def recommend(self, req: RecommendRequest, request: Request) -> RecommendResponse:
-        return await self._recommend(req, request.headers.get("x-request-id") or uuid.uuid4().hex)
+    async def recommend(self, req: RecommendRequest, request: Request) -> Response:
+        resp = await self._recommend(req, request.headers.get("x-request-id") or uuid.uuid4().hex)
+        # Serialised once here; returning the model would make FastAPI validate it again before dumping.
+        return Response(resp.model_dump_json(by_alias=True), media_type="application/json")
 
     async def Recommend(self, request: pb.RecommendRequest,  # the gRPC method name
                         grpc_context: RayServegRPCContext) -> pb.RecommendResponse:

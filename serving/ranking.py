@@ -120,7 +120,10 @@ class Ranker:
     async def rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
         if not cands.item_ids:
             return RankedItems(items=[], model_version="")
-        items = await asyncio.to_thread(self.items.items, cands.item_ids)
+        # Cached rows are a gather (~0.1 ms): a thread hop only when the online store must be read.
+        items = self.items.fresh(cands.item_ids)
+        if items is None:
+            items = await asyncio.to_thread(self.items.items, cands.item_ids)
         degraded = None
         model = self.model_for(user.user_id)
         version = model.version

@@ -44,12 +44,16 @@ class TritonPythonModel:
         self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
-            feeds = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.inputs}
-            outs = self.sess.run(self.outputs, feeds)
+        """One onnxruntime run for all requests the dynamic batcher queued together, split back per request."""
+        feeds = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
+        joined = feeds[0] if len(feeds) == 1 else {n: np.concatenate([f[n] for f in feeds]) for n in self.inputs}
+        outs = self.sess.run(self.outputs, joined)
+        responses, start = [], 0
+        for f in feeds:
+            end = start + len(f[self.inputs[0]])
             responses.append(pb_utils.InferenceResponse(
-                [pb_utils.Tensor(n, np.ascontiguousarray(o)) for n, o in zip(self.outputs, outs)]))
+                [pb_utils.Tensor(n, np.ascontiguousarray(o[start:end])) for n, o in zip(self.outputs, outs)]))
+            start = end
         return responses
 '''
 

@@ -141,6 +141,49 @@ def test_bad_input_gets_a_clear_client_error(served, body, status, needle):
     assert needle in payload["error"] and "Traceback" not in payload["error"]
 
 
+def _triton_counts() -> tuple[int, int]:
+    with urllib.request.urlopen("http://127.0.0.1:28100/v2/models/ranker/versions/1/stats", timeout=10) as r:
+        stats = json.loads(r.read())["model_stats"][0]
+    return int(stats["inference_stats"]["success"]["count"]), int(stats["execution_count"])
+
+
+def test_concurrent_ranker_calls_are_batched_and_each_gets_its_own_scores(served):
+    """Triton's dynamic batcher hands the model several requests at once; it runs them as one batch."""
+    import asyncio
+
+    import numpy as np
+
+    from serving.triton_client import RankerClient
+    from training.models.ranking_inputs import INPUTS
+
+    rng = np.random.default_rng(0)
+    cfg = json.loads((served / "model_repository" / "ranker" / "1" / "recsys.json").read_text())["config"]
+    shapes = {"history": (cfg["max_len"],), "item": (1,), "item_dense": (len(cfg["genres"]) + 3,),
+              "item_content": (cfg["content_dim"],), "user_dense": (2,), "recall_score": (1,)}
+
+    def rows(n: int) -> dict[str, np.ndarray]:
+        return {k: (rng.integers(1, cfg["n_items"], (n, *shapes[k])) if k in ("history", "item")
+                    else rng.random((n, *shapes[k]), dtype=np.float32)) for k in INPUTS}
+
+    batches = [rows(n) for n in (3, 17, 8, 40, 1, 25)]
+
+    async def run() -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+        client = RankerClient("127.0.0.1:28101")
+        alone = [await client.score(b, "1", 10) for b in batches]
+        together = [await asyncio.gather(*(client.score(b, "1", 10) for b in batches)) for _ in range(20)]
+        await client.close()
+        return alone, together
+
+    requests0, executions0 = _triton_counts()
+    alone, together = asyncio.run(run())
+    requests1, executions1 = _triton_counts()
+    assert requests1 - requests0 == 6 * 21
+    assert executions1 - executions0 < requests1 - requests0  # some model runs served several requests
+    for scores in together:
+        for a, b in zip(alone, scores, strict=True):
+            assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+
+
 def test_triton_down_gives_flagged_recall_order_then_recovers(served):
     pid = int((served / "triton" / "tritonserver.pid").read_text())
     os.killpg(pid, signal.SIGKILL)
