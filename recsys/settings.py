@@ -84,6 +84,23 @@ class Settings(BaseModel):
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
     item_cache_ttl_s: float = 300.0  # serving keeps item feature rows this long (0: read Feast every request)
     impression_log_dir: Path | None = None  # impression log (JSON lines per replica); None → home/impressions
+    event_log: Path | None = None  # feedback event log (SQLite, WAL, fsync per commit); None → home/events/events.db
+    feedback_replay_s: float = 1.0  # how often unpushed profiles are retried against the online store
+    feedback_timeout_ms: float = 3000.0  # POST /feedback stage timeout (durable append + push)
+    api_keys: list[str] = []  # keys accepted on write endpoints (Authorization: Bearer KEY); none → writes refused
+    api_keys_file: Path | None = None  # more keys, one per line (a mounted Kubernetes Secret in the chart)
+    api_key: str | None = None  # the key this machine's CLI sends
+
+    @property
+    def event_log_path(self) -> Path:
+        return self.event_log or self.home / "events" / "events.db"
+
+    def accepted_keys(self) -> list[str]:
+        """Keys from settings plus the keys file (read each call: a rotated Secret applies without restart)."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None and self.api_keys_file.exists():
+            keys += [k.strip() for k in self.api_keys_file.read_text().splitlines() if k.strip()]
+        return keys
 
     @cached_property
     def data_dir(self) -> Path:

@@ -12,6 +12,7 @@ from ray.serve import Application
 from recsys.settings import Settings, load_settings
 from serving.copy import CopyStage
 from serving.features import Features
+from serving.feedback import Feedback
 from serving.ingress import Ingress
 from serving.ranking import Ranking
 from serving.recall import Recall
@@ -26,7 +27,7 @@ def build(settings: Settings) -> Application:
         return deployment.options(ray_actor_options=opts)
 
     return o(Ingress).bind(features=o(Features).bind(), recall=o(Recall).bind(), ranking=o(Ranking).bind(),
-                           copy=o(CopyStage).bind())
+                           copy=o(CopyStage).bind(), feedback=o(Feedback).bind())
 
 
 app = build(load_settings())

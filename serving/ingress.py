@@ -9,6 +9,8 @@ degraded and why (HTTP 200), so a client is never told a fallback is the real th
 
 import asyncio
 import functools
+import hmac
+import json
 import time
 import uuid
 from typing import Any
@@ -17,11 +19,13 @@ import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from recsys.settings import load_settings
+from serving.artifacts import load_item_ids
 from serving.contracts import (
     Candidates,
     Degradation,
@@ -33,6 +37,7 @@ from serving.contracts import (
     UserContext,
 )
 from serving.copy import template_copy
+from serving.events import FeedbackBatch
 from serving.grpc_api import InvalidRequest, first_error, request_from_proto, response_to_proto
 from serving.impressions import ImpressionLog
 from serving.metrics import StageMetrics
@@ -108,13 +113,38 @@ async def _call(stage: str, response, timeout_ms: float) -> Any:
         raise StageFailed(stage, (lines[-1] if lines else type(e).__name__)[:200]) from None
 
 
+def _authorized(header: str | None, keys: list[str]) -> bool:
+    """Bearer key check in constant time; no keys configured → nothing is authorized (writes are closed)."""
+    scheme, _, key = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        return False
+    return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
+
+
+def _parse_feedback(raw: bytes) -> FeedbackBatch | JSONResponse:
+    """One event or {"events": [...]} → a batch; malformed JSON 400, invalid fields 422 naming the field."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return JSONResponse({"error": "malformed JSON body"}, status_code=400)
+    if isinstance(body, dict) and "events" not in body:
+        body = {"events": [body]}
+    try:
+        return FeedbackBatch.model_validate(body)
+    except ValidationError as e:
+        field, msg = first_error(e.errors())
+        return JSONResponse({"error": msg, "field": field}, status_code=422)
+
+
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
     def __init__(self, features: DeploymentHandle, recall: DeploymentHandle, ranking: DeploymentHandle,
-                 copy: DeploymentHandle) -> None:
+                 copy: DeploymentHandle, feedback: DeploymentHandle) -> None:
         self.features, self.recall, self.ranking, self.copy = features, recall, ranking, copy
+        self.feedback = feedback
         self.s = load_settings()
+        self.known_items = {int(i) for i in load_item_ids(self.s)[1:]}  # index 0 is padding
         self.metrics = StageMetrics()
         self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
 
@@ -123,6 +153,26 @@ class Ingress:
         resp = await self._recommend(req, request.headers.get("x-request-id") or uuid.uuid4().hex)
         # Serialised once here; returning the model would make FastAPI validate it again before dumping.
         return Response(resp.model_dump_json(by_alias=True), media_type="application/json")
+
+    @api.post("/feedback", openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": FeedbackBatch.model_json_schema()}}, "required": True}})
+    async def feedback_route(self, request: Request) -> JSONResponse:
+        """Events (one, or {"events": [...]}): acknowledged only once durably logged; 401 without a key."""
+        if not _authorized(request.headers.get("authorization"), self.s.accepted_keys()):
+            return JSONResponse({"error": "missing or invalid API key (Authorization: Bearer KEY)"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        batch = _parse_feedback(await request.body())
+        if isinstance(batch, JSONResponse):
+            return batch
+        unknown = [j for j, e in enumerate(batch.events) if e.item_id not in self.known_items]
+        if unknown:
+            j = unknown[0]
+            return JSONResponse({"error": f"unknown item {batch.events[j].item_id}", "field": f"events.{j}.item_id"},
+                                status_code=422)
+        result = await _call("feedback", self.feedback.record.remote(batch.events), self.s.feedback_timeout_ms)
+        return JSONResponse({"accepted": len(result["accepted"]), "duplicates": len(result["duplicates"]),
+                             "event_ids": result["accepted"] + result["duplicates"], "pushed": result["pushed"],
+                             **({"push_error": result["push_error"]} if result["push_error"] else {})})
 
     async def Recommend(self, request: pb.RecommendRequest,  # the gRPC method name
                         grpc_context: RayServegRPCContext) -> pb.RecommendResponse:

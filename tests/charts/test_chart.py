@@ -254,7 +254,7 @@ def test_rayservice_serves_the_graph_defined_in_serving(helm: Path) -> None:
     assigned = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     assert symbol in assigned, f"{module} defines no `{symbol}`"
     deployments = {d["name"] for d in application["deployments"]}
-    assert deployments == _serve_deployment_names() == {"Ingress", "Features", "Recall", "Ranking", "Copy"}
+    assert deployments == _serve_deployment_names() == {"Ingress", "Features", "Recall", "Ranking", "Copy", "Feedback"}
     assert settings_file(objs)["serve_app_name"] == application["name"]
     assert settings_file(objs)["serve_http_port"] == config["http_options"]["port"]
     from serving.grpc_api import SERVICER
@@ -340,7 +340,8 @@ def test_cpu_profiles_request_no_gpus(helm: Path, profile: str) -> None:
 def test_no_plaintext_credentials_in_rendered_output(helm: Path, profile: str) -> None:
     objs = docs(render(helm, profile))
     secrets = [d for d in objs if d["kind"] == "Secret"]
-    assert {s["metadata"]["name"] for s in secrets} == {f"{RELEASE}-object-store", f"{RELEASE}-postgres"}
+    assert {s["metadata"]["name"] for s in secrets} == {f"{RELEASE}-object-store", f"{RELEASE}-postgres",
+                                                       f"{RELEASE}-api-keys"}
     others = yaml.safe_dump_all([d for d in objs if d["kind"] != "Secret"])
     for s in secrets:
         assert "stringData" not in s
@@ -357,11 +358,26 @@ def test_no_plaintext_credentials_in_rendered_output(helm: Path, profile: str) -
 
 def test_existing_secrets_are_used_and_nothing_is_generated(helm: Path) -> None:
     objs = docs(render(helm, "default", "--set", "objectStore.existingSecret=s3-creds",
-                       "--set", "postgres.existingSecret=pg-creds"))
+                       "--set", "postgres.existingSecret=pg-creds", "--set", "apiKeys.existingSecret=keys"))
     assert not [d for d in objs if d["kind"] == "Secret"]
     refs = {e["valueFrom"]["secretKeyRef"]["name"] for _, spec in pod_specs(objs) for c in spec["containers"]
             for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})}
     assert refs == {"s3-creds", "pg-creds"}
+
+
+def test_serving_pods_read_write_keys_from_a_secret_named_in_the_settings(helm: Path) -> None:
+    objs = docs(render(helm, "default"))
+    keys_file = Path(settings_file(objs)["api_keys_file"])
+    secret = one(objs, "Secret", f"{RELEASE}-api-keys")
+    assert set(secret["data"]) == {"keys"} and "api_keys" not in settings_file(objs)  # no key in the ConfigMap
+    service = one(objs, "RayService")["spec"]["rayClusterConfig"]
+    for group in [service["headGroupSpec"], *service["workerGroupSpecs"]]:
+        spec = group["template"]["spec"]
+        vols = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
+        vol = vols[mounts[str(keys_file.parent)]]
+        assert vol["secret"]["secretName"] == secret["metadata"]["name"]
+        assert vol["secret"]["items"] == [{"key": "keys", "path": keys_file.name}]
 
 
 @pytest.mark.parametrize("profile", PROFILES)

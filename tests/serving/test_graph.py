@@ -119,6 +119,73 @@ def test_recommendations_follow_the_users_latest_sequence(served, use_home):
     assert [it["item_id"] for it in after_a] == [it["item_id"] for it in rec_b]
 
 
+KEY = {"Authorization": "Bearer ci-test-key"}  # the ci profile's write key
+
+
+def feedback(body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(URL + "/feedback", data=data, method="POST",
+                                 headers={"Content-Type": "application/json", **(KEY if headers is None else headers)})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_feedback_events_make_similar_items_rise_on_the_next_request(served, use_home):
+    """Clicks on X and its nearest neighbours (retrieval space) pull the user's next answer towards X."""
+    use_home(served)
+    import numpy as np
+
+    from recsys.settings import load_settings
+    from serving.artifacts import load_recall_index
+    from serving.events import EventLog
+
+    index = load_recall_index(load_settings())
+    emb = index.embeddings / np.maximum(np.linalg.norm(index.embeddings, axis=1, keepdims=True), 1e-9)
+    row_of = {int(i): r for r, i in enumerate(index.item_ids) if r > 0}
+    user = 6
+    before = [it["item_id"] for it in recommend(user, k=20)["items"]]
+    x = next(i for i in row_of if i not in before)
+    order = np.argsort(-(emb @ emb[row_of[x]]))[:6]
+    near = [int(index.item_ids[r]) for r in order if r > 0 and int(index.item_ids[r]) != x]
+
+    def closeness(items: list[int]) -> float:
+        return float(np.mean([emb[row_of[i]] @ emb[row_of[x]] for i in items]))
+
+    events = [{"user_id": user, "item_id": i, "event_type": "click", "event_id": f"fresh-{i}"} for i in [*near[:4], x]]
+    status, body = feedback({"events": events})
+    assert status == 200 and body["accepted"] == 5 and body["pushed"] is True, body
+    after = [it["item_id"] for it in recommend(user, k=20)["items"]]
+    assert x not in after and not set(near[:4]) & set(after)  # what was just clicked is not recommended again
+    assert closeness(after) > closeness(before)
+    # The log holds each event once; a retry of the same batch is acknowledged as duplicates.
+    status, body = feedback({"events": events})
+    assert status == 200 and body["accepted"] == 0 and body["duplicates"] == 5
+    log = EventLog(load_settings().event_log_path, 50)
+    assert sorted(e["item_id"] for e in log.events(user)) == sorted([*near[:4], x])
+
+
+@pytest.mark.parametrize("body, headers, status, needle", [
+    ({"user_id": 1, "item_id": 1, "event_type": "click"}, {}, 401, "API key"),
+    ({"user_id": 1, "item_id": 1, "event_type": "click"}, {"Authorization": "Bearer wrong"}, 401, "API key"),
+    (b"{not json", None, 400, "malformed"),
+    ({"user_id": 1, "item_id": 10**9, "event_type": "click"}, None, 422, "unknown item"),
+    ({"user_id": 1, "item_id": 1, "event_type": "rate"}, None, 422, "value"),
+    ({"events": []}, None, 422, "events"),
+])
+def test_feedback_bad_input_gets_a_clear_client_error_and_is_not_logged(served, use_home, body, headers, status,
+                                                                        needle):
+    code, payload = feedback(body, headers)
+    assert code == status and needle in json.dumps(payload)
+    use_home(served)
+    from recsys.settings import load_settings
+    from serving.events import EventLog
+
+    assert all(e["item_id"] != 10**9 for e in EventLog(load_settings().event_log_path, 50).events())
+
+
 def test_unknown_user_gets_cold_start_items_without_a_retrieval_version(served):
     body = recommend(987_654, k=5)
     assert len(body["items"]) == 5 and not body["degraded"]

@@ -69,6 +69,10 @@ http://{{ include "recsys.fullname" . }}-minio:9000
 {{ .Values.objectStore.existingSecret | default (printf "%s-object-store" (include "recsys.fullname" .)) }}
 {{- end -}}
 
+{{- define "recsys.apiKeysSecret" -}}
+{{ .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "recsys.fullname" .)) }}
+{{- end -}}
+
 {{- define "recsys.postgresSecret" -}}
 {{- if and (not .Values.postgres.enabled) (not .Values.postgres.existingSecret) -}}
 {{- fail "postgres.existingSecret is required with an external Postgres (postgres.enabled=false)" -}}
@@ -124,6 +128,7 @@ fields: tests/charts/test_chart.py loads the rendered file through recsys.settin
   "serve_http_port" (int (dig "http_options" "port" 8000 .Values.serving.serveConfig))
   "serve_grpc_port" (int (dig "grpc_options" "port" 9000 .Values.serving.serveConfig))
   "serve_app_name" (index .Values.serving.serveConfig.applications 0).name
+  "api_keys_file" "/etc/recsys-keys/keys"
 -}}
 {{- toYaml (mergeOverwrite $computed (deepCopy .Values.settings)) -}}
 {{- end -}}
@@ -200,6 +205,10 @@ prometheus.io/path: {{ index . 2 | quote }}
 {{/* Ray pod template pieces shared by RayJob and RayService. */}}
 {{- define "recsys.rayVolumes" -}}
 {{ include "recsys.volumes" . }}
+- name: api-keys
+  secret:
+    secretName: {{ include "recsys.apiKeysSecret" . }}
+    items: [{key: {{ .Values.apiKeys.existingSecretKey | quote }}, path: keys}]
 - name: dshm
   emptyDir:
     medium: Memory
@@ -207,6 +216,9 @@ prometheus.io/path: {{ index . 2 | quote }}
 
 {{- define "recsys.rayVolumeMounts" -}}
 {{ include "recsys.volumeMounts" . }}
+- name: api-keys
+  mountPath: /etc/recsys-keys
+  readOnly: true
 - name: dshm
   mountPath: /dev/shm
 {{- end -}}

@@ -1,0 +1,234 @@
+"""Feedback events and their durable log: the record of what users did, written before anything is acknowledged.
+
+`FeedbackEvent` is the public contract (HTTP `POST /feedback`, gRPC later). `EventLog` is the sink behind
+one small interface (`append`, `dirty_profiles`, `mark_pushed`, `events`); the local default is SQLite in
+WAL mode with `synchronous=FULL`, so an acknowledged event survives a SIGKILL or power loss. In the same
+transaction as the event, the user's profile (recent-item sequence and counters) is advanced, so the log
+and the profile the online store must converge to can never disagree; a profile is "dirty" until pushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+EventType = Literal["click", "view", "rate", "favorite", "purchase"]
+MAX_FUTURE = timedelta(minutes=5)  # clock skew tolerated on client timestamps
+MAX_PAST = timedelta(days=365 * 30)
+
+
+class FeedbackEvent(BaseModel):
+    """One thing a user did with an item. `event_id` makes retries idempotent (stored once)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+                                 description="client id of the event; without one it is derived from the "
+                                             "content when a timestamp is given, else generated")
+    user_id: int = Field(ge=0, le=2**62)
+    item_id: int = Field(ge=1, le=2**62)
+    event_type: EventType
+    value: float | None = Field(default=None, ge=0.5, le=5.0, description="the rating (required for rate)")
+    timestamp: datetime | None = Field(default=None, description="when it happened; server time if absent")
+    request_id: str | None = Field(default=None, max_length=64, description="the recommendation it answers")
+
+    @model_validator(mode="after")
+    def _check(self) -> FeedbackEvent:
+        if self.event_type == "rate" and self.value is None:
+            raise ValueError("value: a rate event needs a value (the rating, 0.5-5)")
+        if self.timestamp is not None:
+            ts = self.timestamp if self.timestamp.tzinfo else self.timestamp.replace(tzinfo=UTC)
+            now = datetime.now(UTC)
+            if ts > now + MAX_FUTURE:
+                raise ValueError("timestamp: more than 5 minutes in the future")
+            if ts < now - MAX_PAST:
+                raise ValueError("timestamp: more than 30 years in the past")
+            self.timestamp = ts
+        return self
+
+    def key(self) -> str:
+        """The stored id: the client's, else a hash of the content (a retried event maps to the same id)."""
+        if self.event_id:
+            return self.event_id
+        if self.timestamp is None:
+            raise ValueError("an event without a timestamp has no content key; call stamped() first")
+        raw = json.dumps([self.user_id, self.item_id, self.event_type, self.value, self.timestamp.isoformat(),
+                          self.request_id])
+        return "h:" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+    def stamped(self, now: float) -> FeedbackEvent:
+        """With a timestamp; events arriving without one get the server's time and a generated id."""
+        if self.timestamp is not None:
+            return self
+        import uuid
+
+        return self.model_copy(update={"timestamp": datetime.fromtimestamp(now, UTC),
+                                       "event_id": self.event_id or f"g:{uuid.uuid4().hex}"})
+
+
+class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[FeedbackEvent] = Field(min_length=1, max_length=1000)
+
+
+@dataclass
+class Profile:
+    """The user_profile row the online store converges to (all fields of the Feast view)."""
+
+    recent_items: list[int]
+    n_interactions: int
+    mean_rating: float
+    favourite_genres: list[str]
+    age: int = -1
+    gender: str = ""
+    occupation: str = ""
+
+    def apply(self, e: FeedbackEvent, max_len: int) -> None:
+        """Most recent last, no repeats (an item seen again moves to the end), at most `max_len` ids."""
+        if e.item_id in self.recent_items:
+            self.recent_items.remove(e.item_id)
+        self.recent_items = [*self.recent_items, e.item_id][-max_len:]
+        if e.value is not None:  # a running mean over the interactions so far (all carried a rating in training)
+            self.mean_rating = (self.mean_rating * self.n_interactions + e.value) / (self.n_interactions + 1)
+        self.n_interactions += 1
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    accepted: list[str]  # event ids stored now
+    duplicates: list[str]  # event ids already in the log (not applied again)
+    users: list[int]  # users whose profile changed
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    user_id INTEGER NOT NULL,
+    item_id INTEGER NOT NULL,
+    event_type TEXT NOT NULL,
+    value REAL,
+    ts TEXT NOT NULL,
+    request_id TEXT,
+    received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_id);
+CREATE TABLE IF NOT EXISTS profiles (
+    user_id INTEGER PRIMARY KEY,
+    profile TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    pushed INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL
+);
+"""
+
+
+class EventLog:
+    """SQLite event log + profile state; safe across processes (WAL, IMMEDIATE transactions, busy timeout)."""
+
+    def __init__(self, path: Path, max_len: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.max_len = max_len
+        self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # fsync at every commit: an ack is a promise
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()  # one connection, used from the replica's worker threads in turn
+
+    def close(self) -> None:
+        self._db.close()
+
+    def known_users(self, user_ids: Iterable[int]) -> set[int]:
+        ids = list(set(user_ids))
+        with self._lock:
+            rows = self._db.execute(f"SELECT user_id FROM profiles WHERE user_id IN ({','.join('?' * len(ids))})",
+                                    ids).fetchall()
+        return {r[0] for r in rows}
+
+    def append(self, events: list[FeedbackEvent], base: Callable[[list[int]], dict[int, Profile]],
+               now: float | None = None) -> AppendResult:
+        """Store new events and advance their users' profiles in one durable transaction.
+
+        `base(user_ids)` gives the starting profile of users the log has not seen (their online row).
+        """
+        now = time.time() if now is None else now
+        events = [e.stamped(now) for e in events]
+        fresh = {e.user_id for e in events} - self.known_users(e.user_id for e in events)
+        starts = base(sorted(fresh)) if fresh else {}
+        with self._lock:
+            return self._append(events, starts, now)
+
+    def _append(self, events: list[FeedbackEvent], starts: dict[int, Profile], now: float) -> AppendResult:
+        accepted, duplicates, profiles = [], [], {}
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for e in events:
+                key = e.key()
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO events (event_id, user_id, item_id, event_type, value, ts, request_id,"
+                    " received) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, e.user_id, e.item_id, e.event_type, e.value, e.timestamp.isoformat(), e.request_id, now))
+                if cur.rowcount == 0:
+                    duplicates.append(key)
+                    continue
+                accepted.append(key)
+                if e.user_id not in profiles:
+                    profiles[e.user_id] = self._profile(e.user_id) or starts.get(e.user_id) or _empty()
+                profiles[e.user_id].apply(e, self.max_len)
+            for uid, p in profiles.items():
+                db.execute(
+                    "INSERT INTO profiles (user_id, profile, version, pushed, updated) VALUES (?, ?, 1, 0, ?) "
+                    "ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, version = version + 1, "
+                    "updated = excluded.updated", (uid, json.dumps(p.__dict__), now))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return AppendResult(accepted, duplicates, sorted(profiles))
+
+    def _profile(self, user_id: int) -> Profile | None:
+        row = self._db.execute("SELECT profile FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
+        return Profile(**json.loads(row[0])) if row else None
+
+    def dirty_profiles(self, user_ids: list[int] | None = None, limit: int = 500) -> list[tuple[int, int, Profile]]:
+        """(user, version, profile) not yet pushed to the online store at their latest version."""
+        sql = "SELECT user_id, version, profile FROM profiles WHERE pushed < version"
+        args: list[Any] = []
+        if user_ids is not None:
+            sql += f" AND user_id IN ({','.join('?' * len(user_ids))})"
+            args = list(user_ids)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY updated LIMIT ?", [*args, limit]).fetchall()
+        return [(u, v, Profile(**json.loads(p))) for u, v, p in rows]
+
+    def mark_pushed(self, pushed: list[tuple[int, int]]) -> None:
+        """Record (user, version) as in the online store; a newer version written meanwhile stays dirty."""
+        with self._lock:
+            self._db.executemany("UPDATE profiles SET pushed = MAX(pushed, ?) WHERE user_id = ?",
+                                 [(v, u) for u, v in pushed])
+
+    def events(self, user_id: int | None = None) -> list[dict[str, Any]]:
+        """Stored events in arrival order (for training sets, joins with impressions, and tests)."""
+        cols = ("seq", "event_id", "user_id", "item_id", "event_type", "value", "ts", "request_id", "received")
+        sql = f"SELECT {', '.join(cols)} FROM events"
+        where = " WHERE user_id = ?" if user_id is not None else ""
+        with self._lock:
+            rows = self._db.execute(sql + where + " ORDER BY seq", () if user_id is None else (user_id,)).fetchall()
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+def _empty() -> Profile:
+    return Profile(recent_items=[], n_interactions=0, mean_rating=0.0, favourite_genres=[])

@@ -1,0 +1,101 @@
+"""Feedback stage: durable append → profile push to Feast → the user's next recommendation reads it.
+
+Input: validated `FeedbackEvent`s. Output: what was stored, what was a duplicate, whether the online store
+already has it. Order of effects: the event log commit (fsync) happens first and is the acknowledgement;
+the push to Feast's online store follows in the same call, so the next `/recommend` sees the new sequence.
+A push that fails leaves the profile dirty in the log; the replay loop pushes it later, so an outage of the
+online store delays freshness but loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from ray import serve
+
+from recsys.feature_store import feature_store
+from recsys.settings import Settings, load_settings
+from serving.events import EventLog, FeedbackEvent, Profile
+
+PUSH_SOURCE = "user_profile_push"
+PROFILE_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres", "age", "gender", "occupation")
+log = logging.getLogger("ray.serve")
+
+
+class FeedbackWriter:
+    """Synchronous core (the deployment runs it off the event loop; tests call it directly)."""
+
+    def __init__(self, settings: Settings, store=None) -> None:
+        self.log = EventLog(settings.event_log_path, settings.sequence_length)
+        self.store = store or feature_store(settings)
+
+    def base_profiles(self, user_ids: list[int]) -> dict[int, Profile]:
+        """The online rows of users the log has not seen yet (their history before the first event)."""
+        out = self.store.get_online_features(features=[f"user_profile:{f}" for f in PROFILE_FIELDS],
+                                             entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+        profiles = {}
+        for j, u in enumerate(user_ids):
+            if out["recent_items"][j] is None:
+                continue  # unknown user: starts empty
+            profiles[u] = Profile(
+                recent_items=[int(i) for i in out["recent_items"][j]],
+                n_interactions=int(out["n_interactions"][j] or 0),
+                mean_rating=float(out["mean_rating"][j] or 0.0),
+                favourite_genres=list(out["favourite_genres"][j] or []),
+                age=int(-1 if out["age"][j] is None else out["age"][j]),
+                gender=out["gender"][j] or "", occupation=out["occupation"][j] or "")
+        return profiles
+
+    def record(self, events: list[FeedbackEvent]) -> dict:
+        """Append (durable), then push the changed profiles; the answer says whether the push happened."""
+        res = self.log.append(events, self.base_profiles)
+        pushed, error = self.push(res.users)
+        return {"accepted": res.accepted, "duplicates": res.duplicates, "pushed": pushed, "push_error": error}
+
+    def push(self, user_ids: list[int] | None = None) -> tuple[bool, str | None]:
+        """Push dirty profiles (of `user_ids`, or all) to the online store; failures stay dirty for replay."""
+        dirty = self.log.dirty_profiles(user_ids)
+        if not dirty:
+            return True, None
+        import pandas as pd
+        from feast.data_source import PushMode
+
+        now = datetime.now(UTC)
+        df = pd.DataFrame([{"user_id": u, "event_timestamp": now, **p.__dict__} for u, _, p in dirty])
+        df["n_interactions"] = df["n_interactions"].astype("int64")
+        df["age"] = df["age"].astype("int64")
+        df["mean_rating"] = df["mean_rating"].astype("float32")
+        try:
+            self.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
+        except Exception as e:  # online store down: stays dirty, the replay loop retries
+            return False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        self.log.mark_pushed([(u, v) for u, v, _ in dirty])
+        return True, None
+
+
+@serve.deployment(name="Feedback", max_ongoing_requests=32)
+class Feedback:
+    """One writer per replica; replays unpushed profiles at start and every `feedback_replay_s`."""
+
+    def __init__(self) -> None:
+        self.s = load_settings()
+        self.writer = FeedbackWriter(self.s)
+        self.writer.push()  # after a restart: converge the online store with the log before serving
+        self._replay: asyncio.Task | None = None
+
+    def _ensure_replay(self) -> None:
+        if self._replay is None or self._replay.done():
+            self._replay = asyncio.get_running_loop().create_task(self._replay_loop())
+
+    async def _replay_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.s.feedback_replay_s)
+            ok, error = await asyncio.to_thread(self.writer.push)
+            if not ok:
+                log.warning("feedback replay: online store push failed (%s); will retry", error)
+
+    async def record(self, events: list[FeedbackEvent]) -> dict:
+        self._ensure_replay()
+        return await asyncio.to_thread(self.writer.record, events)
