@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -252,6 +253,105 @@ def in_process(s: Settings, users: list[int], n: int = 200) -> dict[str, float]:
     return {"p50_ms": round(float(np.median(lat)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
+def _feedback(url: str, key: str, events: list[dict[str, Any]]) -> tuple[float, int]:
+    """(ms, HTTP status) of one POST /feedback; status 0 when nothing answered."""
+    req = urllib.request.Request(f"{url}/feedback", data=json.dumps({"events": events}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    t0 = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            r.read()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        status = e.code
+    except OSError:
+        status = 0
+    return (time.perf_counter() - t0) * 1e3, status
+
+
+def feedback_load(url: str, key: str, users: list[int], items: list[int], concurrency: int, seconds: float,
+                  batch: int = 1) -> dict[str, Any]:
+    """Closed loop of event posts (new ids each time): acknowledged events/s and ack latency."""
+    deadline = time.monotonic() + seconds
+    lat: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def client(c: int) -> None:
+        nonlocal errors
+        n = 0
+        while time.monotonic() < deadline:
+            evs = [{"user_id": users[(c * 31 + n + j) % len(users)],
+                    "item_id": items[(c * 17 + n * 7 + j) % len(items)], "event_type": "click",
+                    "event_id": f"bench-{c}-{n}-{j}-{time.time_ns()}"} for j in range(batch)]
+            ms, status = _feedback(url, key, evs)
+            n += 1
+            with lock:
+                if status == 200:
+                    lat.append(ms)
+                else:
+                    errors += 1
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(client, range(concurrency)))
+    wall = time.perf_counter() - t0
+    q = np.percentile(lat, [50, 99]) if lat else [float("nan")] * 2
+    return {"concurrency": concurrency, "batch": batch, "events_per_s": round(len(lat) * batch / wall, 1),
+            "ack_p50_ms": round(q[0], 1), "ack_p99_ms": round(q[1], 1), "errors": errors}
+
+
+def freshness(s: Settings, url: str, key: str, users: list[int], n: int = 30) -> dict[str, Any]:
+    """Per event: ms from sending it to (a) the online store showing it, (b) a changed /recommend answer."""
+    from serving.features import FeatureReader
+
+    reader = FeatureReader(s)
+    store_ms, rec_ms = [], []
+    def top(u: int) -> list[int] | None:
+        _, payload = _post(f"{url}/recommend", json.dumps({"user_id": u, "k": 10, "include_copy": False}).encode())
+        return [it["item_id"] for it in payload["items"]] if payload else None
+
+    for u in users[:n]:
+        before = top(u)
+        if not before:
+            continue
+        item = before[0]  # the user's current top item: clicking it must change the answer (seen items drop out)
+        t0 = time.perf_counter()
+        _, status = _feedback(url, key, [{"user_id": u, "item_id": item, "event_type": "click"}])
+        if status != 200:
+            continue
+        while reader.user(u).recent_items[-1:] != [item] and time.perf_counter() - t0 < 5:
+            time.sleep(0.005)
+        store_ms.append((time.perf_counter() - t0) * 1e3)
+        while time.perf_counter() - t0 < 5 and top(u) in (before, None):
+            pass
+        rec_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def pct(v: list[float]) -> dict[str, float]:
+        return {"p50_ms": round(float(np.percentile(v, 50)), 1), "p99_ms": round(float(np.percentile(v, 99)), 1)}
+
+    return {"events": len(store_ms), "to_online_store": pct(store_ms), "to_changed_recommendation": pct(rec_ms)}
+
+
+def feedback(s: Settings, console: Console, seconds: float = 10.0) -> dict[str, Any]:
+    """Ingest and freshness against the running graph (called by `serving` while the stack is up)."""
+    from serving import launcher
+    from serving.artifacts import load_item_ids
+    from training.datasets import prepare
+
+    url, key = launcher.http_url(s), (s.api_key or (s.api_keys or [""])[0])
+    users = sorted(prepare(s).train)[500:800]
+    items = [int(i) for i in load_item_ids(s)[1:]]
+    runs = [feedback_load(url, key, users, items, c, seconds, b) for c, b in ((1, 1), (8, 1), (8, 10))]
+    for r in runs:
+        console.print(f"feedback c={r['concurrency']} batch={r['batch']}: {r['events_per_s']} events/s, "
+                      f"ack p50 {r['ack_p50_ms']} ms, p99 {r['ack_p99_ms']} ms, errors {r['errors']}")
+    fresh = freshness(s, url, key, users)
+    console.print(f"freshness: online store p99 {fresh['to_online_store']['p99_ms']} ms, changed answer p99 "
+                  f"{fresh['to_changed_recommendation']['p99_ms']} ms")
+    return {"ingest": runs, "freshness": fresh, "seconds_per_run": seconds}
+
+
 def serving(s: Settings, console: Console, seconds: float = 10.0) -> dict[str, Any]:
     from serving import launcher
     from training.datasets import prepare
@@ -271,11 +371,12 @@ def serving(s: Settings, console: Console, seconds: float = 10.0) -> dict[str, A
                               f"p99 {r['p99_ms']} ms, errors {r['errors']}, degraded {r['degraded']}")
                 runs.append(r)
         baseline = in_process(s, users)
+        events = feedback(s, console, seconds)
     launcher.down(s)
     c1 = next(r for r in runs if r["concurrency"] == 1 and r["include_copy"])
     return {"runs": runs, "in_process": baseline, "graph_over_in_process_p50": round(c1["p50_ms"] /
             baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "seconds_per_run": seconds,
-            "cpu_ms_per_request_c8": cpu_ms}
+            "cpu_ms_per_request_c8": cpu_ms, "feedback": events}
 
 
 SUITES = ("offline", "scaling", "quality", "serving")
@@ -347,6 +448,20 @@ def report(r: dict[str, Any], path: Path) -> str:
         lines += ["", f"Same stages in one process (no Serve hops): p50 {ip['p50_ms']} ms, p99 {ip['p99_ms']} ms; "
                   f"graph / in-process p50 at concurrency 1 = {sv['graph_over_in_process_p50']}×. Peak RSS of the "
                   f"serving stack: {sv['peak_rss_gib']} GiB.", ""]
+        if sv.get("feedback"):
+            fb = sv["feedback"]
+            lines += ["## Feedback (`POST /feedback`, closed loop on 127.0.0.1, while the graph serves)", "",
+                      "Each acknowledgement means: appended to the SQLite event log (WAL, fsync) and the user's "
+                      "profile pushed to Feast's online store.", "",
+                      "| clients | events per request | events/s | ack p50 ms | ack p99 ms | errors |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {x['concurrency']} | {x['batch']} | {x['events_per_s']} | {x['ack_p50_ms']} | "
+                      f"{x['ack_p99_ms']} | {x['errors']} |" for x in fb["ingest"]]
+            f = fb["freshness"]
+            lines += ["", f"Freshness over {f['events']} events (send → visible): online store p50 "
+                      f"{f['to_online_store']['p50_ms']} / p99 {f['to_online_store']['p99_ms']} ms; changed "
+                      f"`/recommend` answer p50 {f['to_changed_recommendation']['p50_ms']} / p99 "
+                      f"{f['to_changed_recommendation']['p99_ms']} ms (target p99 ≤ 1000 ms).", ""]
         if sv.get("cpu_ms_per_request_c8"):
             cpu = ", ".join(f"{k} {v}" for k, v in sv["cpu_ms_per_request_c8"].items())
             lines += [f"CPU per request at concurrency 8, no copy (ms, by process): {cpu}. On 2 cores the "

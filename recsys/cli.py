@@ -294,6 +294,79 @@ def recommend(
 
 
 @app.command()
+def feedback(
+    user_id: Annotated[int, typer.Argument(help="The user who acted.")],
+    item_id: Annotated[int, typer.Argument(help="The item acted on.")],
+    event_type: Annotated[str, typer.Option("--type", help="click, view, rate, favorite or purchase.")] = "click",
+    value: Annotated[float | None, typer.Option(help="The rating (rate events, 0.5-5).")] = None,
+    event_id: Annotated[str | None, typer.Option(help="Id that makes a retry idempotent.")] = None,
+    request_id: Annotated[str | None, typer.Option(help="The recommendation this answers.")] = None,
+    use_grpc: Annotated[bool, typer.Option("--grpc", help="Call Recommender.Feedback over gRPC, not HTTP.")] = False,
+) -> None:
+    """Send one feedback event to the running graph (needs `api_key` in the settings)."""
+    from serving.client import feedback_grpc, feedback_http
+
+    event = {k: v for k, v in {"user_id": user_id, "item_id": item_id, "event_type": event_type, "value": value,
+                               "event_id": event_id, "request_id": request_id}.items() if v is not None}
+    resp = (feedback_grpc if use_grpc else feedback_http)(settings(), [event])
+    state = "in the online store" if resp["pushed"] else f"logged; online push pending ({resp.get('push_error')})"
+    what = "stored" if resp["accepted"] else "already stored (duplicate)"
+    console.print(f"event {resp['event_ids'][0]} {what}; {state}")
+
+
+@app.command()
+def retrain(
+    force: Annotated[bool, typer.Option(help="Promote even if the policy refuses (recorded as forced).")] = False,
+    retrieval_epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for retrieval (default: settings).")
+                                ] = None,
+    ranking_epochs: Annotated[int | None, typer.Option(min=1, help="Epochs for the ranker (default: settings).")
+                              ] = None,
+    every: Annotated[float | None, typer.Option(min=1, help="Repeat every N minutes (a local schedule; the chart "
+                                                       "runs a CronJob).")] = None,
+) -> None:
+    """Logged feedback → training set → warm-started challengers → promotion gate → live swap if serving."""
+    import time
+
+    from recsys.retrain import retrain as run_retrain
+
+    while True:
+        res = run_retrain(settings(), console, force, retrieval_epochs, ranking_epochs)
+        console.print(f"retrain cycle: {'promoted' if res.promoted else 'champions kept'} in {res.seconds} s")
+        if every is None:
+            return  # a refusal is a normal outcome: the reasons are printed and recorded in MLflow
+        time.sleep(every * 60)
+
+
+@app.command()
+def report(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """Online CTR and conversion per model version (impressions ⋈ feedback) beside offline metrics."""
+    from rich.table import Table
+
+    from serving.events import EventLog
+    from serving.impressions import read_impressions
+    from serving.report import OFFLINE, online_rates, with_offline
+
+    s = settings()
+    events = EventLog(s.event_log_path, s.sequence_length).events() if s.event_log_path.exists() else []
+    rows = with_offline(online_rates(read_impressions(s.impressions_dir), events), s.tracking_uri)
+    if as_json:
+        console.print_json(data=rows)
+        return
+    if not rows:
+        console.print(f"no impressions yet in {s.impressions_dir}: serve and call /recommend first")
+        return
+    table = Table(title=f"online (impressions ⋈ {len(events)} feedback events) and offline metrics")
+    cols = ["model", "version", "impressions", "clicks", "ctr", "conversions", "conversion_rate", *OFFLINE]
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(str(r.get(c, "")) for c in cols))
+    console.print(table)
+
+
+@app.command()
 def bench(
     suite: Annotated[list[str] | None, typer.Option(help="offline, scaling, quality, serving (repeatable); "
                                                          "default all.")] = None,

@@ -81,8 +81,25 @@ def run_demo(settings: Settings, console: Console) -> dict[str, float]:
     done("serve")
     for user_id in demo_users(settings):
         show_recommendations(console, recommend_http(settings, user_id, k=5))
+    feedback_round(settings, console, demo_users(settings)[0])
     console.print("The graph keeps running: try `recsys recommend 42`; stop it with `recsys serve --down`.")
     return timings
+
+
+def feedback_round(settings: Settings, console: Console, user_id: int) -> None:
+    """The real-time loop on one screen: the user clicks the top three recommendations; the very next
+    answer reads the new sequence (those three drop out as seen, the rest follows what was clicked)."""
+    from serving.client import feedback_http, recommend_http
+
+    before = recommend_http(settings, user_id, k=5, include_copy=False)
+    clicked = [it["item_id"] for it in before["items"][:3]]
+    events = [{"user_id": user_id, "item_id": i, "event_type": "click", "request_id": before["request_id"]}
+              for i in clicked]
+    ack = feedback_http(settings, events)
+    titles = ", ".join(it["title"] for it in before["items"][:3])
+    console.print(f"feedback: user {user_id} clicked {titles} → {ack['accepted']} events logged, "
+                  f"{'pushed to the online store' if ack['pushed'] else 'push pending (replayed later)'}")
+    show_recommendations(console, recommend_http(settings, user_id, k=5))
 
 
 def demo_users(settings: Settings) -> list[int]:

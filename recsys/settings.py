@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -40,6 +40,8 @@ class Settings(BaseModel):
     feast_online_store: dict[str, Any] | None = None  # Feast online_store block; None → SQLite in home
     feast_registry: str | None = None  # Feast registry path/URI; None → file in home
     feature_server_url: str = "http://127.0.0.1:6566"  # Feast feature server (cluster mode)
+    feature_read: Literal["sdk", "server"] = "sdk"  # serving reads/pushes via the SDK, or the feature server
+    feature_server_timeout_s: float = 2.0  # HTTP timeout of one feature-server call
     sequence_length: int = 50  # most recent item ids kept in the user profile (the model's input)
     content_model: str = "all-MiniLM-L6-v2"  # sentence-transformers model for item text embeddings
 
@@ -90,6 +92,8 @@ class Settings(BaseModel):
     api_keys: list[str] = []  # keys accepted on write endpoints (Authorization: Bearer KEY); none → writes refused
     api_keys_file: Path | None = None  # more keys, one per line (a mounted Kubernetes Secret in the chart)
     api_key: str | None = None  # the key this machine's CLI sends
+    write_rate_per_s: float = 200.0  # write requests per second per key and Ingress replica (0: unlimited) → 429
+    write_burst: int = 400  # requests a key may send at once before the rate applies
 
     @property
     def event_log_path(self) -> Path:

@@ -18,9 +18,26 @@ class ServingError(RecsysError):
 
 def recommend_http(settings: Settings, user_id: int, k: int = 10, include_copy: bool = True,
                    timeout: float = 10.0) -> dict[str, Any]:
-    body = json.dumps({"user_id": user_id, "k": k, "include_copy": include_copy}).encode()
-    url = f"{http_url(settings)}/recommend"
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    return _post(settings, "/recommend", {"user_id": user_id, "k": k, "include_copy": include_copy}, timeout)
+
+
+def feedback_http(settings: Settings, events: list[dict[str, Any]], timeout: float = 10.0) -> dict[str, Any]:
+    """POST /feedback with this machine's key (settings `api_key`)."""
+    return _post(settings, "/feedback", {"events": events}, timeout, _auth(settings))
+
+
+def _auth(settings: Settings) -> dict[str, str]:
+    if not settings.api_key:
+        raise ServingError("no API key: set RECSYS_API_KEY (or api_key in the settings file)")
+    return {"Authorization": f"Bearer {settings.api_key}"}
+
+
+def _post(settings: Settings, path: str, payload: dict[str, Any], timeout: float,
+          headers: dict[str, str] | None = None) -> dict[str, Any]:
+    body = json.dumps(payload).encode()
+    url = f"{http_url(settings)}{path}"
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})},
+                                 method="POST")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
@@ -58,3 +75,23 @@ def recommend_grpc(settings: Settings, user_id: int, k: int = 10, include_copy: 
                                    ) from None
             raise ServingError(f"grpc://{target} answered {e.code().name}: {e.details()}") from None
     return response_from_proto(resp).model_dump(by_alias=True)
+
+
+def feedback_grpc(settings: Settings, events: list[dict[str, Any]], timeout: float = 10.0) -> dict[str, Any]:
+    """`Recommender.Feedback` with the key in `authorization` metadata; the same dict as `feedback_http`."""
+    import grpc
+
+    from serving.proto import recsys_pb2 as pb
+    from serving.proto.recsys_pb2_grpc import RecommenderStub
+
+    target = grpc_target(settings)
+    metadata = (("application", settings.serve_app_name), ("authorization", _auth(settings)["Authorization"]))
+    msg = pb.FeedbackRequest(events=[pb.FeedbackEvent(**e) for e in events])
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = RecommenderStub(channel).Feedback(msg, timeout=timeout, metadata=metadata)
+        except grpc.RpcError as e:
+            raise ServingError(f"grpc://{target} answered {e.code().name}: {e.details()}") from None
+    out = {"accepted": resp.accepted, "duplicates": resp.duplicates, "event_ids": list(resp.event_ids),
+           "pushed": resp.pushed}
+    return {**out, "push_error": resp.push_error} if resp.push_error else out

@@ -199,6 +199,11 @@ class EventLog:
             raise
         return AppendResult(accepted, duplicates, sorted(profiles))
 
+    def profile(self, user_id: int) -> Profile | None:
+        """The user's profile as the log has it (what the online store converges to), None if never seen."""
+        with self._lock:
+            return self._profile(user_id)
+
     def _profile(self, user_id: int) -> Profile | None:
         row = self._db.execute("SELECT profile FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
         return Profile(**json.loads(row[0])) if row else None
@@ -219,6 +224,11 @@ class EventLog:
         with self._lock:
             self._db.executemany("UPDATE profiles SET pushed = MAX(pushed, ?) WHERE user_id = ?",
                                  [(v, u) for u, v in pushed])
+
+    def mark_all_dirty(self) -> int:
+        """Every profile must be pushed again (the online store was rebuilt from older data); returns how many."""
+        with self._lock:
+            return self._db.execute("UPDATE profiles SET pushed = 0").rowcount
 
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]:
         """Stored events in arrival order (for training sets, joins with impressions, and tests)."""

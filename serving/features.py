@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from ray import serve
 
-from recsys.feature_store import feature_store
 from recsys.settings import Settings, load_settings
 from serving.contracts import UserContext
+from serving.feature_server import online_store
 
 USER_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres")
 ITEM_FIELDS = ("title", "genres", "year", "popularity", "item_mean_rating", "content_embedding")
@@ -40,7 +40,7 @@ class FeatureReader:
     """Synchronous Feast online reads (the deployment wraps them; tests and the recall stage use them)."""
 
     def __init__(self, settings: Settings) -> None:
-        self.store = feature_store(settings)
+        self.store = online_store(settings)  # a FeatureStore, or the feature server behind the same calls
         self.last_read_ms = 0.0
 
     def user(self, user_id: int) -> UserContext:

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 
 from ray import serve
 
-from recsys.feature_store import feature_store
 from recsys.settings import Settings, load_settings
 from serving.events import EventLog, FeedbackEvent, Profile
+from serving.feature_server import online_store
 
 PUSH_SOURCE = "user_profile_push"
 PROFILE_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres", "age", "gender", "occupation")
@@ -29,7 +29,7 @@ class FeedbackWriter:
 
     def __init__(self, settings: Settings, store=None) -> None:
         self.log = EventLog(settings.event_log_path, settings.sequence_length)
-        self.store = store or feature_store(settings)
+        self.store = store or online_store(settings)
 
     def base_profiles(self, user_ids: list[int]) -> dict[int, Profile]:
         """The online rows of users the log has not seen yet (their history before the first event)."""

@@ -6,9 +6,12 @@ validates JSON, so the two APIs cannot drift; a validation error names the field
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from pydantic import ValidationError
 
 from serving.contracts import Degradation, RecommendedItem, RecommendRequest, RecommendResponse
+from serving.events import FeedbackBatch
 from serving.proto import recsys_pb2 as pb
 
 SERVICER = "serving.proto.recsys_pb2_grpc.add_RecommenderServicer_to_server"  # Serve's grpc_servicer_functions
@@ -56,3 +59,17 @@ def response_from_proto(msg: pb.RecommendResponse) -> RecommendResponse:
     return RecommendResponse(request_id=msg.request_id, user_id=msg.user_id, items=items,
                              model_versions=dict(msg.model_versions), timings_ms=dict(msg.timings_ms),
                              degraded=degraded)
+
+
+def feedback_from_proto(msg: pb.FeedbackRequest) -> FeedbackBatch:
+    """Proto3 defaults mean 'absent': empty event_id/request_id, timestamp_ms 0 → server time."""
+    events = [{"event_id": e.event_id or None, "user_id": e.user_id, "item_id": e.item_id,
+               "event_type": e.event_type, "value": e.value if e.HasField("value") else None,
+               "timestamp": datetime.fromtimestamp(e.timestamp_ms / 1e3, UTC) if e.timestamp_ms else None,
+               "request_id": e.request_id or None} for e in msg.events]
+    try:
+        return FeedbackBatch.model_validate({"events": events})
+    except ValidationError as e:
+        raise InvalidRequest(first_error(e.errors())[1]) from None
+    except (OverflowError, OSError, ValueError) as e:  # a timestamp outside what datetime can hold
+        raise InvalidRequest(f"timestamp_ms: {e}") from None

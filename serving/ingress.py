@@ -38,10 +38,11 @@ from serving.contracts import (
 )
 from serving.copy import template_copy
 from serving.events import FeedbackBatch
-from serving.grpc_api import InvalidRequest, first_error, request_from_proto, response_to_proto
+from serving.grpc_api import InvalidRequest, feedback_from_proto, first_error, request_from_proto, response_to_proto
 from serving.impressions import ImpressionLog
 from serving.metrics import StageMetrics
 from serving.proto import recsys_pb2 as pb
+from serving.ratelimit import RateLimiter, retry_after
 
 api = FastAPI(title="recsys", version="1", description="Real-time recommendations: features → recall → "
               "ranking (Triton) → copy. Degraded stages are listed in every response.")
@@ -121,21 +122,61 @@ def _authorized(header: str | None, keys: list[str]) -> bool:
     return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
 
-def _parse_feedback(raw: bytes) -> FeedbackBatch | JSONResponse:
+class Refusal(Exception):
+    """A write refused before anything was stored; one refusal, two encodings (HTTP status, gRPC code)."""
+
+    def __init__(self, http: int, code: grpc.StatusCode, message: str, field: str | None = None,
+                 retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.http, self.code, self.message, self.field, self.retry_after = http, code, message, field, retry_after
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.http == 401 else {}
+        if self.retry_after:
+            headers["Retry-After"] = self.retry_after
+        body = {"error": self.message, **({"field": self.field} if self.field else {})}
+        return JSONResponse(body, status_code=self.http, headers=headers)
+
+
+def _parse_feedback(raw: bytes) -> FeedbackBatch:
     """One event or {"events": [...]} → a batch; malformed JSON 400, invalid fields 422 naming the field."""
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return JSONResponse({"error": "malformed JSON body"}, status_code=400)
+        raise Refusal(400, grpc.StatusCode.INVALID_ARGUMENT, "malformed JSON body") from None
     if isinstance(body, dict) and "events" not in body:
         body = {"events": [body]}
     try:
         return FeedbackBatch.model_validate(body)
     except ValidationError as e:
         field, msg = first_error(e.errors())
-        return JSONResponse({"error": msg, "field": field}, status_code=422)
+        raise Refusal(422, grpc.StatusCode.INVALID_ARGUMENT, msg, field) from None
 
 
+def _set_status(grpc_context: RayServegRPCContext, e: Exception) -> None:
+    """One mapping of failures to gRPC status for every method: the code and a one-line message."""
+    if isinstance(e, Refusal):
+        code, details = e.code, e.message
+    elif isinstance(e, InvalidRequest):
+        code, details = grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    elif isinstance(e, StageFailed):
+        code, details = grpc.StatusCode.UNAVAILABLE, f"{e.stage} unavailable: {e.reason}"
+    else:
+        code, details = grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__})"
+    grpc_context.set_code(code)
+    grpc_context.set_details(details)
+
+
+def _recall_order(cands: Candidates, k: int, reason: str) -> RankedItems:
+    """The ranking stage itself was lost: recall's first k, unranked and without attributes."""
+    items = [RankedItem(item_id=i, score=s, title="", year=-1, genres=[])
+             for i, s in list(zip(cands.item_ids, cands.scores, strict=True))[:k]]
+    return RankedItems(items=items, model_version="",
+                       degraded=Degradation(stage="ranking", reason=reason, fallback="recall order"))
+
+
+# Module functions the Ingress methods use are defined above the class: the deployment decorator captures
+# the class with the globals that exist when it runs, so a helper defined below it is missing in a replica.
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
@@ -145,6 +186,7 @@ class Ingress:
         self.feedback = feedback
         self.s = load_settings()
         self.known_items = {int(i) for i in load_item_ids(self.s)[1:]}  # index 0 is padding
+        self.limiter = RateLimiter(self.s.write_rate_per_s, self.s.write_burst)
         self.metrics = StageMetrics()
         self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
 
@@ -158,21 +200,47 @@ class Ingress:
         "schema": FeedbackBatch.model_json_schema()}}, "required": True}})
     async def feedback_route(self, request: Request) -> JSONResponse:
         """Events (one, or {"events": [...]}): acknowledged only once durably logged; 401 without a key."""
-        if not _authorized(request.headers.get("authorization"), self.s.accepted_keys()):
-            return JSONResponse({"error": "missing or invalid API key (Authorization: Bearer KEY)"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        batch = _parse_feedback(await request.body())
-        if isinstance(batch, JSONResponse):
-            return batch
-        unknown = [j for j, e in enumerate(batch.events) if e.item_id not in self.known_items]
-        if unknown:
-            j = unknown[0]
-            return JSONResponse({"error": f"unknown item {batch.events[j].item_id}", "field": f"events.{j}.item_id"},
-                                status_code=422)
-        result = await _call("feedback", self.feedback.record.remote(batch.events), self.s.feedback_timeout_ms)
+        try:
+            key = self._admit(request.headers.get("authorization"))
+            batch = _parse_feedback(await request.body())
+            result = await self._feedback(key, batch)
+        except Refusal as r:
+            return r.response()
         return JSONResponse({"accepted": len(result["accepted"]), "duplicates": len(result["duplicates"]),
                              "event_ids": result["accepted"] + result["duplicates"], "pushed": result["pushed"],
                              **({"push_error": result["push_error"]} if result["push_error"] else {})})
+
+    async def Feedback(self, request: pb.FeedbackRequest,  # the gRPC method name
+                       grpc_context: RayServegRPCContext) -> pb.FeedbackResponse:
+        try:
+            key = self._admit(dict(grpc_context.invocation_metadata()).get("authorization"))
+            result = await self._feedback(key, feedback_from_proto(request))
+            return pb.FeedbackResponse(accepted=len(result["accepted"]), duplicates=len(result["duplicates"]),
+                                       event_ids=result["accepted"] + result["duplicates"],
+                                       pushed=result["pushed"], push_error=result["push_error"] or "")
+        except Exception as e:
+            _set_status(grpc_context, e)
+        return pb.FeedbackResponse()
+
+    def _admit(self, authorization: str | None) -> str:
+        """The caller's key if it is valid and within its rate, else a Refusal (401 / 429)."""
+        if not _authorized(authorization, self.s.accepted_keys()):
+            raise Refusal(401, grpc.StatusCode.UNAUTHENTICATED,
+                          "missing or invalid API key (Authorization: Bearer KEY)")
+        key = (authorization or "").partition(" ")[2]
+        wait = self.limiter.acquire(key)
+        if wait > 0:
+            raise Refusal(429, grpc.StatusCode.RESOURCE_EXHAUSTED, f"rate limit of {self.s.write_rate_per_s:g} "
+                          "writes/s for this key", retry_after=retry_after(wait))
+        return key
+
+    async def _feedback(self, key: str, batch: FeedbackBatch) -> dict:
+        unknown = [j for j, e in enumerate(batch.events) if e.item_id not in self.known_items]
+        if unknown:
+            j = unknown[0]
+            raise Refusal(422, grpc.StatusCode.INVALID_ARGUMENT, f"unknown item {batch.events[j].item_id}",
+                          f"events.{j}.item_id")
+        return await _call("feedback", self.feedback.record.remote(batch.events), self.s.feedback_timeout_ms)
 
     async def Recommend(self, request: pb.RecommendRequest,  # the gRPC method name
                         grpc_context: RayServegRPCContext) -> pb.RecommendResponse:
@@ -180,14 +248,8 @@ class Ingress:
         rid = dict(grpc_context.invocation_metadata()).get("x-request-id") or uuid.uuid4().hex
         try:
             return response_to_proto(await self._recommend(request_from_proto(request), rid))
-        except InvalidRequest as e:
-            code, details = grpc.StatusCode.INVALID_ARGUMENT, str(e)
-        except StageFailed as e:
-            code, details = grpc.StatusCode.UNAVAILABLE, f"{e.stage} unavailable: {e.reason}"
         except Exception as e:
-            code, details = grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__})"
-        grpc_context.set_code(code)
-        grpc_context.set_details(details)
+            _set_status(grpc_context, e)
         return pb.RecommendResponse()
 
     async def _recommend(self, req: RecommendRequest, rid: str) -> RecommendResponse:
@@ -261,11 +323,3 @@ class Ingress:
         except StageFailed:
             ok = False
         return JSONResponse({"ready": bool(ok)}, status_code=200 if ok else 503)
-
-
-def _recall_order(cands: Candidates, k: int, reason: str) -> RankedItems:
-    """The ranking stage itself was lost: recall's first k, unranked and without attributes."""
-    items = [RankedItem(item_id=i, score=s, title="", year=-1, genres=[])
-             for i, s in list(zip(cands.item_ids, cands.scores, strict=True))[:k]]
-    return RankedItems(items=items, model_version="",
-                       degraded=Degradation(stage="ranking", reason=reason, fallback="recall order"))

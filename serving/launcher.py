@@ -52,6 +52,8 @@ def resolved_settings_file(settings: Settings) -> Path:
         data["mlflow_tracking_uri"] = settings.tracking_uri
     path = (settings.home / "serve" / "settings.yaml").resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)  # it holds the write keys: owner-only before anything is written
+    path.chmod(0o600)
     path.write_text(yaml.safe_dump(data, sort_keys=True))
     return path
 
@@ -151,7 +153,7 @@ def up(settings: Settings) -> str:
 def serve_config(settings: Settings) -> dict:
     """The Serve deploy config, in the same form as the chart's RayService `serveConfigV2`: the graph by
     import path, replicas' env, and the exported route as Ranking's `user_config`."""
-    from serving.artifacts import read_route
+    from serving.artifacts import model_info, read_route
     from serving.grpc_api import SERVICER
 
     env = {"RECSYS_SETTINGS_FILE": str(resolved_settings_file(settings)), "RECSYS_PROFILE": settings.profile,
@@ -162,7 +164,10 @@ def serve_config(settings: Settings) -> dict:
         "applications": [{
             "name": settings.serve_app_name, "route_prefix": "/", "import_path": "serving.app:app",
             "runtime_env": {"env_vars": env},
-            "deployments": [{"name": "Ranking", "user_config": read_route(settings).as_dict()}],
+            "deployments": [
+                {"name": "Ranking", "user_config": read_route(settings).as_dict()},
+                {"name": "Recall", "user_config": {"retrieval": model_info(settings, "user_encoder").version}},
+            ],
         }],
     }
 

@@ -8,6 +8,8 @@ content embedding, so they are in the index too. Exact search is the fallback wh
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from ray import serve
 
@@ -88,8 +90,18 @@ class Recaller:
 
 @serve.deployment(name="Recall", max_ongoing_requests=32)
 class Recall:
+    """`user_config` = {"retrieval": version}: a new version loads the exported index beside the old one,
+    off the event loop, then swaps one reference; requests keep being answered by the old one meanwhile."""
+
     def __init__(self) -> None:
-        self.recaller = Recaller(load_settings())
+        self.settings = load_settings()
+        self.reader = FeatureReader(self.settings)
+        self.recaller = Recaller(self.settings, self.reader)
+
+    async def reconfigure(self, config: dict) -> None:
+        wanted = str((config or {}).get("retrieval") or "")
+        if wanted and wanted != self.recaller.version:
+            self.recaller = await asyncio.to_thread(Recaller, self.settings, self.reader)
 
     async def candidates(self, user: UserContext) -> Candidates:
         return self.recaller.candidates(user)  # ~1 ms of numpy/faiss: cheaper inline than a thread hop

@@ -166,18 +166,29 @@ class ExportResult:
 
 def export_repository(settings: Settings, backend: Backend = "python") -> ExportResult:
     """Write <model_repo>/{ranker,user_encoder}/<version>/ and <home>/recall_index/<version>/."""
-    repo = settings.model_repo
-    retrieval = version_by_alias(settings, RETRIEVAL_MODEL, CHAMPION)
+    index_dir, retrieval = export_retrieval(settings, backend)
     ranker = version_by_alias(settings, RANKER_MODEL, CHAMPION)
-    repo.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        ka = download_artifacts(settings, ranker.run_id, Path(d) / "ranker")
+        kcfg = json.loads((ka / "config.json").read_text())
+        write_model(settings.model_repo, "ranker", str(ranker.version), ka / "ranker.onnx", kcfg, backend)
+    return ExportResult(settings.model_repo, index_dir, {"user_encoder": retrieval, "ranker": str(ranker.version)})
+
+
+def export_retrieval(settings: Settings, backend: Backend = "python") -> tuple[Path, str]:
+    """The retrieval champion's serving half: user encoder, item embeddings, ANN index, then CURRENT.
+
+    CURRENT is written last, so a Recall replica that reloads never sees a half-written index. The ranker is
+    not touched: a live swap changes it through `serving.rollout` (Triton must load before the route moves).
+    """
+    retrieval = version_by_alias(settings, RETRIEVAL_MODEL, CHAMPION)
+    settings.model_repo.mkdir(parents=True, exist_ok=True)
     index_root = settings.home / "recall_index"
     with tempfile.TemporaryDirectory() as d:
         ra = download_artifacts(settings, retrieval.run_id, Path(d) / "retrieval")
-        ka = download_artifacts(settings, ranker.run_id, Path(d) / "ranker")
         rcfg = json.loads((ra / "config.json").read_text())
-        kcfg = json.loads((ka / "config.json").read_text())
-        write_model(repo, "user_encoder", str(retrieval.version), ra / "user_encoder.onnx", rcfg, backend)
-        write_model(repo, "ranker", str(ranker.version), ka / "ranker.onnx", kcfg, backend)
+        write_model(settings.model_repo, "user_encoder", str(retrieval.version), ra / "user_encoder.onnx", rcfg,
+                    backend)
         index_dir = index_root / str(retrieval.version)
         index_dir.mkdir(parents=True, exist_ok=True)
         emb = np.load(ra / "item_embeddings.npy")
@@ -185,7 +196,7 @@ def export_repository(settings: Settings, backend: Backend = "python") -> Export
         write_ann_index(emb, index_dir / ANN_FILE)
         shutil.copyfile(ra / "item_ids.json", index_dir / "item_ids.json")
         (index_root / "CURRENT").write_text(str(retrieval.version))
-    return ExportResult(repo, index_dir, {"user_encoder": str(retrieval.version), "ranker": str(ranker.version)})
+    return index_dir, str(retrieval.version)
 
 
 def repository_backend(settings: Settings, name: str = "ranker") -> Backend:

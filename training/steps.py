@@ -30,6 +30,7 @@ from training.onnx_export import (
 )
 from training.registry import (
     CHALLENGER,
+    CHAMPION,
     log_artifacts,
     log_pytorch,
     set_challenger,
@@ -128,7 +129,19 @@ def register_ranker(settings: Settings, prepared: Prepared, model: Ranker, metri
     return version
 
 
-def train_retrieval_step(settings: Settings, resume: bool = False, **overrides: Any) -> dict[str, Any]:
+def champion_state(settings: Settings, name: str) -> tuple[dict[str, Any] | None, str]:
+    """The champion's weights for a warm start, and its version ("" when there is no champion yet)."""
+    from training.registry import load_torch
+
+    try:
+        mv = version_by_alias(settings, name, CHAMPION)
+    except MissingStepError:
+        return None, ""
+    return load_torch(settings, name, str(mv.version)).model.state_dict(), str(mv.version)
+
+
+def train_retrieval_step(settings: Settings, resume: bool = False, warm_start: bool = False,
+                         **overrides: Any) -> dict[str, Any]:
     from training.jobs.retrieval import train_retrieval
 
     require_features(settings)
@@ -139,8 +152,10 @@ def train_retrieval_step(settings: Settings, resume: bool = False, **overrides: 
 
     with mlflow.start_run(run_name="retrieval") as run:
         mlflow.log_params({**cfg.to_dict(), **_data_params(settings, prepared)})
+        warm, warm_version = champion_state(settings, RETRIEVAL_MODEL) if warm_start else (None, "")
         out = train_retrieval(settings, prepared, content_matrix(settings, prepared), cfg, resume,
-                              _run_spec(settings, run))
+                              _run_spec(settings, run), warm)
+        mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")
         metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
                    "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
                    "epochs_completed": out.epochs}
@@ -156,7 +171,8 @@ def load_retrieval(settings: Settings, alias: str = CHALLENGER) -> tuple[SASRec,
     return enc.model, str(mv.version)
 
 
-def train_ranking_step(settings: Settings, resume: bool = False, **overrides: Any) -> dict[str, Any]:
+def train_ranking_step(settings: Settings, resume: bool = False, warm_start: bool = False,
+                       **overrides: Any) -> dict[str, Any]:
     from training.jobs.ranking import train_ranking
 
     require_features(settings)
@@ -171,7 +187,10 @@ def train_ranking_step(settings: Settings, resume: bool = False, **overrides: An
     with mlflow.start_run(run_name="ranking") as run:
         params = {k: v for k, v in cfg.to_dict().items() if k != "genres"}
         mlflow.log_params({**params, **_data_params(settings, prepared), "retrieval_version": recall_version})
-        out = train_ranking(settings, prepared, recall, cfg, resume=resume, mlflow_run=_run_spec(settings, run))
+        warm, warm_version = champion_state(settings, RANKER_MODEL) if warm_start else (None, "")
+        out = train_ranking(settings, prepared, recall, cfg, resume=resume, mlflow_run=_run_spec(settings, run),
+                            warm=warm)
+        mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")
         metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
                    **out.recall_valid.as_dict("recall_val_"), **out.recall_test.as_dict("recall_test_"),
                    **{f"val_{k}": v for k, v in out.classification.items()},

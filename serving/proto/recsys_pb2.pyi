@@ -80,3 +80,41 @@ class RecommendResponse(_message.Message):
     timings_ms: _containers.ScalarMap[str, float]
     degraded: _containers.RepeatedCompositeFieldContainer[Degradation]
     def __init__(self, request_id: _Optional[str] = ..., user_id: _Optional[int] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., degraded: _Optional[_Iterable[_Union[Degradation, _Mapping]]] = ...) -> None: ...
+
+class FeedbackEvent(_message.Message):
+    __slots__ = ("event_id", "user_id", "item_id", "event_type", "value", "timestamp_ms", "request_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    user_id: int
+    item_id: int
+    event_type: str
+    value: float
+    timestamp_ms: int
+    request_id: str
+    def __init__(self, event_id: _Optional[str] = ..., user_id: _Optional[int] = ..., item_id: _Optional[int] = ..., event_type: _Optional[str] = ..., value: _Optional[float] = ..., timestamp_ms: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[FeedbackEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[FeedbackEvent, _Mapping]]] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("accepted", "duplicates", "event_ids", "pushed", "push_error")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    PUSHED_FIELD_NUMBER: _ClassVar[int]
+    PUSH_ERROR_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicates: int
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    pushed: bool
+    push_error: str
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ..., event_ids: _Optional[_Iterable[str]] = ..., pushed: bool = ..., push_error: _Optional[str] = ...) -> None: ...

@@ -39,6 +39,11 @@ class RecommenderStub(object):
                 request_serializer=serving_dot_proto_dot_recsys__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_recsys__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/recsys.v1.Recommender/Feedback',
+                request_serializer=serving_dot_proto_dot_recsys__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_recsys__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer(object):
@@ -51,6 +56,14 @@ class RecommenderServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Feedback events, acknowledged only once durably logged. Needs `authorization: Bearer KEY` metadata:
+        missing/wrong key → UNAUTHENTICATED; bad event → INVALID_ARGUMENT; over the key's rate → RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +71,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Recommend,
                     request_deserializer=serving_dot_proto_dot_recsys__pb2.RecommendRequest.FromString,
                     response_serializer=serving_dot_proto_dot_recsys__pb2.RecommendResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=serving_dot_proto_dot_recsys__pb2.FeedbackRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_recsys__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +105,33 @@ class Recommender(object):
             '/recsys.v1.Recommender/Recommend',
             serving_dot_proto_dot_recsys__pb2.RecommendRequest.SerializeToString,
             serving_dot_proto_dot_recsys__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/Feedback',
+            serving_dot_proto_dot_recsys__pb2.FeedbackRequest.SerializeToString,
+            serving_dot_proto_dot_recsys__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -199,6 +199,7 @@ def test_rendered_settings_file_loads_through_recsys_settings(helm: Path, profil
     assert s.feast_online_store == {"type": "redis", "connection_string": f"{RELEASE}-redis:6379"}
     assert s.feast_registry == "s3://recsys/feast/registry.db"
     assert s.feature_server_url == f"http://{RELEASE}-feature-server:6566"
+    assert s.feature_read == "server"  # serving reads and pushes through the feature server, not the SDK
     assert s.ray_address == "auto"
     assert s.triton_host == f"{RELEASE}-ranker-predictor"
     assert s.triton_grpc_port == 9000

@@ -37,6 +37,20 @@ def _committed_epoch(home: Path) -> int:
     return best
 
 
+def _settled_epoch(home: Path, quiet_s: float = 3.0, limit_s: float = 30.0) -> int:
+    """The committed epoch once Ray's processes (outside the killed process group) have stopped writing."""
+    deadline, last, since = time.time() + limit_s, None, time.time()
+    while time.time() < deadline:
+        snaps = (home / "ray_results").glob("retrieval-*/checkpoint_manager_snapshot.json")
+        now = [(p, p.stat().st_mtime_ns) for p in snaps]
+        if now != last:
+            last, since = now, time.time()
+        elif time.time() - since >= quiet_s:
+            break
+        time.sleep(0.2)
+    return _committed_epoch(home)
+
+
 def test_killed_training_resumes_from_its_latest_checkpoint(feature_home, tmp_path):
     home = tmp_path / "home"
     shutil.copytree(feature_home, home)
@@ -57,7 +71,7 @@ def test_killed_training_resumes_from_its_latest_checkpoint(feature_home, tmp_pa
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    committed = _committed_epoch(home)
+    committed = _settled_epoch(home)
     pointer = json.loads((home / "ray_results" / "retrieval.current.json").read_text())
     assert pointer["name"].startswith("retrieval-")
     res = run_cli(home, "train", "retrieval", "--resume", "--epochs", epochs)

@@ -21,7 +21,8 @@ import pytest
 from tests.conftest import run_cli
 
 PORTS = {"RECSYS_SERVE_HTTP_PORT": "28000", "RECSYS_TRITON_HTTP_PORT": "28100", "RECSYS_TRITON_GRPC_PORT": "28101",
-         "RECSYS_TRITON_METRICS_PORT": "28102", "RECSYS_RAY_HEAD_PORT": "26379", "RECSYS_SERVE_GRPC_PORT": "28200"}
+         "RECSYS_TRITON_METRICS_PORT": "28102", "RECSYS_RAY_HEAD_PORT": "26379", "RECSYS_SERVE_GRPC_PORT": "28200",
+         "RECSYS_WRITE_RATE_PER_S": "30", "RECSYS_WRITE_BURST": "60"}  # low enough for the 429 test to reach
 URL = "http://127.0.0.1:28000"  # ports outside the local Ray worker range (10002-19999)
 GRPC = "127.0.0.1:28200"
 
@@ -184,6 +185,125 @@ def test_feedback_bad_input_gets_a_clear_client_error_and_is_not_logged(served, 
     from serving.events import EventLog
 
     assert all(e["item_id"] != 10**9 for e in EventLog(load_settings().event_log_path, 50).events())
+
+
+def test_acknowledged_feedback_survives_a_killed_writer_exactly_once(served, use_home):
+    """4 clients post events (retrying unacknowledged ones with the same ids) while the Feedback replica is
+    SIGKILLed; afterwards every acknowledged event is in the log once and the online store matches the log."""
+    import subprocess
+
+    use_home(served)
+    from recsys.settings import load_settings
+    from serving.artifacts import load_item_ids
+    from serving.events import EventLog
+    from serving.features import FeatureReader
+
+    s = load_settings()
+    items = [int(i) for i in load_item_ids(s)[1:60]]
+    users = list(range(100, 112))
+    acked: set[str] = set()
+    sent: set[str] = set()
+    failures = Counter()
+    lock = threading.Lock()
+    stop = time.monotonic() + 14
+
+    def client(c: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            batch = [{"user_id": users[(c + n + j) % len(users)], "item_id": items[(c * 7 + n + j) % len(items)],
+                      "event_type": "click", "event_id": f"load-{c}-{n}-{j}"} for j in range(1 + n % 3)]
+            n += 1
+            with lock:
+                sent.update(e["event_id"] for e in batch)
+            while time.monotonic() < stop + 60:  # retry the same ids until acknowledged
+                try:
+                    code, body = feedback({"events": batch})
+                except OSError:
+                    code, body = 0, {}
+                if code == 200:
+                    with lock:
+                        acked.update(body["event_ids"])
+                    break
+                with lock:
+                    failures[code] += 1
+                time.sleep(0.2)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(4)
+    pgrep = subprocess.run(["pgrep", "-f", "ServeReplica:recsys:Feedback"], capture_output=True, text=True)
+    pids = pgrep.stdout.split()
+    assert pids, "no Feedback replica process found"
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert acked == sent  # every event was eventually acknowledged (retries with the same id)
+    log = EventLog(s.event_log_path, s.sequence_length)
+    ids = [e["event_id"] for e in log.events() if e["event_id"].startswith("load-")]
+    assert len(ids) == len(set(ids)) and set(ids) == acked  # exactly once, nothing lost, nothing invented
+    deadline = time.monotonic() + 60
+    while log.dirty_profiles() and time.monotonic() < deadline:  # the restarted replica replays
+        time.sleep(0.5)
+    assert log.dirty_profiles() == []
+    reader = FeatureReader(s)
+    for u in users:
+        profile, online = log.profile(u), reader.user(u)
+        assert online.recent_items == profile.recent_items and online.n_interactions == profile.n_interactions
+    print(f"acked {len(acked)} events; non-200 answers while the writer was down: {dict(failures)}")
+
+
+def test_a_key_over_its_write_rate_gets_429_with_retry_after(served):
+    """The limit applies per key before the body is read: 8 clients sending 300 writes at once outrun
+    burst 60 + 30/s on any machine this runs on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    other = {"Authorization": "Bearer ci-other-key"}
+
+    def send(_: int) -> tuple[int, str | None]:
+        req = urllib.request.Request(URL + "/feedback", data=b"{", method="POST", headers=other)
+        try:
+            urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Retry-After")
+        return 200, None
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(300)))
+    codes = Counter(code for code, _ in answers)
+    assert set(codes) == {400, 429} and codes[400] >= 60 and codes[429] > 0, codes
+    assert {retry for code, retry in answers if code == 429} == {"1"}
+    assert feedback({"user_id": 1, "item_id": 1, "event_type": "view"})[0] == 200  # other keys are unaffected
+
+
+def test_grpc_feedback_needs_a_key_and_answers_like_http(served, use_home):
+    import grpc
+
+    from serving.proto import recsys_pb2 as pb
+    from serving.proto.recsys_pb2_grpc import RecommenderStub
+
+    msg = pb.FeedbackRequest(events=[pb.FeedbackEvent(user_id=7, item_id=2, event_type="rate", value=4.5,
+                                                      event_id="grpc-1")])
+    with grpc.insecure_channel(GRPC) as channel:
+        stub = RecommenderStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Feedback(msg, timeout=30, metadata=(("application", "recsys"),))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        auth = (("application", "recsys"), ("authorization", "Bearer ci-test-key"))
+        bad = pb.FeedbackRequest(events=[pb.FeedbackEvent(user_id=7, item_id=2, event_type="rate")])
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Feedback(bad, timeout=30, metadata=auth)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "value" in e.value.details()
+        first = stub.Feedback(msg, timeout=30, metadata=auth)
+        again = stub.Feedback(msg, timeout=30, metadata=auth)
+    assert (first.accepted, first.duplicates, first.pushed) == (1, 0, True)
+    assert (again.accepted, again.duplicates, list(again.event_ids)) == (0, 1, ["grpc-1"])
+    res = run_cli(served, "feedback", "7", "3", "--type", "click", "--event-id", "cli-1", **PORTS)
+    assert res.returncode == 0 and "cli-1 stored" in res.stdout, res.stderr
+    res = run_cli(served, "feedback", "7", "3", "--type", "like", **PORTS)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "event_type" in res.stderr
 
 
 def test_unknown_user_gets_cold_start_items_without_a_retrieval_version(served):
@@ -398,3 +518,32 @@ def test_canary_then_hot_swap_under_load_drops_nothing(served, use_home):
 
     settings = load_settings().model_copy(update={"triton_http_port": int(PORTS["RECSYS_TRITON_HTTP_PORT"])})
     assert loaded_versions(settings, "ranker") == ["2"]  # the old version was unloaded
+
+
+def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_home):
+    """Feedback → `recsys retrain` (merge, features, warm-started challengers, gate forced) → the running
+    graph answers with the new retrieval and ranker versions, and the merged events are training data."""
+    use_home(served)
+    from mlflow import MlflowClient
+    from recsys.settings import load_settings
+    from training.data.schema import load_dataset
+    from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL
+
+    s = load_settings()
+    mlflow = MlflowClient(tracking_uri=s.tracking_uri, registry_uri=s.tracking_uri)
+    old = {m: str(mlflow.get_model_version_by_alias(m, "champion").version) for m in (RETRIEVAL_MODEL, RANKER_MODEL)}
+    user, item = 11, recommend(11)["items"][0]["item_id"]
+    assert feedback({"user_id": user, "item_id": item, "event_type": "purchase", "event_id": "retrain-1"})[0] == 200
+    res = run_cli(served, "retrain", "--force", "--retrieval-epochs", "1", "--ranking-epochs", "1", timeout=900,
+                  **PORTS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    new = {m: str(mlflow.get_model_version_by_alias(m, "champion").version) for m in (RETRIEVAL_MODEL, RANKER_MODEL)}
+    assert all(int(new[m]) > int(old[m]) for m in new), res.stdout
+    for m in new:  # each challenger started from the weights of the champion it replaced
+        run = mlflow.get_run(mlflow.get_model_version(m, new[m]).run_id)
+        assert run.data.params["warm_start_from"] == old[m]
+    body = recommend(user)
+    assert body["model_versions"] == {"retrieval": new[RETRIEVAL_MODEL], "ranker": new[RANKER_MODEL]}, body
+    assert not body["degraded"] and item not in [it["item_id"] for it in body["items"]]
+    inter = load_dataset(s.data_dir).interactions
+    assert ((inter["user_id"] == user) & (inter["item_id"] == item) & (inter["event_type"] == "purchase")).any()

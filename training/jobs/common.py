@@ -42,6 +42,26 @@ def restore_state() -> dict[str, Any] | None:
         return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
+def fits(fresh: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> bool:
+    """Whether `state` has exactly `fresh`'s parameter names and shapes (a warm start is then exact)."""
+    if state is None:
+        return False
+    target = fresh.state_dict()
+    return state.keys() == target.keys() and all(state[k].shape == target[k].shape for k in target)
+
+
+def initial_state(model: torch.nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any]) -> int:
+    """Restore the run's checkpoint (resume) or else load the warm-start weights; returns the start epoch."""
+    state = restore_state()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        return int(state["epoch"])
+    if config.get("init") is not None:
+        model.load_state_dict(config["init"])
+    return 0
+
+
 def load_result_state(result) -> dict[str, Any]:
     with result.checkpoint.as_directory() as d:
         return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)

@@ -14,7 +14,7 @@ from recsys.settings import Settings
 from training.datasets import Prepared
 from training.evaluation.metrics import auc, logloss, mae, rmse
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
-from training.jobs.common import fit, load_result_state, restore_state, save_and_report, worker_threads
+from training.jobs.common import fit, fits, initial_state, load_result_state, save_and_report, worker_threads
 from training.models.ranking import Ranker, RankingConfig
 from training.models.ranking_inputs import RECALL_WEIGHTS, blend
 from training.models.retrieval import SASRec
@@ -56,11 +56,7 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     model = Ranker(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    start, state = 0, restore_state()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["epoch"]
+    start = initial_state(model, opt, config)
     ddp = ray.train.torch.prepare_model(model)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -208,11 +204,12 @@ class RankingOutcome:
     train_seconds: float
     samples_per_second: float
     epochs: int
+    warm_started: bool = False  # began from the champion's weights
 
 
 def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: RankingConfig,
-                  per_user: int = 30, resume: bool = False,
-                  mlflow_run: dict[str, str] | None = None) -> RankingOutcome:
+                  per_user: int = 30, resume: bool = False, mlflow_run: dict[str, str] | None = None,
+                  warm: dict[str, torch.Tensor] | None = None) -> RankingOutcome:
     """Examples from Feast (point in time) + recall → Ray Train → pipeline evaluation on valid and test."""
     cfg.genres = genre_vocab(prepared)
     cfg.n_items = prepared.n_items + 1
@@ -227,7 +224,7 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     ex: Examples = sample_examples(users, positives, pos["rating"].to_numpy(np.float32), item_vectors, cfg,
                                    cfg.seed)
     config = {"model": cfg.to_dict(), "threads": worker_threads(settings), "users": users, "items": items,
-              "examples": ex, "mlflow": mlflow_run}
+              "examples": ex, "mlflow": mlflow_run, "init": warm if fits(Ranker(cfg), warm) else None}
     t0 = time.perf_counter()
     result = fit(settings, "ranking", train_loop, config, resume)
     seconds = time.perf_counter() - t0
@@ -246,5 +243,5 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
         evaluate_pipeline(None, recall, valid, items, n, cfg.seed),
         evaluate_pipeline(None, recall, test, items, n, cfg.seed),
         classification_metrics(model, recall, valid, items, cfg),
-        seconds, len(ex.item) * cfg.epochs / seconds, state["epoch"],
+        seconds, len(ex.item) * cfg.epochs / seconds, state["epoch"], config["init"] is not None,
     )

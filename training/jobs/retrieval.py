@@ -12,7 +12,7 @@ import torch
 from recsys.settings import Settings
 from training.datasets import Prepared
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
-from training.jobs.common import fit, load_result_state, restore_state, save_and_report, worker_threads
+from training.jobs.common import fit, fits, initial_state, load_result_state, save_and_report, worker_threads
 from training.models.retrieval import RetrievalConfig, SASRec
 from training.sequences import left_pad, training_windows
 
@@ -46,12 +46,7 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     model = SASRec(cfg, torch.from_numpy(config["content"]))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    state = restore_state()
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = state["epoch"]
+    start = initial_state(model, opt, config)
     ddp = ray.train.torch.prepare_model(model)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -113,6 +108,7 @@ class RetrievalOutcome:
     train_seconds: float
     samples_per_second: float
     epochs: int
+    warm_started: bool = False  # began from the champion's weights
 
 
 def train_retrieval(
@@ -122,6 +118,7 @@ def train_retrieval(
     cfg: RetrievalConfig,
     resume: bool = False,
     mlflow_run: dict[str, str] | None = None,
+    warm: dict[str, torch.Tensor] | None = None,
 ) -> RetrievalOutcome:
     """config → data → Ray Train loop → final evaluation on valid and test (full ranking)."""
     seqs = [prepared.train[u] for u in sorted(prepared.train)]
@@ -137,6 +134,7 @@ def train_retrieval(
         "targets": targets,
         "valid": {"seqs": left_pad(vh, cfg.max_len), "histories": vh, "targets": vt},
         "mlflow": mlflow_run,
+        "init": warm if fits(SASRec(cfg, torch.from_numpy(content_full)), warm) else None,
     }
     t0 = time.perf_counter()
     result = fit(settings, "retrieval", train_loop, config, resume)
@@ -148,4 +146,4 @@ def train_retrieval(
     samples = len(inputs) * cfg.epochs
     return RetrievalOutcome(model, evaluate(model, prepared, "valid", cfg.seed),
                             evaluate(model, prepared, "test", cfg.seed), seconds, samples / seconds,
-                            state["epoch"])
+                            state["epoch"], config["init"] is not None)

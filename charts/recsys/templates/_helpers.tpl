@@ -117,6 +117,7 @@ fields: tests/charts/test_chart.py loads the rendered file through recsys.settin
   "feast_online_store" (dict "type" "redis" "connection_string" (include "recsys.redisAddress" .))
   "feast_registry" (printf "s3://%s/feast/registry.db" .Values.objectStore.bucket)
   "feature_server_url" (printf "http://%s-feature-server:%d" (include "recsys.fullname" .) (int .Values.featureServer.port))
+  "feature_read" (ternary "server" "sdk" .Values.featureServer.enabled)
   "ray_address" "auto"
   "train_workers" (max $workers 1)
   "use_gpu" (gt (int $gpus) 0)
