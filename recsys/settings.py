@@ -75,6 +75,7 @@ class Settings(BaseModel):
     serve_grpc_port: int = 9100  # Ray Serve gRPC proxy: recsys.Recommender
     serve_app_name: str = "recsys"  # Serve application name (RayService serveConfigV2 uses the same)
     serve_replica_cpus: float = 0.0  # CPU reserved per replica: 0 on a 2-core laptop, 1+ in a cluster
+    serve_start_timeout_s: float = 300.0  # how long `recsys serve` waits for every replica of the graph to run
     serve_throughput_optimized: bool = True  # Ray's HAProxy ingress + direct gRPC between replicas (≈5× here)
     recall_candidates: int = 200  # N candidates recall hands to ranking
     popular_candidates: int = 50  # popularity channel merged into recall (all of it for unknown users)

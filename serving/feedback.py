@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from datetime import UTC, datetime
 
 from ray import serve
@@ -30,6 +31,7 @@ class FeedbackWriter:
     def __init__(self, settings: Settings, store=None) -> None:
         self.log = EventLog(settings.event_log_path, settings.sequence_length)
         self.store = store or online_store(settings)
+        self._push_lock = threading.Lock()
 
     def base_profiles(self, user_ids: list[int]) -> dict[int, Profile]:
         """The online rows of users the log has not seen yet (their history before the first event)."""
@@ -55,7 +57,15 @@ class FeedbackWriter:
         return {"accepted": res.accepted, "duplicates": res.duplicates, "pushed": pushed, "push_error": error}
 
     def push(self, user_ids: list[int] | None = None) -> tuple[bool, str | None]:
-        """Push dirty profiles (of `user_ids`, or all) to the online store; failures stay dirty for replay."""
+        """Push dirty profiles (of `user_ids`, or all) to the online store; failures stay dirty for replay.
+
+        One push at a time per writer: two requests for one user could otherwise read versions 5 and 6 and
+        land in the store in the opposite order, leaving the older profile online while the log says pushed.
+        """
+        with self._push_lock:
+            return self._push(user_ids)
+
+    def _push(self, user_ids: list[int] | None) -> tuple[bool, str | None]:
         dirty = self.log.dirty_profiles(user_ids)
         if not dirty:
             return True, None

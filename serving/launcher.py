@@ -182,7 +182,23 @@ def deploy(settings: Settings) -> None:
 
     cfg = serve_config(settings)
     serve.start(http_options=cfg["http_options"], grpc_options=cfg["grpc_options"])
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(cfg), _blocking=True)
+    client = _get_global_client()
+    client.deploy_apps(ServeDeploySchema.model_validate(cfg))
+    # Ray's own blocking wait gives up after a fixed 60 s; six replicas importing torch, Feast and ONNX Runtime
+    # on 2 cores can need longer, so wait the same way with the configured limit.
+    deadline = time.monotonic() + settings.serve_start_timeout_s
+    while True:
+        status = {st.name: st.app_status for st in client.list_serve_statuses()}.get(settings.serve_app_name)
+        state = str(getattr(status, "status", "")).rsplit(".", 1)[-1]
+        if state == "RUNNING":
+            break
+        if state == "DEPLOY_FAILED":
+            raise ServeError(f"the graph failed to deploy: {str(status.message).strip()[:300]}")
+        if time.monotonic() > deadline:
+            raise ServeError(f"the graph is not running after {settings.serve_start_timeout_s:.0f} s (state "
+                             f"{state or 'unknown'}): see the Ray dashboard, or raise serve_start_timeout_s")
+        time.sleep(0.5)
+    client.wait_for_proxies_serving(wait_for_applications_running=True)
 
 
 def reconfigure(settings: Settings) -> bool:
