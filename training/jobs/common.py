@@ -42,10 +42,8 @@ def restore_state() -> dict[str, Any] | None:
         return torch.load(Path(d) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def fits(fresh: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> bool:
+def fits(fresh: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     """Whether `state` has exactly `fresh`'s parameter names and shapes (a warm start is then exact)."""
-    if state is None:
-        return False
     target = fresh.state_dict()
     return state.keys() == target.keys() and all(state[k].shape == target[k].shape for k in target)
 

@@ -224,7 +224,8 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     ex: Examples = sample_examples(users, positives, pos["rating"].to_numpy(np.float32), item_vectors, cfg,
                                    cfg.seed)
     config = {"model": cfg.to_dict(), "threads": worker_threads(settings), "users": users, "items": items,
-              "examples": ex, "mlflow": mlflow_run, "init": warm if fits(Ranker(cfg), warm) else None}
+              "examples": ex, "mlflow": mlflow_run,
+              "init": warm if warm is not None and fits(Ranker(cfg), warm) else None}
     t0 = time.perf_counter()
     result = fit(settings, "ranking", train_loop, config, resume)
     seconds = time.perf_counter() - t0

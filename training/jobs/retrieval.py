@@ -134,7 +134,7 @@ def train_retrieval(
         "targets": targets,
         "valid": {"seqs": left_pad(vh, cfg.max_len), "histories": vh, "targets": vt},
         "mlflow": mlflow_run,
-        "init": warm if fits(SASRec(cfg, torch.from_numpy(content_full)), warm) else None,
+        "init": warm if warm is not None and fits(SASRec(cfg, torch.from_numpy(content_full)), warm) else None,
     }
     t0 = time.perf_counter()
     result = fit(settings, "retrieval", train_loop, config, resume)
