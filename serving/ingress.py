@@ -8,6 +8,7 @@ degraded and why (HTTP 200), so a client is never told a fallback is the real th
 
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import json
@@ -175,6 +176,14 @@ def _recall_order(cands: Candidates, k: int, reason: str) -> RankedItems:
                        degraded=Degradation(stage="ranking", reason=reason, fallback="recall order"))
 
 
+def _popular_order(popular: list[int], user: UserContext, n: int) -> Candidates:
+    """Recall itself was lost: the most popular items the user has not seen, as unpersonalised candidates."""
+    seen = set(user.recent_items)
+    items = [i for i in popular if i not in seen][:n]
+    return Candidates(item_ids=items, scores=[1.0 - r / max(1, len(items)) for r in range(len(items))],
+                      channels=["popular"] * len(items), model_version="")
+
+
 # Module functions the Ingress methods use are defined above the class: the deployment decorator captures
 # the class with the globals that exist when it runs, so a helper defined below it is missing in a replica.
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
@@ -189,6 +198,16 @@ class Ingress:
         self.limiter = RateLimiter(self.s.write_rate_per_s, self.s.write_burst)
         self.metrics = StageMetrics()
         self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
+        self.popular: list[int] = []  # recall's popular items, kept here as the answer when recall is lost
+        self._popular_task: asyncio.Task | None = None
+
+    async def _keep_popular(self) -> None:
+        """Refresh the fallback list from Recall now and then; a failed refresh keeps the last good one."""
+        while True:
+            with contextlib.suppress(StageFailed):
+                self.popular = await _call("recall", self.recall.popular.remote(
+                    self.s.recall_candidates + self.s.popular_candidates), 5000)
+            await asyncio.sleep(60 if self.popular else 2)
 
     @api.post("/recommend", response_model=RecommendResponse, response_model_by_alias=True)
     async def recommend(self, req: RecommendRequest, request: Request) -> Response:
@@ -271,9 +290,18 @@ class Ingress:
             degraded.append(Degradation(stage="features", reason=e.reason, fallback="cold-start (popularity)"))
         lap("features", t)
 
-        # 2. Recall (encoder + ANN + popularity). No degraded answer without candidates: 503, said plainly.
+        # 2. Recall (encoder + ANN + popularity). Degraded: popular items the user has not seen; 503 only
+        # when there is not even that yet (a replica that never reached Recall), said plainly.
+        if self._popular_task is None:
+            self._popular_task = asyncio.create_task(self._keep_popular())
         t = time.perf_counter()
-        cands: Candidates = await _call("recall", self.recall.candidates.remote(user), self.s.recall_timeout_ms)
+        try:
+            cands: Candidates = await _call("recall", self.recall.candidates.remote(user), self.s.recall_timeout_ms)
+        except StageFailed as e:
+            if not self.popular:
+                raise
+            cands = _popular_order(self.popular, user, self.s.recall_candidates)
+            degraded.append(Degradation(stage="recall", reason=e.reason, fallback="popular items"))
         lap("recall", t)
 
         # 3. Ranking (Triton). Degraded inside the stage (Triton down → recall order); here: stage lost.

@@ -394,6 +394,49 @@ def test_triton_down_gives_flagged_recall_order_then_recovers(served):
     assert get("/readyz") == 200
 
 
+def _replica_pids(deployment: str) -> list[int]:
+    """Ray titles a replica's worker process `ray::ServeReplica:<app>:<deployment>`."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if f"ServeReplica:recsys:{deployment}".encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # the process ended while we looked
+    return pids
+
+
+def test_recall_lost_gives_flagged_popular_items_then_recovers(served, use_home):
+    """The Recall replica frozen (SIGSTOP): the Ingress answers with popular unseen items, ranked, and says so."""
+    use_home(served)
+    from recsys.feature_store import feature_store
+    from recsys.settings import load_settings
+
+    user = 3
+    seen = set(feature_store(load_settings()).get_online_features(
+        features=["user_profile:recent_items"], entity_rows=[{"user_id": user}]).to_dict()["recent_items"][0])
+    assert not recommend(user, k=5)["degraded"]  # also starts the Ingress's copy of the popular list
+    time.sleep(1)
+    pids = _replica_pids("Recall")
+    assert pids, "no Recall replica process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        body = recommend(user, k=5)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert [d["stage"] for d in body["degraded"]] == ["recall"], body["degraded"]
+    assert body["degraded"][0]["fallback"] == "popular items" and "timeout" in body["degraded"][0]["reason"]
+    assert body["model_versions"] == {"retrieval": "", "ranker": "1"}  # the popular items were still ranked
+    got = [it["item_id"] for it in body["items"]]
+    assert len(got) == 5 and not set(got) & seen
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (body := recommend(user, k=5))["degraded"]:
+        time.sleep(0.5)
+    assert not body["degraded"] and body["model_versions"]["retrieval"] != ""
+
+
 def test_cli_recommend_prints_json_and_fails_in_one_line_without_a_graph(served):
     res = run_cli(served, "recommend", "1", "-k", "3", "--json", **PORTS)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -547,3 +590,4 @@ def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_hom
     assert not body["degraded"] and item not in [it["item_id"] for it in body["items"]]
     inter = load_dataset(s.data_dir).interactions
     assert ((inter["user_id"] == user) & (inter["item_id"] == item) & (inter["event_type"] == "purchase")).any()
+
