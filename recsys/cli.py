@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from recsys.errors import RecsysError
+from recsys.errors import MissingStepError, RecsysError
 from recsys.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -91,6 +91,7 @@ def features() -> None:
 class Model(StrEnum):
     retrieval = "retrieval"
     ranking = "ranking"
+    copy = "copy"
     all = "all"
 
 
@@ -101,16 +102,23 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Override the epochs of the chosen model.")] = None,
     workers: Annotated[int | None, typer.Option(help="Ray Train workers.")] = None,
     gpu: Annotated[bool | None, typer.Option("--gpu/--cpu", help="One GPU per worker.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Copy LM: LoRA optimizer steps.")] = None,
+    base_model: Annotated[str | None, typer.Option(help="Copy LM: base model (hub name or local path).")] = None,
 ) -> None:
-    """Train on Ray Train, log to MLflow, register the new versions as `challenger`."""
+    """Train on Ray Train, log to MLflow, register the new versions as `challenger` (`all` = retrieval, ranking
+    and the copy LM)."""
     from training.steps import train_ranking_step, train_retrieval_step
 
     if workers is not None:
         os.environ["RECSYS_TRAIN_WORKERS"] = str(workers)
     if gpu is not None:
         os.environ["RECSYS_USE_GPU"] = str(gpu).lower()
-    if epochs is not None and model == Model.all:
-        raise typer.BadParameter("--epochs needs one model: `recsys train retrieval --epochs N`")
+    if epochs is not None and model in (Model.all, Model.copy):
+        raise typer.BadParameter("--epochs needs retrieval or ranking (the copy LM takes --steps)")
+    if (steps is not None or base_model is not None) and model != Model.copy:
+        raise typer.BadParameter("--steps and --base-model are for `recsys train copy`")
+    if base_model is not None:
+        os.environ["RECSYS_COPY_BASE_MODEL"] = base_model
     s = settings()
     overrides = {"epochs": epochs} if epochs is not None else {}
     rows = []
@@ -120,9 +128,22 @@ def train(
     if model in (Model.ranking, Model.all):
         console.print("training ranking (Ray Train, MLflow)…")
         rows.append(train_ranking_step(s, resume=resume and model == Model.ranking, **overrides))
-    console.print(_table("trained (registered as challenger)", rows,
-                         ["model", "version", "val_hr_at_10", "val_ndcg_at_10", "test_hr_at_10", "test_ndcg_at_10",
-                          "train_seconds"]))
+    if rows:
+        console.print(_table("trained (registered as challenger)", rows,
+                             ["model", "version", "val_hr_at_10", "val_ndcg_at_10", "test_hr_at_10",
+                              "test_ndcg_at_10", "train_seconds"]))
+    if model in (Model.copy, Model.all):
+        from training.copy_steps import train_copy_step
+
+        console.print(f"fine-tuning the copy LM ({s.copy_base_model}, LoRA, Ray Train, MLflow)…")
+        c = train_copy_step(s, resume=resume and model == Model.copy, **({"steps": steps} if steps else {}))
+        console.print(_table("copy LM on held-out items (registered as challenger)", [
+            {"model": "base", "factuality": c["base_val_factuality"], "perplexity": c["base_val_perplexity"],
+             "distinct_2": c["base_val_distinct_2"]},
+            {"model": f"{c['model']} v{c['version']}", "factuality": c["val_factuality"],
+             "perplexity": c["val_perplexity"], "distinct_2": c["val_distinct_2"],
+             "train_seconds": c["train_seconds"]}], ["model", "factuality", "perplexity", "distinct_2",
+                                                    "train_seconds"]))
 
 
 @app.command()
@@ -141,23 +162,32 @@ def evaluate(
 
 @app.command()
 def promote(
-    model: Annotated[str, typer.Argument(help="recsys-retrieval or recsys-ranker (or retrieval/ranking/all).")],
+    model: Annotated[str, typer.Argument(help="recsys-retrieval, recsys-ranker, recsys-copy (or retrieval, ranking, "
+                                        "copy, all).")],
     force: Annotated[bool, typer.Option(help="Promote even if the policy fails (recorded as forced).")] = False,
     to_version: Annotated[str | None, typer.Option(help="Roll back: point champion at this version.")] = None,
 ) -> None:
     """Move the `champion` alias if the promotion policy (mlflow/promotion_policy.yaml) passes."""
     from training.promotion import promote as run_promotion
-    from training.tracking import MODELS, RANKER_MODEL
+    from training.tracking import COPY_MODEL, MODELS, RANKER_MODEL
 
-    names = {"retrieval": ["recsys-retrieval"], "ranking": ["recsys-ranker"], "all": list(MODELS)}.get(
-        model, [model])
-    if any(n not in MODELS for n in names):
-        raise typer.BadParameter(f"unknown model {model!r}: use one of {', '.join(MODELS)}, retrieval, ranking, all")
+    known = [*MODELS, COPY_MODEL]
+    names = {"retrieval": ["recsys-retrieval"], "ranking": ["recsys-ranker"], "copy": [COPY_MODEL],
+             "all": known}.get(model, [model])
+    if any(n not in known for n in names):
+        raise typer.BadParameter(f"unknown model {model!r}: use one of {', '.join(known)}, retrieval, ranking, copy, "
+                                 "all")
     if to_version and len(names) > 1:
         raise typer.BadParameter("--to-version needs one model")
     s = settings()
     for name in names:
-        d = run_promotion(s, name, force=force, to_version=to_version)
+        try:
+            d = run_promotion(s, name, force=force, to_version=to_version)
+        except MissingStepError:
+            if model != "all" or name != COPY_MODEL:
+                raise
+            console.print(f"{name}: no challenger (`recsys train copy`); the graph serves template copy")
+            continue
         verb = "rolled back to" if to_version else ("force-promoted" if d.forced else "promoted")
         console.print(f"{name}: {verb} v{d.version} (previous champion: {d.previous_champion or 'none'})")
         if name == RANKER_MODEL and _serving_live(s):
@@ -167,6 +197,13 @@ def promote(
             console.print(f"serving: ranker v{r.before.champion} → v{r.after.champion} live "
                           f"(triton {'switched' if r.triton else 'not running'}, "
                           f"graph {'reconfigured' if r.graph else 'not running'})")
+        if name == COPY_MODEL:
+            from serving import launcher
+            from training.copy_steps import export_copy
+
+            version = export_copy(s)
+            live = _serving_live(s) and launcher.reconfigure(s)
+            console.print(f"copy LM v{version} exported" + (" and loading in the running graph" if live else ""))
 
 
 def _serving_live(s: Settings) -> bool:

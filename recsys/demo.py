@@ -15,11 +15,12 @@ from recsys.settings import Settings
 def run_demo(settings: Settings, console: Console) -> dict[str, float]:
     from serving import launcher
     from serving.client import recommend_http
+    from training.copy_steps import train_copy_step
     from training.evaluate import evaluation_table
     from training.export import export_repository
     from training.promotion import promote
     from training.steps import build_feature_store, prepare_data, train_ranking_step, train_retrieval_step
-    from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL
+    from training.tracking import COPY_MODEL, RANKER_MODEL, RETRIEVAL_MODEL
 
     timings: dict[str, float] = {}
 
@@ -47,8 +48,14 @@ def run_demo(settings: Settings, console: Console) -> dict[str, float]:
     console.print(f"ranker v{k['version']}: val NDCG@10 {k['val_ndcg_at_10']:.4f} (recall alone "
                   f"{k['recall_val_ndcg_at_10']:.4f}), AUC {k['val_auc']:.3f}, rating RMSE {k['val_rating_rmse']:.3f}")
     done("train ranking")
+    step("train copy LM")
+    c = train_copy_step(settings)
+    console.print(f"copy LM v{c['version']} ({settings.copy_base_model} + LoRA, {settings.copy_steps} steps): "
+                  f"factuality on held-out items {c['base_val_factuality']:.2f} (base) → {c['val_factuality']:.2f}, "
+                  f"perplexity {c['base_val_perplexity']:.2f} → {c['val_perplexity']:.2f}")
+    done("train copy LM")
     step("promote")
-    for name in (RETRIEVAL_MODEL, RANKER_MODEL):
+    for name in (RETRIEVAL_MODEL, RANKER_MODEL, COPY_MODEL):
         try:
             d = promote(settings, name)
             console.print(f"{name}: champion is now v{d.version}")
@@ -81,6 +88,9 @@ def run_demo(settings: Settings, console: Console) -> dict[str, float]:
     done("serve")
     for user_id in demo_users(settings):
         show_recommendations(console, recommend_http(settings, user_id, k=5))
+    time.sleep(3)  # copy that missed its budget is generated in the background meanwhile
+    console.print("the same request again: copies that were late now come from the copy cache")
+    show_recommendations(console, recommend_http(settings, demo_users(settings)[0], k=5))
     feedback_round(settings, console, demo_users(settings)[0])
     console.print("The graph keeps running: try `recsys recommend 42`; stop it with `recsys serve --down`.")
     return timings
@@ -113,10 +123,11 @@ def demo_users(settings: Settings) -> list[int]:
 def show_recommendations(console: Console, resp: dict) -> None:
     table = Table(title=f"user {resp['user_id']} · models {resp['model_versions']} · "
                         f"{resp['timings_ms']['total']:.0f} ms")
-    for c in ("rank", "title", "score", "copy"):
+    for c in ("rank", "title", "score", "copy", "copy source"):
         table.add_column(c)
     for it in resp["items"]:
-        table.add_row(str(it["rank"]), it["title"] or str(it["item_id"]), f"{it['score']:.3f}", it.get("copy") or "")
+        table.add_row(str(it["rank"]), it["title"] or str(it["item_id"]), f"{it['score']:.3f}", it.get("copy") or "",
+                      it.get("copy_source", ""))
     console.print(table)
     for d in resp["degraded"]:
         console.print(f"[yellow]degraded {d['stage']}: {d['reason']} → {d['fallback']}[/]")

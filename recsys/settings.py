@@ -60,6 +60,18 @@ class Settings(BaseModel):
     ranking_epochs: int = 4  # epochs of the ranking model
     seed: int = 0  # seed for data splits, sampling and initialisation
 
+    copy_base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"  # any hub causal LM; SmolLM2 also offline (GGUF)
+    copy_steps: int = 60  # LoRA optimizer steps of the copy LM (batch 8)
+    copy_train_pairs: int = 2000  # (facts, copy) training pairs drawn from the interactions
+    copy_eval_items: int = 100  # held-out (never trained on) items the copy LM is evaluated on
+    model_cache_dir: Path | None = None  # converted base models; None → ~/.cache/recsys-platform/models
+    copy_lm: bool = True  # serve the copy LM champion when one is exported (False: template copy only)
+    copy_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where the CPU has native bf16
+    copy_use_gpu: bool = False  # the copy replica generates on a GPU (cluster)
+    copy_threads: int = 2  # torch CPU threads of the copy replica's generation
+    copy_cache_size: int = 50_000  # generated copies kept per replica, by (item, taste bucket)
+    copy_warm_items: int = 100  # after a copy model loads, the most popular items get copy in the background
+
     promotion_policy: Path = Path("mlflow/promotion_policy.yaml")  # the promotion gate, as data
 
     triton_host: str = "127.0.0.1"  # Triton (local process or the KServe predictor host)
@@ -84,6 +96,7 @@ class Settings(BaseModel):
     recall_timeout_ms: float = 250.0
     ranking_timeout_ms: float = 400.0
     copy_timeout_ms: float = 800.0
+    copy_budget_ms: float = 600.0  # inside the copy stage: past it, template now and the model copy cached later
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
     item_cache_ttl_s: float = 300.0  # serving keeps item feature rows this long (0: read Feast every request)
     impression_log_dir: Path | None = None  # impression log (JSON lines per replica); None → home/impressions
@@ -136,6 +149,11 @@ class Settings(BaseModel):
     @property
     def artifact_root(self) -> Path:
         return (self.mlflow_artifact_root or self.home / "mlartifacts").resolve()
+
+    @property
+    def model_cache(self) -> Path:
+        """Outside every home: converting the base model once per machine is enough."""
+        return (self.model_cache_dir or Path("~/.cache/recsys-platform/models")).expanduser()
 
     @property
     def model_repo(self) -> Path:

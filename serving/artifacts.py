@@ -129,3 +129,9 @@ def onnx_session(path: Path, threads: int = 1):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def exported_copy_version(model_repo: Path) -> str | None:
+    """The copy LM version `recsys export` made current, or None (the copy stage then serves templates)."""
+    current = model_repo / "copy" / "CURRENT"
+    return current.read_text().strip() if current.exists() else None

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Stage = Literal["features", "recall", "ranking", "copy"]
-CopySource = Literal["template", "model", "none"]
+CopySource = Literal["model", "template", "template_guard", "none"]  # template_guard: model copy failed the guard
 
 
 class RecommendRequest(BaseModel):
@@ -71,6 +71,17 @@ class RankedItems(BaseModel):
 class Copy(BaseModel):
     text: str
     source: CopySource
+
+
+class CopyResult(BaseModel):
+    """Copy → Ingress: one copy per ranked item, and what the stage had to fall back on."""
+
+    copies: list[Copy]
+    version: str  # copy model version, or "template" (no model loaded)
+    late: int = 0  # copies that missed the stage's budget: template now, model copy cached for next time
+    rejected: int = 0  # generated copies the guard replaced with the template
+    error: str = ""  # generation failed for some items (they carry the template)
+    budget_ms: float = 0.0
 
 
 class RecommendedItem(BaseModel):

@@ -1,52 +1,102 @@
-"""Copy stage: one short blurb per recommended item.
+"""Copy stage: one short blurb per recommended item, from the fine-tuned copy LM, guarded, within a budget.
 
-Input: `UserContext`, `RankedItems`. Output: list[`Copy`] in the items' order.
-Until the fine-tuned copy LM is deployed (its own issue), every blurb is a template built only from true
-item attributes (title, year, genres) and the user's own history, and says so (`source: "template"`).
-The ingress falls back to `template_copy` itself when this stage is late, so copy never blocks a response.
+Input: `UserContext`, `RankedItems`. Output: `CopyResult` (copies in the items' order, the model version,
+how many were late or rejected). Without an exported copy model (or with `copy_lm: false`) every blurb is
+the grounded template and says so (`source: "template"`). The model half (cache, batching, guard, budget)
+is `serving.copy_lm`; the Ingress falls back to `template_copy` itself when this whole stage is late.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ray import serve
 
 from recsys.settings import load_settings
-from serving.contracts import Copy, RankedItem, RankedItems, UserContext
+from serving.artifacts import load_item_ids
+from serving.contracts import Copy, CopyResult, RankedItem, RankedItems, UserContext
+from serving.copy_guard import CopyFacts, ItemFacts, Taste, template_text
+from serving.copy_lm import CopyModel, CopyWriter, guard_from_catalogue
 from serving.features import FeatureReader
+
+log = logging.getLogger("ray.serve")
+
+
+def item_facts(item: RankedItem) -> ItemFacts:
+    return ItemFacts.from_row(item.item_id, item.title, item.year, item.genres)
 
 
 def template_copy(item: RankedItem, because: str | None = None) -> Copy:
-    """Facts only: '<title> (<year>) · Crime, Drama. Because you watched Heat.'"""
-    head = item.title or f"Item {item.item_id}"
-    if item.year > 0 and f"({item.year})" not in head:
-        head = f"{head} ({item.year})"
-    parts = [head]
-    if item.genres:
-        parts.append(", ".join(item.genres[:3]))
-    text = " · ".join(parts) + "."
-    if because:
-        text += f" Because you watched {because}."
-    return Copy(text=text, source="template")
-
-
-class CopyWriter:
-    def __init__(self, reader: FeatureReader) -> None:
-        self.reader = reader
-
-    def write(self, user: UserContext, ranked: RankedItems) -> list[Copy]:
-        because = None
-        if user.recent_items:
-            rows = self.reader.items([user.recent_items[-1]], fields=("title",))
-            because = rows.title[0] if rows.found[0] else None
-        return [template_copy(it, because) for it in ranked.items]
+    """Facts only: 'Heat (1995) · Action, Crime. Because you watched Fargo.'"""
+    return Copy(text=template_text(CopyFacts(item_facts(item), Taste(liked=(because,) if because else ()))),
+                source="template")
 
 
 @serve.deployment(name="Copy", max_ongoing_requests=16)
 class CopyStage:
-    def __init__(self) -> None:
-        self.writer = CopyWriter(FeatureReader(load_settings()))
+    """`user_config` = {"copy": version}: that exported copy model loads off the event loop (requests get the
+    template meanwhile), replaces the old one with an empty cache, then warms the cache for popular items."""
 
-    async def write(self, user: UserContext, ranked: RankedItems) -> list[Copy]:
-        return await asyncio.to_thread(self.writer.write, user, ranked)
+    def __init__(self) -> None:
+        self.s = load_settings()
+        reader = FeatureReader(self.s)
+        ids = [int(i) for i in load_item_ids(self.s)[1:]]
+        rows = reader.items(ids, fields=("title", "genres", "year", "popularity"))
+        self.catalogue = {i: ItemFacts.from_row(i, t, int(y), g)
+                          for i, t, y, g, ok in zip(ids, rows.title, rows.year, rows.genres, rows.found, strict=True)
+                          if ok}
+        self.popular = [ids[j] for j in sorted(range(len(ids)), key=lambda j: -int(rows.popularity[j]))]
+        self.guard = guard_from_catalogue(rows.title, rows.genres)
+        self.writer = CopyWriter(None, self.guard, self.s.copy_cache_size, self._generate)
+        self.loading: asyncio.Task | None = None
+        self.warmed = 0
+
+    async def reconfigure(self, config: dict) -> None:
+        wanted = str((config or {}).get("copy") or "")
+        have = self.writer.model.version if self.writer.model else ""
+        if self.s.copy_lm and wanted and wanted != have:
+            if self.loading is not None:
+                self.loading.cancel()
+            self.loading = asyncio.create_task(self._load(wanted))
+
+    async def _load(self, version: str) -> None:
+        folder = self.s.model_repo / "copy" / version
+        try:
+            model = await asyncio.to_thread(CopyModel, folder, self.s.model_cache, self.s.copy_dtype,
+                                            self.s.copy_use_gpu, self.s.copy_threads)
+        except Exception as e:  # the stage keeps answering (template, flagged) rather than failing requests
+            log.error("copy model v%s did not load: %s", version, e)
+            return
+        self.writer = CopyWriter(model, self.guard, self.s.copy_cache_size, self._generate)
+        warm = [CopyFacts(self.catalogue[i]) for i in self.popular[: self.s.copy_warm_items] if i in self.catalogue]
+        self.warmed = await self.writer.warm(warm)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
+    async def _generate(self, groups: list[list[CopyFacts]]) -> list[list[str]]:
+        """Misses of concurrent requests joined into one batched `generate`, then split back per request."""
+        model = self.writer.model
+        assert model is not None
+        texts = await asyncio.to_thread(model.generate, [f for g in groups for f in g])
+        out, start = [], 0
+        for g in groups:
+            out.append(texts[start : start + len(g)])
+            start += len(g)
+        return out
+
+    def facts(self, user: UserContext, ranked: RankedItems) -> list[CopyFacts]:
+        liked = tuple(self.catalogue[i].title for i in user.recent_items[-2:] if i in self.catalogue)
+        taste = Taste(tuple(user.favourite_genres[:2]), liked)
+        return [CopyFacts(item_facts(it), taste) for it in ranked.items]
+
+    async def write(self, user: UserContext, ranked: RankedItems) -> CopyResult:
+        answer = await self.writer.write(self.facts(user, ranked), self.s.copy_budget_ms / 1e3)
+        return CopyResult(copies=answer.copies, version=answer.version, late=answer.late, rejected=answer.rejected,
+                          error=answer.error, budget_ms=self.s.copy_budget_ms)
+
+    async def stats(self) -> dict:
+        """Cache counters and the loaded version (benchmarks and tests read them)."""
+        c = self.writer.cache
+        return {"version": self.writer.model.version if self.writer.model else "template", "hits": c.hits,
+                "misses": c.misses, "size": len(c.rows), "warmed": self.warmed,
+                "loading": bool(self.loading and not self.loading.done())}

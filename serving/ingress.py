@@ -29,6 +29,7 @@ from recsys.settings import load_settings
 from serving.artifacts import load_item_ids
 from serving.contracts import (
     Candidates,
+    CopyResult,
     Degradation,
     RankedItem,
     RankedItems,
@@ -315,12 +316,20 @@ class Ingress:
             degraded.append(ranked.degraded)
         lap("ranking", t)
 
-        # 4. Copy. Degraded: template copy from the ranked items' own attributes.
-        copies = [None] * len(ranked.items)
+        # 4. Copy (fine-tuned LM, guarded). Degraded: the grounded template, for the late items or for all.
+        copies: list = [None] * len(ranked.items)
+        copy_version = "template"
         if req.include_copy and ranked.items:
             t = time.perf_counter()
             try:
-                copies = await _call("copy", self.copy.write.remote(user, ranked), self.s.copy_timeout_ms)
+                res: CopyResult = await _call("copy", self.copy.write.remote(user, ranked), self.s.copy_timeout_ms)
+                copies, copy_version = res.copies, res.version
+                if res.late:
+                    degraded.append(Degradation(
+                        stage="copy", reason=f"{res.late} of {len(copies)} copies missed the {res.budget_ms:.0f} ms "
+                        "budget", fallback="template copy for those; their model copy is being cached"))
+                if res.error:
+                    degraded.append(Degradation(stage="copy", reason=res.error, fallback="template copy for those"))
             except StageFailed as e:
                 copies = [template_copy(it) for it in ranked.items]
                 degraded.append(Degradation(stage="copy", reason=e.reason, fallback="template copy"))
@@ -333,7 +342,7 @@ class Ingress:
                  for r, (it, c) in enumerate(zip(ranked.items, copies, strict=True))]
         versions = {"retrieval": cands.model_version, "ranker": ranked.model_version}
         if req.include_copy:
-            versions["copy"] = "template"
+            versions["copy"] = copy_version
         resp = RecommendResponse(request_id=rid, user_id=req.user_id, items=items, model_versions=versions,
                                  timings_ms=timings, degraded=degraded)
         self.impressions.write(resp, req.context)

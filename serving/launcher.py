@@ -153,7 +153,7 @@ def up(settings: Settings) -> str:
 def serve_config(settings: Settings) -> dict:
     """The Serve deploy config, in the same form as the chart's RayService `serveConfigV2`: the graph by
     import path, replicas' env, and the exported route as Ranking's `user_config`."""
-    from serving.artifacts import model_info, read_route
+    from serving.artifacts import exported_copy_version, model_info, read_route
     from serving.grpc_api import SERVICER
 
     env = {"RECSYS_SETTINGS_FILE": str(resolved_settings_file(settings)), "RECSYS_PROFILE": settings.profile,
@@ -167,6 +167,7 @@ def serve_config(settings: Settings) -> dict:
             "deployments": [
                 {"name": "Ranking", "user_config": read_route(settings).as_dict()},
                 {"name": "Recall", "user_config": {"retrieval": model_info(settings, "user_encoder").version}},
+                {"name": "Copy", "user_config": {"copy": exported_copy_version(settings.model_repo) or ""}},
             ],
         }],
     }

@@ -19,6 +19,7 @@ import numpy as np
 
 from recsys.settings import Settings
 from serving.artifacts import ANN_FILE
+from training.copy_steps import export_copy
 from training.registry import CHAMPION, download_artifacts, version_by_alias
 from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL
 
@@ -172,7 +173,11 @@ def export_repository(settings: Settings, backend: Backend = "python") -> Export
         ka = download_artifacts(settings, ranker.run_id, Path(d) / "ranker")
         kcfg = json.loads((ka / "config.json").read_text())
         write_model(settings.model_repo, "ranker", str(ranker.version), ka / "ranker.onnx", kcfg, backend)
-    return ExportResult(settings.model_repo, index_dir, {"user_encoder": retrieval, "ranker": str(ranker.version)})
+    versions = {"user_encoder": retrieval, "ranker": str(ranker.version)}
+    copy = export_copy(settings)  # None without a copy champion: the graph serves template copy
+    if copy is not None:
+        versions["copy"] = copy
+    return ExportResult(settings.model_repo, index_dir, versions)
 
 
 def export_retrieval(settings: Settings, backend: Backend = "python") -> tuple[Path, str]:

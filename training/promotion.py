@@ -27,7 +27,8 @@ TAG = "promotion."
 
 _TOP_KEYS = ("alias", "models")
 _MODEL_KEYS = ("metric", "direction", "min_gain", "tolerance", "checks")
-_CHECK_KEYS = {"onnx_parity": ("max_abs_diff",), "latency_budget": ("max_ms",), "same_data": ()}
+_CHECK_KEYS = {"onnx_parity": ("max_abs_diff",), "latency_budget": ("max_ms",), "same_data": (),
+               "metric_floor": (), "beats_baseline": ()}
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class Checks:
     onnx_max_abs_diff: float | None = None
     latency_max_ms: float | None = None
     same_data: bool = False
+    floors: tuple[tuple[str, float], ...] = ()  # (metric, minimum) the challenger's run must reach
+    beats: tuple[tuple[str, str], ...] = ()  # (metric, baseline metric of the same run) it must exceed
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,15 @@ def _checks(raw: Any, where: str, path: Path) -> Checks:
     same_data = raw.get("same_data", False)
     if not isinstance(same_data, bool):
         raise _fail(path, f"{where}.same_data must be true or false, got {same_data!r}")
-    return Checks(parity, latency, same_data)
+    floors = raw.get("metric_floor") or {}
+    if not isinstance(floors, dict):
+        raise _fail(path, f"{where}.metric_floor must map metric names to minimum values")
+    beats = raw.get("beats_baseline") or {}
+    if not isinstance(beats, dict) or not all(isinstance(v, str) and v for v in beats.values()):
+        raise _fail(path, f"{where}.beats_baseline must map metric names to baseline metric names")
+    return Checks(parity, latency, same_data,
+                  tuple((str(k), _number(v, f"{where}.metric_floor.{k}", path)) for k, v in floors.items()),
+                  tuple((str(k), str(v)) for k, v in beats.items()))
 
 
 def load_policy(path: Path) -> dict[str, ModelPolicy]:
@@ -248,6 +259,16 @@ def _checks_results(c: Any, p: ModelPolicy, mv: Any, champion: Any) -> list[Resu
             out.append((False, "no onnx_latency_ms recorded: latency unknown"))
         else:
             out.append((ms <= limit, f"ONNX latency {ms:.1f} ms {'<=' if ms <= limit else '>'} budget {limit:.1f} ms"))
+    for metric, floor in p.checks.floors:
+        v = _metric(c, mv, metric)
+        out.append((False, f"the challenger's run has no {metric} metric") if v is None else
+                   (v >= floor, f"{metric} {v:.4f} {'>=' if v >= floor else '<'} floor {floor:.4f}"))
+    for metric, baseline in p.checks.beats:
+        v, b = _metric(c, mv, metric), _metric(c, mv, baseline)
+        if v is None or b is None:
+            out.append((False, f"the challenger's run lacks {metric if v is None else baseline}"))
+        else:
+            out.append((v > b, f"{metric} {v:.4f} {'>' if v > b else '<='} {baseline} {b:.4f}"))
     if p.checks.same_data and champion is not None:
         mine, theirs = mv.tags.get("data_digest"), champion.tags.get("data_digest")
         if not mine:

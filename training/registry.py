@@ -59,6 +59,19 @@ def log_artifacts(files: dict[str, Path | np.ndarray | dict | list]) -> None:
         mlflow.log_artifacts(d, artifact_path="artifacts")
 
 
+def register_artifacts(settings: Settings, name: str, run_id: str, artifact_path: str) -> str:
+    """Register a run's artifact folder (not an MLflow flavour: e.g. a LoRA adapter + tokenizer) as a version."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(settings)
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description="created by recsys training")
+    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    return str(c.create_model_version(name, source=source, run_id=run_id).version)
+
+
 def set_challenger(settings: Settings, name: str, version: str, tags: dict[str, Any]) -> None:
     c = client(settings)
     for k, v in tags.items():
@@ -77,11 +90,11 @@ def version_by_alias(settings: Settings, name: str, alias: str):
         raise MissingStepError(f"no {name}@{alias} in the MLflow registry: run {step} first") from e
 
 
-def download_artifacts(settings: Settings, run_id: str, dest: Path) -> Path:
+def download_artifacts(settings: Settings, run_id: str, dest: Path, artifact_path: str = "artifacts") -> Path:
     import mlflow
 
     client(settings)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="artifacts", dst_path=str(dest)))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dest)))
 
 
 def load_torch(settings: Settings, name: str, version: str) -> torch.nn.Module:

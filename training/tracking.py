@@ -8,7 +8,8 @@ from recsys.settings import Settings
 
 RETRIEVAL_MODEL = "recsys-retrieval"
 RANKER_MODEL = "recsys-ranker"
-MODELS = (RETRIEVAL_MODEL, RANKER_MODEL)
+COPY_MODEL = "recsys-copy"
+MODELS = (RETRIEVAL_MODEL, RANKER_MODEL)  # the recommendation models; the copy LM is promoted on its own
 
 
 def setup_mlflow(settings: Settings) -> str:

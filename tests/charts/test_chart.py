@@ -325,6 +325,13 @@ def test_gpu_profile_requests_gpus_on_gpu_nodes(helm: Path) -> None:
     assert predictor["model"]["resources"]["limits"][GPU] == 1
     s = settings_file(objs)
     assert s["use_gpu"] is True and s["train_workers"] == 4
+    # The copy LM's replica asks Ray for a GPU, a serving worker group has one, and the settings say so.
+    serve = yaml.safe_load(one(objs, "RayService")["spec"]["serveConfigV2"])
+    copy = next(d for d in serve["applications"][0]["deployments"] if d["name"] == "Copy")
+    assert copy["ray_actor_options"]["num_gpus"] == 1 and copy["user_config"] == {"copy": ""}
+    workers = one(objs, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert any(g["template"]["spec"]["containers"][0]["resources"]["limits"].get(GPU) == 1 for g in workers)
+    assert s["copy_use_gpu"] is True and s["copy_dtype"] == "bfloat16"
 
 
 @pytest.mark.parametrize("profile", ["default", "dev"])

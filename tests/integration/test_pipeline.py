@@ -88,9 +88,14 @@ def test_whole_offline_pipeline_through_the_cli(feature_home, tmp_path, use_home
     shutil.copytree(feature_home, home)
     res = run_cli(home, "train", "all", timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "copy LM on held-out items" in res.stdout  # `all` includes the copy LM (the tiny one in ci)
 
     # Gate: first promotion passes the checks; then a worse challenger (1 epoch) is refused.
-    assert run_cli(home, "promote", "all").returncode == 0
+    for model in ("retrieval", "ranking"):
+        assert run_cli(home, "promote", model).returncode == 0
+    # Ten steps of a tiny random Llama do not write factual copy: the copy gate refuses it and says why.
+    copy = run_cli(home, "promote", "copy")
+    assert copy.returncode == 1 and "val_factuality" in copy.stderr and "floor 0.9900" in copy.stderr
     champion = _metrics(home, "recsys-retrieval", "champion")
     assert champion["onnx_parity_max_abs_diff"] < 1e-4
     worse = run_cli(home, "train", "retrieval", "--epochs", "1")
@@ -106,6 +111,7 @@ def test_whole_offline_pipeline_through_the_cli(feature_home, tmp_path, use_home
     assert (repo / "ranker" / "1" / "model.onnx").exists() and (repo / "user_encoder" / "1" / "model.onnx").exists()
     assert 'name: "ranker"' in (repo / "ranker" / "config.pbtxt").read_text()
     assert (home / "recall_index" / "1" / "item_embeddings.npy").exists()
+    assert not (repo / "copy").exists()  # no copy champion: the graph will serve template copy
 
     # The models learned the planted structure: the served pipeline beats most-popular on the test split.
     ev = run_cli(home, "evaluate", "--alias", "champion")

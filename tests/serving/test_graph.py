@@ -591,3 +591,22 @@ def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_hom
     inter = load_dataset(s.data_dir).interactions
     assert ((inter["user_id"] == user) & (inter["item_id"] == item) & (inter["event_type"] == "purchase")).any()
 
+
+def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home):
+    """`train copy` (the tiny random LM in ci) → `promote copy --force` → the running graph loads it. Its copy
+    fails the guard, so every item carries the grounded template flagged `template_guard`, never unflagged."""
+    res = run_cli(served, "train", "copy", timeout=900, **PORTS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_cli(served, "promote", "copy", "--force", **PORTS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "copy LM v1 exported and loading in the running graph" in res.stdout
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        body = recommend(4, k=5, include_copy=True)
+        if body["model_versions"].get("copy") == "1" and not any(d["stage"] == "copy" for d in body["degraded"]):
+            break
+        time.sleep(1)
+    assert body["model_versions"]["copy"] == "1", body
+    assert [it["copy_source"] for it in body["items"]] == ["template_guard"] * 5
+    assert all(it["copy"].startswith(it["title"].rsplit(" (", 1)[0].split(",")[0]) for it in body["items"])
+    assert not body["degraded"]

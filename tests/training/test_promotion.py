@@ -12,8 +12,8 @@ import torch
 from recsys.errors import ConfigError, MissingStepError, PromotionRefused
 from recsys.settings import Settings, load_settings
 from training.promotion import load_policy, metric_key, promote
-from training.registry import CHAMPION, set_challenger
-from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL, client, setup_mlflow
+from training.registry import CHAMPION, register_artifacts, set_challenger
+from training.tracking import COPY_MODEL, RANKER_MODEL, RETRIEVAL_MODEL, client, setup_mlflow
 
 POLICY = Path(__file__).resolve().parents[2] / "mlflow" / "promotion_policy.yaml"
 
@@ -62,7 +62,7 @@ def tags(settings: Settings, version: str, model: str = RETRIEVAL_MODEL) -> dict
 
 def test_policy_file_is_valid() -> None:
     policies = load_policy(POLICY)
-    assert set(policies) == {RETRIEVAL_MODEL, RANKER_MODEL}
+    assert set(policies) == {RETRIEVAL_MODEL, RANKER_MODEL, COPY_MODEL}
     p = policies[RETRIEVAL_MODEL]
     assert (p.metric, p.direction, p.alias) == ("val_ndcg@10", "maximize", "champion")
     assert p.checks.onnx_max_abs_diff == 1e-4 and p.checks.same_data
@@ -165,3 +165,35 @@ def test_ranker_needs_its_retrieval_model_as_champion(settings: Settings) -> Non
     promote(settings, RETRIEVAL_MODEL)
     assert promote(settings, RANKER_MODEL).promoted
     assert champion(settings, RANKER_MODEL) == k1
+
+
+def register_copy(settings: Settings, perplexity: float, factuality: float, base_factuality: float,
+                  tmp_path: Path) -> str:
+    """A copy-LM version made the way `train copy` makes one: an artifact folder registered, challenger."""
+    import mlflow
+
+    setup_mlflow(settings)
+    (tmp_path / "copy").mkdir(exist_ok=True)
+    (tmp_path / "copy" / "adapter.safetensors").write_bytes(b"x")
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"val_perplexity": perplexity, "val_factuality": factuality,
+                            "base_val_factuality": base_factuality})
+        mlflow.log_artifacts(str(tmp_path / "copy"), artifact_path="copy")
+    version = register_artifacts(settings, COPY_MODEL, run.info.run_id, "copy")
+    set_challenger(settings, COPY_MODEL, version, {"data_digest": "digest-a"})
+    return version
+
+
+def test_copy_model_needs_factuality_floor_and_to_beat_its_base(settings: Settings, tmp_path: Path) -> None:
+    mv = client(settings).get_model_version(COPY_MODEL, register_copy(settings, 3.0, 0.95, 0.40, tmp_path))
+    assert mv.source.endswith("/copy") and mv.run_id
+    with pytest.raises(PromotionRefused, match=r"val_factuality 0\.9500 < floor 0\.9900"):
+        promote(settings, COPY_MODEL)
+    v = register_copy(settings, 3.0, 1.0, 1.0, tmp_path)  # perfectly factual, but no better than its base
+    with pytest.raises(PromotionRefused, match=r"val_factuality 1\.0000 <= base_val_factuality 1\.0000"):
+        promote(settings, COPY_MODEL)
+    v = register_copy(settings, 3.0, 0.995, 0.30, tmp_path)
+    assert promote(settings, COPY_MODEL).promoted and champion(settings, COPY_MODEL) == v
+    register_copy(settings, 3.2, 1.0, 0.30, tmp_path)  # more factual, but perplexity regressed
+    with pytest.raises(PromotionRefused, match=r"val_perplexity 3\.2000 > champion"):
+        promote(settings, COPY_MODEL)

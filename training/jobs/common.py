@@ -119,3 +119,13 @@ def fit(
 def worker_threads(settings: Settings) -> int:
     """torch threads per worker = its CPU share (measured: 2×1 thread beats 1×2 on 2 cores)."""
     return int(worker_resources(settings)["CPU"])
+
+
+def log_epoch_metrics(spec: dict[str, str] | None, metrics: dict[str, float], step: int) -> None:
+    """From rank 0 inside the Ray Train loop: this epoch's metrics on the driver's MLflow run (`spec`)."""
+    if spec:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=spec["uri"])
+        for k, v in metrics.items():
+            client.log_metric(spec["run_id"], k, float(v), step=step)

@@ -14,7 +14,15 @@ from recsys.settings import Settings
 from training.datasets import Prepared
 from training.evaluation.metrics import auc, logloss, mae, rmse
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
-from training.jobs.common import fit, fits, initial_state, load_result_state, save_and_report, worker_threads
+from training.jobs.common import (
+    fit,
+    fits,
+    initial_state,
+    load_result_state,
+    log_epoch_metrics,
+    save_and_report,
+    worker_threads,
+)
 from training.models.ranking import Ranker, RankingConfig
 from training.models.ranking_inputs import RECALL_WEIGHTS, blend
 from training.models.retrieval import SASRec
@@ -83,17 +91,8 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                      "config": cfg.to_dict()}
-            _log_mlflow(config.get("mlflow"), metrics, epoch + 1)
+            log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
         save_and_report(metrics, state)
-
-
-def _log_mlflow(spec: dict[str, str] | None, metrics: dict[str, float], step: int) -> None:
-    if spec:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=spec["uri"])
-        for k, v in metrics.items():
-            client.log_metric(spec["run_id"], k, float(v), step=step)
 
 
 @torch.no_grad()

@@ -130,6 +130,9 @@ fields: tests/charts/test_chart.py loads the rendered file through recsys.settin
   "serve_grpc_port" (int (dig "grpc_options" "port" 9000 .Values.serving.serveConfig))
   "serve_app_name" (index .Values.serving.serveConfig.applications 0).name
   "api_keys_file" "/etc/recsys-keys/keys"
+  "copy_use_gpu" (gt (int .Values.serving.copyGpus) 0)
+  "copy_dtype" (ternary "bfloat16" "auto" (gt (int .Values.serving.copyGpus) 0))
+  "model_cache_dir" (printf "%s/model-cache" .Values.persistence.state.mountPath)
 -}}
 {{- toYaml (mergeOverwrite $computed (deepCopy .Values.settings)) -}}
 {{- end -}}

@@ -1,0 +1,110 @@
+"""`recsys bench --suite copy`: the copy LM's numbers on this machine.
+
+Fine-tuning time and tokens/s with 1 vs 2 Ray Train workers (same pairs, same steps, one run); factuality
+of base vs fine-tuned on `eval_items` held-out items (the guard's checks before it replaces anything);
+generation latency for k=10 (cache miss, cache hit) through the serving writer; cache hit rate under a
+repeat-heavy request stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from recsys.settings import Settings
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(xs, q)), 1) if xs else 0.0
+
+
+def fine_tuning_scaling(s: Settings, console: Console, steps: int) -> dict[str, Any]:
+    from training.copy_steps import train_copy_step
+
+    out: dict[str, Any] = {"steps": steps}
+    for workers in (1, 2):
+        ws = s.model_copy(update={"train_workers": workers, "copy_eval_items": 8})
+        r = train_copy_step(ws, steps=steps)
+        out[f"workers_{workers}"] = {"train_seconds": round(r["train_seconds"], 1),
+                                     "tokens_per_s": round(r["tokens_per_second"], 1)}
+        console.print(f"copy LM, {workers} worker(s), {steps} steps: {r['train_seconds']:.0f} s, "
+                      f"{r['tokens_per_second']:.0f} tokens/s")
+    out["speedup"] = round(out["workers_2"]["tokens_per_s"] / max(1e-9, out["workers_1"]["tokens_per_s"]), 2)
+    return out
+
+
+def generation(s: Settings, console: Console, version: str, repeats: int = 20) -> dict[str, Any]:
+    """k=10 through `CopyWriter`: misses (fresh items each time, one batched generate) and hits."""
+    from serving.copy_guard import CopyFacts, ItemFacts, Taste
+    from serving.copy_lm import CopyModel, CopyWriter
+    from training.copy_steps import guard_for
+    from training.datasets import prepare
+
+    prepared = prepare(s)
+    model = CopyModel(s.model_repo / "copy" / version, s.model_cache, s.copy_dtype)
+    guard = guard_for(prepared)
+    rows = list(prepared.ds.items.itertuples())
+    rng = random.Random(0)
+    tastes = [Taste(("Drama", "Comedy"), ()), Taste(("Action",), ()), Taste(("Romance", "Drama"), ())]
+
+    def facts(r) -> CopyFacts:
+        year = -1 if r.year is None or r.year != r.year else int(r.year)
+        return CopyFacts(ItemFacts.from_row(int(r.item_id), str(r.title), year, list(r.genres)), rng.choice(tastes))
+
+    async def run() -> dict[str, Any]:
+        writer = CopyWriter(model, guard, s.copy_cache_size)
+        miss, hit, tokens, served = [], [], 0, 0
+        for _ in range(repeats):
+            batch = [facts(r) for r in rng.sample(rows, 10)]
+            t0 = time.perf_counter()
+            ans = await writer.write(batch, budget_s=120)
+            miss.append((time.perf_counter() - t0) * 1e3)
+            tokens += sum(len(model.tok(c.text, add_special_tokens=False)["input_ids"]) for c in ans.copies)
+            served += sum(guard.factual(c.text, f) or c.source != "model" for c, f in zip(ans.copies, batch,
+                                                                                           strict=True))
+            t0 = time.perf_counter()
+            await writer.write(batch, budget_s=120)
+            hit.append((time.perf_counter() - t0) * 1e3)
+        # Repeat-heavy stream: 400 requests of k=10 over 40 (taste, item list) pairs with Zipf-like reuse.
+        writer2 = CopyWriter(model, guard, s.copy_cache_size)
+        pool = [[facts(r) for r in rng.sample(rows, 10)] for _ in range(40)]
+        weights = [1 / (i + 1) for i in range(len(pool))]
+        for _ in range(400):
+            await writer2.write(rng.choices(pool, weights)[0], budget_s=120)
+        c = writer2.cache
+        return {"miss_p50_ms": _pct(miss, 50), "miss_p99_ms": _pct(miss, 99), "hit_p50_ms": _pct(hit, 50),
+                "hit_p99_ms": _pct(hit, 99), "tokens_per_s": round(tokens / (sum(miss) / 1e3), 1),
+                "repeat_hit_rate": round(c.hits / max(1, c.hits + c.misses), 3), "dtype": str(model.dtype),
+                "served_factual": round(served / (10 * repeats), 3), "repeats": repeats}
+
+    out = asyncio.run(run())
+    console.print(f"copy k=10: miss p50 {out['miss_p50_ms']} ms / p99 {out['miss_p99_ms']} ms, hit p50 "
+                  f"{out['hit_p50_ms']} ms; {out['tokens_per_s']} tokens/s; repeat-heavy hit rate "
+                  f"{out['repeat_hit_rate']}")
+    return out
+
+
+def copy_suite(s: Settings, console: Console, eval_items: int = 1000, scaling_steps: int = 20) -> dict[str, Any]:
+    """Needs the prepared data and features of the bench home (the offline suite runs first)."""
+    from training.copy_steps import export_copy, train_copy_step
+    from training.promotion import promote
+    from training.tracking import COPY_MODEL
+
+    scaling = fine_tuning_scaling(s, console, scaling_steps)
+    r = train_copy_step(s.model_copy(update={"copy_eval_items": eval_items}))
+    console.print(f"copy LM v{r['version']}: factuality base {r['base_val_factuality']:.3f} → tuned "
+                  f"{r['val_factuality']:.3f} on {eval_items} held-out items; perplexity "
+                  f"{r['base_val_perplexity']:.2f} → {r['val_perplexity']:.2f}")
+    promote(s, COPY_MODEL, force=True)
+    version = export_copy(s)
+    gen = generation(s, console, str(version))
+    keys = ("val_factuality", "base_val_factuality", "val_perplexity", "base_val_perplexity", "val_distinct_1",
+            "val_distinct_2", "base_val_distinct_2", "train_seconds", "tokens_per_second", "first_loss",
+            "final_train_loss")
+    return {"scaling": scaling, "quality": {k: round(float(r[k]), 4) for k in keys}, "eval_items": eval_items,
+            "steps": s.copy_steps, "base_model": s.copy_base_model, "generation": gen}

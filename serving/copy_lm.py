@@ -1,0 +1,193 @@
+"""The copy stage's model half: the exported champion copy LM, a copy cache, the guard, and a budget.
+
+`CopyWriter.write` answers within `budget_s`: cached copies at once, misses generated in one batched call;
+when generation is late, the misses get the grounded template (`copy_source: "template"`) and generation
+goes on in the background to fill the cache, so the next request for that (item, taste) gets model copy.
+Every generated copy passes the guard or is replaced by the template (`copy_source: "template_guard"`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from serving.contracts import Copy
+from serving.copy_guard import CopyFacts, Guard, template_text
+
+
+def pick_dtype(setting: str) -> torch.dtype:
+    """auto: bf16 only where the CPU computes it natively (avx512_bf16/amx) or on a GPU; fp32 otherwise."""
+    if setting == "bfloat16":
+        return torch.bfloat16
+    if setting == "float32":
+        return torch.float32
+    if torch.cuda.is_available():
+        return torch.bfloat16
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return torch.float32
+    return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
+
+
+class CopyModel:
+    """Base + the champion's LoRA adapter, merged (no adapter cost per token), in eval mode."""
+
+    def __init__(self, folder: Path, cache_dir: Path, dtype: str = "auto", use_gpu: bool = False,
+                 threads: int | None = None) -> None:
+        from training.copy_steps import read_copy_folder
+        from training.models.copy_lm import merged
+
+        self.cfg, adapter = read_copy_folder(folder)
+        self.version = folder.name
+        model, self.tok = merged(self.cfg.base_model, cache_dir, self.cfg, adapter)
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.dtype = pick_dtype(dtype)
+        self.model = model.to(self.device, self.dtype)
+        self.lock = threading.Lock()  # one generate at a time per replica (torch threads are shared)
+        if threads:
+            torch.set_num_threads(threads)  # a Ray replica with num_cpus 0 starts with one
+
+    def generate(self, facts: list[CopyFacts]) -> list[str]:
+        from training.copy_text import generate
+
+        with self.lock:
+            return generate(self.model, self.tok, facts, self.cfg.max_new_tokens, batch_size=max(1, len(facts)))
+
+
+class CopyCache:
+    """LRU of served model copy by (item, taste bucket); only guard-passed text is stored."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.rows: OrderedDict[tuple[int, str], str] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, facts: CopyFacts) -> str | None:
+        key = (facts.item.item_id, facts.taste.bucket())
+        text = self.rows.get(key)
+        if text is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self.rows.move_to_end(key)
+        return text
+
+    def put(self, facts: CopyFacts, text: str) -> None:
+        self.rows[(facts.item.item_id, facts.taste.bucket())] = text
+        self.rows.move_to_end((facts.item.item_id, facts.taste.bucket()))
+        while len(self.rows) > self.size:
+            self.rows.popitem(last=False)
+
+
+@dataclass
+class CopyAnswer:
+    copies: list[Copy]
+    version: str  # copy model version, or "template"
+    late: int  # misses answered with the template because generation missed the budget
+    rejected: int  # generated copies the guard replaced
+    error: str = ""  # generation failed (template served for those items)
+
+
+class CopyWriter:
+    def __init__(self, model: CopyModel | None, guard: Guard, cache_size: int,
+                 generate: Callable[[list[CopyFacts]], Awaitable[list[str]]] | None = None) -> None:
+        """`generate`: how texts are produced; the Serve deployment passes its `@serve.batch` method, which
+        joins concurrent requests' misses into one call; by default one call per request."""
+        self.model = model
+        self.guard = guard
+        self.generate_texts = generate or self._direct
+        self.cache = CopyCache(cache_size)
+        self.pending: dict[tuple[int, str], asyncio.Future] = {}  # misses being generated (shared by requests)
+
+    def _finish(self, facts: list[CopyFacts], texts: list[str]) -> list[Copy]:
+        out = []
+        for f, text in zip(facts, texts, strict=True):
+            if self.guard.factual(text, f):
+                self.cache.put(f, text)
+                out.append(Copy(text=text, source="model"))
+            else:
+                out.append(Copy(text=template_text(f), source="template_guard"))
+        return out
+
+    async def _direct(self, facts: list[CopyFacts]) -> list[str]:
+        assert self.model is not None
+        return await asyncio.to_thread(self.model.generate, facts)
+
+    async def _generate(self, facts: list[CopyFacts]) -> list[Copy]:
+        return self._finish(facts, await self.generate_texts(facts))
+
+    async def write(self, facts: list[CopyFacts], budget_s: float) -> CopyAnswer:
+        if self.model is None:
+            return CopyAnswer([Copy(text=template_text(f), source="template") for f in facts], "template", 0, 0)
+        copies: list[Copy | None] = [None] * len(facts)
+        keys: dict[int, tuple[int, str]] = {}
+        for i, f in enumerate(facts):
+            text = self.cache.get(f)
+            if text is not None:
+                copies[i] = Copy(text=text, source="model")
+            else:
+                keys[i] = (f.item.item_id, f.taste.bucket())
+        late = rejected = 0
+        error = ""
+        if keys:
+            new = list({k: i for i, k in keys.items() if k not in self.pending}.values())
+            if new:  # one generation per (item, taste), shared by every request waiting for it
+                task = asyncio.ensure_future(self._generate([facts[i] for i in new]))
+                for j, i in enumerate(new):
+                    fut = asyncio.get_running_loop().create_future()
+                    self.pending[keys[i]] = fut
+                    task.add_done_callback(_resolver(fut, j))
+                task.add_done_callback(lambda _t, ks=[keys[i] for i in new]: self._clear(ks))
+            waits = {i: self.pending[k] for i, k in keys.items()}
+            done, _ = await asyncio.wait(set(waits.values()), timeout=budget_s)
+            for i, fut in waits.items():
+                if fut in done and not fut.cancelled() and fut.exception() is None:
+                    copies[i] = fut.result()
+                    rejected += copies[i].source == "template_guard"
+                    continue
+                copies[i] = Copy(text=template_text(facts[i]), source="template")
+                if fut in done:  # failed: said as such, not as late
+                    why = "cancelled" if fut.cancelled() else type(fut.exception()).__name__
+                    error = error or f"copy generation failed: {why}"
+                else:  # late: the template now, the cache later
+                    late += 1
+        return CopyAnswer([c for c in copies if c is not None], self.model.version, late, rejected, error)
+
+    def _clear(self, keys: list[tuple[int, str]]) -> None:
+        for k in keys:
+            self.pending.pop(k, None)
+
+    async def warm(self, facts: list[CopyFacts], chunk: int = 10) -> int:
+        """Fill the cache for these (e.g. the most popular items, no taste) in small background batches."""
+        done = 0
+        for i in range(0, len(facts), chunk):
+            batch = [f for f in facts[i : i + chunk] if self.cache.get(f) is None]
+            if batch and self.model is not None:
+                await self._generate(batch)
+                done += len(batch)
+        return done
+
+
+def _resolver(fut: asyncio.Future, j: int):
+    def resolve(task: asyncio.Task) -> None:
+        if fut.done():
+            return
+        if task.cancelled():
+            fut.cancel()
+        elif task.exception() is not None:
+            fut.set_exception(task.exception())
+        else:
+            fut.set_result(task.result()[j])
+
+    return resolve
+
+
+def guard_from_catalogue(titles: list[str], genres: list[list[str]]) -> Guard:
+    return Guard(titles, sorted({g for gs in genres for g in gs}))

@@ -1,0 +1,92 @@
+"""The copy writer's contract: guard before serving, cache by (item, taste), one generation per key in flight,
+a budget after which the template is served (flagged) while the model copy still lands in the cache.
+
+The texts come from a planted writer (true copy for some items, a false year for others) so each rule is
+checked on known input; the real fine-tuned model goes through the same writer in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from serving.copy_guard import CopyFacts, Guard, ItemFacts, Taste, template_text
+from serving.copy_lm import CopyWriter
+
+GUARD = Guard(["Fargo (1996)", "Heat (1995)", "Star Wars (1977)"], ["Crime", "Drama", "Action", "Sci-Fi"])
+TASTE = Taste(("Drama",), ("Heat",))
+ITEMS = [CopyFacts(ItemFacts.from_row(i, f"Movie {i} (1990)", 1990, ["Drama"]), TASTE) for i in range(1, 5)]
+
+
+class Planted:
+    """Writes true copy, except a false year for even item ids; counts how often it was asked."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.calls: list[list[int]] = []
+        self.delay_s, self.fail = delay_s, fail
+        self.model = type("M", (), {"version": "7"})()
+
+    async def __call__(self, facts: list[CopyFacts]) -> list[str]:
+        self.calls.append([f.item.item_id for f in facts])
+        await asyncio.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("out of memory")
+        year = {True: 1990, False: 2011}
+        return [f"{f.item.title} ({year[f.item.item_id % 2 == 1]}) is a drama worth your evening." for f in facts]
+
+
+def writer(p: Planted) -> CopyWriter:
+    return CopyWriter(p.model, GUARD, cache_size=100, generate=p)
+
+
+def test_false_copy_is_replaced_and_true_copy_cached() -> None:
+    p = Planted()
+
+    async def run():
+        w = writer(p)
+        return await w.write(ITEMS, budget_s=5), await w.write(ITEMS, budget_s=5), w
+
+    first, second, w = asyncio.run(run())
+    assert [c.source for c in first.copies] == ["model", "template_guard", "model", "template_guard"]
+    assert first.copies[1].text == template_text(ITEMS[1]) and first.rejected == 2 and first.version == "7"
+    assert "(1990)" in first.copies[0].text
+    # Only guard-passed copy is cached: the second request generates the rejected ones again, nothing else.
+    assert p.calls == [[1, 2, 3, 4], [2, 4]] and w.cache.hits == 2
+    assert [c.text for c in second.copies] == [c.text for c in first.copies]
+
+
+def test_concurrent_requests_share_one_generation_per_item_and_taste() -> None:
+    p = Planted(delay_s=0.05)
+
+    async def run():
+        w = writer(p)
+        return await asyncio.gather(w.write(ITEMS[:3], 5), w.write(ITEMS[1:], 5))
+
+    a, b = asyncio.run(run())
+    assert sorted(i for call in p.calls for i in call) == [1, 2, 3, 4]  # items 2 and 3 generated once
+    assert a.copies[1].text == b.copies[0].text and a.copies[2].text == b.copies[1].text
+
+
+def test_late_copy_is_a_flagged_template_and_fills_the_cache_for_next_time() -> None:
+    p = Planted(delay_s=0.3)
+
+    async def run():
+        w = writer(p)
+        late = await w.write(ITEMS[:1], budget_s=0.02)
+        while w.pending:
+            await asyncio.sleep(0.01)
+        return late, await w.write(ITEMS[:1], budget_s=0.02)
+
+    late, next_time = asyncio.run(run())
+    assert late.late == 1 and late.copies[0].source == "template" and not late.error
+    assert next_time.late == 0 and next_time.copies[0].source == "model" and len(p.calls) == 1
+
+
+def test_failed_generation_is_reported_as_failed_not_late() -> None:
+    ans = asyncio.run(writer(Planted(fail=True)).write(ITEMS[:2], budget_s=5))
+    assert ans.error == "copy generation failed: RuntimeError" and ans.late == 0
+    assert [c.source for c in ans.copies] == ["template", "template"]
+
+
+def test_no_model_means_template_copy_said_as_such() -> None:
+    ans = asyncio.run(CopyWriter(None, GUARD, 10).write(ITEMS[:2], budget_s=5))
+    assert ans.version == "template" and [c.source for c in ans.copies] == ["template", "template"]

@@ -1,0 +1,97 @@
+"""Copy LM building blocks on the tiny random Llama (same code path as SmolLM2): base resolution, prompt
+masking, LoRA state round trip and merge, generation shape."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from serving.copy_guard import CopyFacts, ItemFacts, Taste
+from training.copy_text import collate, encode_pairs, generate, lm_loss, prompt_text, target_nll
+from training.models.copy_lm import TINY, CopyLMConfig, add_lora, load_base, load_lora, lora_state, merged
+
+FACTS = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime", "Drama"]), Taste(("Drama",), ("Heat",)))
+
+
+@pytest.fixture(scope="module")
+def cache() -> Path:
+    """The machine's model cache: SmolLM2 is converted from its GGUF into it once, the tiny model built once."""
+    from recsys.settings import load_settings
+
+    return load_settings().model_cache
+
+
+@pytest.fixture(scope="module")
+def tiny(cache: Path):
+    return load_base(TINY, cache)
+
+
+def test_tiny_base_is_a_small_llama_with_the_smollm2_chat_template(tiny) -> None:
+    model, tok = tiny
+    assert model.config.model_type == "llama" and model.config.num_hidden_layers == 2
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    prompt = prompt_text(tok, FACTS)
+    assert prompt.startswith("<|im_start|>system") and prompt.rstrip().endswith("<|im_start|>assistant")
+    assert '"title":"Fargo"' in prompt and '"year":1996' in prompt
+
+
+def test_loss_is_on_the_copy_only(tiny) -> None:
+    _, tok = tiny
+    [(ids, labels)] = encode_pairs(tok, [(FACTS, "Fargo (1996) is a crime drama worth your evening.")])
+    n_prompt = len(tok(prompt_text(tok, FACTS), add_special_tokens=False)["input_ids"])
+    assert labels[:n_prompt] == [-100] * n_prompt and labels[n_prompt:] == ids[n_prompt:]
+    assert ids[-1] == tok.eos_token_id  # the model learns to end its turn
+    short = (ids[:-3], labels[:-3])
+    b = collate([(ids, labels), short], tok.pad_token_id)
+    assert b["input_ids"].shape == (2, len(ids)) and int(b["attention_mask"][1].sum()) == len(ids) - 3
+    assert (b["labels"][1, :3] == -100).all() and b["position_ids"][1, 3] == 0  # left padding, positions from 0
+    assert b["keep"] == len(ids) - n_prompt + 1
+
+
+def test_loss_on_kept_positions_equals_the_full_model_loss(tiny) -> None:
+    """Left padding + position ids + logits for the copy positions only = HF's own loss over everything."""
+    model, tok = tiny
+    pairs = [(FACTS, "Fargo (1996) is a crime drama worth your evening."),
+             (CopyFacts(ItemFacts.from_row(2, "Heat (1995)", 1995, ["Action"])), "Next up: Heat (1995).")]
+    b = collate(encode_pairs(tok, pairs), tok.pad_token_id)
+    loss, n = lm_loss(model, b)
+    rows = encode_pairs(tok, pairs)
+    total = 0.0
+    for ids, labels in rows:  # one row at a time, unpadded, HF computes the shifted loss itself
+        out = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
+        total += float(out.loss) * sum(1 for t in labels[1:] if t != -100)
+    assert n == sum(sum(1 for t in y[1:] if t != -100) for _, y in rows)
+    assert float(loss) == pytest.approx(total / n, rel=1e-4)
+
+
+def test_lora_trains_only_adapters_and_merges_exactly(cache: Path) -> None:
+    base, tok = load_base(TINY, cache)  # its own copy: LoRA is injected into the model in place
+    cfg = CopyLMConfig(base_model=TINY)
+    model = add_lora(base, cfg)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    torch.manual_seed(1)
+    for n, p in model.named_parameters():  # LoRA's B starts at zero: make the adapter do something
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)
+    state = lora_state(model)
+    assert state and all("lora_" in k for k in state)
+    pair = [(FACTS, "Fargo (1996) is a crime drama worth your evening.")]
+    model.eval()
+    with_adapter, _ = target_nll(model, tok, pair)
+    tuned, _ = merged(TINY, cache, cfg, state)
+    assert target_nll(tuned, tok, pair)[0] == pytest.approx(with_adapter, rel=1e-4)
+    plain, _ = merged(TINY, cache, cfg, None)
+    assert abs(target_nll(plain, tok, pair)[0] - with_adapter) > 1e-3  # the adapter changed the model
+    fresh = add_lora(load_base(TINY, cache)[0], cfg)
+    load_lora(fresh, state)
+    assert all(torch.equal(lora_state(fresh)[k], v) for k, v in state.items())
+
+
+def test_generation_is_one_line_per_item_within_the_token_budget(tiny) -> None:
+    model, tok = tiny
+    texts = generate(model, tok, [FACTS, CopyFacts(ItemFacts.from_row(2, "Heat (1995)", 1995, ["Action"]))], 12)
+    assert len(texts) == 2 and all("\n" not in t for t in texts)
+    assert all(len(tok(t, add_special_tokens=False)["input_ids"]) <= 12 + 4 for t in texts)  # re-tokenised

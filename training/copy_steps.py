@@ -1,0 +1,132 @@
+"""The copy LM's pipeline steps: train (Ray Train + MLflow), register, load the champion adapter, export.
+
+The registered version is a folder, not an MLflow flavour: `adapter.safetensors` (LoRA weights only),
+`config.json` (LoRA config and the base model's name), the tokenizer, and sample copies before/after tuning.
+Serving needs the same base model (hub name, or the offline SmolLM2) plus this folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recsys.errors import MissingStepError
+from recsys.settings import Settings
+from serving.copy_guard import Guard
+from training.copy_data import build_pairs
+from training.datasets import Prepared, prepare
+from training.models.copy_lm import CopyLMConfig
+from training.registry import CHAMPION, download_artifacts, register_artifacts, set_challenger, version_by_alias
+from training.tracking import COPY_MODEL, setup_mlflow
+
+ADAPTER_FILE = "adapter.safetensors"
+ARTIFACT_DIR = "copy"
+
+
+def guard_for(prepared: Prepared) -> Guard:
+    items = prepared.ds.items
+    return Guard(items["title"].astype(str).tolist(), sorted({g for gs in items["genres"] for g in gs}))
+
+
+def copy_config(settings: Settings, **overrides: Any) -> CopyLMConfig:
+    cfg = CopyLMConfig(base_model=settings.copy_base_model, steps=settings.copy_steps, seed=settings.seed)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def write_copy_folder(out: Path, adapter: dict[str, torch.Tensor], cfg: CopyLMConfig, extra: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in adapter.items()}, str(out / ADAPTER_FILE))
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    for name, value in extra.items():
+        (out / name).write_text(json.dumps(value, indent=1))
+    return out
+
+
+def read_copy_folder(folder: Path) -> tuple[CopyLMConfig, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    cfg = CopyLMConfig(**json.loads((folder / "config.json").read_text()))
+    return cfg, load_file(str(folder / ADAPTER_FILE))
+
+
+def champion_adapter(settings: Settings) -> tuple[dict[str, torch.Tensor] | None, str, str]:
+    """(adapter, version, base model) of the copy champion, for a warm start; (None, "", "") without one."""
+    try:
+        mv = version_by_alias(settings, COPY_MODEL, CHAMPION)
+    except MissingStepError:
+        return None, "", ""
+    with tempfile.TemporaryDirectory() as d:
+        cfg, adapter = read_copy_folder(download_artifacts(settings, mv.run_id, Path(d), ARTIFACT_DIR))
+    return adapter, str(mv.version), cfg.base_model
+
+
+def train_copy_step(settings: Settings, resume: bool = False, warm_start: bool = False,
+                    **overrides: Any) -> dict[str, Any]:
+    """Pairs from the training split → LoRA on Ray Train → base vs tuned on held-out items → challenger."""
+    import mlflow
+    from training.jobs.copy import train_copy
+
+    prepared = prepare(settings)
+    cfg = copy_config(settings, **overrides)
+    pairs = build_pairs(prepared.split.train, prepared.ds.items, settings.copy_train_pairs, settings.copy_eval_items,
+                        seed=settings.seed)
+    if not pairs.train or not pairs.held_out:
+        raise MissingStepError("not enough interactions with titled items to build copy training pairs")
+    guard = guard_for(prepared)
+    setup_mlflow(settings)
+    with mlflow.start_run(run_name="copy") as run:
+        mlflow.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "target_modules"},
+                           "target_modules": ",".join(cfg.target_modules), "data_digest": prepared.digest,
+                           "train_pairs": len(pairs.train), "held_out_pairs": len(pairs.held_out),
+                           "train_workers": settings.train_workers, "use_gpu": settings.use_gpu})
+        warm, warm_version, warm_base = champion_adapter(settings) if warm_start else (None, "", "")
+        if warm is not None and warm_base != cfg.base_model:
+            warm, warm_version = None, ""  # an adapter only fits the base it was trained on
+        out = train_copy(settings, cfg, pairs.train, pairs.held_out, guard, resume,
+                         {"uri": settings.tracking_uri, "run_id": run.info.run_id}, warm)
+        mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")
+        metrics = {**out.tuned.as_dict("val_"), **out.base.as_dict("base_val_"),
+                   "first_loss": out.first_loss, "final_train_loss": out.losses[-1],
+                   "train_seconds": out.train_seconds, "tokens_per_second": out.tokens_per_second,
+                   "epochs_completed": out.epochs, "generate_seconds_per_item": out.tuned.generate_seconds / max(
+                       1, out.tuned.n)}
+        mlflow.log_metrics(metrics)
+        samples = [{"facts": b["facts"], "base": b["copy"], "base_violations": b["violations"],
+                    "tuned": t["copy"], "tuned_violations": t["violations"]}
+                   for b, t in zip(out.base.samples, out.tuned.samples, strict=True)]
+        with tempfile.TemporaryDirectory() as d:
+            folder = write_copy_folder(Path(d) / ARTIFACT_DIR, out.adapter, cfg,
+                                       {"samples.json": samples, "violations.json": {
+                                           "base": out.base.violations, "tuned": out.tuned.violations}})
+            mlflow.log_artifacts(str(folder), artifact_path=ARTIFACT_DIR)
+        version = register_artifacts(settings, COPY_MODEL, run.info.run_id, ARTIFACT_DIR)
+        set_challenger(settings, COPY_MODEL, version, {"data_digest": prepared.digest, "base_model": cfg.base_model})
+    return {"model": COPY_MODEL, "version": version, "run_id": run.info.run_id, **metrics}
+
+
+def export_copy(settings: Settings) -> str | None:
+    """<model_repo>/copy/<version>/ from the copy champion, then CURRENT (last: a reader never sees half)."""
+    try:
+        mv = version_by_alias(settings, COPY_MODEL, CHAMPION)
+    except MissingStepError:
+        return None
+    root = settings.model_repo / "copy"
+    target = root / str(mv.version)
+    with tempfile.TemporaryDirectory() as d:
+        folder = download_artifacts(settings, mv.run_id, Path(d), ARTIFACT_DIR)
+        if target.exists():
+            shutil.rmtree(target)
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder, target)
+    (root / "CURRENT.tmp").write_text(str(mv.version))
+    (root / "CURRENT.tmp").replace(root / "CURRENT")
+    return str(mv.version)

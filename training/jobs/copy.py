@@ -1,0 +1,130 @@
+"""Copy LM job: LoRA fine-tuning on Ray Train (DDP over N workers; GPU by settings), per-epoch checkpoints
+holding only the adapter and optimizer, resume like the other jobs; then base vs adapter on held-out items."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recsys.settings import Settings
+from serving.copy_guard import CopyFacts, Guard
+from training.copy_eval import CopyReport, evaluate_copy
+from training.copy_text import collate, encode_pairs, lm_loss
+from training.jobs.common import (
+    fit,
+    load_result_state,
+    log_epoch_metrics,
+    restore_state,
+    save_and_report,
+    worker_threads,
+)
+from training.models.copy_lm import (
+    CopyLMConfig,
+    add_lora,
+    load_base,
+    load_lora,
+    load_tokenizer,
+    lora_state,
+    merged,
+)
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Every worker: the same base, its shard of each global batch; rank 0 checkpoints the adapter."""
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(config["threads"])
+    cfg = CopyLMConfig(**config["model"])
+    torch.manual_seed(cfg.seed)
+    base, tok = load_base(config["base_dir"], Path(config["cache"]))
+    model = add_lora(base, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    start = 0
+    state = restore_state()
+    if state is not None:
+        load_lora(model, state["adapter"])
+        opt.load_state_dict(state["optimizer"])
+        start = int(state["epoch"])
+    elif config.get("init") is not None:
+        load_lora(model, config["init"])
+    device = ray.train.torch.get_device()
+    ddp = ray.train.torch.prepare_model(model)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data = config["train"]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    per_worker = max(1, cfg.batch_size // world)
+    epochs = max(1, -(-cfg.steps // cfg.steps_per_epoch))
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(cfg.seed * 1_000 + epoch)
+        ddp.train()
+        losses, tokens = [], 0
+        for _ in range(min(cfg.steps_per_epoch, cfg.steps - epoch * cfg.steps_per_epoch)):
+            batch = rng.choice(len(data), size=per_worker * world, replace=len(data) < per_worker * world)
+            b = collate([data[i] for i in batch[rank * per_worker : (rank + 1) * per_worker]], pad)
+            b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
+            loss, _ = lm_loss(ddp, b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            tokens += int(b["attention_mask"].sum()) * world
+        seconds = time.perf_counter() - t0
+        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "epoch_first_loss": losses[0],
+                   "start_epoch": start, "epoch_seconds": seconds, "tokens_per_second": tokens / seconds}
+        ckpt = None
+        if rank == 0:
+            ckpt = {"adapter": lora_state(model), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                    "config": cfg.to_dict()}
+            log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
+        save_and_report(metrics, ckpt)
+
+
+@dataclass
+class CopyOutcome:
+    adapter: dict[str, torch.Tensor]
+    config: CopyLMConfig
+    base: CopyReport
+    tuned: CopyReport
+    losses: list[float]  # train_loss per epoch
+    first_loss: float  # the first step's loss (before any update)
+    train_seconds: float
+    tokens_per_second: float
+    epochs: int
+    warm_started: bool
+
+
+def train_copy(settings: Settings, cfg: CopyLMConfig, train: list[tuple[CopyFacts, str]],
+               held_out: list[tuple[CopyFacts, str]], guard: Guard, resume: bool = False,
+               mlflow_run: dict[str, str] | None = None,
+               warm: dict[str, torch.Tensor] | None = None) -> CopyOutcome:
+    from training.models.copy_lm import resolve_base
+
+    cache = settings.model_cache
+    base_dir = resolve_base(cfg.base_model, cache)  # once here, not raced by N workers
+    tok = load_tokenizer(base_dir, cache)
+    config = {"model": cfg.to_dict(), "threads": worker_threads(settings), "base_dir": base_dir,
+              "cache": str(cache), "train": encode_pairs(tok, train), "mlflow": mlflow_run, "init": warm}
+    t0 = time.perf_counter()
+    result = fit(settings, "copy", train_loop, config, resume)
+    seconds = time.perf_counter() - t0
+    state = load_result_state(result)
+    history = result.metrics_dataframe if result.metrics_dataframe is not None else None
+    losses = [float(x) for x in history["train_loss"]] if history is not None else [result.metrics["train_loss"]]
+    first = float(history["epoch_first_loss"].iloc[0]) if history is not None else float("nan")
+    tps = float(np.mean(history["tokens_per_second"])) if history is not None else 0.0
+    base, tok = load_base(base_dir, cache)
+    base_report = evaluate_copy(base.eval(), tok, held_out, guard, cfg.max_new_tokens)
+    del base
+    tuned, tok = merged(base_dir, cache, cfg, state["adapter"])
+    tuned_report = evaluate_copy(tuned, tok, held_out, guard, cfg.max_new_tokens)
+    return CopyOutcome(state["adapter"], cfg, base_report, tuned_report, losses, first, seconds, tps,
+                       int(state["epoch"]), warm is not None)
