@@ -493,6 +493,7 @@ def copy_report(c: dict[str, Any]) -> list[str]:
             "| k=10 copy | p50 ms | p99 ms |", "|---|---|---|",
             f"| cache miss (one batched generate, {g['dtype']}) | {g['miss_p50_ms']} | {g['miss_p99_ms']} |",
             f"| cache hit | {g['hit_p50_ms']} | {g['hit_p99_ms']} |", "",
-            f"Generation {g['tokens_per_s']} tokens/s; cache hit rate under a repeat-heavy stream (400 requests over "
-            f"40 request shapes, Zipf-like): {g['repeat_hit_rate']}. Targets here: miss p50 ≤ 1500 ms, hit ≤ 5 ms.",
+            f"Generation {g['tokens_per_s']} tokens/s; cache hit rate under a repeat-heavy stream ({g['stream']} "
+            f"requests over {g['shapes']} request shapes, Zipf-like): {g['repeat_hit_rate']}. Targets here: miss p50 "
+            "≤ 1500 ms, hit ≤ 5 ms.",
             ""]
