@@ -19,6 +19,7 @@ import torch
 
 from serving.contracts import Copy
 from serving.copy_guard import CopyFacts, Guard, template_text
+from training.copy_text import generate
 
 
 def pick_dtype(setting: str) -> torch.dtype:
@@ -55,8 +56,6 @@ class CopyModel:
             torch.set_num_threads(threads)  # a Ray replica with num_cpus 0 starts with one
 
     def generate(self, facts: list[CopyFacts]) -> list[str]:
-        from training.copy_text import generate
-
         with self.lock:
             return generate(self.model, self.tok, facts, self.cfg.max_new_tokens, batch_size=max(1, len(facts)))
 
@@ -80,8 +79,9 @@ class CopyCache:
         return text
 
     def put(self, facts: CopyFacts, text: str) -> None:
-        self.rows[(facts.item.item_id, facts.taste.bucket())] = text
-        self.rows.move_to_end((facts.item.item_id, facts.taste.bucket()))
+        key = (facts.item.item_id, facts.taste.bucket())
+        self.rows[key] = text
+        self.rows.move_to_end(key)
         while len(self.rows) > self.size:
             self.rows.popitem(last=False)
 

@@ -65,14 +65,19 @@ def recommend(user_id: int, k: int = 10, include_copy: bool = False) -> dict:
     return body
 
 
-def test_known_user_gets_ranked_unseen_items_with_model_versions_and_copy(served, use_home):
-    use_home(served)
+def seen_items(home: Path, use_home, user: int) -> set[int]:
+    """The user's recent items as the online store holds them now."""
+    use_home(home)
     from recsys.feature_store import feature_store
     from recsys.settings import load_settings
 
-    user = 1
-    seen = set(feature_store(load_settings()).get_online_features(
+    return set(feature_store(load_settings()).get_online_features(
         features=["user_profile:recent_items"], entity_rows=[{"user_id": user}]).to_dict()["recent_items"][0])
+
+
+def test_known_user_gets_ranked_unseen_items_with_model_versions_and_copy(served, use_home):
+    user = 1
+    seen = seen_items(served, use_home, user)
     body = recommend(user, k=10, include_copy=True)
     items = body["items"]
     assert len(items) == 10 and [it["rank"] for it in items] == list(range(1, 11))
@@ -408,13 +413,8 @@ def _replica_pids(deployment: str) -> list[int]:
 
 def test_recall_lost_gives_flagged_popular_items_then_recovers(served, use_home):
     """The Recall replica frozen (SIGSTOP): the Ingress answers with popular unseen items, ranked, and says so."""
-    use_home(served)
-    from recsys.feature_store import feature_store
-    from recsys.settings import load_settings
-
     user = 3
-    seen = set(feature_store(load_settings()).get_online_features(
-        features=["user_profile:recent_items"], entity_rows=[{"user_id": user}]).to_dict()["recent_items"][0])
+    seen = seen_items(served, use_home, user)
     assert not recommend(user, k=5)["degraded"]  # also starts the Ingress's copy of the popular list
     time.sleep(1)
     pids = _replica_pids("Recall")
