@@ -310,13 +310,28 @@ def serve(
 
 @app.command()
 def recommend(
-    user_id: Annotated[int, typer.Argument(help="User to recommend for.")],
+    user_id: Annotated[int | None, typer.Argument(help="User to recommend for.")] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=100, help="Number of items.")] = 10,
     copy: Annotated[bool, typer.Option("--copy/--no-copy", help="Generate copy for each item.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON response.")] = False,
     use_grpc: Annotated[bool, typer.Option("--grpc", help="Call Recommender.Recommend over gRPC, not HTTP.")] = False,
+    batch: Annotated[Path | None, typer.Option(help="Users file (one id per line): score them all offline through "
+                                               "recall → ranking, no running graph needed.")] = None,
+    out: Annotated[Path, typer.Option(help="With --batch: JSON lines output (user_id, items, …).")] = Path(
+        "recs.jsonl"),
 ) -> None:
-    """Ask the running graph for recommendations (start it with `recsys serve`)."""
+    """Ask the running graph for recommendations (start it with `recsys serve`), or score a users file."""
+    if batch is not None:
+        from serving.batch import read_users, score_users
+
+        users = read_users(batch)
+        with console.status(f"scoring {len(users)} users"):
+            r = score_users(settings(), users, k, out)
+        console.print(f"{r.users} users ({r.cold_start} cold-start, {r.degraded} degraded) in {r.seconds:.1f} s "
+                      f"→ {r.out}")
+        return
+    if user_id is None:
+        raise typer.BadParameter("give a USER_ID, or --batch FILE")
     from serving.client import recommend_grpc, recommend_http
 
     resp = (recommend_grpc if use_grpc else recommend_http)(settings(), user_id, k, copy)

@@ -56,7 +56,7 @@ class Settings(BaseModel):
     ray_head_port: int = 6379  # GCS port of the local Ray head that `recsys serve` starts
     train_workers: int = 2  # Ray Train workers (DDP)
     use_gpu: bool = False  # one GPU per Ray Train worker
-    retrieval_epochs: int = 20  # epochs of the retrieval model
+    retrieval_epochs: int = 40  # epochs of the retrieval model (the best validation epoch is kept)
     ranking_epochs: int = 4  # epochs of the ranking model
     seed: int = 0  # seed for data splits, sampling and initialisation
 

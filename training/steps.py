@@ -158,7 +158,7 @@ def train_retrieval_step(settings: Settings, resume: bool = False, warm_start: b
         mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")
         metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
                    "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
-                   "epochs_completed": out.epochs}
+                   "epochs_completed": out.epochs, "kept_epoch": out.best_epoch}
         version = register_retrieval(settings, prepared, out.model, metrics)
     return {"model": RETRIEVAL_MODEL, "version": version, "run_id": run.info.run_id, **metrics}
 

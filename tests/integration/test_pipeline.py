@@ -15,13 +15,22 @@ import pytest
 from tests.conftest import RECSYS, cli_env, run_cli
 
 
-def _metrics(home: Path, model: str, alias: str) -> dict[str, float]:
+def _client(home: Path):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{(home / 'mlflow.db').resolve()}"
-    c = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    mv = c.get_model_version_by_alias(model, alias)
-    return c.get_run(mv.run_id).data.metrics
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _metrics(home: Path, model: str, alias: str) -> dict[str, float]:
+    c = _client(home)
+    return c.get_run(c.get_model_version_by_alias(model, alias).run_id).data.metrics
+
+
+def _history(home: Path, model: str, alias: str, key: str) -> list:
+    """Per-epoch values of `key` (MLflow Metric objects with .step/.value) of the aliased version's run."""
+    c = _client(home)
+    return c.get_metric_history(c.get_model_version_by_alias(model, alias).run_id, key)
 
 
 def _committed_epoch(home: Path) -> int:
@@ -98,6 +107,12 @@ def test_whole_offline_pipeline_through_the_cli(feature_home, tmp_path, use_home
     assert copy.returncode == 1 and "val_factuality" in copy.stderr and "floor 0.9900" in copy.stderr
     champion = _metrics(home, "recsys-retrieval", "champion")
     assert champion["onnx_parity_max_abs_diff"] < 1e-4
+    # Early stopping: the registered weights are the epoch with the best validation NDCG@10, not the last.
+    per_epoch = _history(home, "recsys-retrieval", "champion", "epoch_val_ndcg_at_10")
+    assert len(per_epoch) == champion["epochs_completed"]
+    best = max(per_epoch, key=lambda m: (m.value, -m.step))
+    assert champion["kept_epoch"] == best.step
+    assert champion["val_ndcg_at_10"] == pytest.approx(best.value, abs=1e-9)
     worse = run_cli(home, "train", "retrieval", "--epochs", "1")
     assert worse.returncode == 0, worse.stderr[-3000:]
     refused = run_cli(home, "promote", "retrieval")

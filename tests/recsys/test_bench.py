@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -79,3 +80,49 @@ def test_cpu_per_request_charges_the_process_that_burned_it() -> None:
     me = psutil.Process(os.getpid()).cmdline()[0]
     label = os.path.basename(me)
     assert per.get(label, 0) >= 25  # ≥ 0.25 s over 10 requests, charged to this process
+
+
+def test_load_keeps_a_monotone_latency_cdf_per_stage(fake_graph):
+    r = load(fake_graph, users=[1, 7], concurrency=2, seconds=0.3, include_copy=False, max_requests=30)
+    cdf = r["stage_cdf_ms"]
+    assert set(cdf) == {"recall", "total"} and all(len(v) == 21 for v in cdf.values())
+    assert all(a <= b for v in cdf.values() for a, b in itertools.pairwise(v))
+
+
+def _result() -> dict:
+    runs = [{"concurrency": c, "include_copy": copy, "rps": 10.0 / c, "p50_ms": 20.0 * c, "p95_ms": 30.0 * c,
+             "p99_ms": 40.0 * c, "errors": 0, "degraded": 0, "stage_p50_ms": {"recall": 1.0},
+             "stage_cdf_ms": {"recall": [float(i) for i in range(21)], "total": [2.0 * i + 1 for i in range(21)]}}
+            for c in (1, 8) for copy in (False, True)]
+    return {"started": "2026-11-26T00:00:00+00:00",
+            "machine": {"cpu": "cpu", "cores": 2, "ram_gib": 24, "python": "3.11", "commit": "abc", "stack": {}},
+            "quality": [{"model": "mostpop", "hr_at_10": 0.05, "hr_at_10_se": 0.007, "ndcg_at_10": 0.025,
+                         "ndcg_at_10_se": 0.004, "mrr": 0.02, "coverage_at_10": 0.01}],
+            "serving": {"runs": runs}}
+
+
+def test_plots_are_drawn_from_the_results_and_skip_what_is_missing(tmp_path):
+    from recsys.bench_plots import draw
+
+    files = draw(_result(), tmp_path)
+    assert set(files) == {"quality", "throughput", "latency_cdf"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5_000 for p in files.values())
+    bare = _result()
+    for run in bare["serving"]["runs"]:
+        del run["stage_cdf_ms"]  # an older results file: no CDF to draw, the rest still drawn
+    assert set(draw(bare, tmp_path / "old")) == {"quality", "throughput"}
+
+
+def test_readme_block_replaces_only_the_marked_part():
+    from recsys.bench import README_BEGIN, README_END, readme_block, with_readme_block
+
+    r = {**_result(), "plots": {"quality": "bench/plots/quality.png"}}
+    block = readme_block(r, Path("bench/results/x.json"))
+    assert "| test HR@10 / NDCG@10, mostpop | 0.050 ± 0.007 / 0.025 ± 0.004 |" in block
+    assert "| `/recommend` k=10, no copy, concurrency 8 | p50 160.0 / p99 320.0 ms, 1.25 req/s, 0 errors |" in block
+    assert "![quality](bench/plots/quality.png)" in block and "commit abc" in block
+    text = f"intro\n{README_BEGIN}\nold numbers\n{README_END}\noutro\n"
+    new = with_readme_block(text, block)
+    assert new.startswith(f"intro\n{README_BEGIN}\n") and new.endswith(f"{README_END}\noutro\n")
+    assert "old numbers" not in new and block in new
+    assert with_readme_block("no markers here\n", block) == "no markers here\n"

@@ -12,7 +12,16 @@ import torch
 from recsys.settings import Settings
 from training.datasets import Prepared
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
-from training.jobs.common import fit, fits, initial_state, load_result_state, save_and_report, worker_threads
+from training.jobs.common import (
+    fit,
+    fits,
+    initial_state,
+    load_result_state,
+    log_epoch_metrics,
+    restore_state,
+    save_and_report,
+    worker_threads,
+)
 from training.models.retrieval import RetrievalConfig, SASRec
 from training.sequences import left_pad, training_windows
 
@@ -47,6 +56,7 @@ def train_loop(config: dict[str, Any]) -> None:
     model = SASRec(cfg, torch.from_numpy(config["content"]))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = initial_state(model, opt, config)
+    best = _restored_best() if start else None
     ddp = ray.train.torch.prepare_model(model)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -54,7 +64,6 @@ def train_loop(config: dict[str, Any]) -> None:
     per_worker = max(1, cfg.batch_size // world)
     n_per = len(inputs) // world  # equal shards: every DDP rank takes the same number of steps
     valid = config["valid"]
-    tracker = _Tracker(config.get("mlflow"))
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(inputs))
@@ -76,28 +85,22 @@ def train_loop(config: dict[str, Any]) -> None:
                 score_fn(model, valid["seqs"]), np.arange(len(hists)), hists, valid["targets"],
                 cfg.n_items - 1, seed=cfg.seed,
             )
-            metrics.update(rep.as_dict("val_"))
-            tracker.log(metrics, epoch + 1)
+            metrics.update(rep.as_dict("epoch_val_"))  # not "val_": that name is the kept model's summary
+            if best is None or rep.ndcg > best["val_ndcg"]:
+                best = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                        "epoch": epoch + 1, "val_ndcg": rep.ndcg}
+            metrics["best_epoch"] = best["epoch"]
+            log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
             save_and_report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "epoch": epoch + 1, "config": cfg.to_dict()})
+                                      "epoch": epoch + 1, "config": cfg.to_dict(), "best": best})
         else:
             save_and_report(metrics, None)
 
 
-class _Tracker:
-    """Per-epoch metrics to the MLflow run the driver opened (rank 0 only)."""
-
-    def __init__(self, spec: dict[str, str] | None) -> None:
-        self.spec = spec
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if not self.spec:
-            return
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=self.spec["uri"])
-        for k, v in metrics.items():
-            client.log_metric(self.spec["run_id"], k, float(v), step=step)
+def _restored_best() -> dict[str, Any] | None:
+    """The best epoch so far of a resumed run (its checkpoint carries it), so resuming keeps early stopping."""
+    state = restore_state()
+    return state.get("best") if state else None
 
 
 @dataclass
@@ -109,6 +112,7 @@ class RetrievalOutcome:
     samples_per_second: float
     epochs: int
     warm_started: bool = False  # began from the champion's weights
+    best_epoch: int = 0  # the epoch whose weights were kept (best validation NDCG@10)
 
 
 def train_retrieval(
@@ -141,9 +145,10 @@ def train_retrieval(
     seconds = time.perf_counter() - t0
     state = load_result_state(result)
     model = SASRec(RetrievalConfig(**state["config"]), torch.from_numpy(content_full))
-    model.load_state_dict(state["model"])
+    best = state.get("best") or {"model": state["model"], "epoch": state["epoch"]}
+    model.load_state_dict(best["model"])  # the epoch with the best validation NDCG@10 (early stopping)
     model.eval()
     samples = len(inputs) * cfg.epochs
     return RetrievalOutcome(model, evaluate(model, prepared, "valid", cfg.seed),
                             evaluate(model, prepared, "test", cfg.seed), seconds, samples / seconds,
-                            state["epoch"], config["init"] is not None)
+                            state["epoch"], config["init"] is not None, int(best["epoch"]))

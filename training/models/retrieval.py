@@ -24,9 +24,10 @@ class RetrievalConfig:
     n_layers: int = 2  # transformer blocks
     dropout: float = 0.2  # dropout in blocks and on input embeddings
     content_dim: int = 384  # size of the item content embedding (0 = id embeddings only)
-    lr: float = 1e-3  # AdamW learning rate
+    lr: float = 3e-3  # AdamW learning rate (ML-100K: 3e-3 reaches 1e-3's 60-epoch validation HR@10 in 30)
     weight_decay: float = 0.0  # AdamW weight decay
-    batch_size: int = 128  # global batch size (split across workers)
+    batch_size: int = 32  # global batch size (split across workers); ML-100K has ~2.4K windows, so small
+    # batches give the updates it needs (128 → 19 steps an epoch: validation HR@10 0.156 after 80 epochs)
     epochs: int = 20  # passes over the training windows
     seed: int = 0  # initialisation and shuffling seed
 
