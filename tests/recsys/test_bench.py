@@ -126,3 +126,23 @@ def test_readme_block_replaces_only_the_marked_part():
     assert new.startswith(f"intro\n{README_BEGIN}\n") and new.endswith(f"{README_END}\noutro\n")
     assert "old numbers" not in new and block in new
     assert with_readme_block("no markers here\n", block) == "no markers here\n"
+
+
+def test_a_partial_run_keeps_the_other_sections_labelled_with_their_run():
+    from recsys.bench import carry_over, readme_block
+
+    old = {**_result(), "copy": {"x": 1}, "started": "2026-11-25T10:00:00+00:00"}
+    old["machine"] = {**old["machine"], "commit": "old"}
+    new = {"started": "2026-11-26T00:00:00+00:00", "machine": {**_result()["machine"], "commit": "new"},
+           "quality": [{**_result()["quality"][0], "model": "ease"}]}
+    merged = carry_over(dict(new), old)
+    assert merged["quality"][0]["model"] == "ease"  # measured now: never replaced
+    assert merged["copy"] == {"x": 1} and merged["serving"] == old["serving"]
+    assert merged["carried_from"]["copy"] == {"started": "2026-11-25T10:00:00+00:00", "commit": "old"}
+    again = carry_over({"started": "2026-11-27T00:00:00+00:00", "machine": new["machine"]}, merged)
+    assert again["carried_from"]["copy"]["commit"] == "old"  # still the run that measured it
+    other = {**new, "machine": {**new["machine"], "cpu": "another cpu"}}
+    assert "copy" not in carry_over(dict(other), old)  # another machine's numbers are not mixed in
+    shown = {k: v for k, v in merged.items() if k != "copy"}
+    text = readme_block(shown, Path("x.json"))
+    assert "carried over from earlier runs on this machine: serving (2026-11-25T10:00, commit old); copy" in text
