@@ -133,6 +133,10 @@ def test_whole_offline_pipeline_through_the_cli(feature_home, tmp_path, use_home
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert "mostpop" in ev.stdout and "ranker v1" in ev.stdout
     ranker = _metrics(home, "recsys-ranker", "champion")
+    # The ranking job's "recall alone" is the retrieval job's own test evaluation: same model, same histories.
+    retrieval = _metrics(home, "recsys-retrieval", "champion")
+    assert ranker["recall_test_hr_at_10"] == pytest.approx(retrieval["test_hr_at_10"], abs=1e-9)
+    assert ranker["recall_test_ndcg_at_10"] == pytest.approx(retrieval["test_ndcg_at_10"], abs=1e-9)
     use_home(home)
     from recsys.settings import load_settings
     from training.steps import baselines_step

@@ -37,6 +37,7 @@ from training.ranking_data import (
     training_positives,
     user_rows,
 )
+from training.sequences import left_pad
 
 RECALL_N = 200  # candidates the ranker re-orders (the serving default)
 
@@ -124,7 +125,23 @@ def stage_data(settings: Settings, prepared: Prepared, recall: SASRec, stage: st
     df = prepared.split.valid if stage == "valid" else prepared.split.test
     df = df.sort_values("user_id").reset_index(drop=True)
     targets = df["item_id"].map(index).to_numpy(dtype=np.int64)
-    return StageData(users, targets, df["rating"].to_numpy(np.float32), [by_user[int(u)] for u in df["user_id"]])
+    histories = [by_user[int(u)] for u in df["user_id"]]
+    return StageData(protocol_histories(users, histories, recall), targets, df["rating"].to_numpy(np.float32),
+                     histories)
+
+
+@torch.no_grad()
+def protocol_histories(users: UserRows, histories: list[np.ndarray], recall: SASRec) -> UserRows:
+    """The sequence and user vector from everything before the target in (timestamp, item_id) order.
+
+    Feast's point-in-time rows stop a second before the target, which drops the items rated in the same second
+    (ML-100K users rate many at once): evaluation would then see less than the protocol, the retrieval job's own
+    evaluation and the served online profile all give."""
+    history = left_pad(histories, recall.cfg.max_len)
+    recall.eval()
+    vectors = np.concatenate([recall.user_vector(torch.from_numpy(history[i : i + 1024])).numpy()
+                              for i in range(0, len(history), 1024)]) if len(history) else users.vectors
+    return UserRows(history, users.dense, vectors)
 
 
 def candidate_scores(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable, n: int = RECALL_N):
