@@ -411,7 +411,6 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{started:%Y-%m-%d}-{platform.node()}.json"
     result = carry_over(result, latest_results())
-    path.write_text(json.dumps(result, indent=1, default=str))
     from recsys.bench_plots import draw
 
     result["plots"] = {k: str(v) for k, v in draw(result).items()}

@@ -48,16 +48,18 @@ def fits(fresh: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     return state.keys() == target.keys() and all(state[k].shape == target[k].shape for k in target)
 
 
-def initial_state(model: torch.nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any]) -> int:
-    """Restore the run's checkpoint (resume) or else load the warm-start weights; returns the start epoch."""
+def initial_state(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                  config: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """Restore the run's checkpoint (resume) or else load the warm-start weights; returns the start epoch and
+    the restored checkpoint (None on a fresh start), whose other entries the loop may carry on."""
     state = restore_state()
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        return int(state["epoch"])
+        return int(state["epoch"]), state
     if config.get("init") is not None:
         model.load_state_dict(config["init"])
-    return 0
+    return 0, None
 
 
 def load_result_state(result) -> dict[str, Any]:

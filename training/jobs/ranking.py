@@ -37,7 +37,6 @@ from training.ranking_data import (
     training_positives,
     user_rows,
 )
-from training.sequences import left_pad
 
 RECALL_N = 200  # candidates the ranker re-orders (the serving default)
 
@@ -65,7 +64,7 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     model = Ranker(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    start = initial_state(model, opt, config)
+    start, _ = initial_state(model, opt, config)
     ddp = ray.train.torch.prepare_model(model)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -117,8 +116,9 @@ class StageData:
 
 
 def stage_data(settings: Settings, prepared: Prepared, recall: SASRec, stage: str) -> StageData:
+    """Held-out targets with the protocol's histories (everything before the target in (timestamp, item_id)
+    order): the same the retrieval job evaluates on and the served online profile holds."""
     rows = target_rows(prepared, stage)
-    users = user_rows(settings, prepared, rows, recall)
     index = prepared.item_index
     user_ids, hists, _ = prepared.eval_set(stage)  # type: ignore[arg-type]
     by_user = dict(zip(user_ids.tolist(), hists, strict=True))
@@ -126,22 +126,8 @@ def stage_data(settings: Settings, prepared: Prepared, recall: SASRec, stage: st
     df = df.sort_values("user_id").reset_index(drop=True)
     targets = df["item_id"].map(index).to_numpy(dtype=np.int64)
     histories = [by_user[int(u)] for u in df["user_id"]]
-    return StageData(protocol_histories(users, histories, recall), targets, df["rating"].to_numpy(np.float32),
-                     histories)
-
-
-@torch.no_grad()
-def protocol_histories(users: UserRows, histories: list[np.ndarray], recall: SASRec) -> UserRows:
-    """The sequence and user vector from everything before the target in (timestamp, item_id) order.
-
-    Feast's point-in-time rows stop a second before the target, which drops the items rated in the same second
-    (ML-100K users rate many at once): evaluation would then see less than the protocol, the retrieval job's own
-    evaluation and the served online profile all give."""
-    history = left_pad(histories, recall.cfg.max_len)
-    recall.eval()
-    vectors = np.concatenate([recall.user_vector(torch.from_numpy(history[i : i + 1024])).numpy()
-                              for i in range(0, len(history), 1024)]) if len(history) else users.vectors
-    return UserRows(history, users.dense, vectors)
+    users = user_rows(settings, prepared, rows, recall, histories)
+    return StageData(users, targets, df["rating"].to_numpy(np.float32), histories)
 
 
 def candidate_scores(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable, n: int = RECALL_N):

@@ -18,7 +18,6 @@ from training.jobs.common import (
     initial_state,
     load_result_state,
     log_epoch_metrics,
-    restore_state,
     save_and_report,
     worker_threads,
 )
@@ -55,8 +54,8 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     model = SASRec(cfg, torch.from_numpy(config["content"]))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = initial_state(model, opt, config)
-    best = _restored_best() if start else None
+    start, restored = initial_state(model, opt, config)
+    best = restored.get("best") if restored else None  # a resumed run keeps its best epoch (early stopping)
     ddp = ray.train.torch.prepare_model(model)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -95,12 +94,6 @@ def train_loop(config: dict[str, Any]) -> None:
                                       "epoch": epoch + 1, "config": cfg.to_dict(), "best": best})
         else:
             save_and_report(metrics, None)
-
-
-def _restored_best() -> dict[str, Any] | None:
-    """The best epoch so far of a resumed run (its checkpoint carries it), so resuming keeps early stopping."""
-    state = restore_state()
-    return state.get("best") if state else None
 
 
 @dataclass
