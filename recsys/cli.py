@@ -420,16 +420,17 @@ def report(
 
 @app.command()
 def bench(
-    suite: Annotated[list[str] | None, typer.Option(help="offline, scaling, quality, serving (repeatable); "
-                                                         "default all.")] = None,
+    suite: Annotated[list[str] | None, typer.Option(help="offline, scaling, quality, serving, copy, or the "
+                                                         "groups training, freshness, all (repeatable); default "
+                                                         "all.")] = None,
 ) -> None:
-    """Measure the pipeline, training scaling, quality and serving latency; writes BENCHMARKS.md."""
-    from recsys.bench import SUITES, run_bench
+    """Measure the pipeline, training scaling, quality, serving, feedback freshness and the copy LM."""
+    from recsys.bench import expand_suites, run_bench
 
-    chosen = tuple(suite or SUITES)
-    unknown = [x for x in chosen if x not in SUITES]
-    if unknown:
-        raise typer.BadParameter(f"unknown suite {unknown[0]!r}: choose from {', '.join(SUITES)}")
+    try:
+        chosen = expand_suites(suite or ["all"])
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     path = run_bench(chosen, console)
     console.print(f"results: {path} and BENCHMARKS.md")
 

@@ -92,8 +92,29 @@ def run_demo(settings: Settings, console: Console) -> dict[str, float]:
     console.print("the same request again: copies that were late now come from the copy cache")
     show_recommendations(console, recommend_http(settings, demo_users(settings)[0], k=5))
     feedback_round(settings, console, demo_users(settings)[0])
-    console.print("The graph keeps running: try `recsys recommend 42`; stop it with `recsys serve --down`.")
+    where_next(settings, console, demo_users(settings)[0])
     return timings
+
+
+def where_next(settings: Settings, console: Console, user_id: int) -> None:
+    """The demo's last screen: where each part of the running stack can be looked at."""
+    http = f"http://127.0.0.1:{settings.serve_http_port}"
+    console.print("\n[bold]Where to look next[/] (the graph keeps running)")
+    for label, how in (
+        ("MLflow UI (runs, metrics, registry)",
+         f"mlflow ui --backend-store-uri {settings.tracking_uri}"),
+        ("Ray dashboard (Serve replicas, Train jobs)", f"http://127.0.0.1:{settings.ray_dashboard_port}"),
+        ("HTTP", f"curl -s {http}/recommend -H 'Content-Type: application/json' "
+                 f"-d '{{\"user_id\": {user_id}, \"k\": 5}}'"),
+        ("gRPC (CLI)", f"recsys recommend {user_id} -k 5 --grpc"),
+        ("gRPC (grpcurl)", f"grpcurl -plaintext -import-path serving/proto -proto recsys.proto -H "
+                           f"'application: recsys' -d '{{\"user_id\": {user_id}, \"k\": 5}}' "
+                           f"127.0.0.1:{settings.serve_grpc_port} recsys.v1.Recommender/Recommend"),
+        ("API docs", f"{http}/docs"),
+        ("Triton metrics", f"http://{settings.triton_host}:{settings.triton_metrics_port}/metrics"),
+        ("stop everything", "recsys serve --down"),
+    ):
+        console.print(f"  {label}: {how}", markup=False, highlight=False, soft_wrap=True)
 
 
 def feedback_round(settings: Settings, console: Console, user_id: int) -> None:

@@ -93,9 +93,9 @@ class Settings(BaseModel):
     popular_candidates: int = 50  # popularity channel merged into recall (all of it for unknown users)
     max_per_genre_share: float = 0.5  # diversity rule: at most this share of top-k with the same first genre
     features_timeout_ms: float = 150.0  # per-stage timeouts; past them the stage's degraded answer is used
-    recall_timeout_ms: float = 250.0
-    ranking_timeout_ms: float = 400.0
-    copy_timeout_ms: float = 800.0
+    recall_timeout_ms: float = 250.0  # past it: popular items, flagged degraded
+    ranking_timeout_ms: float = 400.0  # past it: recall's order, flagged degraded
+    copy_timeout_ms: float = 800.0  # past it: the grounded template copy, flagged degraded
     copy_budget_ms: float = 600.0  # inside the copy stage: past it, template now and the model copy cached later
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
     item_cache_ttl_s: float = 300.0  # serving keeps item feature rows this long (0: read Feast every request)

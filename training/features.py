@@ -18,6 +18,7 @@ import pandas as pd
 from recsys.errors import MissingStepError
 from recsys.feature_store import feature_store
 from recsys.settings import Settings
+from training import dask_tokens
 from training.content import embed_items
 from training.data.schema import Dataset
 from training.data.split import Split
@@ -123,6 +124,7 @@ def require_features(settings: Settings) -> None:
 def _historical(settings: Settings, entity_df: pd.DataFrame, view: str, service: str) -> pd.DataFrame:
     """get_historical_features for one view of a FeatureService; entity rows must be unique per key+time."""
     require_features(settings)
+    dask_tokens.install()
     store = feature_store(settings)
     svc = store.get_feature_service(service)
     refs = [f"{p.name}:{f.name}" for p in svc.feature_view_projections if p.name == view for f in p.features]

@@ -115,9 +115,18 @@ def sample_examples(
 
 
 def training_positives(prepared: Prepared, per_user: int) -> pd.DataFrame:
-    """Each user's most recent training interactions (the ones closest to serving time)."""
+    """Each user's most recent training interactions (the ones closest to serving time); `position` is the
+    interaction's index in the user's training sequence (the protocol's (timestamp, item_id) order)."""
     train = prepared.split.train.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    train = train.assign(position=train.groupby("user_id", sort=False).cumcount())
     return train.groupby("user_id", sort=False).tail(per_user).reset_index(drop=True)
+
+
+def training_histories(prepared: Prepared, positives: pd.DataFrame) -> list[np.ndarray]:
+    """Each positive's history: the user's training items before it in the protocol's order, as evaluation
+    and the served profile see them (Feast's point-in-time row, a second earlier, drops the same-second items)."""
+    return [prepared.train[int(u)][: int(k)] for u, k in zip(positives["user_id"], positives["position"],
+                                                             strict=True)]
 
 
 def target_rows(prepared: Prepared, stage: str) -> pd.DataFrame:

@@ -146,3 +146,23 @@ def test_a_partial_run_keeps_the_other_sections_labelled_with_their_run():
     shown = {k: v for k, v in merged.items() if k != "copy"}
     text = readme_block(shown, Path("x.json"))
     assert "carried over from earlier runs on this machine: serving (2026-11-25T10:00, commit old); copy" in text
+
+
+def test_suite_groups_expand_in_run_order_and_unknown_names_are_refused() -> None:
+    from recsys.bench import SUITES, expand_suites
+
+    assert expand_suites(["all"]) == SUITES
+    assert expand_suites(["serving", "training"]) == ("offline", "scaling", "serving")
+    assert expand_suites(["freshness"]) == ("serving",)
+    with pytest.raises(ValueError, match="unknown suite 'latency'"):
+        expand_suites(["latency"])
+
+
+def test_report_states_the_wall_time_of_each_suite():
+    result = {
+        "started": "2026-11-25T00:00:00+00:00",
+        "machine": {"cpu": "cpu", "cores": 2, "ram_gib": 24, "python": "3.11", "commit": "abc", "stack": {}},
+        "suite_seconds": {"offline": 600.0, "copy": 660.0, "total": 1260.0},
+    }
+    text = report(result, Path("bench/results/x.json"))
+    assert "offline 600.0, copy 660.0; total 21.0 min" in text

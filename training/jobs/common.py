@@ -126,8 +126,10 @@ def worker_threads(settings: Settings) -> int:
 def log_epoch_metrics(spec: dict[str, str] | None, metrics: dict[str, float], step: int) -> None:
     """From rank 0 inside the Ray Train loop: this epoch's metrics on the driver's MLflow run (`spec`)."""
     if spec:
+        from mlflow.entities import Metric
+
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=spec["uri"])
-        for k, v in metrics.items():
-            client.log_metric(spec["run_id"], k, float(v), step=step)
+        now = int(time.time() * 1000)  # one backend write for the epoch, not one per metric
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        MlflowClient(tracking_uri=spec["uri"]).log_batch(spec["run_id"], metrics=batch)

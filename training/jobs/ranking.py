@@ -34,6 +34,7 @@ from training.ranking_data import (
     item_table,
     sample_examples,
     target_rows,
+    training_histories,
     training_positives,
     user_rows,
 )
@@ -212,7 +213,7 @@ class RankingOutcome:
 def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: RankingConfig,
                   per_user: int = 30, resume: bool = False, mlflow_run: dict[str, str] | None = None,
                   warm: dict[str, torch.Tensor] | None = None) -> RankingOutcome:
-    """Examples from Feast (point in time) + recall → Ray Train → pipeline evaluation on valid and test."""
+    """Examples (Feast point-in-time user features, protocol histories, recall) → Ray Train → pipeline evaluation."""
     cfg.genres = genre_vocab(prepared)
     cfg.n_items = prepared.n_items + 1
     cfg.max_len = recall.cfg.max_len
@@ -220,7 +221,7 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     pos = training_positives(prepared, per_user)
     from training.features import training_entities
 
-    users = user_rows(settings, prepared, training_entities(pos), recall)
+    users = user_rows(settings, prepared, training_entities(pos), recall, training_histories(prepared, pos))
     item_vectors = recall.items.all_items().detach().numpy()
     positives = pos["item_id"].map(prepared.item_index).to_numpy(dtype=np.int64)
     ex: Examples = sample_examples(users, positives, pos["rating"].to_numpy(np.float32), item_vectors, cfg,

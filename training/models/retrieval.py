@@ -24,7 +24,7 @@ class RetrievalConfig:
     n_layers: int = 2  # transformer blocks
     dropout: float = 0.2  # dropout in blocks and on input embeddings
     content_dim: int = 384  # size of the item content embedding (0 = id embeddings only)
-    lr: float = 3e-3  # AdamW learning rate (ML-100K: 3e-3 reaches 1e-3's 60-epoch validation HR@10 in 30)
+    lr: float = 6e-3  # AdamW learning rate (ML-100K validation NDCG@10 ~0.11 after 25 epochs; 3e-3 needs ~65)
     weight_decay: float = 0.0  # AdamW weight decay
     batch_size: int = 32  # global batch size (split across workers); ML-100K has ~2.4K windows, so small
     # batches give the updates it needs (128 → 19 steps an epoch: validation HR@10 0.156 after 80 epochs)
@@ -84,13 +84,16 @@ class SASRec(nn.Module):
         return self.encode(seq)[:, -1]
 
     def forward(self, seq: torch.Tensor, targets: torch.Tensor | None = None):
-        """Returns (scores, loss): scores (B, T, n_items) over all items; loss ignores padding targets."""
+        """Without targets: (scores (B, T, n_items), None). With targets: (scores (N, n_items), loss) over the
+        N non-padding target positions only: the full-softmax logits are most of a step's cost, and short
+        histories leave many padded positions (ML-100K: 20% at length 50, 56% at 200)."""
         h = self.encode(seq)  # (B, T, d)
-        logits = h @ self.items.all_items().T  # (B, T, n_items)
-        logits[..., 0] = -1e9  # padding is never a prediction
-        loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=0)
+            keep = targets != 0
+            h, targets = h[keep], targets[keep]
+        logits = h @ self.items.all_items().T
+        logits[..., 0] = -1e9  # padding is never a prediction
+        loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 
 

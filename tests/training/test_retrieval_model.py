@@ -1,0 +1,22 @@
+"""The retrieval loss computed on non-padding positions only equals full-softmax CE with padding ignored."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from training.models.retrieval import RetrievalConfig, SASRec
+
+
+def test_loss_on_kept_positions_equals_the_padded_full_computation() -> None:
+    torch.manual_seed(0)
+    cfg = RetrievalConfig(n_items=30, max_len=6, d_model=16, n_heads=2, n_layers=1, dropout=0.0, content_dim=8)
+    model = SASRec(cfg, torch.randn(30, 8)).eval()
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 0, 7]])
+    targets = torch.tensor([[0, 0, 4, 5, 6, 8], [2, 3, 4, 5, 6, 9], [0, 0, 0, 0, 0, 11]])
+    kept_logits, loss = model(seq, targets)
+    full, _ = model(seq)  # (B, T, n_items): what the loss used to be computed over
+    expected = F.cross_entropy(full.reshape(-1, cfg.n_items), targets.reshape(-1), ignore_index=0)
+    assert kept_logits.shape == (int((targets != 0).sum()), cfg.n_items)
+    torch.testing.assert_close(loss, expected)
+    assert torch.all(full[..., 0] < -1e8) and torch.all(kept_logits[:, 0] < -1e8)  # padding never predicted
