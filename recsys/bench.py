@@ -125,7 +125,7 @@ def offline(s: Settings, console: Console) -> dict[str, Any]:
                        if k in ranking}}
 
 
-def training_scaling(s: Settings, console: Console, epochs: int = 3) -> dict[str, Any]:
+def training_scaling(s: Settings, console: Console, epochs: int = 2) -> dict[str, Any]:
     """Retrieval samples/s with 1 worker (2 threads) vs 2 DDP workers (1 thread each), same data, same run."""
     from training.steps import train_retrieval_step
 
@@ -147,14 +147,20 @@ def quality(s: Settings) -> list[dict[str, Any]]:
     return evaluation_table(s, "champion", baselines=True)
 
 
-def _post(url: str, body: bytes) -> tuple[float, dict | None]:
+def _post(url: str, body: bytes) -> tuple[float, dict | str]:
+    """(ms, the JSON answer) or (ms, what went wrong: the HTTP status, "timeout" or "connection")."""
     req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     t0 = time.perf_counter()
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             payload = json.loads(r.read())
-    except OSError:
-        return (time.perf_counter() - t0) * 1e3, None
+    except urllib.error.HTTPError as e:  # e.g. 503: Serve sheds load past its queue bounds
+        return (time.perf_counter() - t0) * 1e3, str(e.code)
+    except TimeoutError:
+        return (time.perf_counter() - t0) * 1e3, "timeout"
+    except OSError as e:  # URLError wraps a connect timeout in .reason
+        return (time.perf_counter() - t0) * 1e3, "timeout" if isinstance(getattr(e, "reason", None), TimeoutError) \
+            else "connection"
     return (time.perf_counter() - t0) * 1e3, payload
 
 
@@ -165,6 +171,7 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
     lat: list[float] = []
     stages: dict[str, list[float]] = {}
     errors = degraded = 0
+    kinds: dict[str, int] = {}
     lock = threading.Lock()
 
     def client(c: int) -> None:
@@ -175,8 +182,9 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
             ms, payload = _post(url, body)
             i += concurrency
             with lock:
-                if payload is None:
+                if isinstance(payload, str):
                     errors += 1
+                    kinds[payload] = kinds.get(payload, 0) + 1
                     continue
                 lat.append(ms)
                 degraded += bool(payload["degraded"])
@@ -189,7 +197,7 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
     wall = time.perf_counter() - t0
     q = np.percentile(lat, [50, 95, 99]) if lat else [float("nan")] * 3
     return {"concurrency": concurrency, "include_copy": include_copy, "requests": len(lat), "errors": errors,
-            "degraded": degraded, "rps": round(len(lat) / wall, 1), "p50_ms": round(q[0], 1),
+            "error_kinds": kinds, "degraded": degraded, "rps": round(len(lat) / wall, 1), "p50_ms": round(q[0], 1),
             "p95_ms": round(q[1], 1), "p99_ms": round(q[2], 1),
             "stage_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()},
             "stage_cdf_ms": {k: [round(float(x), 2) for x in np.percentile(v, CDF_POINTS)] for k, v in stages.items()}}
@@ -315,7 +323,7 @@ def freshness(s: Settings, url: str, key: str, users: list[int], n: int = 30) ->
     store_ms, rec_ms = [], []
     def top(u: int) -> list[int] | None:
         _, payload = _post(f"{url}/recommend", json.dumps({"user_id": u, "k": 10, "include_copy": False}).encode())
-        return [it["item_id"] for it in payload["items"]] if payload else None
+        return [it["item_id"] for it in payload["items"]] if isinstance(payload, dict) else None
 
     for u in users[:n]:
         before = top(u)
@@ -560,8 +568,10 @@ def report(r: dict[str, Any], path: Path) -> str:
                   "|---|---|---|---|---|---|---|---|---|"]
         for x in sv["runs"]:
             st = ", ".join(f"{k} {v}" for k, v in x["stage_p50_ms"].items() if k != "total")
+            kinds = ", ".join(f"{k} ×{v}" for k, v in sorted(x.get("error_kinds", {}).items()))
+            errs = f"{x['errors']} ({kinds})" if kinds else str(x["errors"])
             lines.append(f"| {x['include_copy']} | {x['concurrency']} | {x['rps']} | {x['p50_ms']} | {x['p95_ms']} | "
-                         f"{x['p99_ms']} | {x['errors']} | {x['degraded']} | {st} |")
+                         f"{x['p99_ms']} | {errs} | {x['degraded']} | {st} |")
         ip = sv["in_process"]
         lines += ["", "Features → recall → ranking in one process (no Serve hops, no copy): "
                   f"p50 {ip['p50_ms']} ms, p99 {ip['p99_ms']} ms; "

@@ -5,6 +5,7 @@ Every failure exits non-zero with one readable line (set RECSYS_DEBUG=1 for the 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from enum import StrEnum
@@ -197,6 +198,8 @@ def promote(
             console.print(f"serving: ranker v{r.before.champion} → v{r.after.champion} live "
                           f"(triton {'switched' if r.triton else 'not running'}, "
                           f"graph {'reconfigured' if r.graph else 'not running'})")
+        if name == RANKER_MODEL and s.kserve_inference_service:
+            _print_rollout(rollout_to_cluster(s, str(d.version)))
         if name == COPY_MODEL:
             from serving import launcher
             from training.copy_steps import export_copy
@@ -204,6 +207,41 @@ def promote(
             version = export_copy(s)
             live = _serving_live(s) and launcher.reconfigure(s)
             console.print(f"copy LM v{version} exported" + (" and loading in the running graph" if live else ""))
+
+
+def rollout_to_cluster(s: Settings, version: str, canary: int | None = None, dry_run: bool = False):
+    from serving.kserve import rollout_ranker
+
+    return rollout_ranker(s, version, canary_percent=canary, dry_run=dry_run)
+
+
+def _print_rollout(r) -> None:
+    where = f"InferenceService {r.namespace}/{r.name}"
+    if not r.applied:
+        console.print(f"dry run: would publish ranker v{r.version} to {r.storage_uri} and patch {where} with",
+                      markup=False)
+        console.print(json.dumps(r.patch), markup=False, highlight=False, soft_wrap=True)
+        return
+    console.print(f"cluster: ranker v{r.version} published to {r.storage_uri}; {where} storageUri "
+                  f"{r.previous_uri or '(none)'} → {r.storage_uri}", markup=False)
+
+
+@app.command()
+def rollout(
+    version: Annotated[str | None, typer.Option(help="Ranker version; default: recsys-ranker@champion.")] = None,
+    canary: Annotated[int | None, typer.Option(min=0, max=100, help="canaryTrafficPercent for the new "
+                                               "predictor (KServe Serverless mode).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the target and the patch; change nothing.")]
+    = False,
+) -> None:
+    """Cluster: publish a ranker version and point the KServe InferenceService at it (promote does this too)."""
+    s = settings()
+    if version is None:
+        from training.registry import CHAMPION, version_by_alias
+        from training.tracking import RANKER_MODEL
+
+        version = str(version_by_alias(s, RANKER_MODEL, CHAMPION).version)
+    _print_rollout(rollout_to_cluster(s, version, canary, dry_run))
 
 
 def _serving_live(s: Settings) -> bool:

@@ -73,6 +73,10 @@ class Settings(BaseModel):
     copy_warm_items: int = 100  # after a copy model loads, the most popular items get copy in the background
 
     promotion_policy: Path = Path("mlflow/promotion_policy.yaml")  # the promotion gate, as data
+    kserve_inference_service: str | None = None  # set (cluster): promoting the ranker repoints this InferenceService
+    kserve_namespace: str | None = None  # its namespace; None → the pod's own namespace (or POD_NAMESPACE)
+    kserve_publish_uri: str | None = None  # where promoted rankers are published (s3://bucket/rankers/ranker-v<N>)
+    kserve_backend: Literal["python", "onnxruntime"] = "onnxruntime"  # Triton form of the published repository
 
     triton_host: str = "127.0.0.1"  # Triton (local process or the KServe predictor host)
     triton_grpc_port: int = 8101  # Triton gRPC (KServe v2 protocol); 9000 behind KServe

@@ -204,6 +204,12 @@ def test_rendered_settings_file_loads_through_recsys_settings(helm: Path, profil
     assert s.triton_host == f"{RELEASE}-ranker-predictor"
     assert s.triton_grpc_port == 9000
     assert str(s.home) == "/var/lib/recsys"
+    # Promotion repoints the chart's own InferenceService (the one its Role may patch), in the release namespace.
+    isvc = one(objs, "InferenceService")["metadata"]["name"]
+    assert s.kserve_inference_service == isvc == f"{RELEASE}-ranker"
+    assert s.kserve_publish_uri == "s3://recsys/rankers" and s.kserve_backend == "onnxruntime"
+    role = [d for d in objs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-promotion")]
+    assert role and role[0]["rules"][0]["resourceNames"] == [isvc]
     # Every platform pod reads that file (except the plain HTTP clients: Ray job submitter, helm test pod).
     clients = ("/submitter", "-test-recommend")
     for where, spec in pod_specs(objs):

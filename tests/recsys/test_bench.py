@@ -42,6 +42,7 @@ def fake_graph():
 def test_load_counts_errors_and_degraded_answers_separately(fake_graph):
     r = load(fake_graph, users=[1, 7, 13], concurrency=3, seconds=0.5, include_copy=False, max_requests=60)
     assert r["requests"] > 0 and r["errors"] > 0  # user 13 always fails and is not counted as answered
+    assert r["error_kinds"] == {"500": r["errors"]}  # by HTTP status: load shedding (503) is told apart
     assert 0 < r["degraded"] < r["requests"]
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert r["stage_p50_ms"] == {"recall": 1.0, "total": 2.0}

@@ -133,6 +133,9 @@ fields: tests/charts/test_chart.py loads the rendered file through recsys.settin
   "copy_use_gpu" (gt (int .Values.serving.copyGpus) 0)
   "copy_dtype" (ternary "bfloat16" "auto" (gt (int .Values.serving.copyGpus) 0))
   "model_cache_dir" (printf "%s/model-cache" .Values.persistence.state.mountPath)
+  "kserve_inference_service" (ternary (include "recsys.rankerName" .) nil .Values.ranker.enabled)
+  "kserve_namespace" .Release.Namespace
+  "kserve_publish_uri" (printf "s3://%s/rankers" .Values.objectStore.bucket)
 -}}
 {{- toYaml (mergeOverwrite $computed (deepCopy .Values.settings)) -}}
 {{- end -}}
