@@ -477,12 +477,12 @@ def _carried_note(r: dict[str, Any]) -> list[str]:
     return [f"Not re-measured in this run, carried over from earlier runs on this machine: {'; '.join(parts)}.", ""]
 
 
-def with_readme_block(text: str, block: str) -> str:
-    """README with the text between the bench markers replaced; unchanged if the markers are missing."""
-    start, end = text.find(README_BEGIN), text.find(README_END)
+def with_readme_block(text: str, block: str, begin: str = README_BEGIN, end_marker: str = README_END) -> str:
+    """README with the text between two markers replaced; unchanged if the markers are missing."""
+    start, end = text.find(begin), text.find(end_marker)
     if start < 0 or end < start:
         return text
-    return text[: start + len(README_BEGIN)] + "\n" + block + "\n" + text[end:]
+    return text[: start + len(begin)] + "\n" + block + "\n" + text[end:]
 
 
 def readme_block(r: dict[str, Any], path: Path) -> str:

@@ -199,7 +199,9 @@ def promote(
                           f"(triton {'switched' if r.triton else 'not running'}, "
                           f"graph {'reconfigured' if r.graph else 'not running'})")
         if name == RANKER_MODEL and s.kserve_inference_service:
-            _print_rollout(rollout_to_cluster(s, str(d.version)))
+            from serving.kserve import rollout_ranker
+
+            _print_rollout(rollout_ranker(s, str(d.version)))
         if name == COPY_MODEL:
             from serving import launcher
             from training.copy_steps import export_copy
@@ -207,12 +209,6 @@ def promote(
             version = export_copy(s)
             live = _serving_live(s) and launcher.reconfigure(s)
             console.print(f"copy LM v{version} exported" + (" and loading in the running graph" if live else ""))
-
-
-def rollout_to_cluster(s: Settings, version: str, canary: int | None = None, dry_run: bool = False):
-    from serving.kserve import rollout_ranker
-
-    return rollout_ranker(s, version, canary_percent=canary, dry_run=dry_run)
 
 
 def _print_rollout(r) -> None:
@@ -235,13 +231,15 @@ def rollout(
     = False,
 ) -> None:
     """Cluster: publish a ranker version and point the KServe InferenceService at it (promote does this too)."""
+    from serving.kserve import rollout_ranker
+
     s = settings()
     if version is None:
         from training.registry import CHAMPION, version_by_alias
         from training.tracking import RANKER_MODEL
 
         version = str(version_by_alias(s, RANKER_MODEL, CHAMPION).version)
-    _print_rollout(rollout_to_cluster(s, version, canary, dry_run))
+    _print_rollout(rollout_ranker(s, version, canary_percent=canary, dry_run=dry_run))
 
 
 def _serving_live(s: Settings) -> bool:

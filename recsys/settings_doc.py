@@ -46,10 +46,10 @@ def reference_table() -> str:
 
 
 def with_reference(readme: str) -> str:
-    """README text with the block between the markers replaced (markers must exist)."""
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{reference_table()}\n{END}{tail}"
+    """README text with the block between the settings markers replaced (the bench's block writer)."""
+    from recsys.bench import with_readme_block
+
+    return with_readme_block(readme, reference_table(), BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -62,19 +62,14 @@ def item_table(settings: Settings, prepared: Prepared, genres: list[str]) -> Ite
 
 
 @torch.no_grad()
-def user_rows(settings: Settings, prepared: Prepared, rows: pd.DataFrame, recall: SASRec,
-              histories: list[np.ndarray] | None = None) -> UserRows:
+def user_rows(settings: Settings, rows: pd.DataFrame, recall: SASRec, histories: list[np.ndarray]) -> UserRows:
     """Point-in-time user features for (user_id, event_timestamp) rows, encoded for both models.
 
-    `histories` (item indices per row) replace Feast's `recent_items` where the caller holds the exact sequence:
-    evaluation does, since the point-in-time rows stop a second before the target and so drop the items rated in
-    that same second (ML-100K users rate many at once), which the protocol and the served profile both keep."""
+    The sequences are `histories` (item indices per row, the protocol's order), not Feast's `recent_items`: the
+    point-in-time rows stop a second before the event and so drop the items rated in that same second (ML-100K
+    users rate many at once), which the protocol, the retrieval job and the served profile all keep."""
     feats = user_features_at(settings, rows)
-    index = prepared.item_index
-    seqs = histories if histories is not None else [
-        np.asarray([index.get(int(i), 0) for i in (r if isinstance(r, list | np.ndarray) else [])], dtype=np.int64)
-        for r in feats["recent_items"]]
-    history = left_pad(seqs, recall.cfg.max_len)
+    history = left_pad(histories, recall.cfg.max_len)
     recall.eval()
     vectors = np.concatenate([
         recall.user_vector(torch.from_numpy(history[i : i + 1024])).numpy()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from recsys.settings import Settings
-from recsys.settings_doc import README, field_comments, reference_table, with_reference
+from recsys.settings_doc import BEGIN, END, README, field_comments, reference_table, with_reference
 
 
 def test_readme_reference_is_current() -> None:
     text = README.read_text()
+    assert BEGIN in text and END in text  # the block writer leaves a README without markers unchanged
     assert with_reference(text) == text, "README's settings table is stale: run `python -m recsys.settings_doc`"
 
 

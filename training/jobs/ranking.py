@@ -127,7 +127,7 @@ def stage_data(settings: Settings, prepared: Prepared, recall: SASRec, stage: st
     df = df.sort_values("user_id").reset_index(drop=True)
     targets = df["item_id"].map(index).to_numpy(dtype=np.int64)
     histories = [by_user[int(u)] for u in df["user_id"]]
-    users = user_rows(settings, prepared, rows, recall, histories)
+    users = user_rows(settings, rows, recall, histories)
     return StageData(users, targets, df["rating"].to_numpy(np.float32), histories)
 
 
@@ -221,7 +221,7 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     pos = training_positives(prepared, per_user)
     from training.features import training_entities
 
-    users = user_rows(settings, prepared, training_entities(pos), recall, training_histories(prepared, pos))
+    users = user_rows(settings, training_entities(pos), recall, training_histories(prepared, pos))
     item_vectors = recall.items.all_items().detach().numpy()
     positives = pos["item_id"].map(prepared.item_index).to_numpy(dtype=np.int64)
     ex: Examples = sample_examples(users, positives, pos["rating"].to_numpy(np.float32), item_vectors, cfg,
