@@ -23,18 +23,26 @@ def _pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 1) if xs else 0.0
 
 
-def fine_tuning_scaling(s: Settings, console: Console, steps: int) -> dict[str, Any]:
-    from training.copy_steps import train_copy_step
+def spread(xs: list[float], digits: int = 1) -> list[float]:
+    """[min, median, max]: how much a timing moved between repeats (absolute times drift on a shared VM)."""
+    return [round(float(min(xs)), digits), round(float(np.median(xs)), digits), round(float(max(xs)), digits)] \
+        if xs else []
 
-    out: dict[str, Any] = {"steps": steps}
-    for workers in (1, 2):
-        ws = s.model_copy(update={"train_workers": workers, "copy_eval_items": 8})
-        r = train_copy_step(ws, steps=steps)
-        out[f"workers_{workers}"] = {"train_seconds": round(r["train_seconds"], 1),
-                                     "tokens_per_s": round(r["tokens_per_second"], 1)}
-        console.print(f"copy LM, {workers} worker(s), {steps} steps: {r['train_seconds']:.0f} s, "
-                      f"{r['tokens_per_second']:.0f} tokens/s")
-    out["speedup"] = round(out["workers_2"]["tokens_per_s"] / max(1e-9, out["workers_1"]["tokens_per_s"]), 2)
+
+def fine_tuning_scaling(s: Settings, console: Console, two_workers: list[float], steps: int = 6,
+                        steps_per_epoch: int = 2) -> dict[str, Any]:
+    """Tokens/s of one worker (2 threads) beside `two_workers`, the main run's per-epoch tokens/s (2 DDP workers,
+    1 thread each): same pairs, same batch, same bench run; per-epoch figures leave out the fit's fixed start-up
+    (~30 s of Ray worker start on 2 cores), which a short run's overall rate would be dominated by."""
+    from training.copy_steps import copy_throughput
+
+    r = copy_throughput(s.model_copy(update={"train_workers": 1}), steps, steps_per_epoch)
+    one = r["epoch_tokens_per_second"]
+    out = {"steps": steps, "workers_1": {"tokens_per_s": spread(one), "train_seconds": round(r["train_seconds"], 1)},
+           "workers_2": {"tokens_per_s": spread(two_workers)}}
+    out["speedup"] = round(float(np.median(two_workers)) / max(1e-9, float(np.median(one))), 2)
+    console.print(f"copy LM tokens/s (min/median/max per epoch): 1 worker {spread(one)}, 2 workers "
+                  f"{spread(two_workers)}: {out['speedup']}×")
     return out
 
 
@@ -81,7 +89,8 @@ def generation(s: Settings, console: Console, version: str, repeats: int = 5, sh
         for _ in range(stream):
             await writer2.write(rng.choices(pool, weights)[0], budget_s=120)
         c = writer2.cache
-        return {"miss_p50_ms": _pct(miss, 50), "miss_p99_ms": _pct(miss, 99), "hit_p50_ms": _pct(hit, 50),
+        return {"miss_p50_ms": _pct(miss, 50), "miss_p99_ms": _pct(miss, 99), "miss_ms": spread(miss),
+                "hit_ms": spread(hit, 2), "hit_p50_ms": _pct(hit, 50),
                 "hit_p99_ms": _pct(hit, 99), "tokens_per_s": round(tokens / (sum(miss) / 1e3), 1),
                 "repeat_hit_rate": round(c.hits / max(1, c.hits + c.misses), 3), "dtype": str(model.dtype),
                 "served_factual": round(served / (10 * repeats), 3), "repeats": repeats, "stream": stream,
@@ -94,21 +103,22 @@ def generation(s: Settings, console: Console, version: str, repeats: int = 5, sh
     return out
 
 
-def copy_suite(s: Settings, console: Console, eval_items: int = 100, scaling_steps: int = 4) -> dict[str, Any]:
+def copy_suite(s: Settings, console: Console, eval_items: int = 100) -> dict[str, Any]:
     """Needs the prepared data and features of the bench home (the offline suite runs first).
 
-    100 held-out items, not 1,000: on 2 CPU cores a generated copy costs ~0.8 s (fp32) and base and tuned are
-    both generated. Measured at 0ac10bb: the copy suite took 18.8 of `make bench`'s 34.4 minutes (fine-tuning
-    with 2 DDP workers 6.4 min, base + tuned evaluation ~3 min, generation ~3 min)."""
+    100 held-out items, not 1,000: on 2 CPU cores a generated copy costs ~0.6 s (fp32, batched) and base and
+    tuned are both generated. Measured at a065a51: the copy suite took 17.6 of `make bench`'s 35.7 minutes
+    (fine-tuning 60 steps with 2 DDP workers 7.5 min, base + tuned evaluation ~4.5 min, two scaling runs with
+    their own evaluations ~3 min, generation ~2 min); the 1-worker run now trains only."""
     from training.copy_steps import export_copy, train_copy_step
     from training.promotion import promote
     from training.tracking import COPY_MODEL
 
-    scaling = fine_tuning_scaling(s, console, scaling_steps)
     r = train_copy_step(s.model_copy(update={"copy_eval_items": eval_items}))
     console.print(f"copy LM v{r['version']}: factuality base {r['base_val_factuality']:.3f} → tuned "
                   f"{r['val_factuality']:.3f} on {eval_items} held-out items; perplexity "
                   f"{r['base_val_perplexity']:.2f} → {r['val_perplexity']:.2f}")
+    scaling = fine_tuning_scaling(s, console, r["epoch_tokens_per_second"])
     promote(s, COPY_MODEL, force=True)
     version = export_copy(s)
     gen = generation(s, console, str(version))

@@ -38,7 +38,7 @@ def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, 
     nll, count = target_nll(model, tok, pairs)
     facts = [f for f, _ in pairs]
     t0 = time.perf_counter()
-    texts = generate(model, tok, facts, max_new_tokens)
+    texts = generate(model, tok, facts, max_new_tokens, batch_size=48)  # 96 items: 67 s at 16, 58 s at 48 (2 cores)
     seconds = time.perf_counter() - t0
     kinds: dict[str, int] = {}
     ok = 0

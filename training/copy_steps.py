@@ -94,6 +94,7 @@ def train_copy_step(settings: Settings, resume: bool = False, warm_start: bool =
         out = train_copy(settings, cfg, pairs.train, pairs.held_out, guard, resume,
                          {"uri": settings.tracking_uri, "run_id": run.info.run_id}, warm)
         mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")
+        assert out.tuned is not None and out.base is not None
         metrics = {**out.tuned.as_dict("val_"), **out.base.as_dict("base_val_"),
                    "first_loss": out.first_loss, "final_train_loss": out.losses[-1],
                    "train_seconds": out.train_seconds, "tokens_per_second": out.tokens_per_second,
@@ -110,7 +111,22 @@ def train_copy_step(settings: Settings, resume: bool = False, warm_start: bool =
             mlflow.log_artifacts(str(folder), artifact_path=ARTIFACT_DIR)
         version = register_artifacts(settings, COPY_MODEL, run.info.run_id, ARTIFACT_DIR)
         set_challenger(settings, COPY_MODEL, version, {"data_digest": prepared.digest, "base_model": cfg.base_model})
-    return {"model": COPY_MODEL, "version": version, "run_id": run.info.run_id, **metrics}
+    return {"model": COPY_MODEL, "version": version, "run_id": run.info.run_id, **metrics,
+            "epoch_tokens_per_second": out.epoch_tokens_per_second}
+
+
+def copy_throughput(settings: Settings, steps: int, steps_per_epoch: int) -> dict[str, Any]:
+    """Fine-tuning speed only (the bench's 1-vs-2-worker comparison): the same pairs and LoRA setup as
+    `train_copy_step`, no evaluation, nothing tracked or registered. Tokens/s per epoch of `steps_per_epoch`."""
+    from training.jobs.copy import train_copy
+
+    prepared = prepare(settings)
+    cfg = copy_config(settings, steps=steps, steps_per_epoch=steps_per_epoch)
+    pairs = build_pairs(prepared.split.train, prepared.ds.items, settings.copy_train_pairs, settings.copy_eval_items,
+                        seed=settings.seed)
+    out = train_copy(settings, cfg, pairs.train, pairs.held_out, guard_for(prepared), evaluate=False)
+    return {"train_seconds": out.train_seconds, "tokens_per_second": out.tokens_per_second,
+            "epoch_tokens_per_second": out.epoch_tokens_per_second, "workers": settings.train_workers}
 
 
 def export_copy(settings: Settings) -> str | None:

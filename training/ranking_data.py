@@ -16,6 +16,7 @@ from recsys.settings import Settings
 from training.datasets import Prepared
 from training.features import item_features, training_entities, user_features_at
 from training.models.ranking import RankingConfig, item_dense, user_dense
+from training.models.ranking_inputs import USER_DENSE_FEATURES
 from training.models.retrieval import SASRec
 from training.sequences import left_pad
 
@@ -68,7 +69,7 @@ def user_rows(settings: Settings, rows: pd.DataFrame, recall: SASRec, histories:
     The sequences are `histories` (item indices per row, the protocol's order), not Feast's `recent_items`: the
     point-in-time rows stop a second before the event and so drop the items rated in that same second (ML-100K
     users rate many at once), which the protocol, the retrieval job and the served profile all keep."""
-    feats = user_features_at(settings, rows)
+    feats = user_features_at(settings, rows, names=USER_DENSE_FEATURES)  # the sequences come from `histories`
     history = left_pad(histories, recall.cfg.max_len)
     recall.eval()
     vectors = np.concatenate([

@@ -98,3 +98,27 @@ def test_served_copy_is_guarded_within_budget_then_from_the_cache(copy_home: Pat
     assert served.source in ("model", "template_guard")
     samples = json.loads((s.model_repo / "copy" / version / "samples.json").read_text())
     assert samples and {"base", "tuned", "facts"} <= set(samples[0])
+
+
+def test_throughput_run_trains_per_epoch_and_tracks_nothing(feature_home: Path, use_home) -> None:
+    """The bench's 1-worker copy run: real Ray Train steps (tiny Llama, same code path), no evaluation, no
+    MLflow run or registered version."""
+    use_home(feature_home)
+    from recsys.settings import load_settings
+    from training.copy_steps import copy_throughput
+    from training.tracking import setup_mlflow
+
+    s = load_settings({"copy_base_model": "tiny-random-llama", "train_workers": 1, "copy_train_pairs": 64})
+    setup_mlflow(s)
+    import mlflow
+
+    runs_before = len(mlflow.search_runs(search_all_experiments=True))
+    import ray
+
+    try:
+        r = copy_throughput(s, steps=4, steps_per_epoch=2)
+    finally:  # this process started a local Ray: stop it, or a later `ray stop` leaves the driver to abort at exit
+        ray.shutdown()
+    assert r["workers"] == 1 and len(r["epoch_tokens_per_second"]) == 2
+    assert all(x > 0 for x in r["epoch_tokens_per_second"]) and r["train_seconds"] > 0
+    assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before

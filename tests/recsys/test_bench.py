@@ -7,18 +7,38 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
-from recsys.bench import load, report
+from recsys.bench import feedback_load, load, report, window_spread, with_spread
+from recsys.bench_copy import spread
 
 
 class _Fake(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps connections open, as Serve's uvicorn does
+    ports: ClassVar[set[int]] = set()
+
+    def _send(self, status: int, body: dict) -> None:
+        out = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
     def do_POST(self):
+        self.ports.add(self.client_address[1])
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if body["user_id"] == 13:
+        if self.path.endswith("/feedback"):
+            if self.headers.get("Authorization") != "Bearer k":
+                return self._send(401, {"error": "missing or invalid API key"})
+            return self._send(200, {"accepted": len(body["events"])})
+        if body["user_id"] in (13, 14):
+            out = json.dumps({"error": "internal error (KeyError)"}).encode() if body["user_id"] == 14 else b""
             self.send_response(500)
+            self.send_header("Content-Length", str(len(out)))
             self.end_headers()
+            self.wfile.write(out)
             return
         out = json.dumps({"degraded": [{"stage": "copy"}] if body["user_id"] == 7 else [],
                           "timings_ms": {"recall": 1.0, "total": 2.0}}).encode()
@@ -39,10 +59,24 @@ def fake_graph():
     server.shutdown()
 
 
+def test_clients_keep_their_connection_and_feedback_counts_refusals(fake_graph):
+    _Fake.ports.clear()
+    r = load(fake_graph, users=[1], concurrency=2, seconds=0.3, include_copy=False, max_requests=40)
+    assert r["requests"] >= 10 and r["errors"] == 0
+    assert len(_Fake.ports) == 2  # one TCP connection per client for all its requests
+    base = fake_graph.removesuffix("/recommend")
+    ok = feedback_load(base, "k", users=[1, 2], items=[5, 6], concurrency=2, seconds=0.3, batch=3)
+    assert ok["errors"] == 0 and ok["events_per_s"] > 0
+    refused = feedback_load(base, "wrong", users=[1], items=[5], concurrency=1, seconds=0.2)
+    assert refused["events_per_s"] == 0 and refused["errors"] > 0
+
+
 def test_load_counts_errors_and_degraded_answers_separately(fake_graph):
-    r = load(fake_graph, users=[1, 7, 13], concurrency=3, seconds=0.5, include_copy=False, max_requests=60)
-    assert r["requests"] > 0 and r["errors"] > 0  # user 13 always fails and is not counted as answered
-    assert r["error_kinds"] == {"500": r["errors"]}  # by HTTP status: load shedding (503) is told apart
+    r = load(fake_graph, users=[1, 7, 13, 14], concurrency=4, seconds=0.5, include_copy=False, max_requests=60)
+    assert r["requests"] > 0 and r["errors"] > 0  # users 13, 14 always fail and are not counted as answered
+    # by HTTP status (load shedding, 503, is told apart) and the platform's error line where there is one
+    assert set(r["error_kinds"]) == {"500", "500 internal error (KeyError)"}
+    assert sum(r["error_kinds"].values()) == r["errors"]
     assert 0 < r["degraded"] < r["requests"]
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert r["stage_p50_ms"] == {"recall": 1.0, "total": 2.0}
@@ -52,12 +86,13 @@ def test_report_has_one_table_row_per_measurement():
     result = {
         "started": "2026-11-25T00:00:00+00:00",
         "machine": {"cpu": "cpu", "cores": 2, "ram_gib": 24, "python": "3.11", "commit": "abc", "stack": {"ray": "2"}},
-        "scaling": {"workers_1": 100.0, "workers_2": 150.0, "speedup": 1.5, "scaling_efficiency": 0.75, "epochs": 3},
+        "scaling": {"workers_1": [90.0, 100.0, 104.0], "workers_2": [140.0, 150.0, 151.0], "speedup": 1.5,
+                    "scaling_efficiency": 0.75, "epochs": {"1": 3, "2": 40}},
         "quality": [{"model": "mostpop", "hr_at_10": 0.05, "hr_at_10_se": 0.007, "ndcg_at_10": 0.025,
                      "ndcg_at_10_se": 0.004, "mrr": 0.02, "coverage_at_10": 0.01}],
     }
     text = report(result, Path("bench/results/x.json"))
-    assert "| 2 × 1 thread (DDP) | 150.0 |" in text
+    assert "| 2 × 1 thread (DDP) | 150.0 (140.0–151.0) |" in text  # median (min–max) over epochs
     assert "| mostpop | 0.0500 ± 0.0070 | 0.0250 ± 0.0040 |" in text
     assert "## Serving" not in text  # a suite that did not run gets no table
 
@@ -167,3 +202,28 @@ def test_report_states_the_wall_time_of_each_suite():
     }
     text = report(result, Path("bench/results/x.json"))
     assert "offline 600.0, copy 660.0; total 21.0 min" in text
+
+
+def test_spreads_are_min_median_max_and_windows_split_one_run_by_answer_time():
+    assert spread([3.0, 1.0, 10.0, 2.0]) == [1.0, 2.5, 10.0] and spread([]) == []
+    assert with_spread([1.0, 2.5, 10.0]) == "2.5 (1.0–10.0)" and with_spread(7.0) == "7.0"
+    # 3 s run: 4 answers in the first second (10 ms), 1 in the second (50 ms), 2 in the third (30, 40 ms)
+    done = [0.1, 0.2, 0.3, 0.4, 1.5, 2.5, 2.9]
+    lat = [10.0, 10.0, 10.0, 10.0, 50.0, 30.0, 40.0]
+    w = window_spread(0.0, 3.0, done, lat)
+    assert w["rps"] == [1.0, 2.0, 4.0]
+    assert w["p50_ms"] == [10.0, 35.0, 50.0]
+
+
+def test_epoch_rates_read_each_epoch_of_a_tracked_run(tmp_path: Path) -> None:
+    import mlflow
+    from recsys.bench import epoch_rates
+    from recsys.settings import load_settings
+    from training.tracking import setup_mlflow
+
+    s = load_settings(environ={"RECSYS_HOME": str(tmp_path), "RECSYS_PROFILE": "ci"})
+    setup_mlflow(s)
+    with mlflow.start_run() as run:
+        for epoch, secs in ((1, 2.0), (2, 4.0), (3, 5.0)):
+            mlflow.log_metrics({"samples": 100.0, "epoch_seconds": secs}, step=epoch)
+    assert epoch_rates(s, run.info.run_id) == [50.0, 25.0, 20.0]

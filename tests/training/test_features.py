@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from recsys.settings import load_settings
 from training.data.schema import Dataset
@@ -82,3 +83,18 @@ def test_item_features_have_content_embeddings_and_train_only_popularity(feature
     counts = p.split.train["item_id"].value_counts()
     expected = counts.reindex(frame["item_id"]).fillna(0).astype(int).to_numpy()
     assert (frame["popularity"].to_numpy() == expected).all()  # valid/test interactions are not counted
+
+
+def test_historical_subset_equals_the_full_query_and_refuses_names_outside_the_service(feature_home, use_home):
+    use_home(feature_home)
+    s = load_settings()
+    p = prepare(s)
+    inter = p.ds.interactions.sort_values(["user_id", "timestamp", "item_id"])
+    rows = training_entities(inter.groupby("user_id").nth([3, 9]).reset_index(drop=True))
+    full = user_features_at(s, rows)
+    some = user_features_at(s, rows, names=["mean_rating", "n_interactions"])
+    assert list(some.columns) == ["user_id", "event_timestamp", "n_interactions", "mean_rating"]
+    assert some["n_interactions"].tolist() == full["n_interactions"].tolist()
+    assert np.allclose(some["mean_rating"], full["mean_rating"])
+    with pytest.raises(ValueError, match="no user_profile features \\['title'\\]"):
+        user_features_at(s, rows, names=["title"])

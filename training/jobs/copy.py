@@ -92,20 +92,22 @@ def train_loop(config: dict[str, Any]) -> None:
 class CopyOutcome:
     adapter: dict[str, torch.Tensor]
     config: CopyLMConfig
-    base: CopyReport
-    tuned: CopyReport
+    base: CopyReport | None  # None: evaluation skipped (throughput runs)
+    tuned: CopyReport | None
     losses: list[float]  # train_loss per epoch
     first_loss: float  # the first step's loss (before any update)
     train_seconds: float
     tokens_per_second: float
     epochs: int
     warm_started: bool
+    epoch_tokens_per_second: list[float]  # per epoch (the spread of the mean above)
 
 
 def train_copy(settings: Settings, cfg: CopyLMConfig, train: list[tuple[CopyFacts, str]],
                held_out: list[tuple[CopyFacts, str]], guard: Guard, resume: bool = False,
                mlflow_run: dict[str, str] | None = None,
-               warm: dict[str, torch.Tensor] | None = None) -> CopyOutcome:
+               warm: dict[str, torch.Tensor] | None = None, evaluate: bool = True) -> CopyOutcome:
+    """`evaluate` False: training only (a throughput measurement); base and tuned reports are None."""
     from training.models.copy_lm import resolve_base
 
     cache = settings.model_cache
@@ -120,11 +122,15 @@ def train_copy(settings: Settings, cfg: CopyLMConfig, train: list[tuple[CopyFact
     history = result.metrics_dataframe if result.metrics_dataframe is not None else None
     losses = [float(x) for x in history["train_loss"]] if history is not None else [result.metrics["train_loss"]]
     first = float(history["epoch_first_loss"].iloc[0]) if history is not None else float("nan")
-    tps = float(np.mean(history["tokens_per_second"])) if history is not None else 0.0
+    per_epoch = [float(x) for x in history["tokens_per_second"]] if history is not None else []
+    tps = float(np.mean(per_epoch)) if per_epoch else 0.0
+    if not evaluate:
+        return CopyOutcome(state["adapter"], cfg, None, None, losses, first, seconds, tps, int(state["epoch"]),
+                           warm is not None, per_epoch)
     base, tok = load_base(base_dir, cache)
     base_report = evaluate_copy(base.eval(), tok, held_out, guard, cfg.max_new_tokens)
     del base
     tuned, tok = merged(base_dir, cache, cfg, state["adapter"])
     tuned_report = evaluate_copy(tuned, tok, held_out, guard, cfg.max_new_tokens)
     return CopyOutcome(state["adapter"], cfg, base_report, tuned_report, losses, first, seconds, tps,
-                       int(state["epoch"]), warm is not None)
+                       int(state["epoch"]), warm is not None, per_epoch)

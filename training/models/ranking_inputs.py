@@ -15,6 +15,7 @@ OUTPUTS = ("p_click", "rating")
 
 
 USER_DENSE_DIM = 2  # log activity, mean rating
+USER_DENSE_FEATURES = ("n_interactions", "mean_rating")  # the profile features `user_dense` reads
 
 
 def item_dense(frame: pd.DataFrame, genres: list[str]) -> np.ndarray:
@@ -41,7 +42,8 @@ def item_dense_arrays(item_genres: list, year: np.ndarray, popularity: np.ndarra
 
 def user_dense(frame: pd.DataFrame) -> np.ndarray:
     """(N, 2) float32 from user profile rows (n_interactions, mean_rating) — shared with serving."""
-    return user_dense_arrays(frame["n_interactions"].fillna(0).to_numpy(), frame["mean_rating"].fillna(0).to_numpy())
+    n, m = USER_DENSE_FEATURES
+    return user_dense_arrays(frame[n].fillna(0).to_numpy(), frame[m].fillna(0).to_numpy())
 
 
 def user_dense_arrays(n_interactions: np.ndarray, mean_rating: np.ndarray) -> np.ndarray:
