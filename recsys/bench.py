@@ -225,8 +225,8 @@ def _status_kind(status: int, data: bytes) -> str:
     """"500" plus the platform's one-line error where the body carries one ("500 internal error (KeyError)")."""
     try:
         msg = json.loads(data or b"{}").get("error")
-    except (ValueError, AttributeError):
-        msg = None
+    except (ValueError, AttributeError):  # not the platform's JSON: Serve's or uvicorn's own text
+        msg = data.decode("utf-8", "replace").strip() or None
     return f"{status} {str(msg)[:60]}" if msg else str(status)
 
 

@@ -213,24 +213,34 @@ def promote(
 
 def _print_rollout(r) -> None:
     where = f"InferenceService {r.namespace}/{r.name}"
+    graph = f"RayService {r.namespace}/{r.rayservice}" if r.rayservice else None
     if not r.applied:
-        console.print(f"dry run: would publish ranker v{r.version} to {r.storage_uri} and patch {where} with",
-                      markup=False)
+        console.print(f"dry run: would publish ranker v{r.version} (with the graph's routed versions) to "
+                      f"{r.storage_uri}, patch {where}, wait for it to be Ready"
+                      + (f", then set the Ranking route of {graph} to {json.dumps(r.route_after)}" if graph else "")
+                      + "; the InferenceService patch:", markup=False)
         console.print(json.dumps(r.patch), markup=False, highlight=False, soft_wrap=True)
         return
-    console.print(f"cluster: ranker v{r.version} published to {r.storage_uri}; {where} storageUri "
-                  f"{r.previous_uri or '(none)'} → {r.storage_uri}", markup=False)
+    console.print(f"cluster: ranker versions {', '.join(r.versions)} published to {r.storage_uri}; {where} "
+                  f"storageUri {r.previous_uri or '(none)'} → {r.storage_uri}, Ready", markup=False)
+    if graph:
+        console.print(f"cluster: {graph} Ranking route {json.dumps(r.route_before)} → {json.dumps(r.route_after)}",
+                      markup=False)
+    else:
+        console.print("cluster: no kserve_rayservice set: the graph's route was not changed", markup=False)
 
 
 @app.command()
 def rollout(
     version: Annotated[str | None, typer.Option(help="Ranker version; default: recsys-ranker@champion.")] = None,
-    canary: Annotated[int | None, typer.Option(min=0, max=100, help="canaryTrafficPercent for the new "
-                                               "predictor (KServe Serverless mode).")] = None,
+    canary: Annotated[float | None, typer.Option(min=0, max=100, help="Share of users (by user hash) the graph "
+                                                 "sends to this version beside its current champion; 100 or "
+                                                 "none: all users.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the target and the patch; change nothing.")]
     = False,
 ) -> None:
-    """Cluster: publish a ranker version and point the KServe InferenceService at it (promote does this too)."""
+    """Cluster: publish a ranker version, point the KServe InferenceService at it, then switch the graph's route
+    (promote does this too)."""
     from serving.kserve import rollout_ranker
 
     s = settings()

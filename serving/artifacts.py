@@ -28,6 +28,8 @@ class ModelInfo:
     config: dict
 
 
+SHAPE_KEYS = ("genres", "max_len", "content_dim")  # what a ranker config.pbtxt's tensor shapes depend on
+
 def model_info(settings: Settings, name: str, version: str | None = None) -> ModelInfo:
     """The champion's info (version None), or that of one exported version."""
     path = settings.model_repo / name / (version or "") / "recsys.json"

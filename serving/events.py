@@ -35,10 +35,12 @@ class FeedbackEvent(BaseModel):
     event_id: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
                                  description="client id of the event; without one it is derived from the "
                                              "content when a timestamp is given, else generated")
-    user_id: int = Field(ge=0, le=2**62)
-    item_id: int = Field(ge=1, le=2**62)
+    # strict: "7", true or 7.0 are a client's type error, not an id (JSON numbers 4 and 4.5 are both ratings)
+    user_id: int = Field(ge=0, le=2**62, strict=True)
+    item_id: int = Field(ge=1, le=2**62, strict=True)
     event_type: EventType
-    value: float | None = Field(default=None, ge=0.5, le=5.0, description="the rating (required for rate)")
+    value: float | None = Field(default=None, ge=0.5, le=5.0, strict=True,
+                                description="the rating (required for rate)")
     timestamp: datetime | None = Field(default=None, description="when it happened; server time if absent")
     request_id: str | None = Field(default=None, max_length=64, description="the recommendation it answers")
 

@@ -146,6 +146,8 @@ def _parse_feedback(raw: bytes) -> FeedbackBatch:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise Refusal(400, grpc.StatusCode.INVALID_ARGUMENT, "malformed JSON body") from None
+    except RecursionError:  # "[[[[…" within the size limit: the decoder gives up, the client gets a 400
+        raise Refusal(400, grpc.StatusCode.INVALID_ARGUMENT, "malformed JSON body (nested too deeply)") from None
     if isinstance(body, dict) and "events" not in body:
         body = {"events": [body]}
     try:

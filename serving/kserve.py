@@ -1,13 +1,20 @@
-"""Cluster rollout of a ranker version: publish its Triton repository, then repoint the KServe InferenceService.
+"""Cluster rollout of a ranker version: publish a Triton repository, repoint KServe, then switch the graph.
 
 Locally a promoted ranker is swapped inside the running Triton (`serving.rollout`). In a cluster Triton runs as
-a KServe InferenceService that loads whatever repository `storageUri` names, so a rollout is: write a Triton
-repository holding exactly that version (`<publish_uri>/ranker-v<version>`, in the cluster's ONNX Runtime form by
-default) through MLflow's artifact stores (s3://, gs://, wasbs://, file://), then a merge patch of `storageUri`
-(and `canaryTrafficPercent`, Serverless mode) through the Kubernetes API. KServe starts the new predictor, moves
-traffic when it is ready (or the canary share of it) and keeps the old one until then. The patch is the only
-write to the cluster; the chart's promotion ServiceAccount may get and patch this one InferenceService and
-nothing else.
+a KServe InferenceService that loads whatever repository `storageUri` names, and the graph's Ranking replicas
+ask it for the versions their route names (the RayService's Ranking `user_config`). The order keeps every
+request answered by a real model:
+  1. publish `<publish_uri>/ranker-v<version>` holding the versions of the graph's current route AND of the new
+     one (ONNX Runtime form by default) through MLflow's artifact stores (s3://, gs://, wasbs://, file://);
+  2. merge-patch the InferenceService's `storageUri`; KServe starts the new predictor and moves traffic when it
+     is Ready, and either predictor serves every version the graph may ask for meanwhile;
+  3. wait until the InferenceService reports Ready for this generation;
+  4. merge-patch the RayService's Ranking route (all users to the new version, or a sticky per-user canary
+     share): KubeRay reconfigures live replicas in place.
+The canary is the graph's (per-user, sticky, both KServe modes): KServe's own `canaryTrafficPercent` splits
+requests between predictor revisions, and a request pinned to the new version must not reach the old revision,
+so a rollout sets it to 100 where the InferenceService has one. The chart's promotion ServiceAccount may get and
+patch this one InferenceService and this one RayService, nothing else.
 """
 
 from __future__ import annotations
@@ -15,12 +22,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from recsys.errors import ConfigError, RecsysError
 from recsys.settings import Settings
+from serving import rayservice
+from serving.artifacts import SHAPE_KEYS, Route
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -37,8 +47,12 @@ class KServeRollout:
     version: str
     storage_uri: str
     previous_uri: str | None  # None in a dry run (the cluster was not asked)
-    patch: dict[str, Any]
+    patch: dict[str, Any]  # the InferenceService merge patch
     applied: bool
+    versions: list[str] = field(default_factory=list)  # ranker versions in the published repository
+    route_before: dict[str, Any] | None = None  # the graph's route before (None: unknown or not set)
+    route_after: dict[str, Any] | None = None  # the route the graph was given (None: no RayService to switch)
+    rayservice: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,14 +62,27 @@ def storage_uri_for(publish_uri: str, version: str) -> str:
     return f"{publish_uri.rstrip('/')}/ranker-v{version}"
 
 
-def inference_service_patch(storage_uri: str, canary_percent: int | None) -> dict[str, Any]:
-    """The JSON merge patch: the predictor's model storageUri, and the canary share when one is asked for."""
+def inference_service_patch(storage_uri: str, current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON merge patch: the predictor's model storageUri, and `canaryTrafficPercent: 100` where the live
+    object holds another share (the graph does the canary; see the module docstring)."""
     predictor: dict[str, Any] = {"model": {"storageUri": storage_uri}}
-    if canary_percent is not None:
-        if not 0 <= canary_percent <= 100:
-            raise ConfigError(f"canary percent must be within 0-100, got {canary_percent}")
-        predictor["canaryTrafficPercent"] = canary_percent
+    share = ((current or {}).get("spec", {}).get("predictor", {})).get("canaryTrafficPercent")
+    if share is not None and share != 100:
+        predictor["canaryTrafficPercent"] = 100
     return {"spec": {"predictor": predictor}}
+
+
+def planned_route(before: Route | None, version: str, canary_percent: float | None) -> Route:
+    """All users to `version`, or `canary_percent` % of them (by user hash) beside the current champion."""
+    if canary_percent is None or canary_percent >= 100:
+        return Route(str(version))
+    if not canary_percent >= 0:
+        raise ConfigError(f"canary percent must be within 0-100, got {canary_percent}")
+    if before is None:
+        raise ConfigError("a canary needs the graph's current champion: set kserve_rayservice (the chart does)")
+    if canary_percent == 0 or before.champion == str(version):
+        return Route(before.champion)
+    return Route(before.champion, str(version), float(canary_percent))
 
 
 def cluster_namespace(settings: Settings) -> str:
@@ -67,22 +94,38 @@ def cluster_namespace(settings: Settings) -> str:
     return os.environ.get("POD_NAMESPACE", "default")
 
 
-def publish_ranker(settings: Settings, version: str, uri: str) -> str:
-    """Upload a Triton repository with exactly this ranker version (ranker/config.pbtxt, ranker/<version>/)."""
+def publish_ranker(settings: Settings, route: Route, keep: list[str], uri: str) -> list[str]:
+    """Upload a Triton repository serving the route's versions and, where their inputs match the champion's
+    (one config.pbtxt serves them all), the `keep` versions too; recsys.json routes to the champion. A routed
+    version that cannot be served beside the champion is a ConfigError before anything is uploaded. Returns the
+    published versions."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from training.export import write_model
+    from training.export import write_config, write_version
     from training.registry import client, download_artifacts
     from training.tracking import RANKER_MODEL
 
-    mv = client(settings).get_model_version(RANKER_MODEL, version)
     with tempfile.TemporaryDirectory() as d:
-        art = download_artifacts(settings, mv.run_id, Path(d) / "artifacts")
-        cfg = json.loads((art / "config.json").read_text())
+        found: dict[str, tuple[Path, dict]] = {}
+        for v in dict.fromkeys([*route.versions, *keep]):  # the champion first: the others must match its inputs
+            mv = client(settings).get_model_version(RANKER_MODEL, v)
+            art = download_artifacts(settings, mv.run_id, Path(d) / f"artifacts-{v}")
+            cfg = json.loads((art / "config.json").read_text())
+            if found and any(cfg.get(k) != found[route.champion][1].get(k) for k in SHAPE_KEYS):
+                if v in route.versions:
+                    raise ConfigError(f"ranker v{v} cannot be served beside v{route.champion}: their inputs differ")
+                continue  # the graph's old route loses this version when it switches (a short degraded window)
+            found[v] = (art, cfg)
         repo = Path(d) / "repository"
-        write_model(repo, "ranker", str(version), art / "ranker.onnx", cfg, settings.kserve_backend)
+        for v, (art, cfg) in found.items():
+            write_version(repo, "ranker", v, art / "ranker.onnx", cfg, settings.kserve_backend)
+        published = sorted(found, key=int)
+        champion = found[route.champion][1]
+        write_config(repo, "ranker", champion, settings.kserve_backend, published)
+        (repo / "ranker" / "recsys.json").write_text(json.dumps(
+            {"version": route.champion, "config": champion, "challenger": None}, indent=1))
         get_artifact_repository(uri).log_artifacts(str(repo))
-    return uri
+    return published
 
 
 def _api(api: Any | None) -> Any:
@@ -101,36 +144,120 @@ def _api(api: Any | None) -> Any:
     return client.CustomObjectsApi()
 
 
-def _why(e: Exception, name: str, namespace: str) -> str:
+def _why(e: Exception, kind: str, name: str, namespace: str) -> str:
     status = getattr(e, "status", None)
     if status == 404:
-        return f"no InferenceService {name!r} in namespace {namespace!r}"
+        return f"no {kind} {name!r} in namespace {namespace!r}"
     if status in (401, 403):
-        return (f"the Kubernetes API refused ({status}): this identity may not get/patch InferenceService "
+        return (f"the Kubernetes API refused ({status}): this identity may not get/patch {kind} "
                 f"{name!r} in {namespace!r} (the chart's promotion ServiceAccount may)")
     reason = getattr(e, "reason", None) or str(e).splitlines()[0]
     return f"Kubernetes API error{f' {status}' if status else ''}: {reason}"
 
 
-def rollout_ranker(settings: Settings, version: str, canary_percent: int | None = None, dry_run: bool = False,
-                   api: Any | None = None) -> KServeRollout:
-    """Publish ranker `version` and patch the InferenceService to serve it; a dry run does neither, and says
-    what it would do."""
+class _Cluster:
+    """The two objects a rollout reads and patches; every API failure becomes one RolloutError line."""
+
+    def __init__(self, custom: Any, namespace: str) -> None:
+        self.custom, self.namespace = custom, namespace
+
+    def _call(self, kind: str, name: str, fn, *args) -> dict[str, Any]:
+        try:
+            return fn(*args)
+        except Exception as e:  # ApiException, urllib3 connection errors: one readable line for the CLI
+            raise RolloutError(_why(e, kind, name, self.namespace)) from None
+
+    def get(self, api: tuple[str, str, str], kind: str, name: str) -> dict[str, Any]:
+        return self._call(kind, name, self.custom.get_namespaced_custom_object, *api[:2], self.namespace, api[2],
+                          name)
+
+    def patch(self, api: tuple[str, str, str], kind: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(kind, name, self.custom.patch_namespaced_custom_object, *api[:2], self.namespace,
+                          api[2], name, body)
+
+
+ISVC, RAYSERVICE = (GROUP, VERSION, PLURAL), (rayservice.GROUP, rayservice.VERSION, rayservice.PLURAL)
+
+
+def _ready(obj: dict[str, Any], generation: int | None) -> tuple[bool, str]:
+    """(Ready for this spec generation?, why not): KServe's Ready condition, and its observedGeneration when
+    reported (a Ready left over from the previous spec does not count)."""
+    status = obj.get("status") or {}
+    seen = status.get("observedGeneration")
+    if generation is not None and seen is not None and int(seen) < generation:
+        return False, f"KServe has not yet seen generation {generation} (observed {seen})"
+    cond = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if cond is None:
+        return False, "no Ready condition yet"
+    if str(cond.get("status")) == "True":
+        return True, ""
+    return False, cond.get("message") or cond.get("reason") or "Ready is False"
+
+
+def wait_ready(cluster: _Cluster, name: str, generation: int | None, timeout_s: float, poll_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ok, why = _ready(cluster.get(ISVC, "InferenceService", name), generation)
+        if ok:
+            return
+        if time.monotonic() >= deadline:
+            raise RolloutError(f"InferenceService {cluster.namespace}/{name} not Ready {timeout_s:.0f} s after the "
+                               f"patch ({why}); the graph keeps its route, whose versions the new repository also "
+                               "serves")
+        time.sleep(poll_s)
+
+
+def rollout_ranker(settings: Settings, version: str, canary_percent: float | None = None, dry_run: bool = False,
+                   api: Any | None = None, poll_s: float = 5.0) -> KServeRollout:
+    """Publish, repoint the InferenceService, wait for Ready, switch the graph's route (module docstring); a dry
+    run contacts nothing and says what it would publish and patch."""
     if not settings.kserve_inference_service or not settings.kserve_publish_uri:
         raise ConfigError("cluster rollout needs kserve_inference_service and kserve_publish_uri in settings")
     name, namespace = settings.kserve_inference_service, cluster_namespace(settings)
+    version = str(version)
     uri = storage_uri_for(settings.kserve_publish_uri, version)
-    patch = inference_service_patch(uri, canary_percent)
+    rs = settings.kserve_rayservice
     if dry_run:
-        return KServeRollout(name, namespace, version, uri, None, patch, applied=False)
-    custom = _api(api)  # credentials first: without them nothing is published
-    publish_ranker(settings, version, uri)
+        after = planned_route(Route("<graph's current champion>"), version, canary_percent) if rs else None
+        return KServeRollout(name, namespace, version, uri, None, inference_service_patch(uri), False,
+                             route_after=after.as_dict() if after else None, rayservice=rs)
+    cluster = _Cluster(_api(api), namespace)  # credentials first: without them nothing is published
+    graph = cluster.get(RAYSERVICE, "RayService", rs) if rs else None
+    before = (rayservice.graph_route(graph, settings.serve_app_name) or _file_route(settings)) if graph else None
+    after = planned_route(before, version, canary_percent)
+    current = cluster.get(ISVC, "InferenceService", name)
+    published = publish_ranker(settings, after, before.versions if before else [], uri)
+    patch = inference_service_patch(uri, current)
+    patched = cluster.patch(ISVC, "InferenceService", name, patch)
+    wait_ready(cluster, name, patched.get("metadata", {}).get("generation"), settings.kserve_ready_timeout_s, poll_s)
+    previous = current.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri")
+    out = KServeRollout(name, namespace, version, uri, previous, patch, True, published,
+                        before.as_dict() if before else None, None, rs)
+    if graph is not None and rs:
+        _route_files(settings, after)
+        cluster.patch(RAYSERVICE, "RayService", rs, rayservice.route_patch(graph, settings.serve_app_name, after))
+        out.route_after = after.as_dict()
+    return out
+
+
+def _file_route(settings: Settings) -> Route | None:
+    """Without a user_config the Ranking replicas route by the shared repository's recsys.json."""
+    from serving.artifacts import read_route
+
     try:
-        current = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        previous = current.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri")
-        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, patch)
-    except RolloutError:
-        raise
-    except Exception as e:  # ApiException, urllib3 connection errors: one readable line for the CLI
-        raise RolloutError(_why(e, name, namespace)) from None
-    return KServeRollout(name, namespace, version, uri, previous, patch, applied=True)
+        return read_route(settings)
+    except RecsysError:
+        return None
+
+
+def _route_files(settings: Settings, route: Route) -> None:
+    """The graph's Ranking replicas read each routed version's shapes and blend weight from the shared model
+    repository (the chart's state volume): export the versions it lacks, and point its recsys.json at the route
+    (what a replica starting later reads)."""
+    from serving.artifacts import write_route
+    from training.export import export_version
+
+    for v in route.versions:
+        if not (settings.model_repo / "ranker" / v / "recsys.json").exists():
+            export_version(settings, "ranker", v, settings.kserve_backend)
+    write_route(settings, route)

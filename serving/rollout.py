@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from recsys.errors import ConfigError
 from recsys.settings import Settings
 from serving import launcher, triton_server
-from serving.artifacts import Route, model_info, read_route, write_route
+from serving.artifacts import SHAPE_KEYS, Route, model_info, read_route, write_route
 
 MODEL = "ranker"
-_SHAPE_KEYS = ("genres", "max_len", "content_dim")  # what config.pbtxt's tensor shapes depend on
 
 
 @dataclass
@@ -44,7 +43,7 @@ def set_route(settings: Settings, route: Route) -> RolloutResult:
     configs = {v: model_info(settings, MODEL, v).config for v in route.versions}
     champion = configs[route.champion]
     for v, cfg in configs.items():
-        diff = [k for k in _SHAPE_KEYS if cfg.get(k) != champion.get(k)]
+        diff = [k for k in SHAPE_KEYS if cfg.get(k) != champion.get(k)]
         if diff:
             raise ConfigError(f"ranker v{v} cannot be served beside v{route.champion}: inputs differ in {diff[0]}")
 

@@ -210,6 +210,8 @@ def test_rendered_settings_file_loads_through_recsys_settings(helm: Path, profil
     assert s.kserve_publish_uri == "s3://recsys/rankers" and s.kserve_backend == "onnxruntime"
     role = [d for d in objs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-promotion")]
     assert role and role[0]["rules"][0]["resourceNames"] == [isvc]
+    # ... and switches the Ranking route of the chart's own RayService (the other object the Role may patch).
+    assert s.kserve_rayservice == one(objs, "RayService")["metadata"]["name"] == role[0]["rules"][1]["resourceNames"][0]
     # Every platform pod reads that file (except the plain HTTP clients: Ray job submitter, helm test pod).
     clients = ("/submitter", "-test-recommend")
     for where, spec in pod_specs(objs):
@@ -416,11 +418,13 @@ def test_pods_run_with_secure_defaults_and_bounded_resources(helm: Path, profile
         [f"{RELEASE}-promotion"]
 
 
-def test_promotion_role_only_patches_the_inferenceservice(helm: Path) -> None:
+def test_promotion_role_only_patches_the_inferenceservice_and_the_graph(helm: Path) -> None:
     objs = docs(render(helm, "default"))
-    (rule,) = one(objs, "Role")["rules"]
-    assert rule == {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
+    isvc, graph = one(objs, "Role")["rules"]
+    assert isvc == {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
                     "resourceNames": [f"{RELEASE}-ranker"], "verbs": ["get", "patch"]}
+    assert graph == {"apiGroups": ["ray.io"], "resources": ["rayservices"], "resourceNames": [f"{RELEASE}-serve"],
+                     "verbs": ["get", "patch"]}
 
 
 # ---- observability ----

@@ -34,7 +34,8 @@ class _Fake(BaseHTTPRequestHandler):
                 return self._send(401, {"error": "missing or invalid API key"})
             return self._send(200, {"accepted": len(body["events"])})
         if body["user_id"] in (13, 14):
-            out = json.dumps({"error": "internal error (KeyError)"}).encode() if body["user_id"] == 14 else b""
+            out = json.dumps({"error": "internal error (KeyError)"}).encode() if body["user_id"] == 14 else \
+                b"Internal Server Error"
             self.send_response(500)
             self.send_header("Content-Length", str(len(out)))
             self.end_headers()
@@ -75,7 +76,7 @@ def test_load_counts_errors_and_degraded_answers_separately(fake_graph):
     r = load(fake_graph, users=[1, 7, 13, 14], concurrency=4, seconds=0.5, include_copy=False, max_requests=60)
     assert r["requests"] > 0 and r["errors"] > 0  # users 13, 14 always fail and are not counted as answered
     # by HTTP status (load shedding, 503, is told apart) and the platform's error line where there is one
-    assert set(r["error_kinds"]) == {"500", "500 internal error (KeyError)"}
+    assert set(r["error_kinds"]) == {"500 Internal Server Error", "500 internal error (KeyError)"}
     assert sum(r["error_kinds"].values()) == r["errors"]
     assert 0 < r["degraded"] < r["requests"]
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]

@@ -125,3 +125,18 @@ def test_push_failure_leaves_the_profile_dirty_and_replay_converges(feature_home
     after = FeatureReader(s).user(user)
     assert after.recent_items == [*before, item][-s.sequence_length:]
     assert after.n_interactions == n_before + 1
+
+
+def test_fuzzed_bodies_are_each_refused_with_a_client_error_and_a_message():
+    """2,000 seeded bodies invalid by construction (tests/serving/fuzz_feedback.py): the parser turns every one
+    into a 400/422 with a message; no other exception (a 500 for the client) and no batch escapes."""
+    from serving.ingress import Refusal, _parse_feedback
+    from tests.serving.fuzz_feedback import bodies
+
+    codes: dict[int, int] = {}
+    for raw in bodies(2000, user=7, item=2):
+        with pytest.raises(Refusal) as r:
+            _parse_feedback(raw)
+        assert r.value.http in (400, 422) and r.value.message, raw[:120]
+        codes[r.value.http] = codes.get(r.value.http, 0) + 1
+    assert codes[400] > 50 and codes[422] > 1000  # both kinds of refusal were exercised

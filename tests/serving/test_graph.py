@@ -194,6 +194,28 @@ def test_feedback_bad_input_gets_a_clear_client_error_and_is_not_logged(served, 
     assert all(e["item_id"] != 10**9 for e in EventLog(load_settings().event_log_path, 50).events())
 
 
+def test_fuzzed_feedback_gets_4xx_with_a_message_and_the_log_stays_valid(served, use_home):
+    """Seeded invalid bodies (tests/serving/fuzz_feedback.py) and unknown ids against the live graph, paced under
+    the key's write rate: each gets a 4xx naming the problem, and the event log gains nothing."""
+    from tests.serving.fuzz_feedback import bodies
+
+    use_home(served)
+    from recsys.settings import load_settings
+    from serving.events import EventLog
+
+    log = EventLog(load_settings().event_log_path, 50)
+    before = len(log.events())
+    unknown = [json.dumps({"user_id": 7, "item_id": 2**62, "event_type": "click"}).encode(),
+               json.dumps({"events": [{"user_id": 7, "item_id": 2, "event_type": "view"},
+                                      {"user_id": 7, "item_id": 10**12, "event_type": "view"}]}).encode()]
+    cases = [*bodies(80, user=7, item=2, seed=1), *unknown]
+    for raw in cases:
+        status, body = feedback(raw)
+        assert status in (400, 413, 422) and body.get("error"), (raw[:120], status, body)
+        time.sleep(1 / 20)  # the fixture's key may write 30 requests/s
+    assert len(log.events()) == before  # a batch with one bad event is refused whole
+
+
 def test_acknowledged_feedback_survives_a_killed_writer_exactly_once(served, use_home):
     """4 clients post events (retrying unacknowledged ones with the same ids) while the Feedback replica is
     SIGKILLed; afterwards every acknowledged event is in the log once and the online store matches the log."""

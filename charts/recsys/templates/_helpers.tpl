@@ -136,6 +136,7 @@ fields: tests/charts/test_chart.py loads the rendered file through recsys.settin
   "kserve_inference_service" (ternary (include "recsys.rankerName" .) nil .Values.ranker.enabled)
   "kserve_namespace" .Release.Namespace
   "kserve_publish_uri" (printf "s3://%s/rankers" .Values.objectStore.bucket)
+  "kserve_rayservice" (ternary (printf "%s-serve" (include "recsys.fullname" .)) nil .Values.serving.enabled)
 -}}
 {{- toYaml (mergeOverwrite $computed (deepCopy .Values.settings)) -}}
 {{- end -}}

@@ -1,0 +1,53 @@
+"""The graph's ranker route in a cluster: the Ranking deployment's `user_config` inside a KubeRay RayService.
+
+Locally `serving.rollout` reconfigures the running graph. In a cluster the graph is a RayService whose
+`serveConfigV2` (a YAML document held as a string) carries that user_config; KubeRay applies a change that
+touches only user_config in place, so live Ranking replicas get a `reconfigure` call and nothing restarts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from recsys.errors import ConfigError
+from serving.artifacts import Route
+
+GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
+DEPLOYMENT = "Ranking"
+
+
+def _application(config: dict[str, Any], app: str) -> dict[str, Any]:
+    for a in config.get("applications") or []:
+        if a.get("name") == app:
+            return a
+    raise ConfigError(f"the RayService's serveConfigV2 has no application {app!r} (settings serve_app_name)")
+
+
+def _serve_config(obj: dict[str, Any]) -> dict[str, Any]:
+    text = obj.get("spec", {}).get("serveConfigV2")
+    if not text:
+        raise ConfigError("the RayService has no spec.serveConfigV2")
+    return yaml.safe_load(text)
+
+
+def graph_route(obj: dict[str, Any], app: str) -> Route | None:
+    """The route the RayService gives its Ranking replicas; None when it sets none (they read the exported
+    repository's recsys.json at start)."""
+    for d in _application(_serve_config(obj), app).get("deployments") or []:
+        if d.get("name") == DEPLOYMENT and d.get("user_config"):
+            return Route.from_dict(d["user_config"])
+    return None
+
+
+def route_patch(obj: dict[str, Any], app: str, route: Route) -> dict[str, Any]:
+    """A merge patch replacing serveConfigV2 with the same document, but the Ranking user_config = `route`."""
+    config = _serve_config(obj)
+    deployments = _application(config, app).setdefault("deployments", [])
+    ranking = next((d for d in deployments if d.get("name") == DEPLOYMENT), None)
+    if ranking is None:
+        ranking = {"name": DEPLOYMENT}
+        deployments.append(ranking)
+    ranking["user_config"] = route.as_dict()
+    return {"spec": {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)}}
