@@ -62,7 +62,8 @@ class Download(StrEnum):
 
 @app.command()
 def data(
-    source: Annotated[Path | None, typer.Option(help="MovieLens directory (ML-100K or ml-latest format).")] = None,
+    source: Annotated[Path | None, typer.Option("--data", "--source", help="MovieLens directory (ML-100K or "
+                                                "ml-latest format).")] = None,
     download: Annotated[Download | None, typer.Option(help="Download from GroupLens (needs network).")] = None,
     synthetic: Annotated[bool, typer.Option(help="Generate synthetic data with planted structure.")] = False,
 ) -> None:
@@ -70,7 +71,7 @@ def data(
     from training.steps import prepare_data
 
     if sum(x is not None and x is not False for x in (source, download, synthetic)) > 1:
-        raise typer.BadParameter("choose one of --source, --download, --synthetic")
+        raise typer.BadParameter("choose one of --data, --download, --synthetic")
     with console.status("loading data"):
         res = prepare_data(settings(), source, download.value if download else None, synthetic)
     m = res.manifest
