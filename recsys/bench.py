@@ -93,6 +93,12 @@ class PeakRSS:
         return round(self.peak / 2**30, 2)
 
 
+def spread(xs: list[float], digits: int = 1) -> list[float]:
+    """[min, median, max]: how much a timing moved between repeats (absolute times drift on a shared VM)."""
+    return [round(float(min(xs)), digits), round(float(np.median(xs)), digits), round(float(max(xs)), digits)] \
+        if xs else []
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
@@ -101,7 +107,6 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 def offline(s: Settings, console: Console) -> dict[str, Any]:
     """data → features → train both → promote → export on the configured data (ML-100K when present)."""
-    from recsys.bench_copy import spread
     from training.export import export_repository
     from training.promotion import promote
     from training.steps import build_feature_store, prepare_data, train_ranking_step, train_retrieval_step
@@ -146,7 +151,6 @@ def training_scaling(s: Settings, console: Console, epochs: int = 3,
     bench run, as [min, median, max] over epochs. Per-epoch rates leave out the fit's fixed start-up (~30 s of
     Ray worker start on 2 cores), which dominated a 2-epoch run's overall rate. `two_workers`: the offline
     suite's per-epoch rates (2 workers, every epoch) when it ran; otherwise a 2-worker run is made here too."""
-    from recsys.bench_copy import spread
     from training.steps import train_retrieval_step
 
     rates: dict[int, list[float]] = {2: two_workers} if two_workers else {}
@@ -276,7 +280,6 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
 def window_spread(start: float, wall: float, done: list[float], lat: list[float], n: int = 3) -> dict[str, list]:
     """req/s and p50 ms in `n` equal consecutive windows of one run, as [min, median, max]: the spread the run
     itself shows, at no extra bench time."""
-    from recsys.bench_copy import spread
 
     edges = [start + wall * i / n for i in range(n + 1)]
     rps, p50 = [], []

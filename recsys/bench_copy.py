@@ -16,17 +16,12 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from recsys.bench import spread
 from recsys.settings import Settings
 
 
 def _pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)), 1) if xs else 0.0
-
-
-def spread(xs: list[float], digits: int = 1) -> list[float]:
-    """[min, median, max]: how much a timing moved between repeats (absolute times drift on a shared VM)."""
-    return [round(float(min(xs)), digits), round(float(np.median(xs)), digits), round(float(max(xs)), digits)] \
-        if xs else []
 
 
 def fine_tuning_scaling(s: Settings, console: Console, two_workers: list[float], steps: int = 6,

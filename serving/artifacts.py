@@ -30,6 +30,12 @@ class ModelInfo:
 
 SHAPE_KEYS = ("genres", "max_len", "content_dim")  # what a ranker config.pbtxt's tensor shapes depend on
 
+
+def input_difference(cfg: dict, champion: dict) -> str | None:
+    """The first input (shape key) in which a ranker config differs from the champion's; None: one config.pbtxt
+    serves both."""
+    return next((k for k in SHAPE_KEYS if cfg.get(k) != champion.get(k)), None)
+
 def model_info(settings: Settings, name: str, version: str | None = None) -> ModelInfo:
     """The champion's info (version None), or that of one exported version."""
     path = settings.model_repo / name / (version or "") / "recsys.json"

@@ -30,7 +30,7 @@ from typing import Any
 from recsys.errors import ConfigError, RecsysError
 from recsys.settings import Settings
 from serving import rayservice
-from serving.artifacts import SHAPE_KEYS, Route
+from serving.artifacts import Route, input_difference
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -101,7 +101,7 @@ def publish_ranker(settings: Settings, route: Route, keep: list[str], uri: str) 
     published versions."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    from training.export import write_config, write_version
+    from training.export import write_champion, write_config, write_version
     from training.registry import client, download_artifacts
     from training.tracking import RANKER_MODEL
 
@@ -111,7 +111,7 @@ def publish_ranker(settings: Settings, route: Route, keep: list[str], uri: str) 
             mv = client(settings).get_model_version(RANKER_MODEL, v)
             art = download_artifacts(settings, mv.run_id, Path(d) / f"artifacts-{v}")
             cfg = json.loads((art / "config.json").read_text())
-            if found and any(cfg.get(k) != found[route.champion][1].get(k) for k in SHAPE_KEYS):
+            if found and input_difference(cfg, found[route.champion][1]):
                 if v in route.versions:
                     raise ConfigError(f"ranker v{v} cannot be served beside v{route.champion}: their inputs differ")
                 continue  # the graph's old route loses this version when it switches (a short degraded window)
@@ -122,8 +122,7 @@ def publish_ranker(settings: Settings, route: Route, keep: list[str], uri: str) 
         published = sorted(found, key=int)
         champion = found[route.champion][1]
         write_config(repo, "ranker", champion, settings.kserve_backend, published)
-        (repo / "ranker" / "recsys.json").write_text(json.dumps(
-            {"version": route.champion, "config": champion, "challenger": None}, indent=1))
+        write_champion(repo, "ranker", route.champion, champion)
         get_artifact_repository(uri).log_artifacts(str(repo))
     return published
 
@@ -255,9 +254,7 @@ def _route_files(settings: Settings, route: Route) -> None:
     repository (the chart's state volume): export the versions it lacks, and point its recsys.json at the route
     (what a replica starting later reads)."""
     from serving.artifacts import write_route
-    from training.export import export_version
+    from training.export import export_missing
 
-    for v in route.versions:
-        if not (settings.model_repo / "ranker" / v / "recsys.json").exists():
-            export_version(settings, "ranker", v, settings.kserve_backend)
+    export_missing(settings, "ranker", route.versions, settings.kserve_backend)
     write_route(settings, route)

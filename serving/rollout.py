@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from recsys.errors import ConfigError
 from recsys.settings import Settings
 from serving import launcher, triton_server
-from serving.artifacts import SHAPE_KEYS, Route, model_info, read_route, write_route
+from serving.artifacts import Route, input_difference, model_info, read_route, write_route
 
 MODEL = "ranker"
 
@@ -31,21 +31,19 @@ class RolloutResult:
 
 
 def set_route(settings: Settings, route: Route) -> RolloutResult:
-    from training.export import export_version, repository_backend, write_config
+    from training.export import export_missing, repository_backend, write_config
 
     if not 0.0 <= route.percent <= 100.0:
         raise ConfigError(f"challenger percent must be within 0-100, got {route.percent}")
     before = read_route(settings)
     backend = repository_backend(settings, MODEL)
-    for v in route.versions:
-        if not (settings.model_repo / MODEL / v / "recsys.json").exists():
-            export_version(settings, MODEL, v, backend)
+    export_missing(settings, MODEL, route.versions, backend)
     configs = {v: model_info(settings, MODEL, v).config for v in route.versions}
     champion = configs[route.champion]
     for v, cfg in configs.items():
-        diff = [k for k in SHAPE_KEYS if cfg.get(k) != champion.get(k)]
+        diff = input_difference(cfg, champion)
         if diff:
-            raise ConfigError(f"ranker v{v} cannot be served beside v{route.champion}: inputs differ in {diff[0]}")
+            raise ConfigError(f"ranker v{v} cannot be served beside v{route.champion}: inputs differ in {diff}")
 
     live = triton_server.ready(settings)
     if live:

@@ -122,13 +122,25 @@ def write_config(repo: Path, name: str, cfg: dict, backend: Backend, versions: l
     tmp.replace(repo / name / "config.pbtxt")
 
 
+def write_champion(repo: Path, name: str, version: str, cfg: dict) -> None:
+    """The model's top-level recsys.json: all traffic to `version` (no challenger)."""
+    (repo / name / "recsys.json").write_text(json.dumps({"version": version, "config": cfg, "challenger": None},
+                                                       indent=1))
+
+
 def write_model(repo: Path, name: str, version: str, onnx_file: Path, cfg: dict, backend: Backend) -> Path:
     """A version folder, made the champion: config.pbtxt loads only it, recsys.json routes all traffic to it."""
     write_version(repo, name, version, onnx_file, cfg, backend)
     write_config(repo, name, cfg, backend, [version])
-    (repo / name / "recsys.json").write_text(json.dumps({"version": version, "config": cfg, "challenger": None},
-                                                       indent=1))
+    write_champion(repo, name, version, cfg)
     return repo / name
+
+
+def export_missing(settings: Settings, name: str, versions: list[str], backend: Backend) -> None:
+    """Export the registered versions the model repository lacks (a route may only name exported versions)."""
+    for v in versions:
+        if not (settings.model_repo / name / v / "recsys.json").exists():
+            export_version(settings, name, v, backend)
 
 
 def export_version(settings: Settings, name: str, version: str, backend: Backend = "python") -> Path:

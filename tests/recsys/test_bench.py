@@ -11,8 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from recsys.bench import feedback_load, load, report, window_spread, with_spread
-from recsys.bench_copy import spread
+from recsys.bench import feedback_load, load, report, spread, window_spread, with_spread
 
 
 class _Fake(BaseHTTPRequestHandler):
