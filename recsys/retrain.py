@@ -8,7 +8,10 @@ One cycle, each step the same code as its own CLI command:
   4. run the promotion gate (mlflow/promotion_policy.yaml): a refused challenger stays challenger, with the
      reasons recorded on its MLflow version;
   5. if both passed and serving is up: export the retrieval half, then move the ranker route through
-     `serving.rollout` (Triton loads first), which also reconfigures Recall onto the new index.
+     `serving.rollout` (Triton loads first), which also reconfigures Recall onto the new index. In a cluster
+     (settings name a KServe InferenceService: the chart's retrain CronJob) the same through
+     `serving.kserve.rollout_ranker`: published repository, InferenceService Ready, then one RayService patch
+     moving Ranking's route and Recall's retrieval version together.
 """
 
 from __future__ import annotations
@@ -90,6 +93,15 @@ def swap_live(settings: Settings, ranker_version: str) -> str:
     from serving.artifacts import read_route
     from serving.rollout import promote_live
     from training.export import export_repository, export_retrieval
+
+    if settings.kserve_inference_service:
+        from serving.kserve import rollout_ranker
+
+        _, retrieval = export_retrieval(settings)  # onto the state volume the graph's Recall replicas read
+        r = rollout_ranker(settings, ranker_version, retrieval=str(retrieval))
+        graph = f"RayService {r.rayservice}: Ranking {r.route_after}, Recall v{r.retrieval}" if r.route_after \
+            else "no kserve_rayservice: the graph was not switched"
+        return f"cluster: InferenceService {r.name} serves {r.storage_uri} (Ready); {graph}"
 
     try:
         read_route(settings)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from recsys.errors import ConfigError
+from recsys.secret_files import load_secret_files
 
 ENV_PREFIX = "RECSYS_"
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -112,6 +113,7 @@ class Settings(BaseModel):
     api_keys: list[str] = []  # keys accepted on write endpoints (Authorization: Bearer KEY); none → writes refused
     api_keys_file: Path | None = None  # more keys, one per line (a mounted Kubernetes Secret in the chart)
     api_key: str | None = None  # the key this machine's CLI sends
+    read_requires_key: bool = False  # /recommend (HTTP and gRPC) needs one of the same keys too → 401 without
     write_rate_per_s: float = 200.0  # write requests per second per key and Ingress replica (0: unlimited) → 429
     write_burst: int = 400  # requests a key may send at once before the rate applies
 
@@ -201,7 +203,12 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
 
 
 def load_settings(overrides: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> Settings:
-    """Merge profile, settings file, environment and overrides into one validated Settings."""
+    """Merge profile, settings file, environment and overrides into one validated Settings.
+
+    Reading the process environment also loads mounted credentials (`<NAME>_FILE`, see recsys.secret_files).
+    """
+    if environ is None:
+        load_secret_files()
     env = dict(os.environ if environ is None else environ)
     profile = env.get("RECSYS_PROFILE", "dev")
     profile_file = PROFILES_DIR / f"{profile}.yaml"

@@ -18,7 +18,8 @@ class ServingError(RecsysError):
 
 def recommend_http(settings: Settings, user_id: int, k: int = 10, include_copy: bool = True,
                    timeout: float = 10.0) -> dict[str, Any]:
-    return _post(settings, "/recommend", {"user_id": user_id, "k": k, "include_copy": include_copy}, timeout)
+    return _post(settings, "/recommend", {"user_id": user_id, "k": k, "include_copy": include_copy}, timeout,
+                 _read_auth(settings))
 
 
 def feedback_http(settings: Settings, events: list[dict[str, Any]], timeout: float = 10.0) -> dict[str, Any]:
@@ -30,6 +31,11 @@ def _auth(settings: Settings) -> dict[str, str]:
     if not settings.api_key:
         raise ServingError("no API key: set RECSYS_API_KEY (or api_key in the settings file)")
     return {"Authorization": f"Bearer {settings.api_key}"}
+
+
+def _read_auth(settings: Settings) -> dict[str, str]:
+    """Reads carry the key when this machine has one (a deployment may require it: `read_requires_key`)."""
+    return {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
 
 
 def _post(settings: Settings, path: str, payload: dict[str, Any], timeout: float,
@@ -65,10 +71,11 @@ def recommend_grpc(settings: Settings, user_id: int, k: int = 10, include_copy: 
         req = RecommendRequest(user_id=user_id, k=k, include_copy=include_copy)
     except ValueError as e:
         raise ServingError(f"invalid request: {e}") from None
+    metadata = [("application", settings.serve_app_name)]
+    metadata += [(k.lower(), v) for k, v in _read_auth(settings).items()]  # gRPC metadata keys are lower case
     with grpc.insecure_channel(target) as channel:
         try:
-            resp = RecommenderStub(channel).Recommend(request_to_proto(req), timeout=timeout,
-                                                      metadata=(("application", settings.serve_app_name),))
+            resp = RecommenderStub(channel).Recommend(request_to_proto(req), timeout=timeout, metadata=metadata)
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE and "unavailable:" not in (e.details() or ""):
                 raise ServingError(f"no graph at grpc://{target} ({e.details()}): start it with `recsys serve`"

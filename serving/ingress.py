@@ -77,15 +77,32 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
-@functools.cache
-def _max_request_bytes() -> int:
-    return load_settings().max_request_bytes  # read once per replica, not per request
+_settings = functools.cache(load_settings)  # read once per replica, not per request (keys file: per check)
+
+READ_PATHS = frozenset({"/recommend"})  # what `read_requires_key` closes; health and readiness stay open
 
 
-class BodyLimit:
-    """413 before the body is read when Content-Length is over the limit.
+def _authorized(header: str | None, keys: list[str]) -> bool:
+    """Bearer key check in constant time; no keys configured → nothing is authorized (writes are closed)."""
+    scheme, _, key = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        return False
+    return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
-    Pure ASGI: Starlette's `@app.middleware("http")` wraps every request in an extra task and stream.
+
+def _read_refused(authorization: str | None) -> str | None:
+    """Why a read is refused (read_requires_key on and no valid key), or None when it may go on."""
+    s = _settings()
+    if not s.read_requires_key or _authorized(authorization, s.accepted_keys()):
+        return None
+    return "missing or invalid API key (Authorization: Bearer KEY): this deployment requires one for reads"
+
+
+class Gate:
+    """413 before the body is read when Content-Length is over the limit; 401 on a read without a required key.
+
+    Pure ASGI, so both answer before FastAPI parses (a bad body without a key is a 401, not a 422), and
+    Starlette's `@app.middleware("http")` would wrap every request in an extra task and stream.
     """
 
     def __init__(self, app) -> None:
@@ -93,15 +110,22 @@ class BodyLimit:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            size = dict(scope["headers"]).get(b"content-length", b"")
-            limit = _max_request_bytes()
+            headers = dict(scope["headers"])
+            size = headers.get(b"content-length", b"")
+            limit = _settings().max_request_bytes
             if size.isdigit() and int(size) > limit:
                 await JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)(scope, receive, send)
                 return
+            if scope["path"] in READ_PATHS:
+                refused = _read_refused(headers.get(b"authorization", b"").decode("latin-1") or None)
+                if refused:
+                    await JSONResponse({"error": refused}, status_code=401,
+                                       headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 
-api.add_middleware(BodyLimit)
+api.add_middleware(Gate)
 
 
 async def _call(stage: str, response, timeout_ms: float) -> Any:
@@ -114,14 +138,6 @@ async def _call(stage: str, response, timeout_ms: float) -> Any:
     except Exception as e:
         lines = str(e).strip().splitlines()
         raise StageFailed(stage, (lines[-1] if lines else type(e).__name__)[:200]) from None
-
-
-def _authorized(header: str | None, keys: list[str]) -> bool:
-    """Bearer key check in constant time; no keys configured → nothing is authorized (writes are closed)."""
-    scheme, _, key = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not key:
-        return False
-    return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
 
 
 class Refusal(Exception):
@@ -267,8 +283,12 @@ class Ingress:
     async def Recommend(self, request: pb.RecommendRequest,  # the gRPC method name
                         grpc_context: RayServegRPCContext) -> pb.RecommendResponse:
         """gRPC: same walk as HTTP; INVALID_ARGUMENT names the field, UNAVAILABLE names the lost stage."""
-        rid = dict(grpc_context.invocation_metadata()).get("x-request-id") or uuid.uuid4().hex
+        metadata = dict(grpc_context.invocation_metadata())
+        rid = metadata.get("x-request-id") or uuid.uuid4().hex
         try:
+            refused = _read_refused(metadata.get("authorization"))
+            if refused:
+                raise Refusal(401, grpc.StatusCode.UNAUTHENTICATED, refused)
             return response_to_proto(await self._recommend(request_from_proto(request), rid))
         except Exception as e:
             _set_status(grpc_context, e)

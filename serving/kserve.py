@@ -53,6 +53,7 @@ class KServeRollout:
     route_before: dict[str, Any] | None = None  # the graph's route before (None: unknown or not set)
     route_after: dict[str, Any] | None = None  # the route the graph was given (None: no RayService to switch)
     rayservice: str | None = None
+    retrieval: str | None = None  # the retrieval version Recall was switched to with it (a retrain), if any
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,9 +208,10 @@ def wait_ready(cluster: _Cluster, name: str, generation: int | None, timeout_s: 
 
 
 def rollout_ranker(settings: Settings, version: str, canary_percent: float | None = None, dry_run: bool = False,
-                   api: Any | None = None, poll_s: float = 5.0) -> KServeRollout:
+                   api: Any | None = None, poll_s: float = 5.0, retrieval: str | None = None) -> KServeRollout:
     """Publish, repoint the InferenceService, wait for Ready, switch the graph's route (module docstring); a dry
-    run contacts nothing and says what it would publish and patch."""
+    run contacts nothing and says what it would publish and patch. `retrieval`: a retrieval version exported to
+    the shared state that Recall switches to in the same RayService patch (a retrain moves both models)."""
     if not settings.kserve_inference_service or not settings.kserve_publish_uri:
         raise ConfigError("cluster rollout needs kserve_inference_service and kserve_publish_uri in settings")
     name, namespace = settings.kserve_inference_service, cluster_namespace(settings)
@@ -234,8 +236,9 @@ def rollout_ranker(settings: Settings, version: str, canary_percent: float | Non
                         before.as_dict() if before else None, None, rs)
     if graph is not None and rs:
         _route_files(settings, after)
-        cluster.patch(RAYSERVICE, "RayService", rs, rayservice.route_patch(graph, settings.serve_app_name, after))
-        out.route_after = after.as_dict()
+        cluster.patch(RAYSERVICE, "RayService", rs,
+                      rayservice.route_patch(graph, settings.serve_app_name, after, retrieval))
+        out.route_after, out.retrieval = after.as_dict(), retrieval
     return out
 
 

@@ -1,8 +1,9 @@
-"""The graph's ranker route in a cluster: the Ranking deployment's `user_config` inside a KubeRay RayService.
+"""The graph's model routes in a cluster: the Ranking (and Recall) `user_config` inside a KubeRay RayService.
 
 Locally `serving.rollout` reconfigures the running graph. In a cluster the graph is a RayService whose
 `serveConfigV2` (a YAML document held as a string) carries that user_config; KubeRay applies a change that
-touches only user_config in place, so live Ranking replicas get a `reconfigure` call and nothing restarts.
+touches only user_config in place, so live Ranking replicas get a `reconfigure` call and nothing restarts. A
+retrain moves both models: Recall's user_config names the retrieval version whose exported index it loads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from serving.artifacts import Route
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
 DEPLOYMENT = "Ranking"
+RECALL = "Recall"
 
 
 def _application(config: dict[str, Any], app: str) -> dict[str, Any]:
@@ -41,13 +43,20 @@ def graph_route(obj: dict[str, Any], app: str) -> Route | None:
     return None
 
 
-def route_patch(obj: dict[str, Any], app: str, route: Route) -> dict[str, Any]:
-    """A merge patch replacing serveConfigV2 with the same document, but the Ranking user_config = `route`."""
+def route_patch(obj: dict[str, Any], app: str, route: Route, retrieval: str | None = None) -> dict[str, Any]:
+    """A merge patch replacing serveConfigV2 with the same document, but the Ranking user_config = `route` (and
+    Recall's = {"retrieval": version} when a new retrieval model goes live with it)."""
     config = _serve_config(obj)
     deployments = _application(config, app).setdefault("deployments", [])
-    ranking = next((d for d in deployments if d.get("name") == DEPLOYMENT), None)
-    if ranking is None:
-        ranking = {"name": DEPLOYMENT}
-        deployments.append(ranking)
-    ranking["user_config"] = route.as_dict()
+
+    def deployment(name: str) -> dict[str, Any]:
+        found = next((d for d in deployments if d.get("name") == name), None)
+        if found is None:
+            found = {"name": name}
+            deployments.append(found)
+        return found
+
+    deployment(DEPLOYMENT)["user_config"] = route.as_dict()
+    if retrieval is not None:
+        deployment(RECALL)["user_config"] = {"retrieval": str(retrieval)}
     return {"spec": {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)}}

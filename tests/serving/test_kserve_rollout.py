@@ -175,6 +175,17 @@ def test_canary_is_the_graphs_per_user_share_beside_the_current_champion(registe
     assert r.patch["spec"]["predictor"]["canaryTrafficPercent"] == 100
 
 
+def test_a_retrain_moves_recall_to_its_retrieval_version_in_the_same_graph_patch(registered, api) -> None:
+    """`recsys retrain` in a cluster (recsys.retrain.swap_live) passes the retrieval version it exported: one
+    RayService patch after Ready sets Ranking's route and Recall's user_config, nothing else changes."""
+    r = rollout_ranker(registered, "2", api=api, poll_s=0.01, retrieval="7")
+    assert r.retrieval == "7" and [x["method"] for x in _Api.requests].count("PATCH") == 2
+    config = yaml.safe_load(_Api.objects[RAYSERVICE]["spec"]["serveConfigV2"])
+    recall, ranking = config["applications"][0]["deployments"]
+    assert recall == {"name": "Recall", "num_replicas": 1, "user_config": {"retrieval": "7"}}
+    assert ranking["user_config"]["champion"] == "2" and ranking["num_replicas"] == 2
+
+
 def test_a_predictor_that_never_gets_ready_leaves_the_graph_on_its_route(registered, api) -> None:
     _Api.ready_after = 10_000
     s = registered.model_copy(update={"kserve_ready_timeout_s": 0.3})
