@@ -1,0 +1,76 @@
+"""`serving.ingress._call`: how one stage call ends — its answer, a StageFailed the Ingress turns into a flagged
+degraded answer, or (only when this request itself is cancelled) a cancellation.
+
+The stage is an asyncio future standing in for Serve's DeploymentResponse (awaitable + `cancel()`); the live
+graph's answers under 32 concurrent clients are measured by `make bench` (serving rows, error kinds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serving.ingress import StageFailed, _call
+
+
+class Stage:
+    """A pending stage call: awaitable like a DeploymentResponse, and it records `cancel()`."""
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.cancel_calls = 0
+
+    def __await__(self):
+        return self.future.__await__()
+
+    def cancel(self) -> None:
+        self.cancel_calls += 1
+        self.future.cancel()
+
+
+def test_an_answer_is_returned() -> None:
+    async def main() -> str:
+        stage = Stage()
+        asyncio.get_running_loop().call_later(0.01, stage.future.set_result, "ranked")
+        return await _call("ranking", stage, 1000)
+
+    assert asyncio.run(main()) == "ranked"
+
+
+def test_a_late_stage_is_cancelled_and_becomes_its_stage_failure() -> None:
+    async def main() -> tuple[StageFailed, int]:
+        stage = Stage()
+        with pytest.raises(StageFailed) as e:
+            await _call("ranking", stage, 20)
+        return e.value, stage.cancel_calls
+
+    failed, cancels = asyncio.run(main())
+    assert (failed.stage, failed.reason, cancels) == ("ranking", "timeout after 20 ms", 1)
+
+
+def test_a_call_cancelled_under_us_is_the_stages_failure_not_a_500() -> None:
+    """Serve's router cancelled the call (overload), this request was not cancelled: degrade, don't crash."""
+    async def main() -> StageFailed:
+        stage = Stage()
+        asyncio.get_running_loop().call_later(0.01, stage.future.cancel)
+        with pytest.raises(StageFailed) as e:
+            await _call("recall", stage, 1000)
+        return e.value
+
+    failed = asyncio.run(main())
+    assert failed.stage == "recall" and "cancelled" in failed.reason
+
+
+def test_a_cancelled_request_stays_cancelled() -> None:
+    """The client went away (or the replica stops): the request's own cancellation must propagate."""
+    async def main() -> bool:
+        stage = Stage()
+        task = asyncio.create_task(_call("features", stage, 1000))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return stage.future.cancelled()
+
+    assert asyncio.run(main()) is True
