@@ -19,7 +19,7 @@ class ServingError(RecsysError):
 def recommend_http(settings: Settings, user_id: int, k: int = 10, include_copy: bool = True,
                    timeout: float = 10.0) -> dict[str, Any]:
     return _post(settings, "/recommend", {"user_id": user_id, "k": k, "include_copy": include_copy}, timeout,
-                 _read_auth(settings))
+                 _auth(settings, required=False))
 
 
 def feedback_http(settings: Settings, events: list[dict[str, Any]], timeout: float = 10.0) -> dict[str, Any]:
@@ -27,15 +27,20 @@ def feedback_http(settings: Settings, events: list[dict[str, Any]], timeout: flo
     return _post(settings, "/feedback", {"events": events}, timeout, _auth(settings))
 
 
-def _auth(settings: Settings) -> dict[str, str]:
+def _auth(settings: Settings, required: bool = True) -> dict[str, str]:
+    """This machine's key as a header: writes need one; reads carry it when there is one (a deployment may
+    require it: `read_requires_key`)."""
     if not settings.api_key:
+        if not required:
+            return {}
         raise ServingError("no API key: set RECSYS_API_KEY (or api_key in the settings file)")
     return {"Authorization": f"Bearer {settings.api_key}"}
 
 
-def _read_auth(settings: Settings) -> dict[str, str]:
-    """Reads carry the key when this machine has one (a deployment may require it: `read_requires_key`)."""
-    return {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+def _grpc_metadata(settings: Settings, required: bool) -> list[tuple[str, str]]:
+    """Serve's application name and the key (gRPC metadata keys are lower case)."""
+    return [("application", settings.serve_app_name),
+            *((k.lower(), v) for k, v in _auth(settings, required).items())]
 
 
 def _post(settings: Settings, path: str, payload: dict[str, Any], timeout: float,
@@ -71,11 +76,10 @@ def recommend_grpc(settings: Settings, user_id: int, k: int = 10, include_copy: 
         req = RecommendRequest(user_id=user_id, k=k, include_copy=include_copy)
     except ValueError as e:
         raise ServingError(f"invalid request: {e}") from None
-    metadata = [("application", settings.serve_app_name)]
-    metadata += [(k.lower(), v) for k, v in _read_auth(settings).items()]  # gRPC metadata keys are lower case
     with grpc.insecure_channel(target) as channel:
         try:
-            resp = RecommenderStub(channel).Recommend(request_to_proto(req), timeout=timeout, metadata=metadata)
+            resp = RecommenderStub(channel).Recommend(request_to_proto(req), timeout=timeout,
+                                                      metadata=_grpc_metadata(settings, required=False))
         except grpc.RpcError as e:
             if e.code() == grpc.StatusCode.UNAVAILABLE and "unavailable:" not in (e.details() or ""):
                 raise ServingError(f"no graph at grpc://{target} ({e.details()}): start it with `recsys serve`"
@@ -92,7 +96,7 @@ def feedback_grpc(settings: Settings, events: list[dict[str, Any]], timeout: flo
     from serving.proto.recsys_pb2_grpc import RecommenderStub
 
     target = grpc_target(settings)
-    metadata = (("application", settings.serve_app_name), ("authorization", _auth(settings)["Authorization"]))
+    metadata = _grpc_metadata(settings, required=True)
     msg = pb.FeedbackRequest(events=[pb.FeedbackEvent(**e) for e in events])
     with grpc.insecure_channel(target) as channel:
         try:

@@ -25,7 +25,7 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
-from recsys.settings import load_settings
+from recsys.settings import Settings, load_settings
 from serving.artifacts import load_item_ids
 from serving.contracts import (
     Candidates,
@@ -77,7 +77,10 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
 
-_settings = functools.cache(load_settings)  # read once per replica, not per request (keys file: per check)
+@functools.cache
+def _settings() -> Settings:
+    """This replica's settings, read once (not per request); the keys file is re-read at each check."""
+    return load_settings()
 
 READ_PATHS = frozenset({"/recommend"})  # what `read_requires_key` closes; health and readiness stay open
 
@@ -223,7 +226,7 @@ class Ingress:
                  copy: DeploymentHandle, feedback: DeploymentHandle) -> None:
         self.features, self.recall, self.ranking, self.copy = features, recall, ranking, copy
         self.feedback = feedback
-        self.s = load_settings()
+        self.s = _settings()  # the same object the ASGI gate reads
         self.known_items = {int(i) for i in load_item_ids(self.s)[1:]}  # index 0 is padding
         self.limiter = RateLimiter(self.s.write_rate_per_s, self.s.write_burst)
         self.metrics = StageMetrics()

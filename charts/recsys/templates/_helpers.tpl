@@ -190,7 +190,7 @@ Env of every platform container: where settings come from + S3 client configurat
   value: {{ include "recsys.s3Endpoint" . | quote }}
 {{- end -}}
 
-{{/* A Secret mounted read-only (owner-read files): include "recsys.secretVolume" (list name secretName) */}}
+{{/* A Secret as read-only files (owner and the pod's fsGroup may read): include "recsys.secretVolume" (list name secretName) */}}
 {{- define "recsys.secretVolume" -}}
 - name: {{ index . 0 }}
   secret:
