@@ -443,12 +443,12 @@ def report(
     """Online CTR and conversion per model version (impressions ⋈ feedback) beside offline metrics."""
     from rich.table import Table
 
-    from serving.events import EventLog
+    from serving.events import has_event_log, open_event_log
     from serving.impressions import read_impressions
     from serving.report import OFFLINE, online_rates, with_offline
 
     s = settings()
-    events = EventLog(s.event_log_path, s.sequence_length).events() if s.event_log_path.exists() else []
+    events = open_event_log(s).events() if has_event_log(s) else []
     rows = with_offline(online_rates(read_impressions(s.impressions_dir), events), s.tracking_uri)
     if as_json:
         console.print_json(data=rows)

@@ -38,9 +38,11 @@ class RetrainResult:
 
 def replay_profiles(settings: Settings) -> int:
     """Mark every logged profile unpushed and push them now; returns how many there were."""
-    if not settings.event_log_path.exists():
-        return 0
+    from serving.events import has_event_log
     from serving.feedback import FeedbackWriter
+
+    if not has_event_log(settings):
+        return 0
 
     writer = FeedbackWriter(settings)
     n = writer.log.mark_all_dirty()

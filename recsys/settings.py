@@ -108,6 +108,7 @@ class Settings(BaseModel):
     item_cache_ttl_s: float = 300.0  # serving keeps item feature rows this long (0: read Feast every request)
     impression_log_dir: Path | None = None  # impression log (JSON lines per replica); None → home/impressions
     event_log: Path | None = None  # feedback event log (SQLite, WAL, fsync per commit); None → home/events/events.db
+    event_log_url: str | None = None  # redis://host:port/db → the log is a Redis stream (replicas on many nodes)
     feedback_replay_s: float = 1.0  # how often unpushed profiles are retried against the online store
     feedback_timeout_ms: float = 3000.0  # POST /feedback stage timeout (durable append + push)
     api_keys: list[str] = []  # keys accepted on write endpoints (Authorization: Bearer KEY); none → writes refused

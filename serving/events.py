@@ -1,10 +1,14 @@
 """Feedback events and their durable log: the record of what users did, written before anything is acknowledged.
 
-`FeedbackEvent` is the public contract (HTTP `POST /feedback`, gRPC later). `EventLog` is the sink behind
-one small interface (`append`, `dirty_profiles`, `mark_pushed`, `events`); the local default is SQLite in
-WAL mode with `synchronous=FULL`, so an acknowledged event survives a SIGKILL or power loss. In the same
-transaction as the event, the user's profile (recent-item sequence and counters) is advanced, so the log
-and the profile the online store must converge to can never disagree; a profile is "dirty" until pushed.
+`FeedbackEvent` is the public contract (HTTP `POST /feedback`, gRPC `Feedback`). The log is a sink behind
+one small interface (`append`, `dirty_profiles`, `mark_pushed`, `events`, `push_lock`), opened by
+`open_event_log(settings)`: the local default is SQLite in WAL mode with `synchronous=FULL` (`EventLog`), so
+an acknowledged event survives a SIGKILL or power loss; in a cluster, where Feedback replicas run on several
+nodes, it is a Redis stream (`serving.events_redis`). In the same transaction as the event, the user's profile
+(recent-item sequence and counters) is advanced, so the log and the profile the online store must converge
+to can never disagree; a profile is "dirty" until pushed. Each profile version carries an update time that
+rises strictly per user: pushes use it as Feast's event timestamp, so an online store that keeps the newest
+row (Feast's Redis store does) cannot be overwritten by a replica pushing an older version late.
 """
 
 from __future__ import annotations
@@ -14,13 +18,17 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from recsys.settings import Settings
 
 EventType = Literal["click", "view", "rate", "favorite", "purchase"]
 MAX_FUTURE = timedelta(minutes=5)  # clock skew tolerated on client timestamps
@@ -113,6 +121,46 @@ class AppendResult:
     users: list[int]  # users whose profile changed
 
 
+class DirtyProfile(NamedTuple):
+    """A profile version not yet in the online store; `updated` (epoch s) is its event time for the push."""
+
+    user_id: int
+    version: int
+    profile: Profile
+    updated: float
+
+
+EVENT_COLUMNS = ("seq", "event_id", "user_id", "item_id", "event_type", "value", "ts", "request_id", "received")
+
+
+class FeedbackLog(Protocol):
+    """What the Feedback stage, retraining and `recsys report` need of a log (SQLite or Redis)."""
+
+    def append(self, events: list[FeedbackEvent], base: Callable[[list[int]], dict[int, Profile]],
+               now: float | None = None) -> AppendResult: ...
+    def profile(self, user_id: int) -> Profile | None: ...
+    def dirty_profiles(self, user_ids: list[int] | None = None, limit: int = 500) -> list[DirtyProfile]: ...
+    def mark_pushed(self, pushed: list[tuple[int, int]]) -> None: ...
+    def mark_all_dirty(self) -> int: ...
+    def events(self, user_id: int | None = None) -> list[dict[str, Any]]: ...
+    def push_lock(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+def open_event_log(settings: Settings) -> FeedbackLog:
+    """The configured log: `event_log_url` (redis://…) in a cluster, else the SQLite file."""
+    if settings.event_log_url:
+        from serving.events_redis import RedisEventLog
+
+        return RedisEventLog(settings.event_log_url, settings.sequence_length)
+    return EventLog(settings.event_log_path, settings.sequence_length)
+
+
+def has_event_log(settings: Settings) -> bool:
+    """Whether anything can have been logged (a SQLite file that was never created holds nothing)."""
+    return bool(settings.event_log_url) or settings.event_log_path.exists()
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -152,6 +200,19 @@ class EventLog:
     def close(self) -> None:
         self._db.close()
 
+    @contextmanager
+    def push_lock(self) -> Iterator[None]:
+        """One push at a time across the processes sharing this file (Feast's SQLite store overwrites
+        unconditionally, so two replicas reading versions 5 and 6 could land them in the opposite order)."""
+        import fcntl
+
+        with open(self.path.with_suffix(".push.lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def known_users(self, user_ids: Iterable[int]) -> set[int]:
         ids = list(set(user_ids))
         with self._lock:
@@ -188,13 +249,14 @@ class EventLog:
                     continue
                 accepted.append(key)
                 if e.user_id not in profiles:
-                    profiles[e.user_id] = self._profile(e.user_id) or starts.get(e.user_id) or _empty()
+                    profiles[e.user_id] = self._profile(e.user_id) or starts.get(e.user_id) or empty_profile()
                 profiles[e.user_id].apply(e, self.max_len)
             for uid, p in profiles.items():
                 db.execute(
                     "INSERT INTO profiles (user_id, profile, version, pushed, updated) VALUES (?, ?, 1, 0, ?) "
                     "ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, version = version + 1, "
-                    "updated = excluded.updated", (uid, json.dumps(p.__dict__), now))
+                    "updated = MAX(excluded.updated, updated + 0.000001)",  # strictly rising per user
+                    (uid, json.dumps(p.__dict__), now))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -210,16 +272,16 @@ class EventLog:
         row = self._db.execute("SELECT profile FROM profiles WHERE user_id = ?", (user_id,)).fetchone()
         return Profile(**json.loads(row[0])) if row else None
 
-    def dirty_profiles(self, user_ids: list[int] | None = None, limit: int = 500) -> list[tuple[int, int, Profile]]:
-        """(user, version, profile) not yet pushed to the online store at their latest version."""
-        sql = "SELECT user_id, version, profile FROM profiles WHERE pushed < version"
+    def dirty_profiles(self, user_ids: list[int] | None = None, limit: int = 500) -> list[DirtyProfile]:
+        """Profiles not yet pushed to the online store at their latest version, oldest update first."""
+        sql = "SELECT user_id, version, profile, updated FROM profiles WHERE pushed < version"
         args: list[Any] = []
         if user_ids is not None:
             sql += f" AND user_id IN ({','.join('?' * len(user_ids))})"
             args = list(user_ids)
         with self._lock:
             rows = self._db.execute(sql + " ORDER BY updated LIMIT ?", [*args, limit]).fetchall()
-        return [(u, v, Profile(**json.loads(p))) for u, v, p in rows]
+        return [DirtyProfile(u, v, Profile(**json.loads(p)), t) for u, v, p, t in rows]
 
     def mark_pushed(self, pushed: list[tuple[int, int]]) -> None:
         """Record (user, version) as in the online store; a newer version written meanwhile stays dirty."""
@@ -234,7 +296,7 @@ class EventLog:
 
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]:
         """Stored events in arrival order (for training sets, joins with impressions, and tests)."""
-        cols = ("seq", "event_id", "user_id", "item_id", "event_type", "value", "ts", "request_id", "received")
+        cols = EVENT_COLUMNS
         sql = f"SELECT {', '.join(cols)} FROM events"
         where = " WHERE user_id = ?" if user_id is not None else ""
         with self._lock:
@@ -242,5 +304,5 @@ class EventLog:
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
 
-def _empty() -> Profile:
+def empty_profile() -> Profile:
     return Profile(recent_items=[], n_interactions=0, mean_rating=0.0, favourite_genres=[])

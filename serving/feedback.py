@@ -4,7 +4,8 @@ Input: validated `FeedbackEvent`s. Output: what was stored, what was a duplicate
 already has it. Order of effects: the event log commit (fsync) happens first and is the acknowledgement;
 the push to Feast's online store follows in the same call, so the next `/recommend` sees the new sequence.
 A push that fails leaves the profile dirty in the log; the replay loop pushes it later, so an outage of the
-online store delays freshness but loses nothing.
+online store delays freshness but loses nothing. Pushes carry each profile version's update time from the log
+(strictly rising per user) and run under the log's push lock, so replicas cannot land versions out of order.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from ray import serve
 
 from recsys.settings import Settings, load_settings
-from serving.events import EventLog, FeedbackEvent, Profile
+from serving.events import DirtyProfile, FeedbackEvent, Profile, open_event_log
 from serving.feature_server import online_store
 
 PUSH_SOURCE = "user_profile_push"
@@ -29,7 +30,7 @@ class FeedbackWriter:
     """Synchronous core (the deployment runs it off the event loop; tests call it directly)."""
 
     def __init__(self, settings: Settings, store=None) -> None:
-        self.log = EventLog(settings.event_log_path, settings.sequence_length)
+        self.log = open_event_log(settings)
         self.store = store or online_store(settings)
         self._push_lock = threading.Lock()
 
@@ -59,30 +60,39 @@ class FeedbackWriter:
     def push(self, user_ids: list[int] | None = None) -> tuple[bool, str | None]:
         """Push dirty profiles (of `user_ids`, or all) to the online store; failures stay dirty for replay.
 
-        One push at a time per writer: two requests for one user could otherwise read versions 5 and 6 and
-        land in the store in the opposite order, leaving the older profile online while the log says pushed.
+        One push at a time per writer and per log (its push lock): two requests for one user could otherwise
+        read versions 5 and 6 and land them in the store in the opposite order, leaving the older profile
+        online while the log says pushed.
         """
         with self._push_lock:
-            return self._push(user_ids)
+            try:
+                with self.log.push_lock():
+                    return self.write(self.log.dirty_profiles(user_ids))
+            except Exception as e:  # the lock itself unreachable or busy: stays dirty, the replay loop retries
+                return False, _one_line(e)
 
-    def _push(self, user_ids: list[int] | None) -> tuple[bool, str | None]:
-        dirty = self.log.dirty_profiles(user_ids)
+    def write(self, dirty: list[DirtyProfile]) -> tuple[bool, str | None]:
+        """Push these profile versions, each stamped with its update time, and record them as pushed."""
         if not dirty:
             return True, None
         import pandas as pd
         from feast.data_source import PushMode
 
-        now = datetime.now(UTC)
-        df = pd.DataFrame([{"user_id": u, "event_timestamp": now, **p.__dict__} for u, _, p in dirty])
+        df = pd.DataFrame([{"user_id": d.user_id, "event_timestamp": datetime.fromtimestamp(d.updated, UTC),
+                            **d.profile.__dict__} for d in dirty])
         df["n_interactions"] = df["n_interactions"].astype("int64")
         df["age"] = df["age"].astype("int64")
         df["mean_rating"] = df["mean_rating"].astype("float32")
         try:
             self.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
         except Exception as e:  # online store down: stays dirty, the replay loop retries
-            return False, f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
-        self.log.mark_pushed([(u, v) for u, v, _ in dirty])
+            return False, _one_line(e)
+        self.log.mark_pushed([(d.user_id, d.version) for d in dirty])
         return True, None
+
+
+def _one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
 
 
 @serve.deployment(name="Feedback", max_ongoing_requests=32)

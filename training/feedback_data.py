@@ -40,13 +40,13 @@ def _watermark(data_dir: Path) -> int:
 
 def merge_events(settings: Settings) -> dict[str, Any]:
     """Append feedback logged since the last merge to the prepared data; returns what was added."""
-    from serving.events import EventLog
+    from serving.events import has_event_log, open_event_log
 
     data_dir = settings.data_dir
     since = _watermark(data_dir)
-    if not settings.event_log_path.exists():
+    if not has_event_log(settings):
         return {"events": 0, "added": 0, "new_users": 0, "last_seq": since}
-    events = [e for e in EventLog(settings.event_log_path, settings.sequence_length).events() if e["seq"] > since]
+    events = [e for e in open_event_log(settings).events() if e["seq"] > since]
     if not events:
         return {"events": 0, "added": 0, "new_users": 0, "last_seq": since}
     ds = load_dataset(data_dir)

@@ -244,6 +244,7 @@ def test_rendered_settings_file_loads_through_recsys_settings(helm: Path, profil
     s = load_settings(environ={"RECSYS_SETTINGS_FILE": str(path), "RECSYS_PROFILE": "dev"})
     assert s.mlflow_tracking_uri == f"http://{RELEASE}-mlflow:5000"
     assert s.feast_online_store == {"type": "redis", "connection_string": f"{RELEASE}-redis:6379"}
+    assert s.event_log_url == f"redis://{RELEASE}-redis:6379/1"  # replicas on any node share one log
     assert s.feast_registry == "s3://recsys/feast/registry.db"
     assert s.feature_server_url == f"http://{RELEASE}-feature-server:6566"
     assert s.feature_read == "server"  # serving reads and pushes through the feature server, not the SDK
@@ -564,3 +565,24 @@ def test_scrape_annotations_and_dashboard(helm: Path) -> None:
     for metric in ("ray_recsys_stage_latency_ms_bucket", "ray_recsys_requests_total", "ray_recsys_degraded_total",
                    "nv_gpu_utilization"):
         assert metric in exprs
+
+
+def test_the_charts_redis_runs_as_the_event_log_requires(helm: Path, tmp_path: Path) -> None:
+    """The Redis StatefulSet's own arguments, given to a real redis-server: the event log opens on it (it
+    refuses a Redis that does not fsync before acknowledging) and its data outlives a SIGKILL."""
+    from serving.events import FeedbackEvent
+    from serving.events_redis import RedisEventLog
+    from tests.conftest import RedisProcess
+
+    sts = one(docs(render(helm, "default")), "StatefulSet", f"{RELEASE}-redis")
+    args = list(sts["spec"]["template"]["spec"]["containers"][0]["args"])
+    args[args.index("--dir") + 1] = str(tmp_path / "data")
+    server = RedisProcess(tmp_path / "data").start(*args, durable=False)
+    try:
+        log = RedisEventLog(server.url, 50)
+        log.append([FeedbackEvent(user_id=1, item_id=2, event_type="click", event_id="e")], lambda users: {})
+        server.kill()
+        server.start(*args, durable=False)
+        assert [e["event_id"] for e in RedisEventLog(server.url, 50).events()] == ["e"]
+    finally:
+        server.kill()

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from serving.events import EventLog, FeedbackBatch, FeedbackEvent, Profile
+from serving.events_redis import RedisEventLog
 
 
 def ev(user: int, item: int, **kw) -> FeedbackEvent:
@@ -21,15 +22,27 @@ def no_base(users: list[int]) -> dict[int, Profile]:
     return {}
 
 
-def test_events_are_stored_once_and_advance_the_profile(tmp_path):
-    log = EventLog(tmp_path / "events.db", max_len=3)
+def _open(where: str, max_len: int = 50):
+    return RedisEventLog(where, max_len) if where.startswith("redis://") else EventLog(Path(where), max_len)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def log_at(request, tmp_path) -> str:
+    """Where a log lives: the local SQLite file, or the cluster's Redis (a real server, fsync always)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return request.getfixturevalue("redis_server").url
+
+
+def test_events_are_stored_once_and_advance_the_profile(log_at):
+    log = _open(log_at, max_len=3)
     base = {7: Profile(recent_items=[1, 2, 3], n_interactions=3, mean_rating=4.0, favourite_genres=["Drama"])}
     r = log.append([ev(7, 9, event_id="a"), ev(7, 2, event_id="b", event_type="rate", value=1.0)],
                    lambda users: {u: base[u] for u in users if u in base})
     assert r.accepted == ["a", "b"] and r.duplicates == [] and r.users == [7]
     again = log.append([ev(7, 9, event_id="a"), ev(8, 5, event_id="c")], no_base)
     assert again.accepted == ["c"] and again.duplicates == ["a"]
-    (user, version, p), = log.dirty_profiles([7])
+    (user, version, p, _), = log.dirty_profiles([7])
     assert (user, version) == (7, 1)
     assert p.recent_items == [3, 9, 2]  # 2 moved to the end, oldest dropped at max_len 3
     assert p.n_interactions == 5 and p.mean_rating == pytest.approx((4.0 * 4 + 1.0) / 5)
@@ -37,20 +50,22 @@ def test_events_are_stored_once_and_advance_the_profile(tmp_path):
     assert [e["event_id"] for e in log.events()] == ["a", "b", "c"]
 
 
-def test_pushed_marks_only_the_version_that_was_pushed(tmp_path):
-    log = EventLog(tmp_path / "events.db", max_len=50)
+def test_pushed_marks_only_the_version_that_was_pushed(log_at):
+    log = _open(log_at)
     log.append([ev(1, 10, event_id="x")], no_base)
-    (u, v, _), = log.dirty_profiles()
-    log.append([ev(1, 11, event_id="y")], no_base)  # a newer version lands before the push is recorded
+    (u, v, _, t1), = log.dirty_profiles()
+    log.append([ev(1, 11, event_id="y")], no_base, now=0.0)  # a newer version lands before the push is recorded
     log.mark_pushed([(u, v)])
-    (_, v2, p), = log.dirty_profiles()
+    (_, v2, p, t2), = log.dirty_profiles()
     assert v2 == 2 and p.recent_items == [10, 11]
+    assert t2 > t1  # the update time rises per user even when a clock goes back: pushes land in version order
     log.mark_pushed([(1, v2)])
     assert log.dirty_profiles() == []
+    assert log.mark_all_dirty() == 1 and [d.user_id for d in log.dirty_profiles()] == [1]
 
 
-def test_an_event_without_an_id_is_idempotent_only_when_it_carries_a_timestamp(tmp_path):
-    log = EventLog(tmp_path / "events.db", max_len=50)
+def test_an_event_without_an_id_is_idempotent_only_when_it_carries_a_timestamp(log_at):
+    log = _open(log_at)
     ts = datetime(2026, 1, 1, tzinfo=UTC)
     first = log.append([ev(1, 10, timestamp=ts)], no_base)
     retry = log.append([ev(1, 10, timestamp=ts)], no_base)
@@ -59,23 +74,28 @@ def test_an_event_without_an_id_is_idempotent_only_when_it_carries_a_timestamp(t
     assert len(untimed.accepted) == 2  # two clicks without ids or times are two clicks
 
 
-def _writer(path: str, worker: int, n: int) -> None:
-    log = EventLog(Path(path), max_len=50)
+def _writer(where: str, worker: int, n: int) -> None:
+    log = _open(where)
     for i in range(n):  # every event twice: the second is a duplicate whichever process wins
         log.append([ev(worker % 3, 1 + i, event_id=f"w{worker % 2}-{i}")], no_base)
 
 
-def test_concurrent_processes_store_every_event_exactly_once(tmp_path):
-    path = tmp_path / "events.db"
-    EventLog(path, max_len=50).close()
-    procs = [mp.get_context("spawn").Process(target=_writer, args=(str(path), w, 60)) for w in range(4)]
+def test_concurrent_processes_store_every_event_exactly_once(log_at):
+    """Four writer processes (replicas), each event sent by two of them: stored once, and every user's
+    profile counts each of its events once (no lost update between replicas)."""
+    _open(log_at).close()
+    procs = [mp.get_context("spawn").Process(target=_writer, args=(log_at, w, 60)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
     assert all(p.exitcode == 0 for p in procs)
-    ids = [e["event_id"] for e in EventLog(path, max_len=50).events()]
-    assert sorted(ids) == sorted({f"w{w}-{i}" for w in range(2) for i in range(60)})
+    log = _open(log_at)
+    events = log.events()
+    assert sorted(e["event_id"] for e in events) == sorted({f"w{w}-{i}" for w in range(2) for i in range(60)})
+    assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})  # arrival order, no seq twice
+    for user in {e["user_id"] for e in events}:
+        assert log.profile(user).n_interactions == sum(e["user_id"] == user for e in events)
 
 
 @pytest.mark.parametrize("body, field", [

@@ -139,6 +139,7 @@ fields: tests/charts/test_chart.py loads the rendered file through recsys.settin
   "home" .Values.persistence.state.mountPath
   "mlflow_tracking_uri" (include "recsys.mlflowUri" .)
   "feast_online_store" (dict "type" "redis" "connection_string" (include "recsys.redisAddress" .))
+  "event_log_url" (printf "redis://%s/%d" (include "recsys.redisAddress" .) (int .Values.redis.eventsDb))
   "feast_registry" (printf "s3://%s/feast/registry.db" .Values.objectStore.bucket)
   "feature_server_url" (printf "http://%s-feature-server:%d" (include "recsys.fullname" .) (int .Values.featureServer.port))
   "feature_read" (ternary "server" "sdk" .Values.featureServer.enabled)
