@@ -467,8 +467,9 @@ def report(
 
 @app.command()
 def bench(
-    suite: Annotated[list[str] | None, typer.Option(help="offline, scaling, quality, serving, copy, or the "
-                                                         "groups training, freshness, all (repeatable); default "
+    suite: Annotated[list[str] | None, typer.Option(help="offline, scaling, quality, serving, copy, factuality "
+                                                         "(opt-in: 1,000 copies, ~20 min), or the groups "
+                                                         "training, freshness, all (repeatable); default "
                                                          "all.")] = None,
 ) -> None:
     """Measure the pipeline, training scaling, quality, serving, feedback freshness and the copy LM."""

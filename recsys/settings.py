@@ -65,6 +65,7 @@ class Settings(BaseModel):
     copy_steps: int = 60  # LoRA optimizer steps of the copy LM (batch 8)
     copy_train_pairs: int = 2000  # (facts, copy) training pairs drawn from the interactions
     copy_eval_items: int = 100  # held-out (never trained on) items the copy LM is evaluated on
+    copy_parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp: each worker holds the model; fsdp: sharded (big bases)
     model_cache_dir: Path | None = None  # converted base models; None → ~/.cache/recsys-platform/models
     copy_lm: bool = True  # serve the copy LM champion when one is exported (False: template copy only)
     copy_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 where the CPU has native bf16

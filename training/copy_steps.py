@@ -34,7 +34,8 @@ def guard_for(prepared: Prepared) -> Guard:
 
 
 def copy_config(settings: Settings, **overrides: Any) -> CopyLMConfig:
-    cfg = CopyLMConfig(base_model=settings.copy_base_model, steps=settings.copy_steps, seed=settings.seed)
+    cfg = CopyLMConfig(base_model=settings.copy_base_model, steps=settings.copy_steps, seed=settings.seed,
+                       parallel=settings.copy_parallel, use_gpu=settings.use_gpu)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

@@ -122,3 +122,36 @@ def test_throughput_run_trains_per_epoch_and_tracks_nothing(feature_home: Path, 
     assert r["workers"] == 1 and len(r["epoch_tokens_per_second"]) == 2
     assert all(x > 0 for x in r["epoch_tokens_per_second"]) and r["train_seconds"] > 0
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
+
+
+def test_fsdp_over_two_workers_trains_the_same_adapter_as_ddp(feature_home: Path, use_home) -> None:
+    """copy_parallel=fsdp shards the model over the Ray Train workers (FSDP2, gloo here, NCCL on GPUs): the
+    same steps on the same data give the DDP run's adapter, gathered whole into the checkpoint."""
+    use_home(feature_home)
+    import ray
+    import torch
+
+    from recsys.settings import load_settings
+    from training.copy_data import build_pairs
+    from training.copy_steps import copy_config, guard_for
+    from training.datasets import prepare
+    from training.jobs.copy import train_copy
+
+    adapters, losses = {}, {}
+    try:
+        for parallel in ("ddp", "fsdp"):
+            s = load_settings({"copy_base_model": "tiny-random-llama", "train_workers": 2, "copy_train_pairs": 64,
+                               "copy_parallel": parallel})
+            prepared = prepare(s)
+            pairs = build_pairs(prepared.split.train, prepared.ds.items, 64, 8, seed=s.seed)
+            out = train_copy(s, copy_config(s, steps=4, steps_per_epoch=2), pairs.train, pairs.held_out,
+                             guard_for(prepared), evaluate=False)
+            adapters[parallel], losses[parallel] = out.adapter, out.losses
+    finally:
+        ray.shutdown()
+    assert adapters["ddp"].keys() == adapters["fsdp"].keys()
+    for k, v in adapters["ddp"].items():
+        assert adapters["fsdp"][k].shape == v.shape  # whole tensors, not one worker's shard
+        assert torch.allclose(adapters["fsdp"][k], v, atol=1e-4), k
+    assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-4)
+    assert any(v.abs().sum() > 0 for k, v in adapters["fsdp"].items() if "lora_B" in k)  # it did train

@@ -187,7 +187,8 @@ def test_a_partial_run_keeps_the_other_sections_labelled_with_their_run():
 def test_suite_groups_expand_in_run_order_and_unknown_names_are_refused() -> None:
     from recsys.bench import SUITES, expand_suites
 
-    assert expand_suites(["all"]) == SUITES
+    assert expand_suites(["all"]) == tuple(x for x in SUITES if x != "factuality")  # opt-in: ~20 min here
+    assert expand_suites(["factuality"]) == ("factuality",)
     assert expand_suites(["serving", "training"]) == ("offline", "scaling", "serving")
     assert expand_suites(["freshness"]) == ("serving",)
     with pytest.raises(ValueError, match="unknown suite 'latency'"):
@@ -227,3 +228,15 @@ def test_epoch_rates_read_each_epoch_of_a_tracked_run(tmp_path: Path) -> None:
         for epoch, secs in ((1, 2.0), (2, 4.0), (3, 5.0)):
             mlflow.log_metrics({"samples": 100.0, "epoch_seconds": secs}, step=epoch)
     assert epoch_rates(s, run.info.run_id) == [50.0, 25.0, 20.0]
+
+
+def test_factuality_report_says_served_copy_is_factual_only_when_every_template_passed():
+    from recsys.bench import factuality_report
+
+    f = {"copies": 1000, "held_out_items": 160, "base_factuality": 0.571, "tuned_factuality": 0.991,
+         "base_distinct_2": 0.28, "tuned_distinct_2": 0.3, "templates_factual": 1.0, "served_factuality": 1.0,
+         "seconds": 1200.0, "generate_seconds_per_item": 0.3, "steps": 60, "base_model": "m"}
+    text = "\n".join(factuality_report(f))
+    assert "| fine-tuned | 0.991 | 0.300 |" in text and "Served (after the guard): 1.000" in text
+    failed = "\n".join(factuality_report({**f, "templates_factual": 0.998, "served_factuality": None}))
+    assert "1.000" not in failed.split("Served")[1] and "a template failed the guard" in failed

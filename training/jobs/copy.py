@@ -1,5 +1,6 @@
-"""Copy LM job: LoRA fine-tuning on Ray Train (DDP over N workers; GPU by settings), per-epoch checkpoints
-holding only the adapter and optimizer, resume like the other jobs; then base vs adapter on held-out items."""
+"""Copy LM job: LoRA fine-tuning on Ray Train (DDP or FSDP over N workers; GPU by settings), per-epoch
+checkpoints holding only the adapter and optimizer, resume like the other jobs; then base vs adapter on
+held-out items."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from training.models.copy_lm import (
     load_tokenizer,
     lora_state,
     merged,
+    shard,
 )
 
 
@@ -44,18 +46,19 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     base, tok = load_base(config["base_dir"], Path(config["cache"]))
     model = add_lora(base, cfg)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     start = 0
     state = restore_state()
     if state is not None:
         load_lora(model, state["adapter"])
-        opt.load_state_dict(state["optimizer"])
         start = int(state["epoch"])
     elif config.get("init") is not None:
         load_lora(model, config["init"])
     device = ray.train.torch.get_device()
-    ddp = ray.train.torch.prepare_model(model)
+    fsdp = cfg.parallel == "fsdp" and ray.train.get_context().get_world_size() > 1
+    net = shard(model.to(device), cfg.use_gpu) if fsdp else ray.train.torch.prepare_model(model)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    if state is not None:
+        _load_optimizer(model, opt, state["optimizer"], fsdp)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     data = config["train"]
@@ -65,13 +68,13 @@ def train_loop(config: dict[str, Any]) -> None:
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         rng = np.random.default_rng(cfg.seed * 1_000 + epoch)
-        ddp.train()
+        net.train()
         losses, tokens = [], 0
         for _ in range(min(cfg.steps_per_epoch, cfg.steps - epoch * cfg.steps_per_epoch)):
             batch = rng.choice(len(data), size=per_worker * world, replace=len(data) < per_worker * world)
             b = collate([data[i] for i in batch[rank * per_worker : (rank + 1) * per_worker]], pad)
             b = {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
-            loss, _ = lm_loss(ddp, b)
+            loss, _ = lm_loss(net, b)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -81,11 +84,29 @@ def train_loop(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "epoch_first_loss": losses[0],
                    "start_epoch": start, "epoch_seconds": seconds, "tokens_per_second": tokens / seconds}
         ckpt = None
+        adapter, optimizer = lora_state(model), _optimizer_state(model, opt, fsdp)  # collectives under FSDP
         if rank == 0:
-            ckpt = {"adapter": lora_state(model), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                    "config": cfg.to_dict()}
+            ckpt = {"adapter": adapter, "optimizer": optimizer, "epoch": epoch + 1, "config": cfg.to_dict()}
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
         save_and_report(metrics, ckpt)
+
+
+def _optimizer_state(model, opt, fsdp: bool) -> dict[str, Any]:
+    """The optimizer state to checkpoint: whole tensors on every rank under FSDP (keyed by parameter name)."""
+    if not fsdp:
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _load_optimizer(model, opt, state: dict[str, Any], fsdp: bool) -> None:
+    if not fsdp:
+        opt.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
 
 
 @dataclass
