@@ -52,7 +52,7 @@ test-fast: install tools  ## everything but the heavy end-to-end test
 bench: install  ## benchmarks; results in bench/results/ and BENCHMARKS.md
 	$(VENV)/bin/recsys bench
 
-bench-factuality: install  ## opt-in: copy factuality on 1,000 held-out copies, base vs fine-tuned (~20 min)
+bench-factuality: install  ## opt-in: copy factuality on 1,000 held-out copies, base vs fine-tuned (~27 min)
 	$(VENV)/bin/recsys bench --suite factuality
 
 serve: install  ## Triton + Ray Serve on the exported champions (after `make demo`)

@@ -125,11 +125,11 @@ def copy_suite(s: Settings, console: Console, eval_items: int = 100) -> dict[str
 
 
 def factuality_suite(s: Settings, console: Console, copies: int = 1000) -> dict[str, Any]:
-    """Opt-in (`recsys bench --suite factuality`, not in `all`): the issue's 1,000-copy factuality, base vs
-    fine-tuned, on held-out items (never trained on). The copy LM is trained as in the copy suite, but its own
-    evaluation runs over `copies` held-out (item, taste) pairs instead of 100, so the numbers are the MLflow
-    run's too. After the guard: a failing copy is served as its grounded template, so served copy is factual
-    exactly when every one of those templates passes the same guard, which is checked here, not assumed."""
+    """Opt-in (`recsys bench --suite factuality`, ~27 min here, not in `all`): the issue's 1,000-copy
+    factuality, base vs fine-tuned, on held-out items (never trained on). The copy LM is trained as in the copy
+    suite, but its own evaluation runs over `copies` held-out (item, taste) pairs instead of 100, so the numbers
+    are the MLflow run's too. After the guard: a failing copy is served as its grounded template, so served copy
+    is factual exactly when every one of those templates passes the same guard, which is checked here."""
     from serving.copy_guard import template_text
     from training.copy_data import build_pairs
     from training.copy_steps import guard_for, train_copy_step

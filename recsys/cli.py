@@ -468,7 +468,7 @@ def report(
 @app.command()
 def bench(
     suite: Annotated[list[str] | None, typer.Option(help="offline, scaling, quality, serving, copy, factuality "
-                                                         "(opt-in: 1,000 copies, ~20 min), or the groups "
+                                                         "(opt-in: 1,000 copies, ~27 min), or the groups "
                                                          "training, freshness, all (repeatable); default "
                                                          "all.")] = None,
 ) -> None:
