@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 EventType = Literal["click", "view", "rate", "favorite", "purchase"]
 MAX_FUTURE = timedelta(minutes=5)  # clock skew tolerated on client timestamps
 MAX_PAST = timedelta(days=365 * 30)
+# A rebuilt online row carries its user's latest event time, at most MAX_FUTURE ahead (client timestamps): a
+# profile re-pushed after a rebuild is stamped past that, or Feast's Redis store would keep the rebuilt row.
+REPUSH_LEAD_S = MAX_FUTURE.total_seconds() + 1
 
 
 class FeedbackEvent(BaseModel):
@@ -255,7 +258,7 @@ class EventLog:
                 db.execute(
                     "INSERT INTO profiles (user_id, profile, version, pushed, updated) VALUES (?, ?, 1, 0, ?) "
                     "ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, version = version + 1, "
-                    "updated = MAX(excluded.updated, updated + 0.000001)",  # strictly rising per user
+                    "updated = ROUND(MAX(excluded.updated, updated + 0.000001), 6)",  # rising per user, in µs
                     (uid, json.dumps(p.__dict__), now))
             db.execute("COMMIT")
         except BaseException:
@@ -292,7 +295,8 @@ class EventLog:
     def mark_all_dirty(self) -> int:
         """Every profile must be pushed again (the online store was rebuilt from older data); returns how many."""
         with self._lock:
-            return self._db.execute("UPDATE profiles SET pushed = 0").rowcount
+            return self._db.execute("UPDATE profiles SET pushed = 0, updated = ROUND(MAX(updated + 0.000001, ?), 6)",
+                                    (time.time() + REPUSH_LEAD_S,)).rowcount
 
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]:
         """Stored events in arrival order (for training sets, joins with impressions, and tests)."""

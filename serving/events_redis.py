@@ -15,6 +15,7 @@ All keys share one hash tag (`{recsys}`), so the scripts also run on a Redis Clu
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -23,7 +24,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from recsys.errors import ConfigError
-from serving.events import EVENT_COLUMNS, AppendResult, DirtyProfile, FeedbackEvent, Profile, empty_profile
+from serving.events import (
+    EVENT_COLUMNS,
+    REPUSH_LEAD_S,
+    AppendResult,
+    DirtyProfile,
+    FeedbackEvent,
+    Profile,
+    empty_profile,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +84,18 @@ end
 return 0
 """
 
-# KEYS: updated pushed dirty. Every profile dirty again (after the online store was rebuilt).
+# KEYS: updated pushed dirty. ARGV: seconds ahead of the server clock. Every profile dirty again (after the
+# online store was rebuilt), its update time moved past any rebuilt row's event time, so the re-push wins.
 _MARK_ALL_DIRTY = """
 local all = redis.call('HGETALL', KEYS[1])
+local t = redis.call('TIME')
+local floor = tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ARGV[1])
 redis.call('DEL', KEYS[2])
-for i = 1, #all, 2 do redis.call('ZADD', KEYS[3], all[i + 1], all[i]) end
+for i = 1, #all, 2 do
+  local updated = math.max(floor, tonumber(all[i + 1]) + 0.000001)
+  redis.call('HSET', KEYS[1], all[i], string.format('%.6f', updated))
+  redis.call('ZADD', KEYS[3], updated, all[i])
+end
 return #all / 2
 """
 
@@ -123,9 +139,9 @@ class RedisEventLog:
 
     @contextmanager
     def push_lock(self) -> Iterator[None]:
-        """One push at a time across replicas (a lease: a replica that dies mid-push frees it in 30 s). Stale
+        """One push at a time across replicas (a lease: a replica that dies mid-push frees it in 2 min). Stale
         pushes are also harmless where the online store keeps the newest event time, as Feast's Redis does."""
-        with self.r.lock(f"{_PREFIX}:push-lock", timeout=30, blocking_timeout=10):
+        with self.r.lock(f"{_PREFIX}:push-lock", timeout=120, blocking_timeout=10):
             yield
 
     def append(self, events: list[FeedbackEvent], base: Callable[[list[int]], dict[int, Profile]],
@@ -156,8 +172,9 @@ class RedisEventLog:
                     continue
                 seen.add(key)
                 accepted.append((key, e))
-                if e.user_id not in changed:
-                    changed[e.user_id] = profiles[e.user_id] or starts.get(e.user_id) or empty_profile()
+                if e.user_id not in changed:  # a copy: a lost round must not leave `starts` advanced
+                    start = profiles[e.user_id] or starts.get(e.user_id)
+                    changed[e.user_id] = Profile(**copy.deepcopy(start.__dict__)) if start else empty_profile()
                 changed[e.user_id].apply(e, self.max_len)
             if not accepted:
                 return AppendResult([], duplicates, [])
@@ -198,7 +215,8 @@ class RedisEventLog:
                                      args=[x for u, v in pushed for x in (u, v)])
 
     def mark_all_dirty(self) -> int:
-        return int(self._mark_all_dirty_script(keys=[self.k["updated"], self.k["pushed"], self.k["dirty"]]))
+        return int(self._mark_all_dirty_script(keys=[self.k["updated"], self.k["pushed"], self.k["dirty"]],
+                                               args=[REPUSH_LEAD_S]))
 
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]:
         """Stored events in arrival order, read from the stream in pages."""

@@ -94,3 +94,22 @@ def test_replicas_pushing_out_of_order_leave_the_newest_profile_online(feature_h
     assert a.write(stale) == (True, None)
     assert FeatureReader(s).user(5).recent_items == [10, 11]
     assert a.log.dirty_profiles() == []
+
+
+def test_a_lost_compare_and_set_round_applies_nothing_twice(redis_server):
+    """Another replica wins the first round (the script answers conflict): the retry starts again from the
+    user's online row, so the event is counted once on top of it."""
+    log = RedisEventLog(redis_server.url, 50)
+    real, rounds = log._append_script, []
+
+    def another_replica_first(**kw):
+        rounds.append(1)
+        return [b"conflict", b"7"] if len(rounds) == 1 else real(**kw)
+
+    log._append_script = another_replica_first
+    online = Profile(recent_items=[1, 2], n_interactions=2, mean_rating=4.0, favourite_genres=["Drama"])
+    log.append([ev(7, 10, "a")], lambda users: {u: online for u in users})
+    assert len(rounds) == 2
+    p = log.profile(7)
+    assert p.n_interactions == 3 and p.recent_items == [1, 2, 10]
+    assert online.n_interactions == 2  # the caller's row is not changed either

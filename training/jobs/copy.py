@@ -55,7 +55,7 @@ def train_loop(config: dict[str, Any]) -> None:
         load_lora(model, config["init"])
     device = ray.train.torch.get_device()
     fsdp = cfg.parallel == "fsdp" and ray.train.get_context().get_world_size() > 1
-    net = shard(model.to(device), cfg.use_gpu) if fsdp else ray.train.torch.prepare_model(model)
+    net = shard(model, cfg.use_gpu) if fsdp else ray.train.torch.prepare_model(model)  # fsdp: shards go to device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
     if state is not None:
         _load_optimizer(model, opt, state["optimizer"], fsdp)
@@ -92,7 +92,8 @@ def train_loop(config: dict[str, Any]) -> None:
 
 
 def _optimizer_state(model, opt, fsdp: bool) -> dict[str, Any]:
-    """The optimizer state to checkpoint: whole tensors on every rank under FSDP (keyed by parameter name)."""
+    """The optimizer state to checkpoint; under FSDP gathered whole (keyed by parameter name) onto rank 0, the
+    one that checkpoints (every rank must call it)."""
     if not fsdp:
         return opt.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
