@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from datetime import UTC, datetime
 
 from ray import serve
@@ -32,7 +31,6 @@ class FeedbackWriter:
     def __init__(self, settings: Settings, store=None) -> None:
         self.log = open_event_log(settings)
         self.store = store or online_store(settings)
-        self._push_lock = threading.Lock()
 
     def base_profiles(self, user_ids: list[int]) -> dict[int, Profile]:
         """The online rows of users the log has not seen yet (their history before the first event)."""
@@ -60,16 +58,15 @@ class FeedbackWriter:
     def push(self, user_ids: list[int] | None = None) -> tuple[bool, str | None]:
         """Push dirty profiles (of `user_ids`, or all) to the online store; failures stay dirty for replay.
 
-        One push at a time per writer and per log (its push lock): two requests for one user could otherwise
-        read versions 5 and 6 and land them in the store in the opposite order, leaving the older profile
-        online while the log says pushed.
+        One push at a time per log, across threads, processes and (Redis) nodes: the log's push lock (a flock
+        or a Redis lease, each taken per call, so two threads of one writer exclude each other too). Without it
+        two requests for one user could read versions 5 and 6 and land them in the opposite order.
         """
-        with self._push_lock:
-            try:
-                with self.log.push_lock():
-                    return self.write(self.log.dirty_profiles(user_ids))
-            except Exception as e:  # the lock itself unreachable or busy: stays dirty, the replay loop retries
-                return False, _one_line(e)
+        try:
+            with self.log.push_lock():
+                return self.write(self.log.dirty_profiles(user_ids))
+        except Exception as e:  # the lock itself unreachable or busy: stays dirty, the replay loop retries
+            return False, _one_line(e)
 
     def write(self, dirty: list[DirtyProfile]) -> tuple[bool, str | None]:
         """Push these profile versions, each stamped with its update time, and record them as pushed."""

@@ -169,3 +169,26 @@ def test_fuzzed_bodies_are_each_refused_with_a_client_error_and_a_message():
         assert r.value.http in (400, 422) and r.value.message, raw[:120]
         codes[r.value.http] = codes.get(r.value.http, 0) + 1
     assert codes[400] > 50 and codes[422] > 1000  # both kinds of refusal were exercised
+
+
+def test_the_push_lock_excludes_threads_of_one_process_too(log_at):
+    """The Feedback writer relies on the log's lock alone (no lock of its own): replay loop and request
+    threads of one replica must not push at the same time either."""
+    import threading
+
+    log = _open(log_at)
+    inside, overlapped = [0], [False]
+
+    def push() -> None:
+        with log.push_lock():
+            inside[0] += 1
+            overlapped[0] |= inside[0] > 1
+            time.sleep(0.1)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=push) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlapped[0]
