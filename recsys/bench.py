@@ -776,7 +776,8 @@ def copy_report(c: dict[str, Any]) -> list[str]:
             f"threads {with_spread(sc['workers_1']['tokens_per_s'])}, 2 DDP workers × 1 thread "
             f"{with_spread(sc['workers_2']['tokens_per_s'])} ({sc['speedup']}×).", "",
             "| k=10 copy | p50 ms | p99 ms | min / median / max ms |", "|---|---|---|---|",
-            f"| cache miss (one batched generate, {g['dtype']}) | {g['miss_p50_ms']} | {g['miss_p99_ms']} | "
+            f"| cache miss (one batched generate, {g.get('decoding', 'plain greedy')}, {g['dtype']}) | "
+            f"{g['miss_p50_ms']} | {g['miss_p99_ms']} | "
             f"{' / '.join(map(str, g.get('miss_ms', [])))} |",
             f"| cache hit | {g['hit_p50_ms']} | {g['hit_p99_ms']} | {' / '.join(map(str, g.get('hit_ms', [])))} |", "",
             f"Generation {g['tokens_per_s']} tokens/s; cache hit rate under a repeat-heavy stream ({g['stream']} "

@@ -2,13 +2,13 @@
 
 Training (targets, factuality metric) and serving (prompt, guard, fallback) share this module, so the model is
 trained, measured and policed against one definition of "true". Item text and user context enter the prompt
-only as a JSON document the instructions call data, and the guard checks the output's format regardless of
+only as labelled fact lines the instructions call data (one value per line, a title cannot start a line of
+its own), and the guard checks the output's format regardless of
 what a title says, so a title holding "ignore previous instructions…" cannot change what is served.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 
@@ -67,13 +67,25 @@ class CopyFacts:
     taste: Taste = field(default_factory=Taste)
 
     def document(self) -> str:
-        """The JSON the model reads: every fact it may use, nothing else."""
-        movie = {"title": self.item.title, "genres": list(self.item.genres)}
+        """The facts the model reads, one labelled line each: every fact it may use, nothing else."""
+        return "".join(self.document_parts())
+
+    def document_parts(self) -> tuple[str, str]:
+        """(viewer lines, movie lines) of `document`. The viewer comes first, so every item of one request
+        shares the prompt up to the movie and generation computes that shared prefix once. Values follow
+        ": ", so a title is the same tokens as in the copy (" Sleepers"; inside JSON quotes it would be
+        "Sleepers", other tokens, which a 135 M model then misspells)."""
+        viewer = (f"Viewer likes: {_line(', '.join(self.taste.genres)) or '(none)'}\n"
+                  f"Viewer watched: {_line('; '.join(self.taste.liked)) or '(none)'}\n")
+        movie = f"Movie: {_line(self.item.title)}\n"
         if self.item.year > 0:
-            movie["year"] = self.item.year
-        return json.dumps({"movie": movie, "viewer": {"likes": list(self.taste.genres),
-                                                      "watched": list(self.taste.liked)}},
-                          ensure_ascii=False, separators=(",", ":"))
+            movie += f"Year: {self.item.year}\n"
+        return viewer, movie + f"Genres: {_line(', '.join(self.item.genres)) or '(none)'}"
+
+
+def _line(value: str) -> str:
+    """A fact value on one line: no newline or control character can start a line of its own."""
+    return re.sub(r"[\x00-\x1f\x7f\s]+", " ", value or "").strip()
 
 
 def messages(facts: CopyFacts) -> list[dict[str, str]]:

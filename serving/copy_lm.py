@@ -19,6 +19,7 @@ import torch
 
 from serving.contracts import Copy
 from serving.copy_guard import CopyFacts, Guard, template_text
+from training.copy_data import target_forms
 from training.copy_text import generate
 
 
@@ -57,7 +58,8 @@ class CopyModel:
 
     def generate(self, facts: list[CopyFacts]) -> list[str]:
         with self.lock:
-            return generate(self.model, self.tok, facts, self.cfg.max_new_tokens, batch_size=max(1, len(facts)))
+            return generate(self.model, self.tok, facts, self.cfg.max_new_tokens, batch_size=max(1, len(facts)),
+                            drafts=target_forms)
 
 
 class CopyCache:

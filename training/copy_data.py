@@ -51,7 +51,9 @@ def write_target(facts: CopyFacts, choice: int) -> str:
     ]
     if taste.liked:
         last = taste.liked[-1]
-        forms += [f"Because you watched {last}: {t}{yp}, {_a(g)} {g}.",
+        # No colon right after a watched title: "Because you watched Terminator 2: Judgment Day: …" reads as
+        # if "Judgment Day" were the movie (every such copy failed the guard at 120 steps; 11 of 1,000).
+        forms += [f"Because you watched {last}, try {t}{yp}, {_a(g)} {g}.",
                   f"If {last} was your kind of film, {t}{yp} should be too: {_a(g)} {g}."]
     if len(taste.liked) >= 2:
         forms.append(f"Liked {taste.liked[-2]} and {taste.liked[-1]}? Try {t}, {_a(g)} {g}{fy}.")
@@ -60,6 +62,15 @@ def write_target(facts: CopyFacts, choice: int) -> str:
         forms += [f"For fans of {tg}: {t}, {_a(g)} {g}{fy}.",
                   f"{t}{yp} is {_a(g)} {g} for a viewer who enjoys {tg}."]
     return forms[choice % len(forms)]
+
+
+def target_forms(facts: CopyFacts) -> list[str]:
+    """Every phrasing `write_target` has for these facts: the fine-tuned model's copy mostly follows one, so
+    generation uses them as drafts to verify (`training.copy_text.generate`), which changes speed, not text."""
+    return list(dict.fromkeys(write_target(facts, c) for c in range(_N_FORMS)))
+
+
+_N_FORMS = 7  # write_target's phrasings when every fact is present
 
 
 @dataclass

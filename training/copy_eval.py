@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from serving.copy_guard import CopyFacts, Guard
+from training.copy_data import target_forms
 from training.copy_text import generate, target_nll
 
 
@@ -38,7 +39,8 @@ def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, 
     nll, count = target_nll(model, tok, pairs)
     facts = [f for f, _ in pairs]
     t0 = time.perf_counter()
-    texts = generate(model, tok, facts, max_new_tokens, batch_size=48)  # 96 items: 67 s at 16, 58 s at 48 (2 cores)
+    # Drafted by the training phrasings: the same greedy copy, fewer forward passes when the model follows them.
+    texts = generate(model, tok, facts, max_new_tokens, batch_size=48, drafts=target_forms)
     seconds = time.perf_counter() - t0
     kinds: dict[str, int] = {}
     ok = 0

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from serving.copy_guard import Guard
-from training.copy_data import build_pairs, genre_phrase, held_out_item
+from serving.copy_guard import CopyFacts, Guard, ItemFacts, Taste
+from training.copy_data import build_pairs, genre_phrase, held_out_item, target_forms
 from training.data.synthetic import generate_synthetic
 
 
@@ -47,3 +47,13 @@ def test_genre_phrase() -> None:
     assert genre_phrase(("Crime", "Drama")) == "crime drama"
     assert genre_phrase(("Action", "Adventure", "Sci-Fi", "War")) == "action, adventure and sci-fi"
     assert genre_phrase(("unknown",)) == "film"
+
+
+def test_no_phrasing_lets_a_watched_title_run_into_the_movie() -> None:
+    """A colon right after a watched title ("Because you watched Terminator 2: Judgment Day: …") reads as if
+    the title's second half were the movie; the fine-tuned model then dropped the movie (11 of 1,000 copies)."""
+    facts = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime"]),
+                      Taste(("Drama",), ("Mission: Impossible", "Terminator 2: Judgment Day")))
+    forms = target_forms(facts)
+    assert len(forms) == 7 and all("Fargo" in f for f in forms)
+    assert not [f for f in forms for w in facts.taste.liked if f"{w}:" in f]

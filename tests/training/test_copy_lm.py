@@ -9,7 +9,19 @@ import pytest
 import torch
 
 from serving.copy_guard import CopyFacts, ItemFacts, Taste
-from training.copy_text import collate, encode_pairs, generate, lm_loss, prompt_text, target_nll
+from training.copy_data import target_forms
+from training.copy_text import (
+    collate,
+    encode_pairs,
+    generate,
+    lm_loss,
+    prompt_ids,
+    prompt_parts,
+    prompt_text,
+    propose,
+    shared_length,
+    target_nll,
+)
 from training.models.copy_lm import TINY, CopyLMConfig, add_lora, load_base, load_lora, lora_state, merged
 
 FACTS = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime", "Drama"]), Taste(("Drama",), ("Heat",)))
@@ -34,13 +46,13 @@ def test_tiny_base_is_a_small_llama_with_the_smollm2_chat_template(tiny) -> None
     assert tok.padding_side == "left" and tok.pad_token_id is not None
     prompt = prompt_text(tok, FACTS)
     assert prompt.startswith("<|im_start|>system") and prompt.rstrip().endswith("<|im_start|>assistant")
-    assert '"title":"Fargo"' in prompt and '"year":1996' in prompt
+    assert "Movie: Fargo\nYear: 1996\nGenres: Crime, Drama" in prompt
 
 
 def test_loss_is_on_the_copy_only(tiny) -> None:
     _, tok = tiny
     [(ids, labels)] = encode_pairs(tok, [(FACTS, "Fargo (1996) is a crime drama worth your evening.")])
-    n_prompt = len(tok(prompt_text(tok, FACTS), add_special_tokens=False)["input_ids"])
+    n_prompt = sum(map(len, prompt_ids(tok, FACTS)))
     assert labels[:n_prompt] == [-100] * n_prompt and labels[n_prompt:] == ids[n_prompt:]
     assert ids[-1] == tok.eos_token_id  # the model learns to end its turn
     short = (ids[:-3], labels[:-3])
@@ -95,3 +107,32 @@ def test_generation_is_one_line_per_item_within_the_token_budget(tiny) -> None:
     texts = generate(model, tok, [FACTS, CopyFacts(ItemFacts.from_row(2, "Heat (1995)", 1995, ["Action"]))], 12)
     assert len(texts) == 2 and all("\n" not in t for t in texts)
     assert all(len(tok(t, add_special_tokens=False)["input_ids"]) <= 12 + 4 for t in texts)  # re-tokenised
+
+
+def test_one_viewers_items_share_the_prompt_up_to_the_movie(tiny) -> None:
+    """The cut that lets generation compute a viewer's prefix once: the same in training (encode_pairs) and
+    serving, the viewer before the movie, the two parts together exactly the chat prompt."""
+    _, tok = tiny
+    other = CopyFacts(ItemFacts.from_row(2, "Heat (1995)", 1995, ["Action"]), FACTS.taste)
+    (head, tail), (head2, tail2) = prompt_parts(tok, FACTS), prompt_parts(tok, other)
+    assert head + tail == prompt_text(tok, FACTS) and head == head2 and tail != tail2
+    assert "Viewer likes: Drama\nViewer watched: Heat\n" in head and "Fargo" not in head
+    assert tail.startswith("Movie: Fargo\n") and tail.rstrip().endswith("<|im_start|>assistant")
+    assert prompt_ids(tok, FACTS)[0] == prompt_ids(tok, other)[0]
+    [(ids, _)] = encode_pairs(tok, [(FACTS, "Fargo (1996) is a crime drama.")])
+    head_ids, tail_ids = prompt_ids(tok, FACTS)
+    assert ids[: len(head_ids) + len(tail_ids)] == head_ids + tail_ids
+    stranger = CopyFacts(FACTS.item, Taste(("Comedy",), ()))
+    rows = [a + b for a, b in (prompt_ids(tok, f) for f in (FACTS, other, stranger))]
+    assert len(prompt_ids(tok, stranger)[0]) > shared_length(rows) > 10  # the system line, not the viewer
+    assert shared_length([rows[0], rows[0]]) == len(rows[0]) - 1  # identical prompts: one token left to run
+
+
+def test_drafts_come_from_the_training_phrasings() -> None:
+    forms = target_forms(FACTS)
+    assert len(forms) == len(set(forms)) >= 5 and all("Fargo" in f for f in forms)
+    seq_a, seq_b = [5, 6, 7, 8, 9], [1, 2, 6, 7, 3, 4]
+    assert propose([seq_a, seq_b], [5, 6], 2) == [7, 8]  # a candidate begins with what was generated
+    assert propose([seq_a, seq_b], [9, 1, 2, 6, 7], 3) == [3, 4]  # else where the last tokens occur
+    assert propose([seq_a, seq_b], [5, 6, 7, 8, 9], 3) == []  # a candidate used up
+    assert propose([seq_a], [42, 43], 3) == []  # nothing matches: no draft

@@ -33,7 +33,7 @@ class CopyLMConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     lr: float = 3e-3
     batch_size: int = 8  # examples per optimizer step, across workers
-    steps: int = 60
+    steps: int = 120
     steps_per_epoch: int = 20  # a checkpoint (and MLflow point) every this many steps
     max_new_tokens: int = 40
     seed: int = 0

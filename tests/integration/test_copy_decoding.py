@@ -1,0 +1,79 @@
+"""The copy LM's decoder on the real SmolLM2-135M-Instruct (fp32, no fine-tuning needed): sharing a viewer's
+prompt prefix and verifying drafts must produce exactly the copy Hugging Face's greedy `generate` produces on
+the whole prompts, and drafts the model agrees with must save forward passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from serving.copy_guard import CopyFacts, ItemFacts, Taste
+from training.copy_data import target_forms
+from training.copy_text import first_line, generate, greedy, prompt_ids
+
+BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
+ITEMS = [("Fargo (1996)", 1996, ["Crime", "Drama", "Thriller"]), ("Heat (1995)", 1995, ["Action", "Crime"]),
+         ("Usual Suspects, The (1995)", 1995, ["Crime", "Thriller"]), ("Toy Story (1995)", 1995, ["Animation"])]
+TASTES = [Taste(("Drama", "Comedy"), ("Se7en", "Twelve Monkeys")), Taste(("Horror",), ("Scream",)), Taste()]
+MAX_NEW = 24
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from recsys.settings import load_settings
+    from training.models.copy_lm import load_base
+
+    model, tok = load_base(BASE, load_settings().model_cache)
+    return model.eval(), tok
+
+
+def facts() -> list[CopyFacts]:
+    """Three viewers (one without any taste), their items interleaved as a request batch would not be."""
+    return [CopyFacts(ItemFacts.from_row(i + 1, t, y, g), taste)
+            for taste in TASTES for i, (t, y, g) in enumerate(ITEMS)][::-1]
+
+
+@torch.inference_mode()
+def reference(model, tok, batch: list[CopyFacts]) -> list[str]:
+    """Hugging Face's greedy generate over the whole prompts, left-padded: what the copy must equal."""
+    rows = [a + b for a, b in (prompt_ids(tok, f) for f in batch)]
+    n = max(map(len, rows))
+    ids = torch.tensor([[tok.pad_token_id] * (n - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows])
+    gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return [first_line(t) for t in tok.batch_decode(gen[:, n:], skip_special_tokens=True)]
+
+
+def test_shared_prefixes_and_drafts_decode_exactly_what_generate_does(smollm2) -> None:
+    model, tok = smollm2
+    batch = facts()
+    want = reference(model, tok, batch)
+    assert len(set(want)) > len(ITEMS)  # real, varied text: the comparison means something
+    assert generate(model, tok, batch, MAX_NEW, batch_size=5) == want  # mixed viewers: system line shared
+    assert generate(model, tok, batch, MAX_NEW, batch_size=16, drafts=target_forms) == want
+
+
+def test_drafts_the_model_agrees_with_save_forward_passes(smollm2) -> None:
+    model, tok = smollm2
+    parts = [prompt_ids(tok, f) for f in facts()[:4]]  # one viewer's items: one shared prefix
+    shared, suffixes = parts[0][0], [item for _, item in parts]
+    assert all(head == shared for head, _ in parts)
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+
+    def run(cands):
+        calls.clear()
+        with torch.inference_mode():
+            out = greedy(model, shared, suffixes, MAX_NEW, eos, pad, cands)
+        return out, len(calls)
+
+    try:
+        plain, n_plain = run(None)
+        own, n_own = run([[[*p, eos]] for p in plain])  # drafts the model agrees with throughout
+        wrong, n_wrong = run([[[*p[:3], p[3] + 1, *p[4:], eos]] for p in plain])  # it disagrees at token 4
+    finally:
+        hook.remove()
+    assert own == plain and wrong == plain
+    assert n_plain >= 10 and n_own <= 5 and n_own < n_wrong < n_plain, (n_plain, n_own, n_wrong)
