@@ -41,6 +41,11 @@ def _taste_phrase(genres: tuple[str, ...]) -> str:
 
 def write_target(facts: CopyFacts, choice: int) -> str:
     """One grounded phrasing (choice picks among those the facts allow)."""
+    forms = _phrasings(facts)
+    return forms[choice % len(forms)]
+
+
+def _phrasings(facts: CopyFacts) -> list[str]:
     it, taste = facts.item, facts.taste
     t, g = it.title, genre_phrase(it.genres)
     yp = f" ({it.year})" if it.year > 0 else ""
@@ -61,16 +66,13 @@ def write_target(facts: CopyFacts, choice: int) -> str:
         tg = _taste_phrase(taste.genres)
         forms += [f"For fans of {tg}: {t}, {_a(g)} {g}{fy}.",
                   f"{t}{yp} is {_a(g)} {g} for a viewer who enjoys {tg}."]
-    return forms[choice % len(forms)]
+    return forms
 
 
 def target_forms(facts: CopyFacts) -> list[str]:
     """Every phrasing `write_target` has for these facts: the fine-tuned model's copy mostly follows one, so
     generation uses them as drafts to verify (`training.copy_text.generate`), which changes speed, not text."""
-    return list(dict.fromkeys(write_target(facts, c) for c in range(_N_FORMS)))
-
-
-_N_FORMS = 7  # write_target's phrasings when every fact is present
+    return list(dict.fromkeys(_phrasings(facts)))
 
 
 @dataclass

@@ -23,8 +23,8 @@ def prompt_parts(tok, facts: CopyFacts) -> tuple[str, str]:
     """The prompt split where the movie starts: (everything up to and including the viewer, the movie and the
     turn's end). Every item recommended to one viewer shares the first part."""
     full = prompt_text(tok, facts)
-    head, _ = facts.document_parts()
-    cut = full.index(facts.document()) + len(head)
+    head, tail = facts.document_parts()
+    cut = full.index(head + tail) + len(head)
     return full[:cut], full[cut:]
 
 
