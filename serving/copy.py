@@ -68,7 +68,9 @@ class CopyStage:
         except Exception as e:  # the stage keeps answering (template, flagged) rather than failing requests
             log.error("copy model v%s did not load: %s", version, e)
             return
-        self.writer = CopyWriter(model, self.guard, self.s.copy_cache_size, self._generate)
+        old, self.writer = self.writer.model, CopyWriter(model, self.guard, self.s.copy_cache_size, self._generate)
+        if old is not None:
+            old.close()  # generations already queued on it finish; new ones go to the new model
         warm = [CopyFacts(self.catalogue[i]) for i in self.popular[: self.s.copy_warm_items] if i in self.catalogue]
         self.warmed = await self.writer.warm(warm)
 
@@ -77,7 +79,7 @@ class CopyStage:
         """Misses of concurrent requests joined into one batched `generate`, then split back per request."""
         model = self.writer.model
         assert model is not None
-        texts = await asyncio.to_thread(model.generate, [f for g in groups for f in g])
+        texts = await model.agenerate([f for g in groups for f in g])
         out, start = [], 0
         for g in groups:
             out.append(texts[start : start + len(g)])
