@@ -33,6 +33,11 @@ def template_copy(item: RankedItem, because: str | None = None) -> Copy:
                 source="template")
 
 
+def _close_loaded(loading: asyncio.Future) -> None:
+    if not loading.cancelled() and loading.exception() is None:
+        loading.result().close()
+
+
 @serve.deployment(name="Copy", max_ongoing_requests=16)
 class CopyStage:
     """`user_config` = {"copy": version}: that exported copy model loads off the event loop (requests get the
@@ -62,9 +67,13 @@ class CopyStage:
 
     async def _load(self, version: str) -> None:
         folder = self.s.model_repo / "copy" / version
+        loading = asyncio.get_running_loop().run_in_executor(
+            None, CopyModel, folder, self.s.model_cache, self.s.copy_dtype, self.s.copy_use_gpu, self.s.copy_threads)
         try:
-            model = await asyncio.to_thread(CopyModel, folder, self.s.model_cache, self.s.copy_dtype,
-                                            self.s.copy_use_gpu, self.s.copy_threads)
+            model = await asyncio.shield(loading)
+        except asyncio.CancelledError:  # a newer version was asked for: this one's thread ends once it loaded
+            loading.add_done_callback(_close_loaded)
+            raise
         except Exception as e:  # the stage keeps answering (template, flagged) rather than failing requests
             log.error("copy model v%s did not load: %s", version, e)
             return

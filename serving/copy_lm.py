@@ -9,6 +9,8 @@ Every generated copy passes the guard or is replaced by the template (`copy_sour
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,8 @@ from serving.contracts import Copy
 from serving.copy_guard import PROMPT_FORMAT, CopyFacts, Guard, Taste, template_text
 from training.copy_data import target_forms
 from training.copy_text import generate
+
+log = logging.getLogger("ray.serve")  # the replica log, as the stage writes
 
 
 def pick_dtype(setting: str) -> torch.dtype:
@@ -61,6 +65,7 @@ class CopyModel:
         from training.copy_steps import read_copy_folder
         from training.models.copy_lm import merged
 
+        self.thread_id = threading.get_ident()
         if threads:
             torch.set_num_threads(threads)  # a Ray replica with num_cpus 0 starts with one
         self.cfg, adapter = read_copy_folder(folder)
@@ -74,6 +79,8 @@ class CopyModel:
 
     def generate(self, facts: list[CopyFacts]) -> list[str]:
         """Blocking; one generate at a time per model (its one thread)."""
+        if threading.get_ident() == self.thread_id:  # already on it: waiting for itself would never end
+            return self._generate(facts)
         return self.worker.submit(self._generate, facts).result()
 
     async def agenerate(self, facts: list[CopyFacts]) -> list[str]:
@@ -208,7 +215,11 @@ class CopyWriter:
         for i in range(0, len(facts), chunk):
             batch = [f for f in facts[i : i + chunk] if self.cache.get(f) is None]
             if batch and self.model is not None:
-                await self._generate(batch)
+                try:
+                    await self._generate(batch)
+                except Exception as e:  # warming is best effort: the next batch may still work
+                    log.warning("copy cache warm-up: a batch of %d failed: %s", len(batch), e)
+                    continue
                 done += len(batch)
         return done
 

@@ -90,3 +90,24 @@ def test_failed_generation_is_reported_as_failed_not_late() -> None:
 def test_no_model_means_template_copy_said_as_such() -> None:
     ans = asyncio.run(CopyWriter(None, GUARD, 10).write(ITEMS[:2], budget_s=5))
     assert ans.version == "template" and [c.source for c in ans.copies] == ["template", "template"]
+
+
+def test_warm_up_goes_on_past_a_failed_batch() -> None:
+    """Warming is best effort: one failing batch is logged and skipped, the later ones still fill the cache."""
+    p = Planted()
+    calls = 0
+
+    async def flaky(facts: list[CopyFacts]) -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("out of memory")
+        return await p(facts)
+
+    async def run():
+        w = CopyWriter(p.model, GUARD, cache_size=100, generate=flaky)
+        return await w.warm(ITEMS, chunk=2), w
+
+    warmed, w = asyncio.run(run())
+    assert warmed == 2 and calls == 2
+    assert w.cache.get(ITEMS[2]) is not None and w.cache.get(ITEMS[0]) is None  # item 3 true copy, cached

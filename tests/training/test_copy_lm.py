@@ -172,19 +172,27 @@ def test_an_adapter_records_its_prompt_format_and_serving_refuses_another(cache:
         CopyModel(folder, cache, "float32")
 
 
-def test_a_copy_model_runs_all_its_torch_work_on_its_one_thread(cache: Path, tmp_path: Path) -> None:
+def test_a_copy_model_runs_all_its_torch_work_on_its_one_thread(cache: Path, tmp_path: Path, monkeypatch) -> None:
     """Callers on any thread (the event loop, `asyncio.to_thread` pool threads) hand generation to the model's own
     thread: torch on a second thread starts a second OpenMP team, which made a k=10 generate ~1.5x slower here."""
     import asyncio
     import threading
 
+    import training.models.copy_lm as copy_lm_module
     from serving.copy_lm import CopyModel
     from training.copy_steps import write_copy_folder
 
     cfg = CopyLMConfig(base_model=TINY, max_new_tokens=4)
     folder = write_copy_folder(tmp_path / "3", lora_state(add_lora(load_base(TINY, cache)[0], cfg)), cfg, {})
-    model = CopyModel(folder, cache, "float32")
     seen: set[int] = set()
+    real_merged = copy_lm_module.merged
+
+    def merged(*args, **kwargs):
+        seen.add(threading.get_ident())  # where the weights are loaded and merged
+        return real_merged(*args, **kwargs)
+
+    monkeypatch.setattr(copy_lm_module, "merged", merged)
+    model = CopyModel(folder, cache, "float32")
     model.model.register_forward_pre_hook(lambda *_: seen.add(threading.get_ident()))
 
     async def callers() -> list[list[str]]:
@@ -194,9 +202,13 @@ def test_a_copy_model_runs_all_its_torch_work_on_its_one_thread(cache: Path, tmp
     answers = [model.generate([FACTS]), *asyncio.run(callers())]
     assert seen == {model.worker.submit(threading.get_ident).result()}
     assert threading.get_ident() not in seen
-    assert all(a == answers[0] for a in answers)  # same greedy copy whichever thread asked
+    assert all(a == answers[0] for a in answers)
+    # On its own thread generate runs inline (waiting for itself would hang).
+    assert model.worker.submit(model.generate, [FACTS]).result(timeout=60) == answers[0]
     queued = model.worker.submit(model._generate, [FACTS])
-    model.close()  # a replaced model: what was queued still finishes, nothing new is taken
+    model.close()  # a replaced model: what was queued still finishes, nothing new is taken, the thread ends
     assert queued.result() == answers[0]
     with pytest.raises(RuntimeError):
         model.generate([FACTS])
+    model.worker.shutdown(wait=True)
+    assert not any(t.name.startswith("copy-lm-v3") for t in threading.enumerate())
