@@ -218,14 +218,14 @@ def _print_rollout(r) -> None:
     if not r.applied:
         console.print(f"dry run: would publish ranker v{r.version} (with the graph's routed versions) to "
                       f"{r.storage_uri}, patch {where}, wait for it to be Ready"
-                      + (f", then set the Ranking route of {graph} to {json.dumps(r.route_after)}" if graph else "")
+                      + (f", then set the ranker route of {graph} to {json.dumps(r.route_after)}" if graph else "")
                       + "; the InferenceService patch:", markup=False)
         console.print(json.dumps(r.patch), markup=False, highlight=False, soft_wrap=True)
         return
     console.print(f"cluster: ranker versions {', '.join(r.versions)} published to {r.storage_uri}; {where} "
                   f"storageUri {r.previous_uri or '(none)'} → {r.storage_uri}, Ready", markup=False)
     if graph:
-        console.print(f"cluster: {graph} Ranking route {json.dumps(r.route_before)} → {json.dumps(r.route_after)}",
+        console.print(f"cluster: {graph} ranker route {json.dumps(r.route_before)} → {json.dumps(r.route_after)}",
                       markup=False)
     else:
         console.print("cluster: no kserve_rayservice set: the graph's route was not changed", markup=False)

@@ -11,7 +11,7 @@ One cycle, each step the same code as its own CLI command:
      `serving.rollout` (Triton loads first), which also reconfigures Recall onto the new index. In a cluster
      (settings name a KServe InferenceService: the chart's retrain CronJob) the same through
      `serving.kserve.rollout_ranker`: published repository, InferenceService Ready, then one RayService patch
-     moving Ranking's route and Recall's retrieval version together.
+     moving the ranker route and Recall's retrieval version together.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def retrain(settings: Settings, console: Console, force: bool = False, retrieval
 
 
 def swap_live(settings: Settings, ranker_version: str) -> str:
-    """New retrieval files first (CURRENT last), then the ranker route: Triton, graph (Recall + Ranking)."""
+    """New retrieval files first (CURRENT last), then the ranker route: Triton, graph (Recall, Ingress)."""
     from serving import launcher, triton_server
     from serving.artifacts import read_route
     from serving.rollout import promote_live
@@ -101,7 +101,7 @@ def swap_live(settings: Settings, ranker_version: str) -> str:
 
         _, retrieval = export_retrieval(settings)  # onto the state volume the graph's Recall replicas read
         r = rollout_ranker(settings, ranker_version, retrieval=str(retrieval))
-        graph = f"RayService {r.rayservice}: Ranking {r.route_after}, Recall v{r.retrieval}" if r.route_after \
+        graph = f"RayService {r.rayservice}: ranker {r.route_after}, Recall v{r.retrieval}" if r.route_after \
             else "no kserve_rayservice: the graph was not switched"
         return f"cluster: InferenceService {r.name} serves {r.storage_uri} (Ready); {graph}"
 

@@ -80,7 +80,7 @@ class Settings(BaseModel):
     kserve_publish_uri: str | None = None  # where promoted rankers are published (s3://bucket/rankers/ranker-v<N>)
     kserve_backend: Literal["python", "onnxruntime"] = "onnxruntime"  # Triton form of the published repository
     kserve_ready_timeout_s: float = 600.0  # rollout waits this long for the InferenceService to be Ready
-    kserve_rayservice: str | None = None  # RayService whose Ranking route a cluster rollout switches (chart sets it)
+    kserve_rayservice: str | None = None  # RayService whose ranker route (Ingress) a rollout switches (chart sets it)
 
     triton_host: str = "127.0.0.1"  # Triton (local process or the KServe predictor host)
     triton_grpc_port: int = 8101  # Triton gRPC (KServe v2 protocol); 9000 behind KServe

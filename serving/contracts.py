@@ -32,6 +32,12 @@ class Degradation(BaseModel):
     fallback: str  # what the response used instead, e.g. "recall order"
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as a degradation reason: its first line, bounded (never a traceback in a response)."""
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
 class UserContext(BaseModel):
     """Features → Recall/Ranking: the user's online features (empty history for an unknown user)."""
 
@@ -50,6 +56,16 @@ class Candidates(BaseModel):
     scores: list[float]
     channels: list[Literal["ann", "exact", "popular"]]  # which channel produced each candidate
     model_version: str  # retrieval (user encoder + index) version; "" when only popularity answered
+
+
+class Recalled(BaseModel):
+    """Recall → Ingress: the user's features as Recall read them (Ranking and Copy get the same), the candidates,
+    and the features read's own time and degradation (one hop answers both stages)."""
+
+    user: UserContext
+    candidates: Candidates
+    features_ms: float
+    degraded: Degradation | None = None  # the features read failed or was late: cold start
 
 
 class RankedItem(BaseModel):

@@ -26,13 +26,14 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from recsys.settings import Settings, load_settings
-from serving.artifacts import load_item_ids
+from serving.artifacts import Route, load_item_ids
 from serving.contracts import (
     Candidates,
     CopyResult,
     Degradation,
     RankedItem,
     RankedItems,
+    Recalled,
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
@@ -40,10 +41,12 @@ from serving.contracts import (
 )
 from serving.copy import template_copy
 from serving.events import FeedbackBatch
+from serving.features import FeatureReader, read_user
 from serving.grpc_api import InvalidRequest, feedback_from_proto, first_error, request_from_proto, response_to_proto
 from serving.impressions import ImpressionLog
 from serving.metrics import StageMetrics
 from serving.proto import recsys_pb2 as pb
+from serving.ranking import Ranker
 from serving.ratelimit import RateLimiter, retry_after
 
 api = FastAPI(title="recsys", version="1", description="Real-time recommendations: features → recall → "
@@ -132,7 +135,8 @@ api.add_middleware(Gate)
 
 
 async def _call(stage: str, response, timeout_ms: float) -> Any:
-    """Await one handle call with the stage's timeout; any failure becomes StageFailed(stage, reason).
+    """Await one handle call (or a stage run in this replica: a coroutine) with the stage's timeout; any
+    failure becomes StageFailed(stage, reason).
 
     Under overload Serve's router can cancel a call this request never cancelled (measured at 32 concurrent
     clients: ~25 % of requests, which Serve answered as a bare HTTP 500). That is the stage's failure, answered
@@ -142,7 +146,8 @@ async def _call(stage: str, response, timeout_ms: float) -> Any:
     try:
         return await asyncio.wait_for(response, timeout_ms / 1e3)
     except TimeoutError:
-        response.cancel()
+        if not asyncio.iscoroutine(response):  # wait_for cancelled a coroutine itself; a handle call is remote
+            response.cancel()
         raise StageFailed(stage, f"timeout after {timeout_ms:.0f} ms") from None
     except asyncio.CancelledError:
         task = asyncio.current_task()
@@ -222,17 +227,23 @@ def _popular_order(popular: list[int], user: UserContext, n: int) -> Candidates:
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, features: DeploymentHandle, recall: DeploymentHandle, ranking: DeploymentHandle,
-                 copy: DeploymentHandle, feedback: DeploymentHandle) -> None:
-        self.features, self.recall, self.ranking, self.copy = features, recall, ranking, copy
-        self.feedback = feedback
+    def __init__(self, recall: DeploymentHandle, copy: DeploymentHandle, feedback: DeploymentHandle) -> None:
+        self.recall, self.copy, self.feedback = recall, copy, feedback
         self.s = _settings()  # the same object the ASGI gate reads
+        self.reader = FeatureReader(self.s)  # item rows for ranking; the user's only when Recall is lost
+        self.ranker = Ranker(self.s, self.reader)  # the ranking stage: Triton client, item cache, rules
         self.known_items = {int(i) for i in load_item_ids(self.s)[1:]}  # index 0 is padding
         self.limiter = RateLimiter(self.s.write_rate_per_s, self.s.write_burst)
         self.metrics = StageMetrics()
         self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
         self.popular: list[int] = []  # recall's popular items, kept here as the answer when recall is lost
         self._popular_task: asyncio.Task | None = None
+
+    def reconfigure(self, config: dict) -> None:
+        """`user_config` = the ranker route ({champion, challenger, percent}); a change reconfigures live
+        replicas between requests (`recsys promote`, `recsys canary`, the RayService's serveConfigV2)."""
+        if config:
+            self.ranker.set_route(Route.from_dict(config))
 
     async def _keep_popular(self) -> None:
         """Refresh the fallback list from Recall now and then; a failed refresh keeps the last good one."""
@@ -317,34 +328,38 @@ class Ingress:
             timings[stage] = round((time.perf_counter() - start) * 1e3, 3)
             self.metrics.observe(stage, timings[stage])
 
-        # 1. Features (Feast online). Degraded: an unknown-user context → cold-start recommendations.
-        t = time.perf_counter()
-        try:
-            user: UserContext = await _call("features", self.features.user.remote(req.user_id),
-                                            self.s.features_timeout_ms)
-        except StageFailed as e:
-            user = UserContext(user_id=req.user_id, known=False)
-            degraded.append(Degradation(stage="features", reason=e.reason, fallback="cold-start (popularity)"))
-        lap("features", t)
-
-        # 2. Recall (encoder + ANN + popularity). Degraded: popular items the user has not seen; 503 only
-        # when there is not even that yet (a replica that never reached Recall), said plainly.
+        # 1+2. Features (Feast online) and recall (encoder + ANN + popularity), one hop: Recall reads the
+        # features. Features down or late → cold start, flagged by Recall. Recall lost → the Ingress reads the
+        # features itself and serves popular items the user has not seen, flagged; 503 only when there is not
+        # even that yet (a replica that never reached Recall), said plainly.
         if self._popular_task is None:
             self._popular_task = asyncio.create_task(self._keep_popular())
         t = time.perf_counter()
         try:
-            cands: Candidates = await _call("recall", self.recall.candidates.remote(user), self.s.recall_timeout_ms)
+            got: Recalled = await _call("recall", self.recall.recall.remote(req.user_id),
+                                        self.s.features_timeout_ms + self.s.recall_timeout_ms)
+            user, cands, features_ms = got.user, got.candidates, got.features_ms
+            if got.degraded:
+                degraded.append(got.degraded)
         except StageFailed as e:
             if not self.popular:
                 raise
+            f = time.perf_counter()
+            user, lost = await read_user(self.reader, req.user_id, self.s.features_timeout_ms)
+            features_ms = (time.perf_counter() - f) * 1e3
+            if lost:
+                degraded.append(lost)
             cands = _popular_order(self.popular, user, self.s.recall_candidates)
             degraded.append(Degradation(stage="recall", reason=e.reason, fallback="popular items"))
-        lap("recall", t)
+        timings["features"] = round(features_ms, 3)
+        self.metrics.observe("features", timings["features"])
+        lap("recall", t + features_ms / 1e3)  # the hop's time less the features read
 
-        # 3. Ranking (Triton). Degraded inside the stage (Triton down → recall order); here: stage lost.
+        # 3. Ranking (Triton), in this replica. Degraded inside the stage (Triton down or slow → recall order);
+        # here: the stage itself failed or overran (e.g. its item read stuck) → recall order too.
         t = time.perf_counter()
         try:
-            ranked: RankedItems = await _call("ranking", self.ranking.rank.remote(user, cands, req.k),
+            ranked: RankedItems = await _call("ranking", self.ranker.rank(user, cands, req.k),
                                               self.s.ranking_timeout_ms + self.s.features_timeout_ms)
         except StageFailed as e:
             ranked = _recall_order(cands, req.k, e.reason)
@@ -392,7 +407,7 @@ class Ingress:
     async def readyz(self) -> JSONResponse:
         """Ready only when Triton has the champion ranker loaded (the graph can answer un-degraded)."""
         try:
-            ok = await _call("ranking", self.ranking.ready.remote(), 2000)
+            ok = await _call("ranking", self.ranker.client.ready(self.ranker.version), 2000)
         except StageFailed:
             ok = False
         return JSONResponse({"ready": bool(ok)}, status_code=200 if ok else 503)

@@ -1,16 +1,16 @@
 """Cluster rollout of a ranker version: publish a Triton repository, repoint KServe, then switch the graph.
 
 Locally a promoted ranker is swapped inside the running Triton (`serving.rollout`). In a cluster Triton runs as
-a KServe InferenceService that loads whatever repository `storageUri` names, and the graph's Ranking replicas
-ask it for the versions their route names (the RayService's Ranking `user_config`). The order keeps every
-request answered by a real model:
+a KServe InferenceService that loads whatever repository `storageUri` names, and the graph's ranking stage
+(in the Ingress replicas) asks it for the versions its route names (the RayService's Ingress `user_config`).
+The order keeps every request answered by a real model:
   1. publish `<publish_uri>/ranker-v<version>` holding the versions of the graph's current route AND of the new
      one (ONNX Runtime form by default) through MLflow's artifact stores (s3://, gs://, wasbs://, file://);
   2. merge-patch the InferenceService's `storageUri`; KServe starts the new predictor and moves traffic when it
      is Ready, and either predictor serves every version the graph may ask for meanwhile;
   3. wait until the InferenceService reports Ready for this generation;
-  4. merge-patch the RayService's Ranking route (all users to the new version, or a sticky per-user canary
-     share): KubeRay reconfigures live replicas in place.
+  4. merge-patch the RayService's ranker route, the Ingress `user_config` (all users to the new version, or a
+     sticky per-user canary share): KubeRay reconfigures live replicas in place.
 The canary is the graph's (per-user, sticky, both KServe modes): KServe's own `canaryTrafficPercent` splits
 requests between predictor revisions, and a request pinned to the new version must not reach the old revision,
 so a rollout sets it to 100 where the InferenceService has one. The chart's promotion ServiceAccount may get and
@@ -243,7 +243,7 @@ def rollout_ranker(settings: Settings, version: str, canary_percent: float | Non
 
 
 def _file_route(settings: Settings) -> Route | None:
-    """Without a user_config the Ranking replicas route by the shared repository's recsys.json."""
+    """Without a user_config the Ingress replicas route by the shared repository's recsys.json."""
     from serving.artifacts import read_route
 
     try:
@@ -253,7 +253,7 @@ def _file_route(settings: Settings) -> Route | None:
 
 
 def _route_files(settings: Settings, route: Route) -> None:
-    """The graph's Ranking replicas read each routed version's shapes and blend weight from the shared model
+    """The graph's ranking stage reads each routed version's shapes and blend weight from the shared model
     repository (the chart's state volume): export the versions it lacks, and point its recsys.json at the route
     (what a replica starting later reads)."""
     from serving.artifacts import write_route

@@ -152,7 +152,7 @@ def up(settings: Settings) -> str:
 
 def serve_config(settings: Settings) -> dict:
     """The Serve deploy config, in the same form as the chart's RayService `serveConfigV2`: the graph by
-    import path, replicas' env, and the exported route as Ranking's `user_config`."""
+    import path, replicas' env, and the exported route as the Ingress's `user_config` (it runs the ranking stage)."""
     from serving.artifacts import exported_copy_version, model_info, read_route
     from serving.grpc_api import SERVICER
 
@@ -165,7 +165,7 @@ def serve_config(settings: Settings) -> dict:
             "name": settings.serve_app_name, "route_prefix": "/", "import_path": "serving.app:app",
             "runtime_env": {"env_vars": env},
             "deployments": [
-                {"name": "Ranking", "user_config": read_route(settings).as_dict()},
+                {"name": "Ingress", "user_config": read_route(settings).as_dict()},  # runs the ranking stage
                 {"name": "Recall", "user_config": {"retrieval": model_info(settings, "user_encoder").version}},
                 {"name": "Copy", "user_config": {"copy": exported_copy_version(settings.model_repo) or ""}},
             ],
@@ -175,8 +175,9 @@ def serve_config(settings: Settings) -> dict:
 
 def deploy(settings: Settings) -> None:
     """Apply `serve_config` declaratively (as KubeRay does), so deploying again with only a new route is a
-    lightweight update: Serve calls `reconfigure` on the live Ranking replicas, nothing restarts. (A Python
-    `serve.run(app)` would give every deployment a new code version and restart all replicas.)"""
+    lightweight update: Serve calls `reconfigure` on the live Ingress replicas (the ranking stage), nothing
+    restarts. (A Python `serve.run(app)` would give every deployment a new code version and restart all
+    replicas.)"""
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema

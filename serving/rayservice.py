@@ -1,9 +1,10 @@
-"""The graph's model routes in a cluster: the Ranking (and Recall) `user_config` inside a KubeRay RayService.
+"""The graph's model routes in a cluster: the Ingress (and Recall) `user_config` inside a KubeRay RayService.
 
 Locally `serving.rollout` reconfigures the running graph. In a cluster the graph is a RayService whose
 `serveConfigV2` (a YAML document held as a string) carries that user_config; KubeRay applies a change that
-touches only user_config in place, so live Ranking replicas get a `reconfigure` call and nothing restarts. A
-retrain moves both models: Recall's user_config names the retrieval version whose exported index it loads.
+touches only user_config in place, so live Ingress replicas (they run the ranking stage) get a `reconfigure`
+call and nothing restarts. A retrain moves both models: Recall's user_config names the retrieval version whose
+exported index it loads.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from recsys.errors import ConfigError
 from serving.artifacts import Route
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
-DEPLOYMENT = "Ranking"
+DEPLOYMENT = "Ingress"  # the deployment that runs the ranking stage
 RECALL = "Recall"
 
 
@@ -35,8 +36,8 @@ def _serve_config(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def graph_route(obj: dict[str, Any], app: str) -> Route | None:
-    """The route the RayService gives its Ranking replicas; None when it sets none (they read the exported
-    repository's recsys.json at start)."""
+    """The route the RayService gives its Ingress replicas (the ranking stage); None when it sets none (they
+    read the exported repository's recsys.json at start)."""
     for d in _application(_serve_config(obj), app).get("deployments") or []:
         if d.get("name") == DEPLOYMENT and d.get("user_config"):
             return Route.from_dict(d["user_config"])
@@ -44,7 +45,7 @@ def graph_route(obj: dict[str, Any], app: str) -> Route | None:
 
 
 def route_patch(obj: dict[str, Any], app: str, route: Route, retrieval: str | None = None) -> dict[str, Any]:
-    """A merge patch replacing serveConfigV2 with the same document, but the Ranking user_config = `route` (and
+    """A merge patch replacing serveConfigV2 with the same document, but the Ingress user_config = `route` (and
     Recall's = {"retrieval": version} when a new retrieval model goes live with it)."""
     config = _serve_config(obj)
     deployments = _application(config, app).setdefault("deployments", [])

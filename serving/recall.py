@@ -1,6 +1,8 @@
-"""Recall stage: user encoder (ONNX) on the recent sequence → ANN search (faiss HNSW) → top-N candidates.
+"""Recall stage: the user's online features → user encoder (ONNX) on the recent sequence → ANN search
+(faiss HNSW) → top-N candidates.
 
-Input: `UserContext`. Output: `Candidates` (raw item ids in recall order, scores, channel per item).
+Input: a user id (the deployment reads the features) or a `UserContext` (`Recaller`). Output: `Recalled` /
+`Candidates` (raw item ids in recall order, scores, channel per item).
 Items the user already has are filtered; a popularity channel fills the pool and answers alone for a user
 with no usable history (cold start). Items never trained on still have vectors: the item tower adds their
 content embedding, so they are in the index too. Exact search is the fallback when the ANN index is absent.
@@ -9,14 +11,15 @@ content embedding, so they are in the index too. Exact search is the fallback wh
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 from ray import serve
 
 from recsys.settings import Settings, load_settings
 from serving.artifacts import load_recall_index, model_info, onnx_session
-from serving.contracts import Candidates, UserContext
-from serving.features import FeatureReader
+from serving.contracts import Candidates, Recalled, UserContext
+from serving.features import FeatureReader, read_user
 
 
 class Recaller:
@@ -90,12 +93,17 @@ class Recaller:
 
 @serve.deployment(name="Recall", max_ongoing_requests=32)
 class Recall:
-    """`user_config` = {"retrieval": version}: a new version loads the exported index beside the old one,
+    """The user's features (Feast) and their candidates, in one call: recall is the first stage that needs the
+    features, and a separate Features hop cost ~4 ms of CPU per request here (measured: one hop fewer gave
+    −20 % CPU and +25 % req/s at c=8).
+
+    `user_config` = {"retrieval": version}: a new version loads the exported index beside the old one,
     off the event loop, then swaps one reference; requests keep being answered by the old one meanwhile."""
 
     def __init__(self) -> None:
         self.settings = load_settings()
         self.reader = FeatureReader(self.settings)
+        self.reader.user(-1)  # warm-up: the first online read pays for connection and registry setup
         self.recaller = Recaller(self.settings, self.reader)
 
     async def reconfigure(self, config: dict) -> None:
@@ -103,8 +111,14 @@ class Recall:
         if wanted and wanted != self.recaller.version:
             self.recaller = await asyncio.to_thread(Recaller, self.settings, self.reader)
 
-    async def candidates(self, user: UserContext) -> Candidates:
-        return self.recaller.candidates(user)  # ~1 ms of numpy/faiss: cheaper inline than a thread hop
+    async def recall(self, user_id: int) -> Recalled:
+        """Features within their timeout (else cold start, flagged), then candidates: ~1 ms of numpy/faiss,
+        cheaper inline than a thread hop."""
+        t = time.perf_counter()
+        user, degraded = await read_user(self.reader, user_id, self.settings.features_timeout_ms)
+        features_ms = round((time.perf_counter() - t) * 1e3, 3)
+        return Recalled(user=user, candidates=self.recaller.candidates(user), features_ms=features_ms,
+                        degraded=degraded)
 
     async def popular(self, n: int) -> list[int]:
         """The n most popular raw item ids: the Ingress keeps them as its answer for when recall is lost."""

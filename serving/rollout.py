@@ -3,8 +3,8 @@
 The order is what makes it safe under load:
   1. Triton loads the union of the old and the new versions (explicit model control), so every version a
      replica may still be calling stays served;
-  2. the route file and the graph switch: Ranking replicas get the route as Serve `user_config` and are
-     reconfigured in place (no restart, no cold caches);
+  2. the route file and the graph switch: Ingress replicas (the ranking stage) get the route as Serve
+     `user_config` and are reconfigured in place (no restart, no cold caches);
   3. config.pbtxt names only the new versions and Triton reloads from it, unloading the rest after their
      in-flight requests finish.
 A server or graph that is not running is simply not touched: the files are right for its next start.

@@ -258,7 +258,7 @@ def test_rendered_settings_file_loads_through_recsys_settings(helm: Path, profil
     assert s.kserve_publish_uri == "s3://recsys/rankers" and s.kserve_backend == "onnxruntime"
     role = [d for d in objs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-promotion")]
     assert role and role[0]["rules"][0]["resourceNames"] == [isvc]
-    # ... and switches the Ranking route of the chart's own RayService (the other object the Role may patch).
+    # ... and switches the ranker route of the chart's own RayService (the other object the Role may patch).
     assert s.kserve_rayservice == one(objs, "RayService")["metadata"]["name"] == role[0]["rules"][1]["resourceNames"][0]
     # Every platform pod reads that file (except the plain HTTP clients: Ray job submitter, helm test pod).
     clients = ("/submitter", "-test-recommend")
@@ -353,7 +353,7 @@ def test_rayservice_serves_the_graph_defined_in_serving(helm: Path) -> None:
     assigned = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     assert symbol in assigned, f"{module} defines no `{symbol}`"
     deployments = {d["name"] for d in application["deployments"]}
-    assert deployments == _serve_deployment_names() == {"Ingress", "Features", "Recall", "Ranking", "Copy", "Feedback"}
+    assert deployments == _serve_deployment_names() == {"Ingress", "Recall", "Copy", "Feedback"}
     assert settings_file(objs)["serve_app_name"] == application["name"]
     assert settings_file(objs)["serve_http_port"] == config["http_options"]["port"]
     from serving.grpc_api import SERVICER

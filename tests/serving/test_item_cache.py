@@ -1,4 +1,4 @@
-"""The Ranking replica's item cache against the real Feast online store (synthetic data)."""
+"""The ranking stage's item cache against the real Feast online store (synthetic data)."""
 
 from __future__ import annotations
 

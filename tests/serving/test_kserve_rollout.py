@@ -28,7 +28,7 @@ ISVC = "/apis/serving.kserve.io/v1beta1/namespaces/recsys/inferenceservices/recs
 RAYSERVICE = "/apis/ray.io/v1/namespaces/recsys/rayservices/recsys-serve"
 SERVE_CONFIG = {"applications": [{"name": "recsys", "import_path": "serving.app:app", "deployments": [
     {"name": "Recall", "num_replicas": 1},
-    {"name": "Ranking", "num_replicas": 2, "user_config": {"champion": "1", "challenger": None, "percent": 0.0}}]}]}
+    {"name": "Ingress", "num_replicas": 2, "user_config": {"champion": "1", "challenger": None, "percent": 0.0}}]}]}
 
 
 @pytest.fixture
@@ -132,7 +132,7 @@ def api():
 
 def _graph_route() -> dict:
     config = yaml.safe_load(_Api.objects[RAYSERVICE]["spec"]["serveConfigV2"])
-    (ranking,) = [d for d in config["applications"][0]["deployments"] if d["name"] == "Ranking"]
+    (ranking,) = [d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress"]
     return ranking
 
 
@@ -156,7 +156,7 @@ def test_rollout_serves_both_versions_then_switches_the_graph_after_ready(regist
     assert isvc_patch["type"] == "application/merge-patch+json"
     assert isvc_patch["body"] == {"spec": {"predictor": {"model": {"storageUri": r.storage_uri}}}}
     # The graph now routes every user to v2; the rest of its Serve config is untouched.
-    assert _graph_route() == {"name": "Ranking", "num_replicas": 2,
+    assert _graph_route() == {"name": "Ingress", "num_replicas": 2,
                               "user_config": {"champion": "2", "challenger": None, "percent": 0.0}}
     config = yaml.safe_load(_Api.objects[RAYSERVICE]["spec"]["serveConfigV2"])
     assert config["applications"][0]["deployments"][0] == {"name": "Recall", "num_replicas": 1}
@@ -177,7 +177,7 @@ def test_canary_is_the_graphs_per_user_share_beside_the_current_champion(registe
 
 def test_a_retrain_moves_recall_to_its_retrieval_version_in_the_same_graph_patch(registered, api) -> None:
     """`recsys retrain` in a cluster (recsys.retrain.swap_live) passes the retrieval version it exported: one
-    RayService patch after Ready sets Ranking's route and Recall's user_config, nothing else changes."""
+    RayService patch after Ready sets the Ingress route and Recall's user_config, nothing else changes."""
     r = rollout_ranker(registered, "2", api=api, poll_s=0.01, retrieval="7")
     assert r.retrieval == "7" and [x["method"] for x in _Api.requests].count("PATCH") == 2
     config = yaml.safe_load(_Api.objects[RAYSERVICE]["spec"]["serveConfigV2"])
