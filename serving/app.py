@@ -4,7 +4,7 @@ Replica CPU reservations come from settings: 0 on a 2-core laptop (else 4 replic
 real reservations in the cluster profile. Scaling per deployment belongs in the serve config
 (RayService `serveConfigV2`), which overrides these defaults by deployment name.
 
-Five stages, three deployments on the hot path (Ingress → Recall, Copy): each Serve hop costs ~3 ms of CPU per
+Five stages, three deployments on the hot path (Ingress → Recall, Copy): each Serve hop costs ~3–4 ms of CPU per
 request here, so the user's features are read inside Recall (`serving.features`) and the ranking stage, a thin
 client of Triton, runs in the Ingress (`serving.ranking`); the models keep their own processes.
 """

@@ -39,7 +39,7 @@ def one_line(e: BaseException) -> str:
 
 
 class UserContext(BaseModel):
-    """Features → Recall/Ranking: the user's online features (empty history for an unknown user)."""
+    """The user's online features (empty history for an unknown user), read by Recall, used by every stage."""
 
     user_id: int
     known: bool  # False: no row in the online store (cold start)
@@ -50,7 +50,7 @@ class UserContext(BaseModel):
 
 
 class Candidates(BaseModel):
-    """Recall → Ranking: candidate raw item ids in recall order with their scores (u·v or popularity)."""
+    """Recall → ranking: candidate raw item ids in recall order with their scores (u·v or popularity)."""
 
     item_ids: list[int]
     scores: list[float]

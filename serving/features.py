@@ -5,13 +5,14 @@ One `FeatureStore` per replica (registry parsed once); one feature view per enti
 blocking SDK read runs in a thread so the replica's event loop keeps serving.
 
 Not a deployment of its own: the user read runs inside the Recall replica (its first consumer; a Serve hop
-costs ~2 ms of CPU on each side here, more than the read), with its timeout and cold-start answer
-(`read_user`); item rows in the ranking stage, cached per replica (`ItemCache`).
+costs ~3–4 ms of CPU per request here, caller and callee together, more than the read), with its timeout and
+cold-start answer (`read_user`); item rows in the ranking stage, cached per replica (`ItemCache`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ class ItemRows:
 
 
 class FeatureReader:
-    """Synchronous Feast online reads (the deployment wraps them; tests and the recall stage use them)."""
+    """Synchronous Feast online reads; the stages call them off the event loop (`read_user`, `ItemCache`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.store = online_store(settings)  # a FeatureStore, or the feature server behind the same calls
@@ -107,31 +108,42 @@ class ItemCache:
         self._cols: dict[str, np.ndarray] = {}
         self._title: list[str] = []
         self._genres: list[list[str]] = []
+        self._lock = threading.Lock()
 
     def _store(self, rows: ItemRows, now: float) -> None:
-        slots = [self._slot.setdefault(int(i), len(self._slot)) for i in rows.item_ids]
-        size = len(self._slot)
-        if size > len(self._loaded):  # grow every column (doubling) before writing the new slots
-            cap = max(size, 2 * len(self._loaded), 256)
+        """Writers (reads in worker threads) take the lock; a new item's slot is published only once its row is
+        written, so a request gathering on the event loop without the lock never sees a slot past the arrays."""
+        with self._lock:
+            new: dict[int, int] = {}
+            slots = []
+            for i in map(int, rows.item_ids):
+                slot = self._slot.get(i)
+                if slot is None:
+                    slot = new.setdefault(i, len(self._slot) + len(new))
+                slots.append(slot)
+            size = len(self._slot) + len(new)
+            if size > len(self._loaded):  # grow every column (doubling) before writing the new slots
+                cap = max(size, 2 * len(self._loaded), 256)
+                for name in _ARRAY_COLUMNS:
+                    arr = getattr(rows, name)
+                    old = self._cols.get(name)
+                    grown = np.zeros((cap, *arr.shape[1:]), dtype=arr.dtype)
+                    if old is not None:
+                        grown[: len(old)] = old
+                    self._cols[name] = grown
+                loaded = np.full(cap, -np.inf)
+                loaded[: len(self._loaded)] = self._loaded
+                self._loaded = loaded
+                self._title += [""] * (cap - len(self._title))
+                self._genres += [[] for _ in range(cap - len(self._genres))]
+            idx = np.asarray(slots, dtype=np.int64)
             for name in _ARRAY_COLUMNS:
-                arr = getattr(rows, name)
-                old = self._cols.get(name)
-                grown = np.zeros((cap, *arr.shape[1:]), dtype=arr.dtype)
-                if old is not None:
-                    grown[: len(old)] = old
-                self._cols[name] = grown
-            loaded = np.full(cap, -np.inf)
-            loaded[: len(self._loaded)] = self._loaded
-            self._loaded = loaded
-            self._title += [""] * (cap - len(self._title))
-            self._genres += [[] for _ in range(cap - len(self._genres))]
-        idx = np.asarray(slots, dtype=np.int64)
-        for name in _ARRAY_COLUMNS:
-            self._cols[name][idx] = getattr(rows, name)
-        for j, slot in enumerate(slots):
-            self._title[slot] = rows.title[j]
-            self._genres[slot] = rows.genres[j]
-        self._loaded[idx] = now
+                self._cols[name][idx] = getattr(rows, name)
+            for j, slot in enumerate(slots):
+                self._title[slot] = rows.title[j]
+                self._genres[slot] = rows.genres[j]
+            self._loaded[idx] = now
+            self._slot.update(new)
 
     def _stale(self, item_ids: list[int], now: float) -> tuple[np.ndarray, np.ndarray]:
         slots = np.fromiter((self._slot.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import hmac
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -38,6 +39,7 @@ from serving.contracts import (
     RecommendRequest,
     RecommendResponse,
     UserContext,
+    one_line,
 )
 from serving.copy import template_copy
 from serving.events import FeedbackBatch
@@ -48,6 +50,8 @@ from serving.metrics import StageMetrics
 from serving.proto import recsys_pb2 as pb
 from serving.ranking import Ranker
 from serving.ratelimit import RateLimiter, retry_after
+
+log = logging.getLogger("ray.serve")  # the replica's log
 
 api = FastAPI(title="recsys", version="1", description="Real-time recommendations: features → recall → "
               "ranking (Triton) → copy. Degraded stages are listed in every response.")
@@ -153,7 +157,8 @@ async def _call(stage: str, response, timeout_ms: float) -> Any:
         task = asyncio.current_task()
         if task is None or task.cancelling():
             raise
-        raise StageFailed(stage, "call cancelled by Serve (overloaded)") from None
+        why = "cancelled" if asyncio.iscoroutine(response) else "call cancelled by Serve (overloaded)"
+        raise StageFailed(stage, why) from None
     except Exception as e:
         lines = str(e).strip().splitlines()
         raise StageFailed(stage, (lines[-1] if lines else type(e).__name__)[:200]) from None
@@ -231,7 +236,9 @@ class Ingress:
         self.recall, self.copy, self.feedback = recall, copy, feedback
         self.s = _settings()  # the same object the ASGI gate reads
         self.reader = FeatureReader(self.s)  # item rows for ranking; the user's only when Recall is lost
-        self.ranker = Ranker(self.s, self.reader)  # the ranking stage: Triton client, item cache, rules
+        self.ranker: Ranker | None = None  # the ranking stage: Triton client, item cache, rules
+        self.ranker_error = ""
+        self._load_ranker(None)
         self.known_items = {int(i) for i in load_item_ids(self.s)[1:]}  # index 0 is padding
         self.limiter = RateLimiter(self.s.write_rate_per_s, self.s.write_burst)
         self.metrics = StageMetrics()
@@ -239,11 +246,30 @@ class Ingress:
         self.popular: list[int] = []  # recall's popular items, kept here as the answer when recall is lost
         self._popular_task: asyncio.Task | None = None
 
+    def _load_ranker(self, route: Route | None) -> None:
+        """A ranking stage that cannot start (its route's files missing at start-up) does not take the API down:
+        requests get recall order, flagged with this reason, and /readyz says not ready."""
+        try:
+            self.ranker = Ranker(self.s, self.reader, route=route)
+        except Exception as e:
+            self.ranker_error = one_line(e)
+            log.error("ranking stage not loaded, answering in recall order: %s", self.ranker_error)
+
     def reconfigure(self, config: dict) -> None:
         """`user_config` = the ranker route ({champion, challenger, percent}); a change reconfigures live
-        replicas between requests (`recsys promote`, `recsys canary`, the RayService's serveConfigV2)."""
-        if config:
+        replicas between requests (`recsys promote`, `recsys canary`, the RayService's serveConfigV2). A route
+        that cannot load fails the update (the operator sees it); routes are checked before they are applied."""
+        if not config:
+            return
+        if self.ranker is None:
+            self._load_ranker(Route.from_dict(config))
+        else:
             self.ranker.set_route(Route.from_dict(config))
+
+    async def _rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
+        if self.ranker is None:
+            raise RuntimeError(f"ranker not loaded: {self.ranker_error}")
+        return await self.ranker.rank(user, cands, k)
 
     async def _keep_popular(self) -> None:
         """Refresh the fallback list from Recall now and then; a failed refresh keeps the last good one."""
@@ -359,7 +385,7 @@ class Ingress:
         # here: the stage itself failed or overran (e.g. its item read stuck) → recall order too.
         t = time.perf_counter()
         try:
-            ranked: RankedItems = await _call("ranking", self.ranker.rank(user, cands, req.k),
+            ranked: RankedItems = await _call("ranking", self._rank(user, cands, req.k),
                                               self.s.ranking_timeout_ms + self.s.features_timeout_ms)
         except StageFailed as e:
             ranked = _recall_order(cands, req.k, e.reason)
@@ -407,7 +433,8 @@ class Ingress:
     async def readyz(self) -> JSONResponse:
         """Ready only when Triton has the champion ranker loaded (the graph can answer un-degraded)."""
         try:
-            ok = await _call("ranking", self.ranker.client.ready(self.ranker.version), 2000)
+            ok = self.ranker is not None and await _call("ranking", self.ranker.client.ready(self.ranker.version),
+                                                         2000)
         except StageFailed:
             ok = False
         return JSONResponse({"ready": bool(ok)}, status_code=200 if ok else 503)

@@ -3,7 +3,7 @@
 Input: `UserContext`, `Candidates`, k. Output: `RankedItems`.
 Runs in the Ingress replica, not a deployment of its own: the model runs on Triton (its own server, scaled by
 KServe in a cluster), and what is left here, an item-row gather, one gRPC call and the rules, is ~1 ms of CPU
-against ~3 ms for the Serve hop a separate deployment would cost on each request.
+against ~3–4 ms for the Serve hop a separate deployment would cost on each request.
 Triton down, slow or erroring → the candidates keep recall order and the answer carries a `Degradation`;
 the rules (no repeats, genre diversity) apply either way. Inputs are built with the same transforms the
 ranker was trained on (`training.models.ranking_inputs`), with indices from the exported recall index.
@@ -12,6 +12,7 @@ ranker was trained on (`training.models.ranking_inputs`), with indices from the 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import zlib
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, 
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
 from training.models.ranking_inputs import blend, item_dense_arrays, user_dense_arrays
+
+log = logging.getLogger("ray.serve")  # the replica's log
 
 WARM_ITEMS = 5_000  # item rows read into the cache at start-up
 
@@ -76,7 +79,10 @@ class Ranker:
         self.items = ItemCache(reader or FeatureReader(settings), settings.item_cache_ttl_s)
         self.set_route(route or read_route(settings))
         self.index_of = item_index(load_item_ids(settings))
-        self.items.items(list(self.index_of)[:WARM_ITEMS])  # warm-up: prime the item cache before traffic
+        try:  # warm-up: prime the item cache before traffic
+            self.items.items(list(self.index_of)[:WARM_ITEMS])
+        except Exception as e:  # Feast down at start: start cold, rows are read per request (or the stage degrades)
+            log.warning("ranking: item cache warm-up failed, starting cold: %s", one_line(e))
         self.client = client or RankerClient(settings.triton_grpc_url)
         self.timeout_s = settings.ranking_timeout_ms / 1e3
 

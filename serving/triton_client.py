@@ -52,7 +52,7 @@ class RankerClient:
         try:
             res = await client.infer(self.model, tensors, model_version=version,
                                      outputs=[self._mod.InferRequestedOutput("p_click")], client_timeout=timeout_s)
-        except BaseException:
+        except Exception:  # not on cancellation: one request given up must not close the channel under the others
             self._drop(client)
             raise
         return res.as_numpy("p_click")[:, 0]

@@ -43,3 +43,24 @@ def test_cache_returns_what_the_store_returns_and_rereads_only_stale_rows(featur
     before = counting.rows
     cache.items([1, 2])
     assert counting.rows == before + 2
+
+
+def test_concurrent_fills_give_every_item_its_own_row(feature_home: Path, use_home) -> None:
+    """The ranking stage fills the cache from worker threads while requests overlap: no two items may end up
+    sharing a row (each slot is taken under the cache's lock)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    use_home(feature_home)
+    from recsys.settings import load_settings
+    from serving.features import FeatureReader, ItemCache
+
+    reader = FeatureReader(load_settings())
+    cache = ItemCache(reader, ttl_s=3600)
+    groups = [list(range(1 + 37 * k, 121 + 37 * k)) for k in range(8)]  # overlapping, and past the first capacity
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(cache.items, groups))
+    ids = sorted(set().union(*groups))
+    got, direct = cache.items(ids), reader.items(ids)
+    assert got.title == direct.title and got.genres == direct.genres
+    np.testing.assert_array_equal(got.content, direct.content)
+    np.testing.assert_array_equal(got.year, direct.year)

@@ -8,6 +8,7 @@ graph's answers under 32 concurrent clients are measured by `make bench` (servin
 from __future__ import annotations
 
 import asyncio
+import warnings
 
 import pytest
 
@@ -74,3 +75,40 @@ def test_a_cancelled_request_stays_cancelled() -> None:
         return stage.future.cancelled()
 
     assert asyncio.run(main()) is True
+
+
+def test_a_stage_run_in_this_replica_is_cut_at_its_timeout() -> None:
+    """The ranking stage runs in the Ingress as a coroutine: past its timeout it is cancelled (its Triton call
+    with it) and becomes the stage's failure; nothing is left un-awaited."""
+    ended: list[str] = []
+
+    async def rank() -> str:
+        try:
+            await asyncio.sleep(10)
+            return "ranked"
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+
+    async def main() -> StageFailed:
+        with pytest.raises(StageFailed) as e:
+            await _call("ranking", rank(), 20)
+        return e.value
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a "coroutine was never awaited" warning fails the test
+        failed = asyncio.run(main())
+    assert (failed.stage, failed.reason, ended) == ("ranking", "timeout after 20 ms", ["cancelled"])
+
+
+def test_a_local_stage_error_is_one_line_of_reason() -> None:
+    async def rank() -> str:
+        raise ValueError("item rows missing\nsecond line")
+
+    async def main() -> StageFailed:
+        with pytest.raises(StageFailed) as e:
+            await _call("ranking", rank(), 1000)
+        return e.value
+
+    failed = asyncio.run(main())
+    assert (failed.stage, failed.reason) == ("ranking", "second line")
