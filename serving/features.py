@@ -45,13 +45,10 @@ class FeatureReader:
 
     def __init__(self, settings: Settings) -> None:
         self.store = online_store(settings)  # a FeatureStore, or the feature server behind the same calls
-        self.last_read_ms = 0.0
 
     def user(self, user_id: int) -> UserContext:
-        t0 = time.perf_counter()
         row = self.store.get_online_features(features=[f"user_profile:{f}" for f in USER_FIELDS],
                                              entity_rows=[{"user_id": int(user_id)}]).to_dict()
-        self.last_read_ms = (time.perf_counter() - t0) * 1e3
         recent = row["recent_items"][0]
         if recent is None:  # no row: an unknown user
             return UserContext(user_id=user_id, known=False)
@@ -178,17 +175,21 @@ class ItemCache:
         )
 
 
-async def read_user(reader: FeatureReader, user_id: int, timeout_ms: float) -> tuple[UserContext, Degradation | None]:
-    """The user's online features within the features stage's timeout, read off the event loop.
+async def read_user(reader: FeatureReader, user_id: int,
+                    timeout_ms: float) -> tuple[UserContext, Degradation | None, float]:
+    """The user's online features within the features stage's timeout, read off the event loop, and the ms
+    the read took (the stage's timing).
 
     Feast unreachable, failing or late → an unknown user (the cold-start answer), with the reason as a
     Degradation: the caller serves popularity and says so. A late read's thread is left to finish on its own.
     """
+    t0 = time.perf_counter()
     try:
-        return await asyncio.wait_for(asyncio.to_thread(reader.user, user_id), timeout_ms / 1e3), None
+        user = await asyncio.wait_for(asyncio.to_thread(reader.user, user_id), timeout_ms / 1e3)
+        return user, None, (time.perf_counter() - t0) * 1e3
     except TimeoutError:
         reason = f"timeout after {timeout_ms:.0f} ms"
     except Exception as e:  # store or feature server down, bad row: the request still gets an answer
         reason = one_line(e)
-    return UserContext(user_id=user_id, known=False), Degradation(stage="features", reason=reason,
-                                                                  fallback="cold-start (popularity)")
+    degraded = Degradation(stage="features", reason=reason, fallback="cold-start (popularity)")
+    return UserContext(user_id=user_id, known=False), degraded, (time.perf_counter() - t0) * 1e3

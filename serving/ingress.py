@@ -370,9 +370,7 @@ class Ingress:
         except StageFailed as e:
             if not self.popular:
                 raise
-            f = time.perf_counter()
-            user, lost = await read_user(self.reader, req.user_id, self.s.features_timeout_ms)
-            features_ms = (time.perf_counter() - f) * 1e3
+            user, lost, features_ms = await read_user(self.reader, req.user_id, self.s.features_timeout_ms)
             if lost:
                 degraded.append(lost)
             cands = _popular_order(self.popular, user, self.s.recall_candidates)

@@ -11,7 +11,6 @@ content embedding, so they are in the index too. Exact search is the fallback wh
 from __future__ import annotations
 
 import asyncio
-import time
 
 import numpy as np
 from ray import serve
@@ -114,9 +113,7 @@ class Recall:
     async def recall(self, user_id: int) -> Recalled:
         """Features within their timeout (else cold start, flagged), then candidates: ~1 ms of numpy/faiss,
         cheaper inline than a thread hop."""
-        t = time.perf_counter()
-        user, degraded = await read_user(self.reader, user_id, self.settings.features_timeout_ms)
-        features_ms = round((time.perf_counter() - t) * 1e3, 3)
+        user, degraded, features_ms = await read_user(self.reader, user_id, self.settings.features_timeout_ms)
         return Recalled(user=user, candidates=self.recaller.candidates(user), features_ms=features_ms,
                         degraded=degraded)
 

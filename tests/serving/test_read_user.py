@@ -24,7 +24,7 @@ def test_a_known_user_is_read_without_degradation(feature_home, use_home):
     from serving.features import read_user
 
     reader = _reader(feature_home, use_home)
-    user, degraded = asyncio.run(read_user(reader, 1, 5000))
+    user, degraded, _ = asyncio.run(read_user(reader, 1, 5000))
     assert degraded is None and user.known and user.recent_items
     assert user == reader.user(1)
 
@@ -32,7 +32,7 @@ def test_a_known_user_is_read_without_degradation(feature_home, use_home):
 def test_an_unreachable_feature_server_gives_a_flagged_cold_start(feature_home, use_home):
     from serving.features import read_user
 
-    user, degraded = asyncio.run(read_user(_reader(feature_home, use_home, "http://127.0.0.1:1"), 1, 5000))
+    user, degraded, _ = asyncio.run(read_user(_reader(feature_home, use_home, "http://127.0.0.1:1"), 1, 5000))
     assert not user.known and user.recent_items == [] and user.user_id == 1
     assert degraded is not None and degraded.stage == "features"
     assert degraded.fallback == "cold-start (popularity)"
@@ -53,14 +53,15 @@ def test_a_stalled_feature_server_is_cut_at_the_stage_timeout(feature_home, use_
         srv.bind(("127.0.0.1", 0))
         srv.listen()
         reader = _reader(feature_home, use_home, f"http://127.0.0.1:{srv.getsockname()[1]}", timeout_s=3)
-        (user, degraded), waited = asyncio.run(timed(reader))
+        (user, degraded, ms), waited = asyncio.run(timed(reader))
     assert not user.known
     assert degraded is not None and degraded.reason == "timeout after 100 ms"
+    assert 100 <= ms <= waited * 1e3  # the stage's timing is the time it waited
     assert waited < 2, f"answered after {waited:.1f} s: the client's timeout, not the stage's"
 
 
 def test_an_unknown_user_is_a_normal_answer_not_a_degradation(feature_home, use_home):
     from serving.features import read_user
 
-    user, degraded = asyncio.run(read_user(_reader(feature_home, use_home), 10**7, 5000))
+    user, degraded, _ = asyncio.run(read_user(_reader(feature_home, use_home), 10**7, 5000))
     assert degraded is None and not user.known
