@@ -65,11 +65,13 @@ class RankerVersion:
     genres: list[str]
     max_len: int
     recall_weight: float  # tuned on validation at training
+    user_once: bool = True  # history and user_dense sent once per request (False: versions exported before)
 
     @classmethod
     def load(cls, settings: Settings, version: str) -> RankerVersion:
         cfg = model_info(settings, "ranker", version).config
-        return cls(version, list(cfg["genres"]), int(cfg["max_len"]), float(cfg.get("recall_weight", 0.0)))
+        return cls(version, list(cfg["genres"]), int(cfg["max_len"]), float(cfg.get("recall_weight", 0.0)),
+                   cfg.get("serving_inputs", "per_row") == "user_once")
 
 
 class Ranker:
@@ -106,13 +108,15 @@ class Ranker:
 
     def inputs(self, user: UserContext, cands: Candidates, items: ItemRows,
                model: RankerVersion | None = None) -> dict[str, np.ndarray]:
-        """The six ranker inputs for every candidate, shapes as in config.pbtxt (batch first)."""
+        """The six ranker inputs: one row per candidate; history and user_dense once (or per candidate for a
+        version exported before "user_once")."""
         if model is None:
             route, models = self._active
             model = models[route.champion]
         n = len(cands.item_ids)
+        users = 1 if model.user_once else n
         hist = [self.index_of[i] for i in user.recent_items if i in self.index_of][-model.max_len :]
-        history = np.zeros((n, model.max_len), dtype=np.int64)
+        history = np.zeros((users, model.max_len), dtype=np.int64)
         if hist:
             history[:, -len(hist) :] = hist
         return {
@@ -121,7 +125,7 @@ class Ranker:
             "item_dense": item_dense_arrays(items.genres, items.year, items.popularity, items.item_mean_rating,
                                             model.genres),
             "item_content": np.ascontiguousarray(items.content, dtype=np.float32),
-            "user_dense": np.repeat(user_dense_arrays([user.n_interactions], [user.mean_rating]), n, axis=0),
+            "user_dense": np.repeat(user_dense_arrays([user.n_interactions], [user.mean_rating]), users, axis=0),
             "recall_score": np.asarray(cands.scores, dtype=np.float32)[:, None],
         }
 

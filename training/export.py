@@ -39,14 +39,19 @@ class TritonPythonModel:
         cfg = json.loads(args["model_config"])
         self.inputs = [i["name"] for i in cfg["input"]]
         self.outputs = [o["name"] for o in cfg["output"]]
+        self.batched = int(cfg.get("max_batch_size", 0)) > 0  # rows of several requests may be joined
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(os.environ.get("RECSYS_ORT_THREADS", "1"))
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
     def execute(self, requests):
-        """One onnxruntime run for all requests the dynamic batcher queued together, split back per request."""
+        """Batched models: one onnxruntime run for all requests the dynamic batcher queued together, split back
+        per request. Unbatched ones (the ranker: one user's candidates per request) run each request alone."""
         feeds = [{n: pb_utils.get_input_tensor_by_name(r, n).as_numpy() for n in self.inputs} for r in requests]
+        if not self.batched:
+            return [pb_utils.InferenceResponse([pb_utils.Tensor(n, o) for n, o in
+                                                zip(self.outputs, self.sess.run(self.outputs, f))]) for f in feeds]
         joined = feeds[0] if len(feeds) == 1 else {n: np.concatenate([f[n] for f in feeds]) for n in self.inputs}
         outs = self.sess.run(self.outputs, joined)
         responses, start = [], 0
@@ -63,13 +68,14 @@ class TritonPythonModel:
 class TensorSpec:
     name: str
     dtype: str  # Triton data type, e.g. TYPE_FP32
-    dims: tuple[int, ...]  # without the batch dimension
+    dims: tuple[int, ...]  # without the batch dimension when max_batch_size > 0; -1: any size
 
 
 def config_pbtxt(name: str, backend: Backend, inputs: list[TensorSpec], outputs: list[TensorSpec],
                  max_batch_size: int, versions: list[str], queue_delay_us: int = 500) -> str:
     """`versions`: exactly the versions Triton loads (champion, plus a canary challenger), so a restarted
-    server serves what the route says, never just the highest number on disk."""
+    server serves what the route says, never just the highest number on disk. `max_batch_size` 0: the dims are
+    whole shapes and Triton batches nothing (dynamic batching needs a batch axis shared by every input)."""
 
     def tensors(kind: str, specs: list[TensorSpec]) -> str:
         rows = [f'  {{ name: "{s.name}" data_type: {s.dtype} dims: [ {", ".join(map(str, s.dims))} ] }}'
@@ -80,19 +86,21 @@ def config_pbtxt(name: str, backend: Backend, inputs: list[TensorSpec], outputs:
     return "\n".join([
         f'name: "{name}"', head, f"max_batch_size: {max_batch_size}",
         tensors("input", inputs), tensors("output", outputs),
-        f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}",
+        *([f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}"] if max_batch_size else []),
         "instance_group [ { count: 1 kind: KIND_CPU } ]",
         f"version_policy: {{ specific: {{ versions: [ {', '.join(versions)} ] }} }}", "",
     ])
 
 
 def ranker_specs(cfg: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Whole shapes, no batch axis: one request is one user's candidates (N rows). history and user_dense hold
+    one row in graphs exported as "user_once", N rows in older ones: -1 admits both, so a canary may pair them."""
     dense = len(cfg["genres"]) + 3
-    return ([TensorSpec("history", "TYPE_INT64", (cfg["max_len"],)), TensorSpec("item", "TYPE_INT64", (1,)),
-             TensorSpec("item_dense", "TYPE_FP32", (dense,)),
-             TensorSpec("item_content", "TYPE_FP32", (cfg["content_dim"],)),
-             TensorSpec("user_dense", "TYPE_FP32", (2,)), TensorSpec("recall_score", "TYPE_FP32", (1,))],
-            [TensorSpec("p_click", "TYPE_FP32", (1,)), TensorSpec("rating", "TYPE_FP32", (1,))])
+    return ([TensorSpec("history", "TYPE_INT64", (-1, cfg["max_len"])), TensorSpec("item", "TYPE_INT64", (-1, 1)),
+             TensorSpec("item_dense", "TYPE_FP32", (-1, dense)),
+             TensorSpec("item_content", "TYPE_FP32", (-1, cfg["content_dim"])),
+             TensorSpec("user_dense", "TYPE_FP32", (-1, 2)), TensorSpec("recall_score", "TYPE_FP32", (-1, 1))],
+            [TensorSpec("p_click", "TYPE_FP32", (-1, 1)), TensorSpec("rating", "TYPE_FP32", (-1, 1))])
 
 
 def encoder_specs(cfg: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -100,7 +108,7 @@ def encoder_specs(cfg: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
             [TensorSpec("user_vector", "TYPE_FP32", (cfg["d_model"],))])
 
 
-MAX_BATCH = {"user_encoder": 256, "ranker": 1024}
+MAX_BATCH = {"user_encoder": 256, "ranker": 0}  # the ranker is not batched: see ranker_specs
 SPECS = {"user_encoder": encoder_specs, "ranker": ranker_specs}
 
 

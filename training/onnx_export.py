@@ -15,12 +15,14 @@ PARITY_TOL = 1e-4  # max |onnx − torch| the export must meet
 
 
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
-            outputs: list[str]) -> Path:
+            outputs: list[str], per_request: tuple[str, ...] = ()) -> Path:
+    """Axis 0 is dynamic everywhere; `per_request` inputs name theirs apart (one row per request, not per row)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
     torch.onnx.export(
         module, args, str(path), input_names=inputs, output_names=outputs,
-        dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, opset_version=17, dynamo=False,
+        dynamic_axes={n: {0: "request" if n in per_request else "batch"} for n in inputs + outputs},
+        opset_version=17, dynamo=False,
     )
     return path
 
@@ -31,7 +33,7 @@ def export_user_encoder(model: SASRec, path: Path) -> Path:
 
 
 def ranker_example(model: Ranker, batch: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """A random batch of the ranker's six inputs (also the MLflow input example)."""
+    """A random training batch of the ranker's six inputs: one user per row."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.cfg
     return (
@@ -44,8 +46,21 @@ def ranker_example(model: Ranker, batch: int = 8, seed: int = 0) -> tuple[torch.
     )
 
 
+USER_INPUTS = (INPUTS.index("history"), INPUTS.index("user_dense"))  # one row per request in the served graph
+
+
+def serving_example(model: Ranker, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """One request of the exported graph: one user's history and user_dense, `n` candidates (also the MLflow
+    input example)."""
+    args = list(ranker_example(model, n, seed))
+    for i in USER_INPUTS:
+        args[i] = args[i][:1]
+    return tuple(args)
+
+
 def export_ranker(model: Ranker, path: Path) -> Path:
-    return _export(ServingRanker(model), ranker_example(model, 2), path, list(INPUTS), list(OUTPUTS))
+    return _export(ServingRanker(model), serving_example(model, 3), path, list(INPUTS), list(OUTPUTS),
+                   per_request=tuple(INPUTS[i] for i in USER_INPUTS))
 
 
 def _session(path: Path):

@@ -25,7 +25,7 @@ from training.onnx_export import (
     export_user_encoder,
     latency_ms,
     parity,
-    ranker_example,
+    serving_example,
     user_encoder_example,
 )
 from training.registry import (
@@ -119,11 +119,11 @@ def register_ranker(settings: Settings, prepared: Prepared, model: Ranker, metri
     with tempfile.TemporaryDirectory() as d:
         onnx_path = export_ranker(model, Path(d) / "ranker.onnx")
         serving = ServingRanker(model)
-        checks = {"onnx_parity_max_abs_diff": parity(serving, ranker_example(model, 64, seed=1), onnx_path),
-                  "onnx_latency_ms": latency_ms(onnx_path, ranker_example(model, 200))}
+        checks = {"onnx_parity_max_abs_diff": parity(serving, serving_example(model, 64, seed=1), onnx_path),
+                  "onnx_latency_ms": latency_ms(onnx_path, serving_example(model, 200))}
         log_artifacts({"ranker.onnx": onnx_path, "config.json": model.cfg.to_dict()})
     mlflow.log_metrics({**metrics, **checks})
-    version = log_pytorch(serving, ranker_example(model, 2), list(INPUTS), RANKER_MODEL)
+    version = log_pytorch(serving, serving_example(model, 2), list(INPUTS), RANKER_MODEL)
     set_challenger(settings, RANKER_MODEL, version, {"data_digest": prepared.digest,
                                                      "retrieval_version": retrieval_version, **checks})
     return version

@@ -363,38 +363,49 @@ def _triton_counts() -> tuple[int, int]:
     return int(stats["inference_stats"]["success"]["count"]), int(stats["execution_count"])
 
 
-def test_concurrent_ranker_calls_are_batched_and_each_gets_its_own_scores(served):
-    """Triton's dynamic batcher hands the model several requests at once; it runs them as one batch."""
+def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_home):
+    """One request = one user's history (sent once) and N candidates; concurrent users never mix, and Triton
+    answers what the exported graph computes in this process."""
     import asyncio
 
     import numpy as np
 
+    from recsys.settings import load_settings
+    from serving.batch import LocalRanker
     from serving.triton_client import RankerClient
     from training.models.ranking_inputs import INPUTS
 
+    use_home(served)
     rng = np.random.default_rng(0)
     cfg = json.loads((served / "model_repository" / "ranker" / "1" / "recsys.json").read_text())["config"]
+    assert cfg["serving_inputs"] == "user_once"
     shapes = {"history": (cfg["max_len"],), "item": (1,), "item_dense": (len(cfg["genres"]) + 3,),
               "item_content": (cfg["content_dim"],), "user_dense": (2,), "recall_score": (1,)}
 
-    def rows(n: int) -> dict[str, np.ndarray]:
-        return {k: (rng.integers(1, cfg["n_items"], (n, *shapes[k])) if k in ("history", "item")
-                    else rng.random((n, *shapes[k]), dtype=np.float32)) for k in INPUTS}
+    def request(n: int) -> dict[str, np.ndarray]:
+        rows = {k: 1 if k in ("history", "user_dense") else n for k in INPUTS}
+        return {k: (rng.integers(1, cfg["n_items"], (rows[k], *shapes[k])) if k in ("history", "item")
+                    else rng.random((rows[k], *shapes[k]), dtype=np.float32)) for k in INPUTS}
 
-    batches = [rows(n) for n in (3, 17, 8, 40, 1, 25)]
+    requests = [request(n) for n in (3, 17, 8, 40, 1, 25)]
+    requests.append({**requests[3], "history": requests[0]["history"]})  # same candidates, another user
 
-    async def run() -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
-        client = RankerClient("127.0.0.1:28101")
-        alone = [await client.score(b, "1", 10) for b in batches]
-        together = [await asyncio.gather(*(client.score(b, "1", 10) for b in batches)) for _ in range(20)]
+    async def run() -> tuple[list[np.ndarray], list[list[np.ndarray]], list[np.ndarray]]:
+        client, local = RankerClient("127.0.0.1:28101"), LocalRanker(load_settings())
+        alone = [await client.score(b, "1", 10) for b in requests]
+        together = [await asyncio.gather(*(client.score(b, "1", 10) for b in requests)) for _ in range(20)]
+        here = [await local.score(b, "1", 10) for b in requests]
         await client.close()
-        return alone, together
+        return alone, together, here
 
-    requests0, executions0 = _triton_counts()
-    alone, together = asyncio.run(run())
-    requests1, executions1 = _triton_counts()
-    assert requests1 - requests0 == 6 * 21
-    assert executions1 - executions0 < requests1 - requests0  # some model runs served several requests
+    requests0, _ = _triton_counts()
+    alone, together, here = asyncio.run(run())
+    requests1, _ = _triton_counts()
+    assert requests1 - requests0 == len(requests) * 21
+    assert [len(a) for a in alone] == [len(r["item"]) for r in requests]
+    for a, b in zip(alone, here, strict=True):
+        assert np.allclose(a, b, atol=1e-5)
+    assert not np.allclose(alone[3], alone[-1], atol=1e-4)  # the history reached the scores
     for scores in together:
         for a, b in zip(alone, scores, strict=True):
             assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)

@@ -8,7 +8,7 @@ from serving.contracts import Degradation, RecommendedItem, RecommendResponse
 from serving.grpc_api import InvalidRequest, request_from_proto, response_from_proto, response_to_proto
 from serving.proto import recsys_pb2 as pb
 from serving.ranking import user_bucket
-from training.export import config_pbtxt, ranker_specs
+from training.export import MAX_BATCH, config_pbtxt, ranker_specs
 
 
 def test_proto_defaults_mean_the_http_defaults() -> None:
@@ -45,6 +45,9 @@ def test_user_bucket_is_stable_and_splits_users_by_percent() -> None:
 
 def test_config_loads_exactly_the_routed_versions() -> None:
     cfg = {"genres": ["Action", "Drama"], "max_len": 20, "content_dim": 8}
-    text = config_pbtxt("ranker", "python", *ranker_specs(cfg), 1024, ["3", "5"])
+    text = config_pbtxt("ranker", "python", *ranker_specs(cfg), MAX_BATCH["ranker"], ["3", "5"])
     assert "version_policy: { specific: { versions: [ 3, 5 ] } }" in text
     assert "latest" not in text
+    # One request is one user's candidates: whole shapes, nothing for Triton to batch across requests.
+    assert "max_batch_size: 0" in text and "dynamic_batching" not in text
+    assert '{ name: "history" data_type: TYPE_INT64 dims: [ -1, 20 ] }' in text

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training.models.ranking import Ranker, RankingConfig, ServingRanker
-from training.onnx_export import export_ranker, parity, ranker_example
+from training.onnx_export import export_ranker, parity, ranker_example, serving_example
 
 
 def _model(seed: int = 0) -> Ranker:
@@ -17,20 +18,45 @@ def _model(seed: int = 0) -> Ranker:
     return model.eval()
 
 
+def _one_user(model: Ranker, n: int, seed: int, history: torch.Tensor | None = None) -> tuple[list, list]:
+    """(training rows: the user's history and user_dense repeated on every row, the served request)."""
+    rows = list(ranker_example(model, n, seed=seed))
+    if history is not None:
+        rows[0][0] = history
+    rows[0][:] = rows[0][0]
+    rows[4][:] = rows[4][0]
+    return rows, [rows[0][:1], rows[1], rows[2], rows[3], rows[4][:1], rows[5]]
+
+
+@pytest.mark.parametrize("case", ["full", "short", "empty"])
 @torch.no_grad()
-def test_serving_graph_matches_the_training_forward_pass():
+def test_serving_graph_matches_the_training_forward_pass(case):
     model = _model()
-    args = list(ranker_example(model, 64, seed=3))
-    args[0][:5] = 0  # users without history: attention is masked to nothing
-    args[0][5:10, :30] = 0  # short histories (left padding)
-    logit, rating = model.logits(*args)
-    p, r = ServingRanker(model)(*args)
+    history = None
+    if case != "full":
+        history = torch.randint(1, 300, (model.cfg.max_len,))
+        history[: 30 if case == "short" else None] = 0  # left padding; "empty": attention is masked to nothing
+    rows, request = _one_user(model, 64, seed=3, history=history)
+    logit, rating = model.logits(*rows)
+    p, r = ServingRanker(model)(*request)
     assert torch.allclose(p, torch.sigmoid(logit), atol=1e-5)
     assert torch.allclose(r, rating, atol=1e-5)
     assert p.std() > 1e-3  # the rows really differ: the comparison is not between constants
 
 
-def test_exported_onnx_matches_torch(tmp_path):
+@torch.no_grad()
+def test_the_served_history_changes_the_scores():
+    """The one history row really reaches every candidate's attention (not only the first row's)."""
+    model = _model()
+    request = list(serving_example(model, 16, seed=1))
+    a = ServingRanker(model)(*request)
+    request[0] = torch.randint(1, 300, request[0].shape, generator=torch.Generator().manual_seed(9))
+    b = ServingRanker(model)(*request)
+    assert (a[0] - b[0]).abs().min() > 0  # every candidate's score moved
+
+
+def test_exported_onnx_matches_torch_for_any_number_of_candidates(tmp_path):
     model = _model(1)
     path = export_ranker(model, tmp_path / "ranker.onnx")
-    assert parity(ServingRanker(model), ranker_example(model, 32, seed=4), path) < 1e-4
+    for n in (1, 32, 200):
+        assert parity(ServingRanker(model), serving_example(model, n, seed=4), path) < 1e-4

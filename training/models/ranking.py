@@ -35,6 +35,9 @@ class RankingConfig:
     negatives: int = 4  # sampled negatives per positive (half hard from recall, half uniform)
     seed: int = 0  # initialisation and sampling seed
     recall_weight: float = 0.0  # serving order = z(logit p_click) + w·z(recall score); tuned on validation
+    # Layout of the exported graph's inputs: "user_once" = history and user_dense as one row per request, the
+    # rest one row per candidate. Configs written before this field existed lack it: serving reads "per_row".
+    serving_inputs: str = "user_once"
 
     @property
     def item_dense_dim(self) -> int:
@@ -85,6 +88,10 @@ class Ranker(nn.Module):
         """Everything after the attention scores w (B, L): pooling, cross and deep towers, the two heads."""
         w = w.masked_fill(history == 0, -1e9).softmax(dim=-1) * (history != 0).any(1, keepdim=True)
         pooled = (w.unsqueeze(-1) * h).sum(1)  # (B, d)
+        return self.towers(c, pooled, content, item_dense, user_dense, recall_score)
+
+    def towers(self, c, pooled, content, item_dense, user_dense, recall_score):
+        """Cross and deep towers over one row per candidate, then the two heads."""
         x0 = torch.cat([c, pooled, c * pooled, content, item_dense, user_dense, recall_score], dim=-1)
         x = x0
         for layer in self.cross:
@@ -107,12 +114,16 @@ class Ranker(nn.Module):
 
 
 class ServingRanker(nn.Module):
-    """The exported graph: six inputs → (p_click, rating), the same function as `Ranker.logits`, cheaper.
+    """The exported graph: one request = one user's N candidates → (p_click, rating), the function of
+    `Ranker.logits` with the user's rows repeated, at a third of its cost.
 
-    The attention MLP's first layer is linear, so W·[h; c; h⊙c; h−c] = (W_h+W_d)·h + (W_c−W_d)·c + W_p·(h⊙c).
-    The history term becomes a per-item table (a gather instead of B·L·d·32 multiply-adds) and the candidate
-    term is computed once per row instead of once per history position: the dominant block costs a quarter.
-    Built from a trained model (the tables are folded from its weights); outputs equal to float precision.
+    Inputs: history (1, L) and user_dense (1, 2) once per request; item (N, 1), item_dense, item_content and
+    recall_score one row per candidate. Sending the history once also drops N·L ids from every request.
+    The attention MLP's first layer is linear, so W·[h; c; h⊙c; h−c] + b = (W_h+W_d)·h + (W_c−W_d)·c
+    + W_p·(h⊙c) + b. For one user, every history-side term folds into a (d+1, L·32) matrix built once per
+    request, and the first layer for all N×L (candidate, position) pairs is one GEMM, [c, 1] @ that matrix,
+    instead of gathers, a batched matmul and adds over (N, L, 32) tensors. The second layer's bias is dropped:
+    softmax ignores a constant. Built from a trained model; outputs equal to float precision.
     """
 
     def __init__(self, model: Ranker) -> None:
@@ -120,18 +131,25 @@ class ServingRanker(nn.Module):
         self.model = model
         first = model.att[0]
         wh, wc, wp, wd = first.weight.detach().split(model.cfg.d_model, dim=1)
-        self.register_buffer("hist_table", model.item_emb.weight.detach() @ (wh + wd).T)  # (n_items, 32)
+        hist_table = model.item_emb.weight.detach() @ (wh + wd).T + first.bias.detach()
+        self.register_buffer("hist_table", hist_table)  # (n_items, 32): history term and bias per item
         self.register_buffer("w_cand", (wc - wd).T.contiguous())  # (d, 32)
         self.register_buffer("w_prod", wp.T.contiguous())  # (d, 32)
-        self.register_buffer("b_first", first.bias.detach().clone())
+        self.register_buffer("w_score", model.att[2].weight.detach().T.contiguous())  # (32, 1)
 
     def forward(self, history, item, item_dense, item_content, user_dense, recall_score):
         m = self.model
+        hist = history[0]  # (L,): the request's one user
         content = m.content(item_content)
-        c = m.item_emb(item[:, 0]) + content  # (B, d)
-        h = m.item_emb(history)  # (B, L, d)
-        pre = self.hist_table[history] + torch.bmm(h, c.unsqueeze(2) * self.w_prod) \
-            + (c @ self.w_cand + self.b_first).unsqueeze(1)  # (B, L, 32)
-        w = m.att[2](torch.relu(pre)).squeeze(-1)  # (B, L)
-        logit, r = m.head(history, h, c, w, content, item_dense, user_dense, recall_score)
+        c = m.item_emb(item[:, 0]) + content  # (N, d)
+        h = m.item_emb(hist)  # (L, d)
+        # pre[n, l] = c[n] @ (diag(h[l]) W_p + W_c') + hist_table[hist[l]]: the l-th (d+1, 32) block of `per_user`
+        per_user = torch.cat([(h.unsqueeze(2) * self.w_prod + self.w_cand).transpose(0, 1),
+                              self.hist_table[hist].unsqueeze(0)], dim=0)  # (d+1, L, 32)
+        c1 = torch.cat([c, torch.ones_like(c[:, :1])], dim=1)  # (N, d+1)
+        pre = (c1 @ per_user.reshape(c1.shape[1], -1)).reshape(c.shape[0], hist.shape[0], -1)  # (N, L, 32)
+        w = (torch.relu(pre) @ self.w_score).squeeze(-1)  # (N, L)
+        mask = hist != 0
+        w = w.masked_fill(~mask, -1e9).softmax(dim=-1) * mask.any()
+        logit, r = m.towers(c, w @ h, content, item_dense, user_dense.expand(c.shape[0], -1), recall_score)
         return torch.sigmoid(logit), r
