@@ -155,3 +155,42 @@ def test_fsdp_over_two_workers_trains_the_same_adapter_as_ddp(feature_home: Path
         assert torch.allclose(adapters["fsdp"][k], v, atol=1e-4), k
     assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-4)
     assert any(v.abs().sum() > 0 for k, v in adapters["fsdp"].items() if "lora_B" in k)  # it did train
+
+
+def test_fsdp_run_resumed_after_an_epoch_ends_where_the_straight_run_ends(feature_home: Path, use_home) -> None:
+    """Resume under FSDP: the checkpoint's whole adapter and whole optimizer state (gathered on rank 0) are
+    scattered back to the shards, so one epoch + resume gives the uninterrupted two-epoch run's adapter."""
+    use_home(feature_home)
+    import ray
+    import torch
+
+    from recsys.settings import load_settings
+    from training.copy_data import build_pairs
+    from training.copy_steps import copy_config, guard_for
+    from training.datasets import prepare
+    from training.jobs.copy import train_copy
+
+    s = load_settings({"copy_base_model": "tiny-random-llama", "train_workers": 2, "copy_train_pairs": 64,
+                       "copy_parallel": "fsdp"})
+    prepared = prepare(s)
+    pairs = build_pairs(prepared.split.train, prepared.ds.items, 64, 8, seed=s.seed)
+
+    def train(steps: int, resume: bool = False):
+        return train_copy(s, copy_config(s, steps=steps, steps_per_epoch=2), pairs.train, pairs.held_out,
+                          guard_for(prepared), resume=resume, evaluate=False)
+
+    try:
+        straight = train(4)
+        before = {p.name for p in s.runs_dir.iterdir() if p.is_dir()}
+        first = train(2)  # stops after epoch 1, its checkpoint written: what a killed run leaves behind
+        (interrupted,) = {p.name for p in s.runs_dir.iterdir() if p.is_dir()} - before
+        (s.runs_dir / "copy.current.json").write_text(json.dumps({"name": interrupted}))
+        resumed = train(4, resume=True)
+    finally:
+        ray.shutdown()
+    assert first.epochs == 1 and resumed.epochs == straight.epochs == 2
+    assert not any(torch.allclose(first.adapter[k], v, atol=1e-6) for k, v in straight.adapter.items()
+                   if "lora_B" in k)  # the second epoch moved the adapter: there is something to resume
+    for k, v in straight.adapter.items():
+        assert torch.allclose(resumed.adapter[k], v, atol=1e-4), k
+    assert resumed.losses[-1] == pytest.approx(straight.losses[-1], rel=1e-4)

@@ -57,10 +57,11 @@ def train_loop(config: dict[str, Any]) -> None:
     fsdp = cfg.parallel == "fsdp" and ray.train.get_context().get_world_size() > 1
     net = shard(model, cfg.use_gpu) if fsdp else ray.train.torch.prepare_model(model)  # fsdp: shards go to device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
-    if state is not None:
-        _load_optimizer(model, opt, state["optimizer"], fsdp)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if state is not None:
+        _load_optimizer(model, opt, state["optimizer"], fsdp)
+        _set_rng(state.get("rng"), rank, world)
     data = config["train"]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     per_worker = max(1, cfg.batch_size // world)
@@ -85,10 +86,37 @@ def train_loop(config: dict[str, Any]) -> None:
                    "start_epoch": start, "epoch_seconds": seconds, "tokens_per_second": tokens / seconds}
         ckpt = None
         adapter, optimizer = lora_state(model), _optimizer_state(model, opt, fsdp)  # collectives under FSDP
+        rng = _rng_states(world)  # a collective too
         if rank == 0:
-            ckpt = {"adapter": adapter, "optimizer": optimizer, "epoch": epoch + 1, "config": cfg.to_dict()}
+            ckpt = {"adapter": adapter, "optimizer": optimizer, "rng": rng, "epoch": epoch + 1,
+                    "config": cfg.to_dict()}
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
         save_and_report(metrics, ckpt)
+
+
+def _rng_states(world: int) -> list[dict[str, torch.Tensor]]:
+    """Every rank's torch generator state (LoRA dropout draws from it; ranks diverge with their batches' padded
+    lengths), so a resumed epoch draws the masks the uninterrupted run would have: resume is exact."""
+    own = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        own["cuda"] = torch.cuda.get_rng_state()
+    if world == 1:
+        return [own]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, own)
+    return states
+
+
+def _set_rng(states: list[dict[str, torch.Tensor]] | None, rank: int, world: int) -> None:
+    """This rank's saved generator state; a checkpoint from another world size (or before states were saved)
+    keeps the fresh seed: resume still works, dropout masks differ."""
+    if not states or len(states) != world:
+        return
+    torch.set_rng_state(states[rank]["cpu"])
+    if "cuda" in states[rank] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states[rank]["cuda"])
 
 
 def _optimizer_state(model, opt, fsdp: bool) -> dict[str, Any]:
