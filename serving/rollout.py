@@ -1,8 +1,8 @@
 """Change which ranker versions answer, live and without dropping a request: swap, canary, rollback.
 
 The order is what makes it safe under load:
-  1. Triton loads the union of the old and the new versions (explicit model control), so every version a
-     replica may still be calling stays served;
+  1. Triton loads the union of the old and the new versions (explicit model control, from a config.pbtxt
+     written for the union), so every version a replica may still be calling stays served;
   2. the route file and the graph switch: Ingress replicas (the ranking stage) get the route as Serve
      `user_config` and are reconfigured in place (no restart, no cold caches);
   3. config.pbtxt names only the new versions and Triton reloads from it, unloading the rest after their
@@ -47,8 +47,11 @@ def set_route(settings: Settings, route: Route) -> RolloutResult:
 
     live = triton_server.ready(settings)
     if live:
+        # The union in this release's config (written, then loaded from the file), not the running server's
+        # config with a new version list: a server started on an older export may hold another tensor layout.
         union = sorted(set(before.versions) | set(route.versions), key=int)
-        triton_server.load_model(settings, MODEL, union)
+        write_config(settings.model_repo, MODEL, champion, backend, union)
+        triton_server.load_model(settings, MODEL)
     write_route(settings, route)
     graph = launcher.reconfigure(settings)
     write_config(settings.model_repo, MODEL, champion, backend, route.versions)

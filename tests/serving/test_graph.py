@@ -411,6 +411,77 @@ def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_hom
             assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
 
 
+def test_a_ranker_exported_before_user_once_is_served_beside_a_new_one(served, use_home):
+    """A version exported before the per-user layout (history on every row, no `serving_inputs` in its config)
+    loads under the same config.pbtxt as a new one, so a canary or a swap may pair them; fed row by row, it
+    gives the new layout's scores for the same weights."""
+    import asyncio
+
+    import numpy as np
+    import torch
+
+    from recsys.settings import load_settings
+    from serving.ranking import RankerVersion
+    from serving.triton_client import RankerClient
+    from serving.triton_server import load_model, loaded_versions
+    from training.export import write_config, write_version
+    from training.models.ranking_inputs import INPUTS, OUTPUTS
+    from training.onnx_export import _export, ranker_example
+    from training.registry import load_torch
+
+    use_home(served)
+    settings = load_settings().model_copy(update={"triton_http_port": int(PORTS["RECSYS_TRITON_HTTP_PORT"]),
+                                                  "triton_grpc_port": int(PORTS["RECSYS_TRITON_GRPC_PORT"])})
+    repo = settings.model_repo
+    cfg = json.loads((repo / "ranker" / "1" / "recsys.json").read_text())["config"]
+    old_cfg = {k: v for k, v in cfg.items() if k != "serving_inputs"}
+    model = load_torch(settings, "recsys-ranker", "1").model.eval()
+
+    class PerRow(torch.nn.Module):  # the old exported function: one row per candidate, history on every row
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, *inputs):
+            logit, rating = self.m.logits(*inputs)
+            return torch.sigmoid(logit), rating
+
+    onnx = _export(PerRow(), ranker_example(model, 2), served / "old_ranker.onnx", list(INPUTS), list(OUTPUTS))
+    write_version(repo, "ranker", "9", onnx, old_cfg, "python")
+    try:
+        assert RankerVersion.load(settings, "9").user_once is False
+        assert RankerVersion.load(settings, "1").user_once is True
+        write_config(repo, "ranker", cfg, "python", ["1", "9"])
+        load_model(settings, "ranker")
+        assert loaded_versions(settings, "ranker") == ["1", "9"]
+
+        rng = np.random.default_rng(3)
+        n = 40
+        new = {"history": rng.integers(1, cfg["n_items"], (1, cfg["max_len"])),
+               "item": rng.integers(1, cfg["n_items"], (n, 1)),
+               "item_dense": rng.random((n, len(cfg["genres"]) + 3), dtype=np.float32),
+               "item_content": rng.random((n, cfg["content_dim"]), dtype=np.float32) * 0.1,
+               "user_dense": rng.random((1, 2), dtype=np.float32),
+               "recall_score": rng.random((n, 1), dtype=np.float32)}
+        new["history"][0, :10] = 0  # a short history: left padding
+        old = {**new, "history": np.repeat(new["history"], n, axis=0), "user_dense": np.repeat(new["user_dense"], n, 0)}
+
+        async def both() -> tuple[np.ndarray, np.ndarray]:
+            client = RankerClient(settings.triton_grpc_url)
+            out = await client.score(new, "1", 10), await client.score(old, "9", 10)
+            await client.close()
+            return out
+
+        a, b = asyncio.run(both())
+        assert a.shape == b.shape == (n,) and a.std() > 1e-4
+        assert np.allclose(a, b, atol=1e-5)
+    finally:
+        write_config(repo, "ranker", cfg, "python", ["1"])
+        load_model(settings, "ranker")
+        shutil.rmtree(repo / "ranker" / "9")
+    assert loaded_versions(settings, "ranker") == ["1"]
+
+
 def test_triton_down_gives_flagged_recall_order_then_recovers(served):
     pid = int((served / "triton" / "tritonserver.pid").read_text())
     os.killpg(pid, signal.SIGKILL)

@@ -55,8 +55,12 @@ def test_the_served_history_changes_the_scores():
     assert (a[0] - b[0]).abs().min() > 0  # every candidate's score moved
 
 
-def test_exported_onnx_matches_torch_for_any_number_of_candidates(tmp_path):
+def test_exported_onnx_matches_torch_for_any_number_of_candidates_and_any_history(tmp_path):
     model = _model(1)
     path = export_ranker(model, tmp_path / "ranker.onnx")
     for n in (1, 32, 200):
         assert parity(ServingRanker(model), serving_example(model, n, seed=4), path) < 1e-4
+    for padding in (30, model.cfg.max_len):  # a short history, none at all (the attention masked to nothing)
+        request = list(serving_example(model, 16, seed=5))
+        request[0][:, :padding] = 0
+        assert parity(ServingRanker(model), tuple(request), path) < 1e-4

@@ -61,7 +61,7 @@ def train_loop(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if state is not None:
         _load_optimizer(model, opt, state["optimizer"], fsdp)
-        _set_rng(state.get("rng"), rank, world)
+        _set_rng(state.get("rng"), rank, world, device)
     data = config["train"]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     per_worker = max(1, cfg.batch_size // world)
@@ -86,7 +86,7 @@ def train_loop(config: dict[str, Any]) -> None:
                    "start_epoch": start, "epoch_seconds": seconds, "tokens_per_second": tokens / seconds}
         ckpt = None
         adapter, optimizer = lora_state(model), _optimizer_state(model, opt, fsdp)  # collectives under FSDP
-        rng = _rng_states(world)  # a collective too
+        rng = _rng_states(world, device)  # a collective too
         if rank == 0:
             ckpt = {"adapter": adapter, "optimizer": optimizer, "rng": rng, "epoch": epoch + 1,
                     "config": cfg.to_dict()}
@@ -94,12 +94,13 @@ def train_loop(config: dict[str, Any]) -> None:
         save_and_report(metrics, ckpt)
 
 
-def _rng_states(world: int) -> list[dict[str, torch.Tensor]]:
+def _rng_states(world: int, device: torch.device) -> list[dict[str, torch.Tensor]]:
     """Every rank's torch generator state (LoRA dropout draws from it; ranks diverge with their batches' padded
-    lengths), so a resumed epoch draws the masks the uninterrupted run would have: resume is exact."""
+    lengths), so a resumed epoch draws the masks the uninterrupted run would have: resume is exact. The CUDA
+    generator only when training on the GPU (a CPU run on a GPU node must not open a CUDA context)."""
     own = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        own["cuda"] = torch.cuda.get_rng_state()
+    if device.type == "cuda":
+        own["cuda"] = torch.cuda.get_rng_state(device)
     if world == 1:
         return [own]
     import torch.distributed as dist
@@ -109,14 +110,14 @@ def _rng_states(world: int) -> list[dict[str, torch.Tensor]]:
     return states
 
 
-def _set_rng(states: list[dict[str, torch.Tensor]] | None, rank: int, world: int) -> None:
+def _set_rng(states: list[dict[str, torch.Tensor]] | None, rank: int, world: int, device: torch.device) -> None:
     """This rank's saved generator state; a checkpoint from another world size (or before states were saved)
     keeps the fresh seed: resume still works, dropout masks differ."""
     if not states or len(states) != world:
         return
     torch.set_rng_state(states[rank]["cpu"])
-    if "cuda" in states[rank] and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states[rank]["cuda"])
+    if "cuda" in states[rank] and device.type == "cuda":
+        torch.cuda.set_rng_state(states[rank]["cuda"], device)
 
 
 def _optimizer_state(model, opt, fsdp: bool) -> dict[str, Any]:
