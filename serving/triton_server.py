@@ -183,16 +183,10 @@ def _http(settings: Settings, path: str, body: dict | None = None, timeout: floa
     return json.loads(raw) if raw else {}
 
 
-def load_model(settings: Settings, name: str, versions: list[str] | None = None) -> None:
-    """(Re)load `name` (explicit model control). `versions`: serve exactly these, whatever config.pbtxt says;
-    None: as config.pbtxt says. Triton keeps serving the loaded versions until the new set is ready, and
-    finishes in-flight requests of a version before unloading it."""
-    body: dict = {}
-    if versions is not None:
-        cfg = _http(settings, f"/v2/models/{name}/config")
-        cfg["version_policy"] = {"specific": {"versions": [int(v) for v in versions]}}
-        body = {"parameters": {"config": json.dumps(cfg)}}
-    _http(settings, f"/v2/repository/models/{name}/load", body)
+def load_model(settings: Settings, name: str) -> None:
+    """(Re)load `name` from its config.pbtxt (explicit model control). Triton keeps serving the loaded versions
+    until the new set is ready, and finishes in-flight requests of a version before unloading it."""
+    _http(settings, f"/v2/repository/models/{name}/load", {})
 
 
 def loaded_versions(settings: Settings, name: str) -> list[str]:

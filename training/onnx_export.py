@@ -46,21 +46,19 @@ def ranker_example(model: Ranker, batch: int = 8, seed: int = 0) -> tuple[torch.
     )
 
 
-USER_INPUTS = (INPUTS.index("history"), INPUTS.index("user_dense"))  # one row per request in the served graph
+USER_INPUTS = ("history", "user_dense")  # one row per request in the served graph
 
 
 def serving_example(model: Ranker, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """One request of the exported graph: one user's history and user_dense, `n` candidates (also the MLflow
     input example)."""
-    args = list(ranker_example(model, n, seed))
-    for i in USER_INPUTS:
-        args[i] = args[i][:1]
-    return tuple(args)
+    return tuple(a[:1] if name in USER_INPUTS else a for name, a in zip(INPUTS, ranker_example(model, n, seed),
+                                                                         strict=True))
 
 
 def export_ranker(model: Ranker, path: Path) -> Path:
     return _export(ServingRanker(model), serving_example(model, 3), path, list(INPUTS), list(OUTPUTS),
-                   per_request=tuple(INPUTS[i] for i in USER_INPUTS))
+                   per_request=USER_INPUTS)
 
 
 def _session(path: Path):
