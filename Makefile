@@ -46,8 +46,8 @@ demo: install  ## the whole pipeline on ML-100K (or RECSYS_DATA, or synthetic da
 test: install tools  ## the full suite, including the end-to-end pipeline test
 	$(PY) -m pytest
 
-test-fast: install tools  ## everything but the heavy end-to-end test
-	$(PY) -m pytest -m "not e2e"
+test-fast: install tools  ## the quick loop (~3 min): everything but the tests that run the real stack
+	$(PY) -m pytest -m "not e2e and not slow"
 
 bench: install  ## benchmarks; results in bench/results/ and BENCHMARKS.md
 	$(VENV)/bin/recsys bench

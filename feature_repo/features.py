@@ -1,17 +1,14 @@
 """Feast definitions: the training↔serving contract. Declarative only: no I/O here.
 
-Order: Entity → Source → FeatureView → PushSource → FeatureService. Source paths are resolved from
-the one settings object (`recsys.settings`), so the same definitions serve the laptop and the cluster.
+Order: Entity → Source → FeatureView → PushSource → FeatureService. Source paths are bare file names:
+the apply step (`training.features.build_features`) places them under the settings' `features_dir`, so the
+same definitions serve the laptop and the cluster and importing this module reads no settings.
 """
 
 from datetime import timedelta
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float32, Int64, String
-
-from recsys.settings import load_settings
-
-_DIR = load_settings().features_dir.resolve()
 
 # A person who interacts with items; key of the profile and the recent-item sequence.
 user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64)
@@ -21,13 +18,13 @@ item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64)
 # One row per user per distinct interaction time: the profile *after* that moment.
 user_profile_source = FileSource(
     name="user_profile_source",
-    path=str(_DIR / "user_profile.parquet"),
+    path="user_profile.parquet",
     timestamp_field="event_timestamp",
 )
 # Static item attributes and statistics from the training split (no test leakage).
 item_features_source = FileSource(
     name="item_features_source",
-    path=str(_DIR / "item_features.parquet"),
+    path="item_features.parquet",
     timestamp_field="event_timestamp",
 )
 

@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from recsys.errors import MissingStepError, RecsysError
-from recsys.settings import Settings, load_settings
+from core.errors import MissingStepError, RecsysError
+from core.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Offline pipeline: data → features → train → evaluate → promote → export.")
@@ -35,7 +35,7 @@ def main_options(
     home: Annotated[Path | None, typer.Option(help="Root of generated state (default .recsys).")] = None,
     settings_file: Annotated[Path | None, typer.Option(help="YAML settings file (the chart renders one).")] = None,
 ) -> None:
-    # Options become env vars so every reader (including the Feast repo definitions) sees one config.
+    # Options become env vars so every process started from here (Ray workers, the serving stack) sees one config.
     for name, value in (("RECSYS_PROFILE", profile), ("RECSYS_HOME", home), ("RECSYS_SETTINGS_FILE", settings_file)):
         if value is not None:
             os.environ[name] = str(value)
@@ -170,8 +170,9 @@ def promote(
     to_version: Annotated[str | None, typer.Option(help="Roll back: point champion at this version.")] = None,
 ) -> None:
     """Move the `champion` alias if the promotion policy (mlflow/promotion_policy.yaml) passes."""
+    from core.names import COPY_MODEL, MODELS
+    from ops.pipeline import go_live
     from training.promotion import promote as run_promotion
-    from training.tracking import COPY_MODEL, MODELS, RANKER_MODEL
 
     known = [*MODELS, COPY_MODEL]
     names = {"retrieval": ["recsys-retrieval"], "ranking": ["recsys-ranker"], "copy": [COPY_MODEL],
@@ -182,6 +183,7 @@ def promote(
     if to_version and len(names) > 1:
         raise typer.BadParameter("--to-version needs one model")
     s = settings()
+    promoted: dict[str, str] = {}
     for name in names:
         try:
             d = run_promotion(s, name, force=force, to_version=to_version)
@@ -192,24 +194,13 @@ def promote(
             continue
         verb = "rolled back to" if to_version else ("force-promoted" if d.forced else "promoted")
         console.print(f"{name}: {verb} v{d.version} (previous champion: {d.previous_champion or 'none'})")
-        if name == RANKER_MODEL and _serving_live(s):
-            from serving.rollout import promote_live
-
-            r = promote_live(s, str(d.version))
-            console.print(f"serving: ranker v{r.before.champion} → v{r.after.champion} live "
-                          f"(triton {'switched' if r.triton else 'not running'}, "
-                          f"graph {'reconfigured' if r.graph else 'not running'})")
-        if name == RANKER_MODEL and s.kserve_inference_service:
-            from serving.kserve import rollout_ranker
-
-            _print_rollout(rollout_ranker(s, str(d.version)))
-        if name == COPY_MODEL:
-            from serving import launcher
-            from training.copy_steps import export_copy
-
-            version = export_copy(s)
-            live = _serving_live(s) and launcher.reconfigure(s)
-            console.print(f"copy LM v{version} exported" + (" and loading in the running graph" if live else ""))
+        promoted[name] = str(d.version)
+    live = go_live(s, promoted)
+    if live.rollout is not None:
+        _print_rollout(live.rollout)
+    else:
+        for line in live.lines:
+            console.print(line, markup=False)
 
 
 def _print_rollout(r) -> None:
@@ -242,27 +233,15 @@ def rollout(
 ) -> None:
     """Cluster: publish a ranker version, point the KServe InferenceService at it, then switch the graph's route
     (promote does this too)."""
-    from serving.kserve import rollout_ranker
+    from ops.kserve import rollout_ranker
 
     s = settings()
     if version is None:
-        from training.registry import CHAMPION, version_by_alias
-        from training.tracking import RANKER_MODEL
+        from core.names import CHAMPION, RANKER_MODEL
+        from training.registry import version_by_alias
 
         version = str(version_by_alias(s, RANKER_MODEL, CHAMPION).version)
     _print_rollout(rollout_ranker(s, version, canary_percent=canary, dry_run=dry_run))
-
-
-def _serving_live(s: Settings) -> bool:
-    """A running Triton or graph on this machine: promotion then swaps the ranker in place."""
-    from serving import launcher, triton_server
-    from serving.artifacts import read_route
-
-    try:
-        read_route(s)
-    except RecsysError:
-        return False  # nothing exported yet: `recsys export` writes the champion
-    return triton_server.ready(s) or launcher.healthy(s)
 
 
 @app.command()
@@ -272,12 +251,12 @@ def canary(
     version: Annotated[str | None, typer.Option(help="Ranker version; default: recsys-ranker@challenger.")] = None,
 ) -> None:
     """Serve the ranker's challenger to a share of users beside the champion (live if serving is up)."""
-    from serving.rollout import canary as run_canary
+    from ops.rollout import canary as run_canary
 
     s = settings()
     if percent > 0 and version is None:
-        from training.registry import CHALLENGER, version_by_alias
-        from training.tracking import RANKER_MODEL
+        from core.names import CHALLENGER, RANKER_MODEL
+        from training.registry import version_by_alias
 
         version = str(version_by_alias(s, RANKER_MODEL, CHALLENGER).version)
     r = run_canary(s, version, percent)
@@ -308,7 +287,7 @@ app.add_typer(triton_app, name="triton")
 @triton_app.command("up")
 def triton_up() -> None:
     """Start tritonserver on the exported repository (explicit model control) and wait until ready."""
-    from serving import triton_server
+    from ops import triton_server
 
     s = settings()
     with console.status("starting tritonserver"):
@@ -320,7 +299,7 @@ def triton_up() -> None:
 @triton_app.command("down")
 def triton_down() -> None:
     """Stop the tritonserver this project started."""
-    from serving import triton_server
+    from ops import triton_server
 
     console.print("triton stopped" if triton_server.down(settings()) else "triton was not running")
 
@@ -328,7 +307,7 @@ def triton_down() -> None:
 @triton_app.command("status")
 def triton_status() -> None:
     """Process, readiness and model states; exits 1 when not ready."""
-    from serving import triton_server
+    from ops import triton_server
 
     st = triton_server.status(settings())
     models = ", ".join(f"{k}={v}" for k, v in sorted(st.models.items())) or "none"
@@ -342,7 +321,7 @@ def serve(
     down: Annotated[bool, typer.Option("--down", help="Stop the graph, the local Ray head and Triton.")] = False,
 ) -> None:
     """Start Triton (if needed) and deploy the Ray Serve graph; `--down` stops both."""
-    from serving import launcher
+    from ops import launcher
 
     s = settings()
     if down:
@@ -426,7 +405,7 @@ def retrain(
     """Logged feedback → training set → warm-started challengers → promotion gate → live swap if serving."""
     import time
 
-    from recsys.retrain import retrain as run_retrain
+    from ops.retrain import retrain as run_retrain
 
     while True:
         res = run_retrain(settings(), console, force, retrieval_epochs, ranking_epochs)
@@ -443,7 +422,7 @@ def report(
     """Online CTR and conversion per model version (impressions ⋈ feedback) beside offline metrics."""
     from rich.table import Table
 
-    from serving.events import has_event_log, open_event_log
+    from core.events import has_event_log, open_event_log
     from serving.impressions import read_impressions
     from serving.report import OFFLINE, online_rates, with_offline
 
@@ -473,7 +452,8 @@ def bench(
                                                          "all.")] = None,
 ) -> None:
     """Measure the pipeline, training scaling, quality, serving, feedback freshness and the copy LM."""
-    from recsys.bench import expand_suites, run_bench
+    from recsys.bench.catalogue import expand_suites
+    from recsys.bench.suites import run_bench
 
     try:
         chosen = expand_suites(suite or ["all"])
@@ -481,6 +461,26 @@ def bench(
         raise typer.BadParameter(str(e)) from None
     path = run_bench(chosen, console)
     console.print(f"results: {path} and BENCHMARKS.md")
+
+
+@app.command()
+def pipeline(
+    copy: Annotated[bool, typer.Option(help="Also fine-tune and promote the copy LM.")] = True,
+    force: Annotated[bool, typer.Option(help="Promote even if the policy refuses (recorded as forced).")] = False,
+) -> None:
+    """The whole offline pipeline as one command: data → features → train → promote → export (the chart's RayJob
+    runs this; re-running it is safe)."""
+    from ops.pipeline import Progress, run_offline
+
+    class Lines(Progress):
+        def start(self, label: str) -> None:
+            console.print(f"{label}…")
+
+        def done(self, label: str, summary: str) -> None:
+            console.print(summary, markup=False, highlight=False)
+
+    run = run_offline(settings(), copy=copy, force=force, progress=Lines())
+    console.print(f"offline pipeline: {sum(run.seconds.values()):.0f} s {run.seconds}")
 
 
 @app.command()

@@ -8,67 +8,40 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from recsys.errors import PromotionRefused
-from recsys.settings import Settings
+from core.settings import Settings
+from ops.pipeline import Progress, run_offline
+
+
+class _Steps(Progress):
+    """Each step as a titled section with its result and wall time."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.seconds: dict[str, float] = {}
+        self._t0 = 0.0
+
+    def start(self, label: str) -> None:
+        self.console.rule(f"[bold]{label}")
+        self._t0 = time.perf_counter()
+
+    def done(self, label: str, summary: str) -> None:
+        if summary:
+            self.console.print(summary, markup=False, highlight=False)
+        self.seconds[label] = time.perf_counter() - self._t0
+        self.console.print(f"[green]✓ {label}[/] in {self.seconds[label]:.1f} s")
 
 
 def run_demo(settings: Settings, console: Console) -> dict[str, float]:
-    from serving import launcher
+    from ops import launcher
     from serving.client import recommend_http
-    from training.copy_steps import train_copy_step
     from training.evaluate import evaluation_table
-    from training.export import export_repository
-    from training.promotion import promote
-    from training.steps import build_feature_store, prepare_data, train_ranking_step, train_retrieval_step
-    from training.tracking import COPY_MODEL, RANKER_MODEL, RETRIEVAL_MODEL
 
-    timings: dict[str, float] = {}
-
-    def step(name: str):
-        console.rule(f"[bold]{name}")
-        timings[name] = time.perf_counter()
-
-    def done(name: str) -> None:
-        timings[name] = time.perf_counter() - timings[name]
-        console.print(f"[green]✓ {name}[/] in {timings[name]:.1f} s")
-
-    step("data")
-    res = prepare_data(settings)
-    console.print(f"{res.manifest['counts']} from {res.source}")
-    done("data")
-    step("features")
-    console.print(build_feature_store(settings))
-    done("features")
-    step("train retrieval")
-    r = train_retrieval_step(settings)
-    console.print(f"retrieval v{r['version']}: val NDCG@10 {r['val_ndcg_at_10']:.4f}")
-    done("train retrieval")
-    step("train ranking")
-    k = train_ranking_step(settings)
-    console.print(f"ranker v{k['version']}: val NDCG@10 {k['val_ndcg_at_10']:.4f} (recall alone "
-                  f"{k['recall_val_ndcg_at_10']:.4f}), AUC {k['val_auc']:.3f}, rating RMSE {k['val_rating_rmse']:.3f}")
-    done("train ranking")
-    step("train copy LM")
-    c = train_copy_step(settings)
-    console.print(f"copy LM v{c['version']} ({settings.copy_base_model} + LoRA, {settings.copy_steps} steps): "
-                  f"factuality on held-out items {c['base_val_factuality']:.2f} (base) → {c['val_factuality']:.2f}, "
-                  f"perplexity {c['base_val_perplexity']:.2f} → {c['val_perplexity']:.2f}")
-    done("train copy LM")
-    step("promote")
-    for name in (RETRIEVAL_MODEL, RANKER_MODEL, COPY_MODEL):
-        try:
-            d = promote(settings, name)
-            console.print(f"{name}: champion is now v{d.version}")
-        except PromotionRefused as e:
-            console.print(f"[yellow]{e}[/] (the previous champion stays)")
-    done("promote")
-    step("export")
-    ex = export_repository(settings)
-    console.print(f"Triton repository {ex.repository} {ex.versions}; recall index {ex.index_dir}")
-    done("export")
-    step("evaluate")
+    steps = _Steps(console)
+    run_offline(settings, copy=True, progress=steps)
+    timings = steps.seconds
+    steps.start("evaluate")
     rows = evaluation_table(settings, "champion", baselines=True)
-    done("evaluate")
+    steps.done("evaluate", "")
     table = Table(title="Test split, full ranking over all items, k=10 (mean ± standard error)")
     for c in ("model", "HR@10", "NDCG@10", "MRR", "coverage@10"):
         table.add_column(c)
@@ -81,11 +54,10 @@ def run_demo(settings: Settings, console: Console) -> dict[str, float]:
     parts = ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
     console.print(f"offline pipeline wall time: {total:.0f} s ({parts})")
 
-    step("serve")
+    steps.start("serve")
     url = launcher.up(settings)
-    console.print(f"graph on {url}/recommend (Triton gRPC {settings.triton_grpc_url}, Ray dashboard "
-                  f"http://127.0.0.1:{settings.ray_dashboard_port})")
-    done("serve")
+    steps.done("serve", f"graph on {url}/recommend (Triton gRPC {settings.triton_grpc_url}, Ray dashboard "
+                        f"http://127.0.0.1:{settings.ray_dashboard_port})")
     for user_id in demo_users(settings):
         show_recommendations(console, recommend_http(settings, user_id, k=5))
     time.sleep(3)  # copy that missed its budget is generated in the background meanwhile

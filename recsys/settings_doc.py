@@ -12,8 +12,8 @@ import io
 import tokenize
 from pathlib import Path
 
-from recsys import settings as settings_module
-from recsys.settings import ENV_PREFIX, Settings
+from core import settings as settings_module
+from core.settings import ENV_PREFIX, Settings
 
 BEGIN = "<!-- settings:begin (written by `python -m recsys.settings_doc`) -->"
 END = "<!-- settings:end -->"
@@ -47,7 +47,7 @@ def reference_table() -> str:
 
 def with_reference(readme: str) -> str:
     """README text with the block between the settings markers replaced (the bench's block writer)."""
-    from recsys.bench import with_readme_block
+    from recsys.bench.report import with_readme_block
 
     return with_readme_block(readme, reference_table(), BEGIN, END)
 

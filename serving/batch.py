@@ -1,7 +1,7 @@
 """Offline batch scoring through the serving path, for e-mail/push campaigns and outside evaluation.
 
 `recsys recommend --batch USERS_FILE --out recs.jsonl`: every user goes through the same stage objects the
-graph uses (Feast online features → `Recaller` → `Ranker` with its blend and business rules); only the
+graph uses (Feast online features → `Recaller` → `RankingStage` with its blend and business rules); only the
 ranker's transport differs: the exported `model.onnx` that Triton serves runs in this process, so a batch job
 needs neither Triton nor Ray Serve. The output is written to a temporary file and renamed at the end, so a
 reader never sees half a file.
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys.errors import DataFormatError, MissingStepError
-from recsys.settings import Settings
-from serving.artifacts import onnx_session
-from training.models.ranking_inputs import INPUTS
+from core.artifacts import ONNX_FILE, onnx_session
+from core.errors import DataFormatError, MissingStepError
+from core.ranking_inputs import INPUTS
+from core.settings import Settings
 
 
 class LocalRanker:
@@ -33,7 +33,7 @@ class LocalRanker:
 
     def _session(self, version: str):
         if version not in self.sessions:
-            path = self.root / version / "model.onnx"
+            path = self.root / version / ONNX_FILE
             if not path.exists():
                 raise MissingStepError(f"ranker version {version} is not exported at {path}: run `recsys export`")
             self.sessions[version] = onnx_session(path, self.threads)
@@ -80,13 +80,13 @@ class BatchSummary:
 
 async def _score(settings: Settings, users: list[int], k: int, out: Path) -> BatchSummary:
     from serving.features import FeatureReader
-    from serving.ranking import Ranker
+    from serving.ranking import RankingStage
     from serving.recall import Recaller
 
     reader = FeatureReader(settings)
     recaller = Recaller(settings, reader)
     client = LocalRanker(settings)
-    ranker = Ranker(settings, reader, client=client)
+    ranker = RankingStage(settings, reader, client=client)
     ranker.timeout_s = 60.0  # offline: no latency budget, only a guard against a hung call
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

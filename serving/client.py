@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
-from recsys.errors import RecsysError
-from recsys.settings import Settings
-from serving.launcher import grpc_target, http_url
+from core.endpoints import grpc_target, http_url
+from core.errors import RecsysError
+from core.http_json import HttpError, request_json
+from core.settings import Settings
 
 
 class ServingError(RecsysError):
@@ -45,21 +43,13 @@ def _grpc_metadata(settings: Settings, required: bool) -> list[tuple[str, str]]:
 
 def _post(settings: Settings, path: str, payload: dict[str, Any], timeout: float,
           headers: dict[str, str] | None = None) -> dict[str, Any]:
-    body = json.dumps(payload).encode()
     url = f"{http_url(settings)}{path}"
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})},
-                                 method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        try:
-            msg = json.loads(e.read()).get("error", e.reason)
-        except (ValueError, AttributeError):
-            msg = e.reason
-        raise ServingError(f"{url} answered {e.code}: {msg}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise ServingError(f"no graph at {url} ({getattr(e, 'reason', e)}): start it with `recsys serve`") from None
+        return request_json(url, payload, timeout, headers)
+    except HttpError as e:
+        if e.status:
+            raise ServingError(f"{url} answered {e.status}: {e.message}") from None
+        raise ServingError(f"no graph at {url} ({e.message}): start it with `recsys serve`") from None
 
 
 def recommend_grpc(settings: Settings, user_id: int, k: int = 10, include_copy: bool = True,

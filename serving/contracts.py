@@ -32,12 +32,6 @@ class Degradation(BaseModel):
     fallback: str  # what the response used instead, e.g. "recall order"
 
 
-def one_line(e: BaseException) -> str:
-    """An exception as a degradation reason: its first line, bounded (never a traceback in a response)."""
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
-
-
 class UserContext(BaseModel):
     """The user's online features (empty history for an unknown user), read by Recall, used by every stage."""
 

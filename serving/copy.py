@@ -13,10 +13,10 @@ import logging
 
 from ray import serve
 
-from recsys.settings import load_settings
-from serving.artifacts import load_item_ids
+from core.artifacts import load_item_ids
+from core.copy_guard import CopyFacts, ItemFacts, Taste, template_text
+from core.settings import load_settings
 from serving.contracts import Copy, CopyResult, RankedItem, RankedItems, UserContext
-from serving.copy_guard import CopyFacts, ItemFacts, Taste, template_text
 from serving.copy_lm import CopyModel, CopyWriter, guard_from_catalogue
 from serving.features import FeatureReader
 
@@ -101,9 +101,7 @@ class CopyStage:
         return [CopyFacts(item_facts(it), taste) for it in ranked.items]
 
     async def write(self, user: UserContext, ranked: RankedItems) -> CopyResult:
-        answer = await self.writer.write(self.facts(user, ranked), self.s.copy_budget_ms / 1e3)
-        return CopyResult(copies=answer.copies, version=answer.version, late=answer.late, rejected=answer.rejected,
-                          error=answer.error, budget_ms=self.s.copy_budget_ms)
+        return await self.writer.write(self.facts(user, ranked), self.s.copy_budget_ms / 1e3)
 
     async def stats(self) -> dict:
         """Cache counters and the loaded version (benchmarks and tests read them)."""

@@ -14,15 +14,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from serving.contracts import Copy
-from serving.copy_guard import PROMPT_FORMAT, CopyFacts, Guard, Taste, template_text
-from training.copy_data import target_forms
-from training.copy_text import generate
+from core.copy_decoding import generate
+from core.copy_guard import PROMPT_FORMAT, CopyFacts, Guard, Taste, template_text
+from core.copy_phrasings import target_forms
+from serving.contracts import Copy, CopyResult
 
 log = logging.getLogger("ray.serve")  # the replica log, as the stage writes
 
@@ -62,8 +61,7 @@ class CopyModel:
             raise
 
     def _load(self, folder: Path, cache_dir: Path, dtype: str, use_gpu: bool, threads: int | None) -> None:
-        from training.copy_steps import read_copy_folder
-        from training.models.copy_lm import merged
+        from core.copy_lm import merged, read_copy_folder
 
         self.thread_id = threading.get_ident()
         if threads:
@@ -131,15 +129,6 @@ class CopyCache:
             self.rows.popitem(last=False)
 
 
-@dataclass
-class CopyAnswer:
-    copies: list[Copy]
-    version: str  # copy model version, or "template"
-    late: int  # misses answered with the template because generation missed the budget
-    rejected: int  # generated copies the guard replaced
-    error: str = ""  # generation failed (template served for those items)
-
-
 class CopyWriter:
     def __init__(self, model: CopyModel | None, guard: Guard, cache_size: int,
                  generate: Callable[[list[CopyFacts]], Awaitable[list[str]]] | None = None) -> None:
@@ -168,9 +157,10 @@ class CopyWriter:
     async def _generate(self, facts: list[CopyFacts]) -> list[Copy]:
         return self._finish(facts, await self.generate_texts(facts))
 
-    async def write(self, facts: list[CopyFacts], budget_s: float) -> CopyAnswer:
+    async def write(self, facts: list[CopyFacts], budget_s: float) -> CopyResult:
         if self.model is None:
-            return CopyAnswer([Copy(text=template_text(f), source="template") for f in facts], "template", 0, 0)
+            return CopyResult(copies=[Copy(text=template_text(f), source="template") for f in facts],
+                              version="template", budget_ms=budget_s * 1e3)
         copies: list[Copy | None] = [None] * len(facts)
         keys: dict[int, tuple[int, str]] = {}
         for i, f in enumerate(facts):
@@ -203,7 +193,8 @@ class CopyWriter:
                     error = error or f"copy generation failed: {why}"
                 else:  # late: the template now, the cache later
                     late += 1
-        return CopyAnswer([c for c in copies if c is not None], self.model.version, late, rejected, error)
+        return CopyResult(copies=[c for c in copies if c is not None], version=self.model.version, late=late,
+                          rejected=rejected, error=error, budget_ms=budget_s * 1e3)
 
     def _clear(self, keys: list[tuple[int, str]]) -> None:
         for k in keys:

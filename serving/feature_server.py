@@ -6,12 +6,10 @@ Selected by `feature_read: server` (settings); `FeatureReader` calls it exactly 
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
 
-from recsys.errors import RecsysError
+from core.errors import RecsysError
+from core.http_json import HttpError, request_json
 
 
 class FeatureServerError(RecsysError):
@@ -34,17 +32,12 @@ class FeatureServerClient:
         self.timeout_s = timeout_s
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(f"{self.url}{path}", data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as r:
-                body = r.read()
-        except urllib.error.HTTPError as e:
-            raise FeatureServerError(f"feature server {self.url}{path} answered {e.code}: "
-                                     f"{e.read()[:200].decode(errors='replace')}") from None
-        except OSError as e:
-            raise FeatureServerError(f"no feature server at {self.url} ({getattr(e, 'reason', e)})") from None
-        return json.loads(body) if body else {}
+            return request_json(f"{self.url}{path}", payload, self.timeout_s)
+        except HttpError as e:
+            if e.status:
+                raise FeatureServerError(f"feature server {self.url}{path} answered {e.status}: {e.message}") from None
+            raise FeatureServerError(f"no feature server at {self.url} ({e.message})") from None
 
     def get_online_features(self, features: list[str], entity_rows: list[dict[str, Any]]) -> OnlineResponse:
         """Rows → the server's columnar request; its columnar answer → {name: values} (NOT_FOUND → None)."""
@@ -74,6 +67,6 @@ def online_store(settings):
     default) or the Feast feature server over HTTP (`feature_read: server`, the chart's default)."""
     if settings.feature_read == "server":
         return FeatureServerClient(settings.feature_server_url, settings.feature_server_timeout_s)
-    from recsys.feature_store import feature_store
+    from core.feature_store import feature_store
 
     return feature_store(settings)

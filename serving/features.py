@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.settings import Settings
-from serving.contracts import Degradation, UserContext, one_line
+from core.errors import one_line
+from core.settings import Settings
+from serving.contracts import Degradation, UserContext
 from serving.feature_server import online_store
 
 USER_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres")

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 
 from ray import serve
 
-from recsys.settings import Settings, load_settings
-from serving.events import DirtyProfile, FeedbackEvent, Profile, open_event_log
+from core.errors import one_line
+from core.events import DirtyProfile, FeedbackEvent, Profile, open_event_log
+from core.settings import Settings, load_settings
 from serving.feature_server import online_store
 
 PUSH_SOURCE = "user_profile_push"
@@ -66,7 +67,7 @@ class FeedbackWriter:
             with self.log.push_lock():
                 return self.write(self.log.dirty_profiles(user_ids))
         except Exception as e:  # the lock itself unreachable or busy: stays dirty, the replay loop retries
-            return False, _one_line(e)
+            return False, one_line(e, typed=True)
 
     def write(self, dirty: list[DirtyProfile]) -> tuple[bool, str | None]:
         """Push these profile versions, each stamped with its update time, and record them as pushed."""
@@ -83,13 +84,9 @@ class FeedbackWriter:
         try:
             self.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
         except Exception as e:  # online store down: stays dirty, the replay loop retries
-            return False, _one_line(e)
+            return False, one_line(e, typed=True)
         self.log.mark_pushed([(d.user_id, d.version) for d in dirty])
         return True, None
-
-
-def _one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
 
 
 @serve.deployment(name="Feedback", max_ongoing_requests=32)

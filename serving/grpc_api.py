@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from core.events import FeedbackBatch
 from serving.contracts import Degradation, RecommendedItem, RecommendRequest, RecommendResponse
-from serving.events import FeedbackBatch
 from serving.proto import recsys_pb2 as pb
 
 SERVICER = "serving.proto.recsys_pb2_grpc.add_RecommenderServicer_to_server"  # Serve's grpc_servicer_functions

@@ -9,25 +9,19 @@ degraded and why (HTTP 200), so a client is never told a fallback is the real th
 
 import asyncio
 import contextlib
-import functools
-import hmac
-import json
 import logging
 import time
 import uuid
-from typing import Any
 
-import grpc
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
-from recsys.settings import Settings, load_settings
-from serving.artifacts import Route, load_item_ids
+from core.artifacts import Route, load_item_ids
+from core.errors import one_line
+from core.events import FeedbackBatch
 from serving.contracts import (
     Candidates,
     CopyResult,
@@ -39,17 +33,18 @@ from serving.contracts import (
     RecommendRequest,
     RecommendResponse,
     UserContext,
-    one_line,
 )
 from serving.copy import template_copy
-from serving.events import FeedbackBatch
+from serving.failures import Refusal, StageFailed, add_error_responses, call_stage, grpc_status
 from serving.features import FeatureReader, read_user
-from serving.grpc_api import InvalidRequest, feedback_from_proto, first_error, request_from_proto, response_to_proto
+from serving.feedback_api import ack_json, ack_proto, parse_feedback, refuse_unknown_items
+from serving.gate import Gate, admit, admit_read, replica_settings
+from serving.grpc_api import feedback_from_proto, request_from_proto, response_to_proto
 from serving.impressions import ImpressionLog
 from serving.metrics import StageMetrics
 from serving.proto import recsys_pb2 as pb
-from serving.ranking import Ranker
-from serving.ratelimit import RateLimiter, retry_after
+from serving.ranking import RankingStage
+from serving.ratelimit import RateLimiter
 
 log = logging.getLogger("ray.serve")  # the replica's log
 
@@ -57,158 +52,8 @@ api = FastAPI(title="recsys", version="1", description="Real-time recommendation
               "ranking (Triton) → copy. Degraded stages are listed in every response.")
 
 
-class StageFailed(Exception):
-    def __init__(self, stage: str, reason: str) -> None:
-        super().__init__(reason)
-        self.stage = stage
-        self.reason = reason
-
-
-@api.exception_handler(RequestValidationError)
-async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return JSONResponse({"error": "malformed JSON body"}, status_code=400)
-    field, msg = first_error(errors)
-    return JSONResponse({"error": msg, "field": field}, status_code=422)
-
-
-@api.exception_handler(StageFailed)
-async def _stage_failed(request: Request, exc: StageFailed) -> JSONResponse:
-    return JSONResponse({"error": f"{exc.stage} unavailable: {exc.reason}"}, status_code=503,
-                        headers={"Retry-After": "1"})
-
-
-@api.exception_handler(Exception)
-async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
-
-
-@functools.cache
-def _settings() -> Settings:
-    """This replica's settings, read once (not per request); the keys file is re-read at each check."""
-    return load_settings()
-
-READ_PATHS = frozenset({"/recommend"})  # what `read_requires_key` closes; health and readiness stay open
-
-
-def _authorized(header: str | None, keys: list[str]) -> bool:
-    """Bearer key check in constant time; no keys configured → nothing is authorized (writes are closed)."""
-    scheme, _, key = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not key:
-        return False
-    return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
-
-
-def _read_refused(authorization: str | None) -> str | None:
-    """Why a read is refused (read_requires_key on and no valid key), or None when it may go on."""
-    s = _settings()
-    if not s.read_requires_key or _authorized(authorization, s.accepted_keys()):
-        return None
-    return "missing or invalid API key (Authorization: Bearer KEY): this deployment requires one for reads"
-
-
-class Gate:
-    """413 before the body is read when Content-Length is over the limit; 401 on a read without a required key.
-
-    Pure ASGI, so both answer before FastAPI parses (a bad body without a key is a 401, not a 422), and
-    Starlette's `@app.middleware("http")` would wrap every request in an extra task and stream.
-    """
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            size = headers.get(b"content-length", b"")
-            limit = _settings().max_request_bytes
-            if size.isdigit() and int(size) > limit:
-                await JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)(scope, receive, send)
-                return
-            if scope["path"] in READ_PATHS:
-                refused = _read_refused(headers.get(b"authorization", b"").decode("latin-1") or None)
-                if refused:
-                    await JSONResponse({"error": refused}, status_code=401,
-                                       headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-api.add_middleware(Gate)
-
-
-async def _call(stage: str, response, timeout_ms: float) -> Any:
-    """Await one handle call (or a stage run in this replica: a coroutine) with the stage's timeout; any
-    failure becomes StageFailed(stage, reason).
-
-    Under overload Serve's router can cancel a call this request never cancelled (measured at 32 concurrent
-    clients: ~25 % of requests, which Serve answered as a bare HTTP 500). That is the stage's failure, answered
-    with its degraded fallback; only a cancellation of this request itself (client gone, replica stopping)
-    propagates.
-    """
-    try:
-        return await asyncio.wait_for(response, timeout_ms / 1e3)
-    except TimeoutError:
-        if not asyncio.iscoroutine(response):  # wait_for cancelled a coroutine itself; a handle call is remote
-            response.cancel()
-        raise StageFailed(stage, f"timeout after {timeout_ms:.0f} ms") from None
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is None or task.cancelling():
-            raise
-        why = "cancelled" if asyncio.iscoroutine(response) else "call cancelled by Serve (overloaded)"
-        raise StageFailed(stage, why) from None
-    except Exception as e:
-        lines = str(e).strip().splitlines()
-        raise StageFailed(stage, (lines[-1] if lines else type(e).__name__)[:200]) from None
-
-
-class Refusal(Exception):
-    """A write refused before anything was stored; one refusal, two encodings (HTTP status, gRPC code)."""
-
-    def __init__(self, http: int, code: grpc.StatusCode, message: str, field: str | None = None,
-                 retry_after: str | None = None) -> None:
-        super().__init__(message)
-        self.http, self.code, self.message, self.field, self.retry_after = http, code, message, field, retry_after
-
-    def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.http == 401 else {}
-        if self.retry_after:
-            headers["Retry-After"] = self.retry_after
-        body = {"error": self.message, **({"field": self.field} if self.field else {})}
-        return JSONResponse(body, status_code=self.http, headers=headers)
-
-
-def _parse_feedback(raw: bytes) -> FeedbackBatch:
-    """One event or {"events": [...]} → a batch; malformed JSON 400, invalid fields 422 naming the field."""
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise Refusal(400, grpc.StatusCode.INVALID_ARGUMENT, "malformed JSON body") from None
-    except RecursionError:  # "[[[[…" within the size limit: the decoder gives up, the client gets a 400
-        raise Refusal(400, grpc.StatusCode.INVALID_ARGUMENT, "malformed JSON body (nested too deeply)") from None
-    if isinstance(body, dict) and "events" not in body:
-        body = {"events": [body]}
-    try:
-        return FeedbackBatch.model_validate(body)
-    except ValidationError as e:
-        field, msg = first_error(e.errors())
-        raise Refusal(422, grpc.StatusCode.INVALID_ARGUMENT, msg, field) from None
-
-
-def _set_status(grpc_context: RayServegRPCContext, e: Exception) -> None:
-    """One mapping of failures to gRPC status for every method: the code and a one-line message."""
-    if isinstance(e, Refusal):
-        code, details = e.code, e.message
-    elif isinstance(e, InvalidRequest):
-        code, details = grpc.StatusCode.INVALID_ARGUMENT, str(e)
-    elif isinstance(e, StageFailed):
-        code, details = grpc.StatusCode.UNAVAILABLE, f"{e.stage} unavailable: {e.reason}"
-    else:
-        code, details = grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__})"
-    grpc_context.set_code(code)
-    grpc_context.set_details(details)
+add_error_responses(api)  # 400 / 422 naming the field, 503 naming the lost stage, 500 without internals
+api.add_middleware(Gate)  # 413 and 401 before a body is parsed
 
 
 def _recall_order(cands: Candidates, k: int, reason: str) -> RankedItems:
@@ -232,11 +77,13 @@ def _popular_order(popular: list[int], user: UserContext, n: int) -> Candidates:
 @serve.deployment(name="Ingress", max_ongoing_requests=64)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, recall: DeploymentHandle, copy: DeploymentHandle, feedback: DeploymentHandle) -> None:
-        self.recall, self.copy, self.feedback = recall, copy, feedback
-        self.s = _settings()  # the same object the ASGI gate reads
+    def __init__(self, recall: DeploymentHandle, ranking: type[RankingStage], copy: DeploymentHandle,
+                 feedback: DeploymentHandle) -> None:
+        """`ranking` is built here, in this replica (see `serving.app`); the other stages are deployments."""
+        self.recall, self.ranking, self.copy, self.feedback = recall, ranking, copy, feedback
+        self.s = replica_settings()  # the same object the ASGI gate reads
         self.reader = FeatureReader(self.s)  # item rows for ranking; the user's only when Recall is lost
-        self.ranker: Ranker | None = None  # the ranking stage: Triton client, item cache, rules
+        self.ranker: RankingStage | None = None  # the ranking stage: Triton client, item cache, rules
         self.ranker_error = ""
         self._load_ranker(None)
         self.known_items = {int(i) for i in load_item_ids(self.s)[1:]}  # index 0 is padding
@@ -250,7 +97,7 @@ class Ingress:
         """A ranking stage that cannot start (its route's files missing at start-up) does not take the API down:
         requests get recall order, flagged with this reason, and /readyz says not ready."""
         try:
-            self.ranker = Ranker(self.s, self.reader, route=route)
+            self.ranker = self.ranking(self.s, self.reader, route=route)
         except Exception as e:
             self.ranker_error = one_line(e)
             log.error("ranking stage not loaded, answering in recall order: %s", self.ranker_error)
@@ -275,7 +122,7 @@ class Ingress:
         """Refresh the fallback list from Recall now and then; a failed refresh keeps the last good one."""
         while True:
             with contextlib.suppress(StageFailed):
-                self.popular = await _call("recall", self.recall.popular.remote(
+                self.popular = await call_stage("recall", self.recall.popular.remote(
                     self.s.recall_candidates + self.s.popular_candidates), 5000)
             await asyncio.sleep(60 if self.popular else 2)
 
@@ -290,46 +137,24 @@ class Ingress:
     async def feedback_route(self, request: Request) -> JSONResponse:
         """Events (one, or {"events": [...]}): acknowledged only once durably logged; 401 without a key."""
         try:
-            key = self._admit(request.headers.get("authorization"))
-            batch = _parse_feedback(await request.body())
-            result = await self._feedback(key, batch)
+            admit(request.headers.get("authorization"), self.s, self.limiter)
+            result = await self._feedback(parse_feedback(await request.body()))
         except Refusal as r:
             return r.response()
-        return JSONResponse({"accepted": len(result["accepted"]), "duplicates": len(result["duplicates"]),
-                             "event_ids": result["accepted"] + result["duplicates"], "pushed": result["pushed"],
-                             **({"push_error": result["push_error"]} if result["push_error"] else {})})
+        return JSONResponse(ack_json(result))
 
     async def Feedback(self, request: pb.FeedbackRequest,  # the gRPC method name
                        grpc_context: RayServegRPCContext) -> pb.FeedbackResponse:
         try:
-            key = self._admit(dict(grpc_context.invocation_metadata()).get("authorization"))
-            result = await self._feedback(key, feedback_from_proto(request))
-            return pb.FeedbackResponse(accepted=len(result["accepted"]), duplicates=len(result["duplicates"]),
-                                       event_ids=result["accepted"] + result["duplicates"],
-                                       pushed=result["pushed"], push_error=result["push_error"] or "")
+            admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
+            return ack_proto(await self._feedback(feedback_from_proto(request)))
         except Exception as e:
-            _set_status(grpc_context, e)
+            grpc_status(grpc_context, e)
         return pb.FeedbackResponse()
 
-    def _admit(self, authorization: str | None) -> str:
-        """The caller's key if it is valid and within its rate, else a Refusal (401 / 429)."""
-        if not _authorized(authorization, self.s.accepted_keys()):
-            raise Refusal(401, grpc.StatusCode.UNAUTHENTICATED,
-                          "missing or invalid API key (Authorization: Bearer KEY)")
-        key = (authorization or "").partition(" ")[2]
-        wait = self.limiter.acquire(key)
-        if wait > 0:
-            raise Refusal(429, grpc.StatusCode.RESOURCE_EXHAUSTED, f"rate limit of {self.s.write_rate_per_s:g} "
-                          "writes/s for this key", retry_after=retry_after(wait))
-        return key
-
-    async def _feedback(self, key: str, batch: FeedbackBatch) -> dict:
-        unknown = [j for j, e in enumerate(batch.events) if e.item_id not in self.known_items]
-        if unknown:
-            j = unknown[0]
-            raise Refusal(422, grpc.StatusCode.INVALID_ARGUMENT, f"unknown item {batch.events[j].item_id}",
-                          f"events.{j}.item_id")
-        return await _call("feedback", self.feedback.record.remote(batch.events), self.s.feedback_timeout_ms)
+    async def _feedback(self, batch: FeedbackBatch) -> dict:
+        refuse_unknown_items(batch, self.known_items)
+        return await call_stage("feedback", self.feedback.record.remote(batch.events), self.s.feedback_timeout_ms)
 
     async def Recommend(self, request: pb.RecommendRequest,  # the gRPC method name
                         grpc_context: RayServegRPCContext) -> pb.RecommendResponse:
@@ -337,12 +162,10 @@ class Ingress:
         metadata = dict(grpc_context.invocation_metadata())
         rid = metadata.get("x-request-id") or uuid.uuid4().hex
         try:
-            refused = _read_refused(metadata.get("authorization"))
-            if refused:
-                raise Refusal(401, grpc.StatusCode.UNAUTHENTICATED, refused)
+            admit_read(metadata.get("authorization"))
             return response_to_proto(await self._recommend(request_from_proto(request), rid))
         except Exception as e:
-            _set_status(grpc_context, e)
+            grpc_status(grpc_context, e)
         return pb.RecommendResponse()
 
     async def _recommend(self, req: RecommendRequest, rid: str) -> RecommendResponse:
@@ -362,7 +185,7 @@ class Ingress:
             self._popular_task = asyncio.create_task(self._keep_popular())
         t = time.perf_counter()
         try:
-            got: Recalled = await _call("recall", self.recall.recall.remote(req.user_id),
+            got: Recalled = await call_stage("recall", self.recall.recall.remote(req.user_id),
                                         self.s.features_timeout_ms + self.s.recall_timeout_ms)
             user, cands, features_ms = got.user, got.candidates, got.features_ms
             if got.degraded:
@@ -383,7 +206,7 @@ class Ingress:
         # here: the stage itself failed or overran (e.g. its item read stuck) → recall order too.
         t = time.perf_counter()
         try:
-            ranked: RankedItems = await _call("ranking", self._rank(user, cands, req.k),
+            ranked: RankedItems = await call_stage("ranking", self._rank(user, cands, req.k),
                                               self.s.ranking_timeout_ms + self.s.features_timeout_ms)
         except StageFailed as e:
             ranked = _recall_order(cands, req.k, e.reason)
@@ -397,7 +220,7 @@ class Ingress:
         if req.include_copy and ranked.items:
             t = time.perf_counter()
             try:
-                res: CopyResult = await _call("copy", self.copy.write.remote(user, ranked), self.s.copy_timeout_ms)
+                res: CopyResult = await call_stage("copy", self.copy.write.remote(user, ranked), self.s.copy_timeout_ms)
                 copies, copy_version = res.copies, res.version
                 if res.late:
                     degraded.append(Degradation(
@@ -431,7 +254,7 @@ class Ingress:
     async def readyz(self) -> JSONResponse:
         """Ready only when Triton has the champion ranker loaded (the graph can answer un-degraded)."""
         try:
-            ok = self.ranker is not None and await _call("ranking", self.ranker.client.ready(self.ranker.version),
+            ok = self.ranker is not None and await call_stage("ranking", self.ranker.client.ready(self.ranker.version),
                                                          2000)
         except StageFailed:
             ok = False

@@ -6,7 +6,7 @@ KServe in a cluster), and what is left here, an item-row gather, one gRPC call a
 against ~3–4 ms for the Serve hop a separate deployment would cost on each request.
 Triton down, slow or erroring → the candidates keep recall order and the answer carries a `Degradation`;
 the rules (no repeats, genre diversity) apply either way. Inputs are built with the same transforms the
-ranker was trained on (`training.models.ranking_inputs`), with indices from the exported recall index.
+ranker was trained on (`core.ranking_inputs`), with indices from the exported recall index.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys.settings import Settings
-from serving.artifacts import Route, item_index, load_item_ids, model_info, read_route
-from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext, one_line
+from core.artifacts import Route, item_index, load_item_ids, model_info, read_route
+from core.errors import one_line
+from core.ranking_inputs import blend, item_dense_arrays, user_dense_arrays
+from core.settings import Settings
+from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
-from training.models.ranking_inputs import blend, item_dense_arrays, user_dense_arrays
 
 log = logging.getLogger("ray.serve")  # the replica's log
 
@@ -74,7 +75,7 @@ class RankerVersion:
                    cfg.get("serving_inputs", "per_row") == "user_once")
 
 
-class Ranker:
+class RankingStage:
     def __init__(self, settings: Settings, reader: FeatureReader | None = None,
                  client: RankerClient | None = None, route: Route | None = None) -> None:
         self.settings = settings

@@ -15,8 +15,9 @@ import asyncio
 import numpy as np
 from ray import serve
 
-from recsys.settings import Settings, load_settings
-from serving.artifacts import load_recall_index, model_info, onnx_session
+from core.artifacts import ONNX_FILE, load_recall_index, model_info, onnx_session
+from core.names import USER_ENCODER
+from core.settings import Settings, load_settings
 from serving.contracts import Candidates, Recalled, UserContext
 from serving.features import FeatureReader, read_user
 
@@ -30,7 +31,7 @@ class Recaller:
         info = model_info(settings, "user_encoder")
         self.version = info.version
         self.max_len = int(info.config["max_len"])
-        self.encoder = onnx_session(settings.model_repo / "user_encoder" / info.version / "model.onnx")
+        self.encoder = onnx_session(settings.model_repo / USER_ENCODER / info.version / ONNX_FILE)
         reader = reader or FeatureReader(settings)
         pop = reader.items(self.index.item_ids[1:], fields=("popularity",)).popularity
         order = np.argsort(-pop, kind="stable")
@@ -93,8 +94,7 @@ class Recaller:
 @serve.deployment(name="Recall", max_ongoing_requests=32)
 class Recall:
     """The user's features (Feast) and their candidates, in one call: recall is the first stage that needs the
-    features, and a separate Features hop cost ~4 ms of CPU per request here (measured: one hop fewer gave
-    −20 % CPU and +25 % req/s at c=8).
+    features, and a Serve hop of its own costs more CPU per request than the read (README, Architecture).
 
     `user_config` = {"retrieval": version}: a new version loads the exported index beside the old one,
     off the event loop, then swaps one reference; requests keep being answered by the old one meanwhile."""

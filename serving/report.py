@@ -11,8 +11,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from core.names import RANKER_MODEL, RETRIEVAL_MODEL
+
 POSITIVE = {"click", "rate", "favorite", "purchase"}
-MODELS = {"ranker": "recsys-ranker", "retrieval": "recsys-retrieval"}  # impression key → registered model
+MODELS = {"ranker": RANKER_MODEL, "retrieval": RETRIEVAL_MODEL}  # impression key → registered model
 OFFLINE = ("val_hr_at_10", "test_hr_at_10", "test_ndcg_at_10")
 
 

@@ -9,7 +9,7 @@ import asyncio
 
 import numpy as np
 
-from training.models.ranking_inputs import INPUTS
+from core.ranking_inputs import INPUTS
 
 _DTYPES = {"history": "INT64", "item": "INT64", "item_dense": "FP32", "item_content": "FP32",
            "user_dense": "FP32", "recall_score": "FP32"}

@@ -8,9 +8,10 @@ import re
 import time
 from dataclasses import dataclass
 
-from serving.copy_guard import CopyFacts, Guard
-from training.copy_data import target_forms
-from training.copy_text import generate, target_nll
+from core.copy_decoding import generate
+from core.copy_guard import CopyFacts, Guard
+from core.copy_phrasings import target_forms
+from training.copy_text import target_nll
 
 
 def distinct_n(texts: list[str], n: int) -> float:

@@ -7,7 +7,6 @@ Serving needs the same base model (hub name, or the offline SmolLM2) plus this f
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,17 +14,16 @@ from typing import Any
 
 import torch
 
-from recsys.errors import MissingStepError
-from recsys.settings import Settings
-from serving.copy_guard import PROMPT_FORMAT, Guard
+from core.artifacts import COPY_DIR, set_current
+from core.copy_guard import PROMPT_FORMAT, Guard
+from core.copy_lm import ARTIFACT_DIR, CopyLMConfig, read_copy_folder, write_copy_folder
+from core.errors import MissingStepError
+from core.names import CHAMPION, COPY_MODEL
+from core.settings import Settings
 from training.copy_data import build_pairs
 from training.datasets import Prepared, prepare
-from training.models.copy_lm import CopyLMConfig
-from training.registry import CHAMPION, download_artifacts, register_artifacts, set_challenger, version_by_alias
-from training.tracking import COPY_MODEL, setup_mlflow
-
-ADAPTER_FILE = "adapter.safetensors"
-ARTIFACT_DIR = "copy"
+from training.registry import download_artifacts, register_artifacts, set_challenger, version_by_alias
+from training.tracking import setup_mlflow
 
 
 def guard_for(prepared: Prepared) -> Guard:
@@ -39,25 +37,6 @@ def copy_config(settings: Settings, **overrides: Any) -> CopyLMConfig:
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
-
-
-def write_copy_folder(out: Path, adapter: dict[str, torch.Tensor], cfg: CopyLMConfig, extra: dict[str, Any]) -> Path:
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in adapter.items()}, str(out / ADAPTER_FILE))
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    for name, value in extra.items():
-        (out / name).write_text(json.dumps(value, indent=1))
-    return out
-
-
-def read_copy_folder(folder: Path) -> tuple[CopyLMConfig, dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    data = json.loads((folder / "config.json").read_text())
-    data.setdefault("prompt", "json-0")  # adapters written before formats were recorded were trained on JSON
-    return CopyLMConfig(**data), load_file(str(folder / ADAPTER_FILE))
 
 
 def champion_adapter(settings: Settings) -> tuple[dict[str, torch.Tensor] | None, str, str]:
@@ -139,7 +118,7 @@ def export_copy(settings: Settings) -> str | None:
         mv = version_by_alias(settings, COPY_MODEL, CHAMPION)
     except MissingStepError:
         return None
-    root = settings.model_repo / "copy"
+    root = settings.model_repo / COPY_DIR
     target = root / str(mv.version)
     with tempfile.TemporaryDirectory() as d:
         folder = download_artifacts(settings, mv.run_id, Path(d), ARTIFACT_DIR)
@@ -147,6 +126,5 @@ def export_copy(settings: Settings) -> str | None:
             shutil.rmtree(target)
         root.mkdir(parents=True, exist_ok=True)
         shutil.copytree(folder, target)
-    (root / "CURRENT.tmp").write_text(str(mv.version))
-    (root / "CURRENT.tmp").replace(root / "CURRENT")
+    set_current(root, str(mv.version))
     return str(mv.version)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from recsys.settings import Settings
+from core.settings import Settings
 from training.data.schema import MANIFEST, Dataset, load_dataset
 from training.data.split import Split, leave_last_out
 from training.sequences import histories

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from recsys.settings import Settings
+from core.names import RANKER_MODEL
+from core.settings import Settings
 from training.datasets import prepare
 from training.registry import version_by_alias
-from training.tracking import RANKER_MODEL
 
 
 def evaluation_table(settings: Settings, alias: str = "challenger", baselines: bool = True,

@@ -17,11 +17,22 @@ from typing import Literal
 
 import numpy as np
 
-from recsys.settings import Settings
-from serving.artifacts import ANN_FILE
+from core.artifacts import (
+    ANN_FILE,
+    CONFIG_PBTXT,
+    EMBEDDINGS_FILE,
+    ITEM_IDS_FILE,
+    ONNX_FILE,
+    RECALL_INDEX_DIR,
+    set_current,
+    version_exported,
+    write_route_meta,
+    write_version_meta,
+)
+from core.names import CHAMPION, RANKER_MODEL, REGISTERED, RETRIEVAL_MODEL
+from core.settings import Settings
 from training.copy_steps import export_copy
-from training.registry import CHAMPION, download_artifacts, version_by_alias
-from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL
+from training.registry import download_artifacts, version_by_alias
 
 Backend = Literal["python", "onnxruntime"]
 
@@ -116,24 +127,23 @@ def write_version(repo: Path, name: str, version: str, onnx_file: Path, cfg: dic
     """One version folder: model.onnx (+ model.py) and its own recsys.json; the route is not touched."""
     vdir = repo / name / version
     vdir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(onnx_file, vdir / "model.onnx")
+    shutil.copyfile(onnx_file, vdir / ONNX_FILE)
     if backend == "python":
         (vdir / "model.py").write_text(PYTHON_MODEL)
-    (vdir / "recsys.json").write_text(json.dumps({"version": version, "config": cfg}, indent=1))
+    write_version_meta(repo, name, version, cfg)
     return vdir
 
 
 def write_config(repo: Path, name: str, cfg: dict, backend: Backend, versions: list[str]) -> None:
     text = config_pbtxt(name, backend, *SPECS[name](cfg), MAX_BATCH[name], versions)
-    tmp = repo / name / "config.pbtxt.tmp"
+    tmp = repo / name / (CONFIG_PBTXT + ".tmp")
     tmp.write_text(text)
-    tmp.replace(repo / name / "config.pbtxt")
+    tmp.replace(repo / name / CONFIG_PBTXT)
 
 
 def write_champion(repo: Path, name: str, version: str, cfg: dict) -> None:
     """The model's top-level recsys.json: all traffic to `version` (no challenger)."""
-    (repo / name / "recsys.json").write_text(json.dumps({"version": version, "config": cfg, "challenger": None},
-                                                       indent=1))
+    write_route_meta(repo, name, version, cfg)
 
 
 def write_model(repo: Path, name: str, version: str, onnx_file: Path, cfg: dict, backend: Backend) -> Path:
@@ -147,7 +157,7 @@ def write_model(repo: Path, name: str, version: str, onnx_file: Path, cfg: dict,
 def export_missing(settings: Settings, name: str, versions: list[str], backend: Backend) -> None:
     """Export the registered versions the model repository lacks (a route may only name exported versions)."""
     for v in versions:
-        if not (settings.model_repo / name / v / "recsys.json").exists():
+        if not version_exported(settings.model_repo, name, v):
             export_version(settings, name, v, backend)
 
 
@@ -155,7 +165,7 @@ def export_version(settings: Settings, name: str, version: str, backend: Backend
     """Export one registered ranker/user-encoder version beside the others (for a canary or a live swap)."""
     from training.registry import client
 
-    model = {"ranker": RANKER_MODEL, "user_encoder": RETRIEVAL_MODEL}[name]
+    model = REGISTERED[name]
     mv = client(settings).get_model_version(model, version)
     with tempfile.TemporaryDirectory() as d:
         art = download_artifacts(settings, mv.run_id, Path(d) / name)
@@ -204,11 +214,11 @@ def export_retrieval(settings: Settings, backend: Backend = "python") -> tuple[P
     """The retrieval champion's serving half: user encoder, item embeddings, ANN index, then CURRENT.
 
     CURRENT is written last, so a Recall replica that reloads never sees a half-written index. The ranker is
-    not touched: a live swap changes it through `serving.rollout` (Triton must load before the route moves).
+    not touched: a live swap changes it through `ops.rollout` (Triton must load before the route moves).
     """
     retrieval = version_by_alias(settings, RETRIEVAL_MODEL, CHAMPION)
     settings.model_repo.mkdir(parents=True, exist_ok=True)
-    index_root = settings.home / "recall_index"
+    index_root = settings.home / RECALL_INDEX_DIR
     with tempfile.TemporaryDirectory() as d:
         ra = download_artifacts(settings, retrieval.run_id, Path(d) / "retrieval")
         rcfg = json.loads((ra / "config.json").read_text())
@@ -216,15 +226,15 @@ def export_retrieval(settings: Settings, backend: Backend = "python") -> tuple[P
                     backend)
         index_dir = index_root / str(retrieval.version)
         index_dir.mkdir(parents=True, exist_ok=True)
-        emb = np.load(ra / "item_embeddings.npy")
-        np.save(index_dir / "item_embeddings.npy", emb)
+        emb = np.load(ra / EMBEDDINGS_FILE)
+        np.save(index_dir / EMBEDDINGS_FILE, emb)
         write_ann_index(emb, index_dir / ANN_FILE)
-        shutil.copyfile(ra / "item_ids.json", index_dir / "item_ids.json")
-        (index_root / "CURRENT").write_text(str(retrieval.version))
+        shutil.copyfile(ra / ITEM_IDS_FILE, index_dir / ITEM_IDS_FILE)
+        set_current(index_root, str(retrieval.version))
     return index_dir, str(retrieval.version)
 
 
 def repository_backend(settings: Settings, name: str = "ranker") -> Backend:
     """The backend an existing export used (so a live swap adds a version in the same form)."""
-    text = (settings.model_repo / name / "config.pbtxt").read_text()
+    text = (settings.model_repo / name / CONFIG_PBTXT).read_text()
     return "onnxruntime" if "onnxruntime_onnx" in text else "python"

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.errors import MissingStepError
-from recsys.feature_store import feature_store
-from recsys.settings import Settings
+from core.errors import MissingStepError
+from core.feature_store import feature_store
+from core.settings import Settings
 from training import dask_tokens
 from training.content import embed_items
 from training.data.schema import Dataset
@@ -82,8 +82,8 @@ def item_feature_table(ds: Dataset, train: pd.DataFrame, embeddings: np.ndarray)
     )
 
 
-def load_definitions(repo: Path):
-    """Import the Feast repo's definitions module fresh, so it sees the current settings."""
+def load_definitions(repo: Path, features_dir: Path):
+    """Import the Feast repo's definitions module fresh and place its file sources under `features_dir`."""
     path = repo / "features.py"
     if not path.exists():
         raise MissingStepError(f"no Feast definitions at {path}: is `feature_repo` set correctly?")
@@ -93,6 +93,8 @@ def load_definitions(repo: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
+    for source in (module.user_profile_source, module.item_features_source):
+        source.file_options.uri = str(features_dir.resolve() / Path(source.path).name)
     return module
 
 
@@ -107,7 +109,7 @@ def build_features(settings: Settings, ds: Dataset, split: Split) -> dict[str, i
     items.to_parquet(fdir / "item_features.parquet", index=False)
 
     store = feature_store(settings)
-    defs = load_definitions(settings.feature_repo)
+    defs = load_definitions(settings.feature_repo, fdir)
     objects = [defs.user, defs.item, defs.user_profile_source, defs.item_features_source,
                defs.user_profile_push, defs.user_profile, defs.item_features, defs.retrieval_v1,
                defs.ranking_v1]

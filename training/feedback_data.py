@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from recsys.settings import Settings
+from core.settings import Settings
 from training.data.schema import (
     AGE,
     EVENT_TYPE,
@@ -40,7 +40,7 @@ def _watermark(data_dir: Path) -> int:
 
 def merge_events(settings: Settings) -> dict[str, Any]:
     """Append feedback logged since the last merge to the prepared data; returns what was added."""
-    from serving.events import has_event_log, open_event_log
+    from core.events import has_event_log, open_event_log
 
     data_dir = settings.data_dir
     since = _watermark(data_dir)

@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
-from recsys.errors import ConfigError, MissingStepError, PromotionRefused
-from recsys.settings import Settings
-from training.registry import CHALLENGER, CHAMPION, version_by_alias
-from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL, client
+from core.errors import ConfigError, MissingStepError, PromotionRefused
+from core.names import CHALLENGER, CHAMPION, RANKER_MODEL, RETRIEVAL_MODEL
+from core.settings import Settings
+from training.registry import version_by_alias
+from training.tracking import client
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DIRECTIONS = ("maximize", "minimize")

@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys.settings import Settings
+from core.ranking_inputs import USER_DENSE_FEATURES
+from core.settings import Settings
 from training.datasets import Prepared
 from training.features import item_features, training_entities, user_features_at
 from training.models.ranking import RankingConfig, item_dense, user_dense
-from training.models.ranking_inputs import USER_DENSE_FEATURES
 from training.models.retrieval import SASRec
 from training.sequences import left_pad
 

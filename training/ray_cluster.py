@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from recsys.errors import ConfigError
-from recsys.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 
 
 def ensure_ray(settings: Settings) -> None:
@@ -16,7 +16,7 @@ def ensure_ray(settings: Settings) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray ≥ 2.5x token auth: off for the embedded cluster
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from serving.launcher import connect
+    from core.endpoints import connect
 
     if connect(settings):  # the configured cluster, or the local serving head when one is listening
         return

@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.errors import MissingStepError
-from recsys.settings import Settings
+from core.errors import MissingStepError
+from core.names import CHALLENGER
+from core.settings import Settings
 from training.tracking import client
-
-CHALLENGER, CHAMPION = "challenger", "champion"
 
 
 def log_pytorch(model: torch.nn.Module, example: tuple[torch.Tensor, ...], names: list[str],

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.errors import MissingStepError
-from recsys.settings import Settings
+from core.errors import MissingStepError
+from core.names import CHALLENGER, CHAMPION, RANKER_MODEL, RETRIEVAL_MODEL
+from core.settings import Settings
 from training.data.movielens import download_movielens, load_movielens
 from training.data.schema import save_dataset
 from training.data.synthetic import generate_synthetic
@@ -28,15 +29,8 @@ from training.onnx_export import (
     serving_example,
     user_encoder_example,
 )
-from training.registry import (
-    CHALLENGER,
-    CHAMPION,
-    log_artifacts,
-    log_pytorch,
-    set_challenger,
-    version_by_alias,
-)
-from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL, setup_mlflow
+from training.registry import log_artifacts, log_pytorch, set_challenger, version_by_alias
+from training.tracking import setup_mlflow
 
 
 @dataclass

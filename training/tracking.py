@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import os
 
-from recsys.settings import Settings
-
-RETRIEVAL_MODEL = "recsys-retrieval"
-RANKER_MODEL = "recsys-ranker"
-COPY_MODEL = "recsys-copy"
-MODELS = (RETRIEVAL_MODEL, RANKER_MODEL)  # the recommendation models; the copy LM is promoted on its own
+from core.settings import Settings
 
 
 def setup_mlflow(settings: Settings) -> str:

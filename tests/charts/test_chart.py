@@ -3,7 +3,7 @@
 Checks: `helm lint`; `helm template` output validated with kubernetes-validate (built-in kinds, strict) and the
 shared KubeRay/KServe CRD schemas (validate_cr.py); checkov's Kubernetes policies with no failure and every skip
 explained in the chart; assertions on rendered paths; the values schema rejecting bad
-values; the rendered settings file loading through `recsys.settings.load_settings` (chart ↔ code drift guard); the
+values; the rendered settings file loading through `core.settings.load_settings` (chart ↔ code drift guard); the
 RayService naming the Serve application and deployments that exist in serving/.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from recsys.settings import load_settings
+from core.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"  # the clean-clone layout: ../shared beside the repository
@@ -570,8 +570,8 @@ def test_scrape_annotations_and_dashboard(helm: Path) -> None:
 def test_the_charts_redis_runs_as_the_event_log_requires(helm: Path, tmp_path: Path) -> None:
     """The Redis StatefulSet's own arguments, given to a real redis-server: the event log opens on it (it
     refuses a Redis that does not fsync before acknowledging) and its data outlives a SIGKILL."""
-    from serving.events import FeedbackEvent
-    from serving.events_redis import RedisEventLog
+    from core.events import FeedbackEvent
+    from core.events_redis import RedisEventLog
     from tests.conftest import RedisProcess
 
     sts = one(docs(render(helm, "default")), "StatefulSet", f"{RELEASE}-redis")

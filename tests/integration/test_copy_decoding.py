@@ -7,9 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from serving.copy_guard import CopyFacts, ItemFacts, Taste
-from training.copy_data import target_forms
-from training.copy_text import first_line, generate, greedy, prompt_ids
+from core.copy_decoding import first_line, generate, greedy, prompt_ids
+from core.copy_guard import CopyFacts, ItemFacts, Taste
+from core.copy_phrasings import target_forms
+
+pytestmark = pytest.mark.slow  # loads SmolLM2 and decodes on 2 CPU cores (~50 s)
 
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ITEMS = [("Fargo (1996)", 1996, ["Crime", "Drama", "Thriller"]), ("Heat (1995)", 1995, ["Action", "Crime"]),
@@ -20,8 +22,8 @@ MAX_NEW = 24
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from recsys.settings import load_settings
-    from training.models.copy_lm import load_base
+    from core.copy_lm import load_base
+    from core.settings import load_settings
 
     model, tok = load_base(BASE, load_settings().model_cache)
     return model.eval(), tok
@@ -82,10 +84,10 @@ def test_drafts_the_model_agrees_with_save_forward_passes(smollm2) -> None:
 def test_joined_requests_decode_one_viewer_at_a_time_in_their_order(smollm2, tmp_path) -> None:
     """`@serve.batch` hands the copy model several requests' items at once: each viewer is decoded on its own
     (its prefix shared), and every text goes back to its item."""
-    from recsys.settings import load_settings
+    from core.copy_lm import CopyLMConfig, add_lora, load_base, write_copy_folder
+    from core.settings import load_settings
     from serving.copy_lm import CopyModel
-    from training.copy_steps import write_copy_folder
-    from training.models.copy_lm import CopyLMConfig, add_lora, load_base, lora_state
+    from training.models.lora_shards import lora_state
 
     model, tok = smollm2
     cfg = CopyLMConfig(base_model=BASE, max_new_tokens=MAX_NEW)

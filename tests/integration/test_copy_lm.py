@@ -14,7 +14,8 @@ import pytest
 from tests.conftest import run_cli
 
 STEPS = "40"
-pytestmark = pytest.mark.timeout(1800)  # the fixture fine-tunes a 135 M model on 2 CPU cores (~6 min)
+# The fixture fine-tunes a 135 M model on 2 CPU cores (~6 min).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +30,14 @@ def copy_home(feature_home: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 def _client(home: Path, use_home):
     use_home(home)
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from training.tracking import client
 
     return load_settings(), client(load_settings())
 
 
 def test_fine_tuning_learns_grounded_copy_and_is_tracked(copy_home: Path, use_home) -> None:
-    from training.tracking import COPY_MODEL
+    from core.names import COPY_MODEL
 
     _, c = _client(copy_home, use_home)
     mv = c.get_model_version_by_alias(COPY_MODEL, "challenger")
@@ -56,8 +57,8 @@ def test_served_copy_is_guarded_within_budget_then_from_the_cache(copy_home: Pat
     res = run_cli(copy_home, "promote", "copy", "--force")
     assert res.returncode == 0, res.stderr[-3000:]
     s, _ = _client(copy_home, use_home)
-    from serving.artifacts import exported_copy_version
-    from serving.copy_guard import CopyFacts, ItemFacts, Taste
+    from core.artifacts import exported_copy_version
+    from core.copy_guard import CopyFacts, ItemFacts, Taste
     from serving.copy_lm import CopyModel, CopyWriter
     from training.copy_steps import guard_for
     from training.datasets import prepare
@@ -104,7 +105,7 @@ def test_throughput_run_trains_per_epoch_and_tracks_nothing(feature_home: Path, 
     """The bench's 1-worker copy run: real Ray Train steps (tiny Llama, same code path), no evaluation, no
     MLflow run or registered version."""
     use_home(feature_home)
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from training.copy_steps import copy_throughput
     from training.tracking import setup_mlflow
 
@@ -131,7 +132,7 @@ def test_fsdp_over_two_workers_trains_the_same_adapter_as_ddp(feature_home: Path
     import ray
     import torch
 
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from training.copy_data import build_pairs
     from training.copy_steps import copy_config, guard_for
     from training.datasets import prepare
@@ -164,7 +165,7 @@ def test_fsdp_run_resumed_after_an_epoch_ends_where_the_straight_run_ends(featur
     import ray
     import torch
 
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from training.copy_data import build_pairs
     from training.copy_steps import copy_config, guard_for
     from training.datasets import prepare

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def write_ml_latest(out: Path, seed: int) -> tuple[dict[int, set[int]], set[int]]:

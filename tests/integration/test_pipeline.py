@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import RECSYS, cli_env, run_cli
 
+pytestmark = pytest.mark.slow  # the whole CLI pipeline, Ray Train runs (~4 min)
+
 
 def _client(home: Path):
     from mlflow import MlflowClient
@@ -138,7 +140,7 @@ def test_whole_offline_pipeline_through_the_cli(feature_home, tmp_path, use_home
     assert ranker["recall_test_hr_at_10"] == pytest.approx(retrieval["test_hr_at_10"], abs=1e-9)
     assert ranker["recall_test_ndcg_at_10"] == pytest.approx(retrieval["test_ndcg_at_10"], abs=1e-9)
     use_home(home)
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from training.steps import baselines_step
 
     mostpop = baselines_step(load_settings())["mostpop"]

@@ -11,7 +11,8 @@ from typing import ClassVar
 
 import pytest
 
-from recsys.bench import feedback_load, load, report, spread, window_spread, with_spread
+from recsys.bench.load import feedback_load, load, spread, window_spread
+from recsys.bench.report import report, with_spread
 
 
 class _Fake(BaseHTTPRequestHandler):
@@ -103,7 +104,7 @@ def test_cpu_per_request_charges_the_process_that_burned_it() -> None:
 
     import psutil
 
-    from recsys.bench import cpu_per_request
+    from recsys.bench.processes import cpu_per_request
 
     def busy() -> dict:
         end = time.process_time() + 0.3
@@ -138,7 +139,7 @@ def _result() -> dict:
 
 
 def test_plots_are_drawn_from_the_results_and_skip_what_is_missing(tmp_path):
-    from recsys.bench_plots import draw
+    from recsys.bench.plots import draw
 
     files = draw(_result(), tmp_path)
     assert set(files) == {"quality", "throughput", "latency_cdf"}
@@ -150,7 +151,7 @@ def test_plots_are_drawn_from_the_results_and_skip_what_is_missing(tmp_path):
 
 
 def test_readme_block_replaces_only_the_marked_part():
-    from recsys.bench import README_BEGIN, README_END, readme_block, with_readme_block
+    from recsys.bench.report import README_BEGIN, README_END, readme_block, with_readme_block
 
     r = {**_result(), "plots": {"quality": "bench/plots/quality.png"}}
     block = readme_block(r, Path("bench/results/x.json"))
@@ -165,7 +166,7 @@ def test_readme_block_replaces_only_the_marked_part():
 
 
 def test_a_partial_run_keeps_the_other_sections_labelled_with_their_run():
-    from recsys.bench import carry_over, readme_block
+    from recsys.bench.report import carry_over, readme_block
 
     old = {**_result(), "copy": {"x": 1}, "started": "2026-11-25T10:00:00+00:00"}
     old["machine"] = {**old["machine"], "commit": "old"}
@@ -185,7 +186,7 @@ def test_a_partial_run_keeps_the_other_sections_labelled_with_their_run():
 
 
 def test_suite_groups_expand_in_run_order_and_unknown_names_are_refused() -> None:
-    from recsys.bench import SUITES, expand_suites
+    from recsys.bench.catalogue import SUITES, expand_suites
 
     assert expand_suites(["all"]) == tuple(x for x in SUITES if x != "factuality")  # opt-in: ~27 min here
     assert expand_suites(["factuality"]) == ("factuality",)
@@ -218,8 +219,8 @@ def test_spreads_are_min_median_max_and_windows_split_one_run_by_answer_time():
 
 def test_epoch_rates_read_each_epoch_of_a_tracked_run(tmp_path: Path) -> None:
     import mlflow
-    from recsys.bench import epoch_rates
-    from recsys.settings import load_settings
+    from core.settings import load_settings
+    from recsys.bench.suites import epoch_rates
     from training.tracking import setup_mlflow
 
     s = load_settings(environ={"RECSYS_HOME": str(tmp_path), "RECSYS_PROFILE": "ci"})
@@ -231,7 +232,7 @@ def test_epoch_rates_read_each_epoch_of_a_tracked_run(tmp_path: Path) -> None:
 
 
 def test_factuality_report_says_served_copy_is_factual_only_when_every_template_passed():
-    from recsys.bench import factuality_report
+    from recsys.bench.report import factuality_report
 
     f = {"copies": 1000, "held_out_items": 160, "base_factuality": 0.571, "tuned_factuality": 0.991,
          "base_distinct_2": 0.28, "tuned_distinct_2": 0.3, "templates_factual": 1.0, "served_factuality": 1.0,
@@ -241,7 +242,7 @@ def test_factuality_report_says_served_copy_is_factual_only_when_every_template_
     failed = "\n".join(factuality_report({**f, "templates_factual": 0.998, "served_factuality": None}))
     assert "1.000" not in failed.split("Served")[1] and "a template failed the guard" in failed
 
-    from recsys.bench import readme_block, report
+    from recsys.bench.report import readme_block, report
 
     r = {"started": "2026-11-26T00:00:00+00:00", "factuality": f, "suite_seconds": {"factuality": 1200.0,
          "serving": 300.0, "total": 1500.0},

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from core.settings import load_settings
 from recsys.demo import where_next
-from recsys.settings import load_settings
 from serving.contracts import RecommendRequest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from recsys.settings import Settings
+from core.settings import Settings
 from recsys.settings_doc import BEGIN, END, README, field_comments, reference_table, with_reference
 
 

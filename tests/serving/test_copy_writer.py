@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from serving.copy_guard import CopyFacts, Guard, ItemFacts, Taste, template_text
+from core.copy_guard import CopyFacts, Guard, ItemFacts, Taste, template_text
 from serving.copy_lm import CopyWriter
 
 GUARD = Guard(["Fargo (1996)", "Heat (1995)", "Star Wars (1977)"], ["Crime", "Drama", "Action", "Sci-Fi"])

@@ -47,7 +47,7 @@ def server_home(feature_home: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def readers(home: Path, use_home):
     use_home(home)
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from serving.features import FeatureReader
 
     s = load_settings()
@@ -70,7 +70,7 @@ def test_server_reads_equal_sdk_reads(server_home, use_home):
 
 def test_feedback_pushes_through_the_server_reach_the_store(server_home, use_home):
     s, server, sdk, _ = readers(server_home, use_home)
-    from serving.events import FeedbackEvent
+    from core.events import FeedbackEvent
     from serving.feedback import FeedbackWriter
 
     before = sdk.user(2)
@@ -85,7 +85,7 @@ def test_feedback_pushes_through_the_server_reach_the_store(server_home, use_hom
 
 def test_an_unreachable_server_is_one_readable_error(use_home, feature_home):
     use_home(feature_home)
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from serving.feature_server import FeatureServerError
     from serving.features import FeatureReader
 

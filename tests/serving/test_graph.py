@@ -20,6 +20,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # the live stack: Triton, a Ray head and the Serve graph (~5 min)
+
 PORTS = {"RECSYS_SERVE_HTTP_PORT": "28000", "RECSYS_TRITON_HTTP_PORT": "28100", "RECSYS_TRITON_GRPC_PORT": "28101",
          "RECSYS_TRITON_METRICS_PORT": "28102", "RECSYS_RAY_HEAD_PORT": "26379", "RECSYS_SERVE_GRPC_PORT": "28200",
          "RECSYS_WRITE_RATE_PER_S": "30", "RECSYS_WRITE_BURST": "60"}  # low enough for the 429 test to reach
@@ -70,8 +72,8 @@ def recommend(user_id: int, k: int = 10, include_copy: bool = False) -> dict:
 def seen_items(home: Path, use_home, user: int) -> set[int]:
     """The user's recent items as the online store holds them now."""
     use_home(home)
-    from recsys.feature_store import feature_store
-    from recsys.settings import load_settings
+    from core.feature_store import feature_store
+    from core.settings import load_settings
 
     return set(feature_store(load_settings()).get_online_features(
         features=["user_profile:recent_items"], entity_rows=[{"user_id": user}]).to_dict()["recent_items"][0])
@@ -110,8 +112,8 @@ def test_recommendations_follow_the_users_latest_sequence(served, use_home):
     import pandas as pd
     from feast.data_source import PushMode
 
-    from recsys.feature_store import feature_store
-    from recsys.settings import load_settings
+    from core.feature_store import feature_store
+    from core.settings import load_settings
 
     a, b = 3, 4
     before_a, rec_b = recommend(a)["items"], recommend(b)["items"]
@@ -146,9 +148,9 @@ def test_feedback_events_make_similar_items_rise_on_the_next_request(served, use
     use_home(served)
     import numpy as np
 
-    from recsys.settings import load_settings
-    from serving.artifacts import load_recall_index
-    from serving.events import EventLog
+    from core.artifacts import load_recall_index
+    from core.events import EventLog
+    from core.settings import load_settings
 
     index = load_recall_index(load_settings())
     emb = index.embeddings / np.maximum(np.linalg.norm(index.embeddings, axis=1, keepdims=True), 1e-9)
@@ -188,8 +190,8 @@ def test_feedback_bad_input_gets_a_clear_client_error_and_is_not_logged(served, 
     code, payload = feedback(body, headers)
     assert code == status and needle in json.dumps(payload)
     use_home(served)
-    from recsys.settings import load_settings
-    from serving.events import EventLog
+    from core.events import EventLog
+    from core.settings import load_settings
 
     assert all(e["item_id"] != 10**9 for e in EventLog(load_settings().event_log_path, 50).events())
 
@@ -200,8 +202,8 @@ def test_fuzzed_feedback_gets_4xx_with_a_message_and_the_log_stays_valid(served,
     from tests.serving.fuzz_feedback import bodies
 
     use_home(served)
-    from recsys.settings import load_settings
-    from serving.events import EventLog
+    from core.events import EventLog
+    from core.settings import load_settings
 
     log = EventLog(load_settings().event_log_path, 50)
     before = len(log.events())
@@ -222,9 +224,9 @@ def test_acknowledged_feedback_survives_a_killed_writer_exactly_once(served, use
     import subprocess
 
     use_home(served)
-    from recsys.settings import load_settings
-    from serving.artifacts import load_item_ids
-    from serving.events import EventLog
+    from core.artifacts import load_item_ids
+    from core.events import EventLog
+    from core.settings import load_settings
     from serving.features import FeatureReader
 
     s = load_settings()
@@ -370,10 +372,10 @@ def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_hom
 
     import numpy as np
 
-    from recsys.settings import load_settings
+    from core.ranking_inputs import INPUTS
+    from core.settings import load_settings
     from serving.batch import LocalRanker
     from serving.triton_client import RankerClient
-    from training.models.ranking_inputs import INPUTS
 
     use_home(served)
     rng = np.random.default_rng(0)
@@ -420,12 +422,12 @@ def test_a_ranker_exported_before_user_once_is_served_beside_a_new_one(served, u
     import numpy as np
     import torch
 
-    from recsys.settings import load_settings
+    from core.ranking_inputs import INPUTS, OUTPUTS
+    from core.settings import load_settings
+    from ops.triton_server import load_model, loaded_versions
     from serving.ranking import RankerVersion
     from serving.triton_client import RankerClient
-    from serving.triton_server import load_model, loaded_versions
     from training.export import write_config, write_version
-    from training.models.ranking_inputs import INPUTS, OUTPUTS
     from training.onnx_export import _export, ranker_example
     from training.registry import load_torch
 
@@ -688,8 +690,8 @@ def test_canary_then_hot_swap_under_load_drops_nothing(served, use_home):
     assert Counter(v for _, _, v, _ in canary_rows).keys() == {"1", "2"}
     assert rows[after_from:] and {v for _, _, v, _ in rows[after_from:]} == {"2"}
     use_home(served)
-    from recsys.settings import load_settings
-    from serving.triton_server import loaded_versions
+    from core.settings import load_settings
+    from ops.triton_server import loaded_versions
 
     settings = load_settings().model_copy(update={"triton_http_port": int(PORTS["RECSYS_TRITON_HTTP_PORT"])})
     assert loaded_versions(settings, "ranker") == ["2"]  # the old version was unloaded
@@ -699,10 +701,10 @@ def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_hom
     """Feedback → `recsys retrain` (merge, features, warm-started challengers, gate forced) → the running
     graph answers with the new retrieval and ranker versions, and the merged events are training data."""
     use_home(served)
+    from core.names import RANKER_MODEL, RETRIEVAL_MODEL
+    from core.settings import load_settings
     from mlflow import MlflowClient
-    from recsys.settings import load_settings
     from training.data.schema import load_dataset
-    from training.tracking import RANKER_MODEL, RETRIEVAL_MODEL
 
     s = load_settings()
     mlflow = MlflowClient(tracking_uri=s.tracking_uri, registry_uri=s.tracking_uri)

@@ -20,7 +20,7 @@ class CountingReader:
 
 def test_cache_returns_what_the_store_returns_and_rereads_only_stale_rows(feature_home: Path, use_home) -> None:
     use_home(feature_home)
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from serving.features import FeatureReader, ItemCache
 
     reader = FeatureReader(load_settings())
@@ -51,7 +51,7 @@ def test_concurrent_fills_give_every_item_its_own_row(feature_home: Path, use_ho
     from concurrent.futures import ThreadPoolExecutor
 
     use_home(feature_home)
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from serving.features import FeatureReader, ItemCache
 
     reader = FeatureReader(load_settings())

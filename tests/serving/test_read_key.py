@@ -1,7 +1,8 @@
 """`read_requires_key`: /recommend answers 401 without a valid key, before the body is parsed; the CLI sends it.
 
-The gate is the Ingress's real ASGI middleware driven with real ASGI messages (the graph behind it is replaced by
-an app that records whether the request got through); the client test runs a real HTTP server on loopback.
+The gate is the Ingress's real ASGI middleware (`serving.gate`) driven with real ASGI messages (the graph behind
+it is replaced by an app that records whether the request got through); the client test runs a real HTTP
+server on loopback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import ingress
+from serving import gate
 
 
 @pytest.fixture
@@ -26,9 +27,9 @@ def gate_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[P
                         "RECSYS_READ_REQUIRES_KEY": "true", "RECSYS_API_KEYS": "[reader-key]",
                         "RECSYS_API_KEYS_FILE": str(keys_file)}.items():
         monkeypatch.setenv(name, value)
-    ingress._settings.cache_clear()
+    gate.replica_settings.cache_clear()
     yield keys_file
-    ingress._settings.cache_clear()
+    gate.replica_settings.cache_clear()
 
 
 def through_gate(path: str, headers: dict[str, str], body: bytes = b'{"user_id": 1}') -> tuple[int, dict, bool]:
@@ -51,7 +52,7 @@ def through_gate(path: str, headers: dict[str, str], body: bytes = b'{"user_id":
     scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "http_version": "1.1",
              "headers": [(k.lower().encode(), v.encode()) for k, v in
                          {"content-length": str(len(body)), **headers}.items()]}
-    asyncio.run(ingress.Gate(app)(scope, receive, send))
+    asyncio.run(gate.Gate(app)(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
     payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return start["status"], json.loads(payload), bool(reached)
@@ -81,17 +82,17 @@ def test_reads_are_open_by_default(monkeypatch, tmp_path):
     monkeypatch.setenv("RECSYS_PROFILE", "ci")
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
     monkeypatch.delenv("RECSYS_READ_REQUIRES_KEY", raising=False)
-    ingress._settings.cache_clear()
+    gate.replica_settings.cache_clear()
     try:
         assert through_gate("/recommend", {})[::2] == (200, True)
-        assert ingress._read_refused(None) is None
+        assert gate.read_refused(None) is None
     finally:
-        ingress._settings.cache_clear()
+        gate.replica_settings.cache_clear()
 
 
 def test_the_cli_client_sends_its_key_on_reads(tmp_path):
     """`recsys recommend` (serving.client) carries settings.api_key, so a keyed deployment answers it."""
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from serving.client import recommend_http
 
     seen: list[str | None] = []

@@ -10,7 +10,7 @@ import time
 
 def _reader(feature_home, use_home, server: str | None = None, timeout_s: float = 2.0):
     use_home(feature_home)
-    from recsys.settings import load_settings
+    from core.settings import load_settings
     from serving.features import FeatureReader
 
     s = load_settings()

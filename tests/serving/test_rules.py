@@ -39,7 +39,7 @@ def test_template_copy_does_not_repeat_a_year_already_in_the_title():
 def test_blend_weight_moves_the_order_from_ranker_to_recall():
     import numpy as np
 
-    from training.models.ranking_inputs import blend
+    from core.ranking_inputs import blend
 
     p_click = np.array([0.9, 0.5, 0.1])  # the ranker prefers 0, 1, 2
     recall = np.array([1.0, 2.0, 3.0])  # recall prefers 2, 1, 0

@@ -1,4 +1,4 @@
-"""`serving.ingress._call`: how one stage call ends — its answer, a StageFailed the Ingress turns into a flagged
+"""`serving.failures.call_stage`: how one stage call ends — its answer, a StageFailed the Ingress turns into a flagged
 degraded answer, or (only when this request itself is cancelled) a cancellation.
 
 The stage is an asyncio future standing in for Serve's DeploymentResponse (awaitable + `cancel()`); the live
@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 
-from serving.ingress import StageFailed, _call
+from serving.failures import StageFailed, call_stage
 
 
 class Stage:
@@ -34,7 +34,7 @@ def test_an_answer_is_returned() -> None:
     async def main() -> str:
         stage = Stage()
         asyncio.get_running_loop().call_later(0.01, stage.future.set_result, "ranked")
-        return await _call("ranking", stage, 1000)
+        return await call_stage("ranking", stage, 1000)
 
     assert asyncio.run(main()) == "ranked"
 
@@ -43,7 +43,7 @@ def test_a_late_stage_is_cancelled_and_becomes_its_stage_failure() -> None:
     async def main() -> tuple[StageFailed, int]:
         stage = Stage()
         with pytest.raises(StageFailed) as e:
-            await _call("ranking", stage, 20)
+            await call_stage("ranking", stage, 20)
         return e.value, stage.cancel_calls
 
     failed, cancels = asyncio.run(main())
@@ -56,7 +56,7 @@ def test_a_call_cancelled_under_us_is_the_stages_failure_not_a_500() -> None:
         stage = Stage()
         asyncio.get_running_loop().call_later(0.01, stage.future.cancel)
         with pytest.raises(StageFailed) as e:
-            await _call("recall", stage, 1000)
+            await call_stage("recall", stage, 1000)
         return e.value
 
     failed = asyncio.run(main())
@@ -67,7 +67,7 @@ def test_a_cancelled_request_stays_cancelled() -> None:
     """The client went away (or the replica stops): the request's own cancellation must propagate."""
     async def main() -> bool:
         stage = Stage()
-        task = asyncio.create_task(_call("features", stage, 1000))
+        task = asyncio.create_task(call_stage("features", stage, 1000))
         await asyncio.sleep(0.01)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -92,7 +92,7 @@ def test_a_stage_run_in_this_replica_is_cut_at_its_timeout() -> None:
 
     async def main() -> StageFailed:
         with pytest.raises(StageFailed) as e:
-            await _call("ranking", rank(), 20)
+            await call_stage("ranking", rank(), 20)
         return e.value
 
     with warnings.catch_warnings():
@@ -107,7 +107,7 @@ def test_a_local_stage_error_is_one_line_of_reason() -> None:
 
     async def main() -> StageFailed:
         with pytest.raises(StageFailed) as e:
-            await _call("ranking", rank(), 1000)
+            await call_stage("ranking", rank(), 1000)
         return e.value
 
     failed = asyncio.run(main())

@@ -6,8 +6,9 @@ from collections import Counter
 
 import pytest
 
-from serving.copy_guard import CopyFacts, Guard, ItemFacts, Taste
-from training.copy_data import build_pairs, genre_phrase, held_out_item, target_forms
+from core.copy_guard import CopyFacts, Guard, ItemFacts, Taste
+from core.copy_phrasings import genre_phrase, target_forms
+from training.copy_data import build_pairs, held_out_item
 from training.data.synthetic import generate_synthetic
 
 

@@ -8,21 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving.copy_guard import CopyFacts, ItemFacts, Taste
-from training.copy_data import target_forms
-from training.copy_text import (
-    collate,
-    encode_pairs,
-    generate,
-    lm_loss,
-    prompt_ids,
-    prompt_parts,
-    prompt_text,
-    propose,
-    shared_length,
-    target_nll,
-)
-from training.models.copy_lm import TINY, CopyLMConfig, add_lora, load_base, load_lora, lora_state, merged
+from core.copy_decoding import generate, prompt_ids, prompt_parts, prompt_text, propose, shared_length
+from core.copy_guard import CopyFacts, ItemFacts, Taste
+from core.copy_lm import TINY, CopyLMConfig, add_lora, load_base, load_lora, merged
+from core.copy_phrasings import target_forms
+from training.copy_text import collate, encode_pairs, lm_loss, target_nll
+from training.models.lora_shards import lora_state
 
 FACTS = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime", "Drama"]), Taste(("Drama",), ("Heat",)))
 
@@ -30,7 +21,7 @@ FACTS = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime", "Drama"]
 @pytest.fixture(scope="module")
 def cache() -> Path:
     """The machine's model cache: SmolLM2 is converted from its GGUF into it once, the tiny model built once."""
-    from recsys.settings import load_settings
+    from core.settings import load_settings
 
     return load_settings().model_cache
 
@@ -157,9 +148,9 @@ def test_a_title_cannot_open_a_chat_turn(tiny) -> None:
 def test_an_adapter_records_its_prompt_format_and_serving_refuses_another(cache: Path, tmp_path: Path) -> None:
     import json
 
-    from serving.copy_guard import PROMPT_FORMAT
+    from core.copy_guard import PROMPT_FORMAT
+    from core.copy_lm import read_copy_folder, write_copy_folder
     from serving.copy_lm import CopyModel
-    from training.copy_steps import read_copy_folder, write_copy_folder
 
     cfg = CopyLMConfig(base_model=TINY)
     folder = write_copy_folder(tmp_path / "2", lora_state(add_lora(load_base(TINY, cache)[0], cfg)), cfg, {})
@@ -178,9 +169,9 @@ def test_a_copy_model_runs_all_its_torch_work_on_its_one_thread(cache: Path, tmp
     import asyncio
     import threading
 
-    import training.models.copy_lm as copy_lm_module
+    import core.copy_lm as copy_lm_module
+    from core.copy_lm import write_copy_folder
     from serving.copy_lm import CopyModel
-    from training.copy_steps import write_copy_folder
 
     cfg = CopyLMConfig(base_model=TINY, max_new_tokens=4)
     folder = write_copy_folder(tmp_path / "3", lora_state(add_lora(load_base(TINY, cache)[0], cfg)), cfg, {})

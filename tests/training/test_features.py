@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.settings import load_settings
+from core.settings import load_settings
 from training.data.schema import Dataset
 from training.datasets import prepare
 from training.features import (

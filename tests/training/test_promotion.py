@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from recsys.errors import ConfigError, MissingStepError, PromotionRefused
-from recsys.settings import Settings, load_settings
+from core.errors import ConfigError, MissingStepError, PromotionRefused
+from core.names import CHAMPION, COPY_MODEL, RANKER_MODEL, RETRIEVAL_MODEL
+from core.settings import Settings, load_settings
 from training.promotion import load_policy, metric_key, promote
-from training.registry import CHAMPION, register_artifacts, set_challenger
-from training.tracking import COPY_MODEL, RANKER_MODEL, RETRIEVAL_MODEL, client, setup_mlflow
+from training.registry import register_artifacts, set_challenger
+from training.tracking import client, setup_mlflow
 
 POLICY = Path(__file__).resolve().parents[2] / "mlflow" / "promotion_policy.yaml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recsys.settings import load_settings
+from core.settings import load_settings
 from training.datasets import prepare
 from training.ranking_data import training_histories, training_positives
 

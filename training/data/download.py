@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import Literal
 
-from recsys.errors import ConfigError, DownloadError
+from core.errors import ConfigError, DownloadError
 
 MovieLensName = Literal["ml-100k", "ml-latest-small"]
 

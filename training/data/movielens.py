@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recsys.errors import DataFormatError
+from core.errors import DataFormatError
 from training.data.download import MD5SUMS, URLS, download_movielens
 from training.data.schema import (
     AGE,

@@ -19,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.errors import DataFormatError, MissingStepError
+from core.errors import DataFormatError, MissingStepError
 
 USER_ID = "user_id"
 ITEM_ID = "item_id"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recsys.errors import ConfigError, DataFormatError
+from core.errors import ConfigError, DataFormatError
 from training.data.schema import ITEM_ID, TIMESTAMP, USER_ID
 
 PAD = 0  # index reserved for padding in every Vocab

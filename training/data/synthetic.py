@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from recsys.errors import ConfigError
+from core.errors import ConfigError
 from training.data.schema import (
     AGE,
     EVENT_TYPE,

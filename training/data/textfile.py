@@ -10,7 +10,7 @@ import csv
 from collections.abc import Iterator
 from pathlib import Path
 
-from recsys.errors import DataFormatError
+from core.errors import DataFormatError
 
 # Latest time datetime64[ns] can hold is in 2262; refuse anything near it rather than overflow later.
 MAX_UNIX_SECONDS = 9_000_000_000

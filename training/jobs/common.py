@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from recsys.errors import MissingStepError
-from recsys.settings import Settings
+from core.errors import MissingStepError
+from core.settings import Settings
 from training.ray_cluster import ensure_ray, worker_resources
 
 STATE_FILE = "state.pt"

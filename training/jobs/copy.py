@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.settings import Settings
-from serving.copy_guard import CopyFacts, Guard
+from core.copy_guard import CopyFacts, Guard
+from core.copy_lm import CopyLMConfig, add_lora, load_base, load_lora, load_tokenizer, merged
+from core.settings import Settings
 from training.copy_eval import CopyReport, evaluate_copy
 from training.copy_text import collate, encode_pairs, lm_loss
 from training.jobs.common import (
@@ -24,16 +25,7 @@ from training.jobs.common import (
     save_and_report,
     worker_threads,
 )
-from training.models.copy_lm import (
-    CopyLMConfig,
-    add_lora,
-    load_base,
-    load_lora,
-    load_tokenizer,
-    lora_state,
-    merged,
-    shard,
-)
+from training.models.lora_shards import lora_state, shard
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -159,7 +151,7 @@ def train_copy(settings: Settings, cfg: CopyLMConfig, train: list[tuple[CopyFact
                mlflow_run: dict[str, str] | None = None,
                warm: dict[str, torch.Tensor] | None = None, evaluate: bool = True) -> CopyOutcome:
     """`evaluate` False: training only (a throughput measurement); base and tuned reports are None."""
-    from training.models.copy_lm import resolve_base
+    from core.copy_lm import resolve_base
 
     cache = settings.model_cache
     base_dir = resolve_base(cfg.base_model, cache)  # once here, not raced by N workers

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.settings import Settings
+from core.ranking_inputs import RECALL_WEIGHTS, blend
+from core.settings import Settings
 from training.datasets import Prepared
 from training.evaluation.metrics import auc, logloss, mae, rmse
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
@@ -24,7 +25,6 @@ from training.jobs.common import (
     worker_threads,
 )
 from training.models.ranking import Ranker, RankingConfig
-from training.models.ranking_inputs import RECALL_WEIGHTS, blend
 from training.models.retrieval import SASRec
 from training.ranking_data import (
     Examples,

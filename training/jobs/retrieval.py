@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsys.settings import Settings
+from core.settings import Settings
 from training.datasets import Prepared
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
 from training.jobs.common import (

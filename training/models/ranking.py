@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.ranking_inputs import INPUTS, OUTPUTS, USER_DENSE_DIM, item_dense, user_dense
+from core.ranking_inputs import INPUTS, OUTPUTS, USER_DENSE_DIM, item_dense, user_dense
 
 __all__ = ["INPUTS", "OUTPUTS", "Ranker", "RankingConfig", "ServingRanker", "item_dense", "user_dense"]
 

@@ -123,9 +123,9 @@ http://{{ include "recsys.fullname" . }}-minio:9000
 {{- end -}}
 
 {{/*
-The ONE settings file (recsys/settings.py reads it through RECSYS_SETTINGS_FILE). Computed service
+The ONE settings file (core/settings.py reads it through RECSYS_SETTINGS_FILE). Computed service
 URIs first, then .Values.settings on top (pass-through: explicit values win). Keys must be Settings
-fields: tests/charts/test_chart.py loads the rendered file through recsys.settings.load_settings.
+fields: tests/charts/test_chart.py loads the rendered file through core.settings.load_settings.
 */}}
 {{- define "recsys.settings" -}}
 {{- $gpus := 0 -}}
@@ -168,7 +168,7 @@ fields: tests/charts/test_chart.py loads the rendered file through recsys.settin
 
 {{/*
 Env of every platform container: where settings come from + S3 client configuration. Credentials are files
-(recsys.secretVolume), named by <NAME>_FILE: recsys.settings / `python -m recsys.secret_files` load them.
+(recsys.secretVolume), named by <NAME>_FILE: core.settings / `python -m core.secret_files` load them.
 */}}
 {{- define "recsys.env" -}}
 - name: RECSYS_SETTINGS_FILE

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from recsys.errors import DataFormatError, MissingStepError, RecsysError
+from core.errors import DataFormatError, MissingStepError, RecsysError
 from training.data.schema import Dataset, interactions_digest, load_dataset, save_dataset, validate
 from training.data.synthetic import generate_synthetic
 

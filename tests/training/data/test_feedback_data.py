@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from recsys.settings import load_settings
-from serving.events import EventLog, FeedbackEvent
+from core.events import EventLog, FeedbackEvent
+from core.settings import load_settings
 from training.data.schema import load_dataset, save_dataset
 from training.data.synthetic import generate_synthetic
 from training.feedback_data import merge_events

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from recsys.errors import DataFormatError, DownloadError
+from core.errors import DataFormatError, DownloadError
 from training.data import download
 from training.data.movielens import ML100K_GENRES, download_movielens, load_movielens
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.errors import ConfigError, DataFormatError
+from core.errors import ConfigError, DataFormatError
 from training.data.split import PAD, Split, Vocab, leave_last_out
 from training.data.synthetic import generate_synthetic
 

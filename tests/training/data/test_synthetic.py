@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recsys.errors import ConfigError
+from core.errors import ConfigError
 from training.data.schema import Dataset, validate
 from training.data.synthetic import generate_synthetic, successor_map
 

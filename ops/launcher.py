@@ -1,0 +1,187 @@
+"""`recsys serve [--down]`: Triton, then a local Ray head, then the Serve application; and back down.
+
+Locally Ray runs as its own head process (`ray start --head`), so the application outlives this command
+and the dashboard stays on 127.0.0.1:<ray_dashboard_port>. Replicas read one resolved settings file (all
+paths absolute), passed through the runtime env, so they see exactly what this command saw.
+In a cluster the RayService deploys `serving.app:app` itself and none of this runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from core.endpoints import connect, http_url, ray_address
+from core.errors import RecsysError
+from core.http_json import HttpError, answers, request_json
+from core.settings import Settings
+from ops import triton_server
+
+
+class ServeError(RecsysError):
+    """The serving stack could not be started or stopped."""
+
+
+def ray_env(settings: Settings) -> dict[str, str]:
+    """Environment of the local Ray head: no stray RECSYS_* (replicas get the settings file instead)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    env["RAY_AUTH_MODE"] = "disabled"  # Ray ≥ 2.5x token auth: off for the embedded loopback cluster
+    if settings.serve_throughput_optimized:
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    return env
+
+
+def resolved_settings_file(settings: Settings) -> Path:
+    """The settings as one YAML file with absolute paths, for processes with another working directory."""
+    data = json.loads(settings.model_dump_json())
+    for key, value in list(data.items()):
+        if isinstance(getattr(settings, key), Path):
+            data[key] = str(Path(value).resolve())
+    if settings.model_repository is None:
+        data["model_repository"] = str(settings.model_repo.resolve())
+    if settings.mlflow_tracking_uri is None:
+        data["mlflow_tracking_uri"] = settings.tracking_uri
+    path = (settings.home / "serve" / "settings.yaml").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)  # it holds the write keys: owner-only before anything is written
+    path.chmod(0o600)
+    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    return path
+
+
+def _ray_bin() -> str:
+    local = Path(sys.executable).parent / "ray"
+    return str(local) if local.exists() else (shutil.which("ray") or "ray")
+
+
+def start_ray_head(settings: Settings) -> None:
+    cmd = [_ray_bin(), "start", "--head", f"--port={settings.ray_head_port}", "--node-ip-address=127.0.0.1",
+           f"--num-cpus={settings.ray_num_cpus}", "--disable-usage-stats",
+           f"--include-dashboard={'true' if settings.ray_dashboard else 'false'}", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={settings.ray_dashboard_port}"]
+    res = subprocess.run(cmd, env=ray_env(settings), capture_output=True, text=True, timeout=180)
+    if res.returncode != 0:
+        tail = [ln for ln in (res.stderr or res.stdout).splitlines() if ln.strip()][-1:]
+        raise ServeError(f"`ray start --head` failed: {tail[0] if tail else res.returncode}")
+
+
+def healthy(settings: Settings, timeout: float = 2.0) -> bool:
+    return answers(f"{http_url(settings)}/healthz", timeout)
+
+
+def up(settings: Settings) -> str:
+    """Triton → Ray head (if none) → deploy the graph; returns the HTTP base URL once /healthz answers."""
+    import ray
+
+    triton_server.up(settings)
+    if ray.is_initialized() and not settings.ray_address:
+        ray.shutdown()  # an embedded (training) Ray dies with this process; the graph needs the detached head
+    if not connect(settings):
+        if settings.ray_address:
+            raise ServeError(f"no Ray cluster at {settings.ray_address}")
+        start_ray_head(settings)
+        if not connect(settings):
+            raise ServeError(f"started a Ray head but cannot connect to {ray_address(settings)}")
+    deploy(settings)
+    deadline = time.monotonic() + 60
+    while not healthy(settings):
+        if time.monotonic() > deadline:
+            raise ServeError(f"the graph is deployed but {http_url(settings)}/healthz does not answer")
+        time.sleep(0.3)
+    warm_up(settings)
+    return http_url(settings)
+
+
+def serve_config(settings: Settings) -> dict:
+    """The Serve deploy config, in the same form as the chart's RayService `serveConfigV2`: the graph by
+    import path, replicas' env, and the exported route as the Ingress's `user_config` (it runs the ranking stage)."""
+    from core.artifacts import exported_copy_version, model_info, read_route
+    from serving.grpc_api import SERVICER
+
+    env = {"RECSYS_SETTINGS_FILE": str(resolved_settings_file(settings)), "RECSYS_PROFILE": settings.profile,
+           "RAY_AUTH_MODE": "disabled"}
+    return {
+        "http_options": {"host": settings.serve_host, "port": settings.serve_http_port},
+        "grpc_options": {"port": settings.serve_grpc_port, "grpc_servicer_functions": [SERVICER]},
+        "applications": [{
+            "name": settings.serve_app_name, "route_prefix": "/", "import_path": "serving.app:app",
+            "runtime_env": {"env_vars": env},
+            "deployments": [
+                {"name": "Ingress", "user_config": read_route(settings).as_dict()},  # runs the ranking stage
+                {"name": "Recall", "user_config": {"retrieval": model_info(settings, "user_encoder").version}},
+                {"name": "Copy", "user_config": {"copy": exported_copy_version(settings.model_repo) or ""}},
+            ],
+        }],
+    }
+
+
+def deploy(settings: Settings) -> None:
+    """Apply `serve_config` declaratively (as KubeRay does), so deploying again with only a new route is a
+    lightweight update: Serve calls `reconfigure` on the live Ingress replicas (the ranking stage), nothing
+    restarts. (A Python `serve.run(app)` would give every deployment a new code version and restart all
+    replicas.)"""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    cfg = serve_config(settings)
+    serve.start(http_options=cfg["http_options"], grpc_options=cfg["grpc_options"])
+    client = _get_global_client()
+    client.deploy_apps(ServeDeploySchema.model_validate(cfg))
+    # Ray's own blocking wait gives up after a fixed 60 s; six replicas importing torch, Feast and ONNX Runtime
+    # on 2 cores can need longer, so wait the same way with the configured limit.
+    deadline = time.monotonic() + settings.serve_start_timeout_s
+    while True:
+        status = {st.name: st.app_status for st in client.list_serve_statuses()}.get(settings.serve_app_name)
+        state = str(getattr(status, "status", "")).rsplit(".", 1)[-1]
+        if state == "RUNNING":
+            break
+        if state == "DEPLOY_FAILED":
+            raise ServeError(f"the graph failed to deploy: {str(status.message).strip()[:300]}")
+        if time.monotonic() > deadline:
+            raise ServeError(f"the graph is not running after {settings.serve_start_timeout_s:.0f} s (state "
+                             f"{state or 'unknown'}): see the Ray dashboard, or raise serve_start_timeout_s")
+        time.sleep(0.5)
+    client.wait_for_proxies_serving(wait_for_applications_running=True)
+
+
+def reconfigure(settings: Settings) -> bool:
+    """Push the exported route to a running local graph; False when no graph is up (nothing to switch)."""
+    if settings.ray_address or not healthy(settings) or not connect(settings):
+        return False
+    deploy(settings)
+    return True
+
+
+def warm_up(settings: Settings, requests: int = 3) -> None:
+    """A few cold-start requests through every stage, so the first user request meets warm handles and channels."""
+    for _ in range(requests):
+        try:
+            request_json(f"{http_url(settings)}/recommend", {"user_id": 0, "k": 5, "include_copy": True}, 30)
+        except (HttpError, ValueError):
+            return  # the caller's own requests will say what is wrong
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop the Serve app, the local Ray head and Triton; returns what was stopped."""
+    stopped = []
+    if not settings.ray_address and connect(settings):
+        from ray import serve
+
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+        subprocess.run([_ray_bin(), "stop", "--force"], env=ray_env(settings), capture_output=True, timeout=120)
+        stopped.append("ray serve")
+    if triton_server.down(settings):
+        stopped.append("triton")
+    return stopped

@@ -1,0 +1,108 @@
+"""Process sampling for the bench: the machine and pinned stack, peak RSS of a process tree, and CPU seconds
+per request charged to the process that burned them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import threading
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+STACK = ("torch", "ray", "feast", "mlflow", "onnxruntime", "faiss-cpu", "tritonclient", "transformers")
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "commit": commit or "unknown",
+            "stack": {p: metadata.version(p) for p in STACK}}
+
+
+class PeakRSS:
+    """Peak summed RSS of this process, its descendants and the local Ray/Triton processes (sampled at 4 Hz)."""
+
+    NAMES = ("ray::", "raylet", "gcs_server", "tritonserver", "triton_python_backend_stub", "haproxy")
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        me = psutil.Process()
+        procs = {p.pid: p for p in me.children(recursive=True)} | {me.pid: me}
+        for p in psutil.process_iter(["name", "cmdline"]):
+            text = (p.info["name"] or "") + " " + " ".join(p.info["cmdline"] or [])
+            if any(n in text for n in self.NAMES):
+                procs[p.pid] = p
+        total = 0
+        for p in procs.values():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(0.25)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def gib(self) -> float:
+        return round(self.peak / 2**30, 2)
+
+
+def _label(cmd: str) -> str:
+    """A process's short name: its Ray actor name, the Triton parts, else the executable."""
+    words = cmd.split()
+    ray_name = next((w.removeprefix("ray::") for w in words if w.startswith("ray::")), None)
+    if ray_name:
+        return ray_name
+    if "python_backend_stub" in cmd:
+        return "triton python model"
+    if "tritonserver" in cmd:
+        return "tritonserver"
+    return Path(words[0]).name if words else "?"
+
+
+def _process_cpu() -> dict[int, tuple[float, str]]:
+    """CPU seconds so far of every process on the machine, with a short label."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["cmdline", "name"]):
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            out[p.pid] = (t.user + t.system, _label(" ".join(p.info["cmdline"] or [p.info["name"] or ""])))
+    return out
+
+
+def cpu_per_request(run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run a load and attribute the machine's CPU time to processes: ms of CPU per answered request."""
+    before = _process_cpu()
+    result = run()
+    after = _process_cpu()
+    per: dict[str, float] = {}
+    for pid, (cpu, label) in after.items():
+        per[label] = per.get(label, 0.0) + cpu - before.get(pid, (0.0, ""))[0]
+    n = max(1, result["requests"])
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:8]
+    return result, {k: round(v / n * 1e3, 2) for k, v in top if v > 0}

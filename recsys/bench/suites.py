@@ -1,0 +1,263 @@
+"""The bench suites: offline pipeline, training scaling, quality, serving (with feedback ingest, freshness and a
+retrain cycle), and `run_bench`, which runs the chosen ones in a throwaway home and writes the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from core.settings import Settings, load_settings
+from recsys.bench.load import feedback_load, load, post, post_feedback, spread
+from recsys.bench.processes import PeakRSS, cpu_per_request, machine
+from recsys.bench.report import (
+    README,
+    REPORT,
+    RESULTS,
+    carry_over,
+    latest_results,
+    readme_block,
+    report,
+    with_readme_block,
+)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, round(time.perf_counter() - t0, 1)
+
+
+def offline(s: Settings, console: Console) -> dict[str, Any]:
+    """data → features → train both → promote → export on the configured data (ML-100K when present)."""
+    from ops.pipeline import run_offline
+
+    with PeakRSS() as mem:
+        run = run_offline(s, copy=False, force=True)
+    steps, retrieval, ranking = run.seconds, run.retrieval, run.ranking
+    console.print(f"data: {run.counts} from {run.source}")
+    console.print(f"offline steps (s): {steps}")
+    rates = epoch_rates(s, retrieval["run_id"])
+    return {"source": run.source, "counts": run.counts, "steps_s": steps,
+            "total_s": round(sum(steps.values()), 1), "peak_rss_gib": mem.gib,
+            "retrieval_samples_per_s": round(retrieval["samples_per_second"], 1),
+            "ranking_samples_per_s": round(ranking["samples_per_second"], 1),
+            "epoch_samples_per_s": {"retrieval": spread(rates), "ranking": spread(epoch_rates(s, ranking["run_id"]))},
+            "retrieval_epoch_rates": [round(x, 1) for x in rates],  # the scaling suite's 2-worker figures
+            "epochs": {"retrieval": s.retrieval_epochs, "ranking": s.ranking_epochs},
+            "retrieval_kept_epoch": int(retrieval.get("kept_epoch", 0)),
+            "ranker": {k: round(float(ranking[k]), 4) for k in ("val_auc", "val_rating_rmse", "recall_weight")
+                       if k in ranking}}
+
+
+def epoch_rates(s: Settings, run_id: str) -> list[float]:
+    """Samples/s of each training epoch of a tracked run (its `samples` / `epoch_seconds` metrics)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=s.tracking_uri)
+    secs = {m.step: m.value for m in client.get_metric_history(run_id, "epoch_seconds")}
+    samples = {m.step: m.value for m in client.get_metric_history(run_id, "samples")}
+    return [samples[e] / secs[e] for e in sorted(secs) if e in samples and secs[e] > 0]
+
+
+def training_scaling(s: Settings, console: Console, epochs: int = 3,
+                     two_workers: list[float] | None = None) -> dict[str, Any]:
+    """Retrieval samples/s per epoch with 1 worker (2 threads) vs 2 DDP workers (1 thread each), same data, same
+    bench run, as [min, median, max] over epochs. Per-epoch rates leave out the fit's fixed start-up (~30 s of
+    Ray worker start on 2 cores), which dominated a 2-epoch run's overall rate. `two_workers`: the offline
+    suite's per-epoch rates (2 workers, every epoch) when it ran; otherwise a 2-worker run is made here too."""
+    from training.steps import train_retrieval_step
+
+    rates: dict[int, list[float]] = {2: two_workers} if two_workers else {}
+    for workers in (1, 2):
+        if workers not in rates:
+            r = train_retrieval_step(s.model_copy(update={"train_workers": workers}), epochs=epochs)
+            rates[workers] = epoch_rates(s, r["run_id"])
+        console.print(f"retrieval, {workers} worker(s): samples/s per epoch {spread(rates[workers])}")
+    out: dict[str, Any] = {f"workers_{w}": spread(rates[w]) for w in (1, 2)}
+    out["speedup"] = round(float(np.median(rates[2]) / np.median(rates[1])), 2)
+    out["scaling_efficiency"] = round(out["speedup"] / 2, 2)
+    out["epochs"] = {w: len(rates[w]) for w in (1, 2)}
+    return out
+
+
+def quality(s: Settings) -> list[dict[str, Any]]:
+    from training.evaluate import evaluation_table
+
+    return evaluation_table(s, "champion", baselines=True)
+
+
+def in_process(s: Settings, users: list[int], n: int = 200) -> dict[str, float]:
+    """Features → recall → ranking (Triton over gRPC) in one process, no Serve hops: the baseline for the
+    graph's overhead, compared with the graph's concurrency-1 run without copy."""
+    import asyncio
+
+    from serving.features import FeatureReader
+    from serving.ranking import RankingStage
+    from serving.recall import Recaller
+
+    reader = FeatureReader(s)
+    recaller, ranker = Recaller(s, reader), RankingStage(s, reader)
+
+    async def run() -> list[float]:
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            user = reader.user(users[i % len(users)])
+            await ranker.rank(user, recaller.candidates(user), 10)
+            out.append((time.perf_counter() - t0) * 1e3)
+        await ranker.client.close()
+        return out
+
+    lat = asyncio.run(run())
+    return {"p50_ms": round(float(np.median(lat)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2)}
+
+
+def freshness(s: Settings, url: str, key: str, users: list[int], n: int = 30) -> dict[str, Any]:
+    """Per event: ms from sending it to (a) the online store showing it, (b) a changed /recommend answer."""
+    from serving.features import FeatureReader
+
+    reader = FeatureReader(s)
+    store_ms, rec_ms = [], []
+    def top(u: int) -> list[int] | None:
+        _, payload = post(f"{url}/recommend", json.dumps({"user_id": u, "k": 10, "include_copy": False}).encode())
+        return [it["item_id"] for it in payload["items"]] if isinstance(payload, dict) else None
+
+    for u in users[:n]:
+        before = top(u)
+        if not before:
+            continue
+        item = before[0]  # the user's current top item: clicking it must change the answer (seen items drop out)
+        t0 = time.perf_counter()
+        _, status = post_feedback(url, key, [{"user_id": u, "item_id": item, "event_type": "click"}])
+        if status != 200:
+            continue
+        while reader.user(u).recent_items[-1:] != [item] and time.perf_counter() - t0 < 5:
+            time.sleep(0.005)
+        store_ms.append((time.perf_counter() - t0) * 1e3)
+        while time.perf_counter() - t0 < 5 and top(u) in (before, None):
+            pass
+        rec_ms.append((time.perf_counter() - t0) * 1e3)
+
+    def pct(v: list[float]) -> dict[str, float]:
+        return {"p50_ms": round(float(np.percentile(v, 50)), 1), "p99_ms": round(float(np.percentile(v, 99)), 1)}
+
+    return {"events": len(store_ms), "to_online_store": pct(store_ms), "to_changed_recommendation": pct(rec_ms)}
+
+
+def feedback(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, Any]:
+    """Ingest and freshness against the running graph (called by `serving` while the stack is up)."""
+    from core.artifacts import load_item_ids
+    from core.endpoints import http_url
+    from training.datasets import prepare
+
+    url, key = http_url(s), (s.api_key or (s.api_keys or [""])[0])
+    users = sorted(prepare(s).train)[500:800]
+    items = [int(i) for i in load_item_ids(s)[1:]]
+    runs = [feedback_load(url, key, users, items, c, seconds, b) for c, b in ((1, 1), (8, 1), (8, 10))]
+    for r in runs:
+        console.print(f"feedback c={r['concurrency']} batch={r['batch']}: {r['events_per_s']} events/s, "
+                      f"ack p50 {r['ack_p50_ms']} ms, p99 {r['ack_p99_ms']} ms, errors {r['errors']}")
+    fresh = freshness(s, url, key, users)
+    console.print(f"freshness: online store p99 {fresh['to_online_store']['p99_ms']} ms, changed answer p99 "
+                  f"{fresh['to_changed_recommendation']['p99_ms']} ms")
+    return {"ingest": runs, "freshness": fresh, "seconds_per_run": seconds}
+
+
+def retrain_cycle(s: Settings, console: Console, retrieval_epochs: int = 2, ranking_epochs: int = 1) -> dict[str, Any]:
+    """One `recsys retrain` while the graph serves, over the feedback the feedback runs just logged: merge →
+    features → challengers warm-started from the champions (a nightly increment: 2 retrieval epochs, 1 ranking
+    epoch, not the first fit's 40 and 4) → gate (forced, so the live swap is always part of the cycle; the
+    gate's own verdict is kept) → live swap of both models."""
+    from ops.retrain import retrain
+
+    r = retrain(s, console, force=True, retrieval_epochs=retrieval_epochs, ranking_epochs=ranking_epochs)
+    console.print(f"retrain cycle: {r.seconds} s ({r.merged['events']} events merged); {r.live}")
+    return {"seconds": r.seconds, "events": r.merged["events"], "added": r.merged["added"],
+            "decisions": r.decisions, "promoted": r.promoted, "live": r.live,
+            "retrieval_epochs": retrieval_epochs, "ranking_epochs": ranking_epochs}
+
+
+def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, Any]:
+    from core.endpoints import http_url
+    from ops import launcher
+    from training.datasets import prepare
+
+    users = sorted(prepare(s).train)[:500]
+    url = f"{http_url(s)}/recommend"
+    with PeakRSS() as mem:
+        launcher.up(s)
+        runs = []
+        for include_copy in (False, True):
+            for c in (1, 8, 32):
+                if c == 8 and not include_copy:
+                    r, cpu_ms = cpu_per_request(lambda: load(url, users, 8, seconds, False))
+                else:
+                    r = load(url, users, c, seconds, include_copy)
+                console.print(f"copy={include_copy} c={c}: {r['rps']} req/s, p50 {r['p50_ms']} ms, "
+                              f"p99 {r['p99_ms']} ms, errors {r['errors']}, degraded {r['degraded']}")
+                runs.append(r)
+        baseline = in_process(s, users)
+        events = feedback(s, console, seconds)
+    cycle = retrain_cycle(s, console)  # outside the RSS window: its Ray Train workers are not the serving stack
+    launcher.down(s)
+    c1 = next(r for r in runs if r["concurrency"] == 1 and not r["include_copy"])
+    return {"runs": runs, "in_process": baseline, "graph_over_in_process_p50": round(c1["p50_ms"] /
+            baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "seconds_per_run": seconds,
+            "cpu_ms_per_request_c8": cpu_ms, "feedback": events, "retrain": cycle}
+
+
+def run_bench(suites: tuple[str, ...], console: Console) -> Path:
+    base = load_settings()
+    home = (base.home / "bench").resolve()
+    shutil.rmtree(home, ignore_errors=True)
+    s = base.model_copy(update={"home": home})
+    os.environ["RECSYS_HOME"] = str(home)  # processes started from here (Ray workers, the serving stack) read it
+    started = datetime.now(UTC)
+    result: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine()}
+    seconds: dict[str, float] = {}
+
+    def run(name: str, fn: Callable[[], Any]) -> None:
+        result[name], seconds[name] = _timed(fn)
+
+    if {"offline", "quality", "serving", "copy"} & set(suites):
+        run("offline", lambda: offline(s, console))
+    if "quality" in suites:
+        run("quality", lambda: quality(s))
+    if "serving" in suites:
+        run("serving", lambda: serving(s, console))
+    if "scaling" in suites:
+        two = result.get("offline", {}).get("retrieval_epoch_rates")
+        run("scaling", lambda: training_scaling(s, console, two_workers=two))
+    if "copy" in suites:
+        from recsys.bench.copy_lm import copy_suite
+
+        run("copy", lambda: copy_suite(s, console))
+    if "factuality" in suites:
+        from recsys.bench.copy_lm import factuality_suite
+
+        if "copy" in suites:  # its own copy LM run (1,000-copy evaluation) must not replace the copy suite's
+            s = s.model_copy(update={"home": home / "factuality"})
+            os.environ["RECSYS_HOME"] = str(s.home)
+        run("factuality", lambda: factuality_suite(s, console))
+    result["suite_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}  # `make bench` target: < 1800
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{started:%Y-%m-%d}-{platform.node()}.json"
+    result = carry_over(result, latest_results())
+    from recsys.bench.plots import draw
+
+    result["plots"] = {k: str(v) for k, v in draw(result).items()}
+    path.write_text(json.dumps(result, indent=1, default=str))
+    REPORT.write_text(report(result, path))
+    if README.exists():
+        README.write_text(with_readme_block(README.read_text(), readme_block(result, path)))
+    return path

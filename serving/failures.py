@@ -1,0 +1,103 @@
+"""How a request fails, in one place: a stage lost (`StageFailed`, answered with its degraded fallback), a
+request refused before anything was stored (`Refusal`: one HTTP status and one gRPC code), the per-stage
+timeout that turns any stage failure into `StageFailed`, and the one mapping of failures to gRPC status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray.serve.grpc_util import RayServegRPCContext
+
+from core.errors import one_line
+from serving.grpc_api import InvalidRequest, first_error
+
+
+class StageFailed(Exception):
+    """A stage of the walk did not answer in time or failed: `reason` is what the degraded answer says."""
+
+    def __init__(self, stage: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage = stage
+        self.reason = reason
+
+
+class Refusal(Exception):
+    """A write refused before anything was stored; one refusal, two encodings (HTTP status, gRPC code)."""
+
+    def __init__(self, http: int, code: grpc.StatusCode, message: str, field: str | None = None,
+                 retry_after: str | None = None) -> None:
+        super().__init__(message)
+        self.http, self.code, self.message, self.field, self.retry_after = http, code, message, field, retry_after
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.http == 401 else {}
+        if self.retry_after:
+            headers["Retry-After"] = self.retry_after
+        body = {"error": self.message, **({"field": self.field} if self.field else {})}
+        return JSONResponse(body, status_code=self.http, headers=headers)
+
+
+async def call_stage(stage: str, response, timeout_ms: float) -> Any:
+    """Await one handle call (or a stage run in this replica: a coroutine) with the stage's timeout; any
+    failure becomes StageFailed(stage, reason).
+
+    Under overload Serve's router can cancel a call this request never cancelled (Serve would answer it as a
+    bare HTTP 500). That is the stage's failure, answered with its degraded fallback; only a cancellation of
+    this request itself (client gone, replica stopping) propagates.
+    """
+    try:
+        return await asyncio.wait_for(response, timeout_ms / 1e3)
+    except TimeoutError:
+        if not asyncio.iscoroutine(response):  # wait_for cancelled a coroutine itself; a handle call is remote
+            response.cancel()
+        raise StageFailed(stage, f"timeout after {timeout_ms:.0f} ms") from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise
+        why = "cancelled" if asyncio.iscoroutine(response) else "call cancelled by Serve (overloaded)"
+        raise StageFailed(stage, why) from None
+    except Exception as e:
+        raise StageFailed(stage, one_line(e, last=True)) from None
+
+
+def grpc_status(grpc_context: RayServegRPCContext, e: Exception) -> None:
+    """One mapping of failures to gRPC status for every method: the code and a one-line message."""
+    if isinstance(e, Refusal):
+        code, details = e.code, e.message
+    elif isinstance(e, InvalidRequest):
+        code, details = grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    elif isinstance(e, StageFailed):
+        code, details = grpc.StatusCode.UNAVAILABLE, f"{e.stage} unavailable: {e.reason}"
+    else:
+        code, details = grpc.StatusCode.INTERNAL, f"internal error ({type(e).__name__})"
+    grpc_context.set_code(code)
+    grpc_context.set_details(details)
+
+
+def add_error_responses(api: FastAPI) -> None:
+    """HTTP answers for what escapes a route: malformed JSON 400, an invalid field 422 naming it, a lost stage
+    503 naming it (with Retry-After), anything else 500 naming only its type."""
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse({"error": "malformed JSON body"}, status_code=400)
+        field, msg = first_error(errors)
+        return JSONResponse({"error": msg, "field": field}, status_code=422)
+
+    @api.exception_handler(StageFailed)
+    async def _stage_failed(request: Request, exc: StageFailed) -> JSONResponse:
+        return JSONResponse({"error": f"{exc.stage} unavailable: {exc.reason}"}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    @api.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)

@@ -1,0 +1,87 @@
+"""The API's gate: which keys may read and write, the body size limit, and write admission (key + rate).
+
+The ASGI `Gate` answers 413 and 401 before FastAPI parses a body; `admit` is the writes' check (401 / 429).
+"""
+
+from __future__ import annotations
+
+import functools
+import hmac
+
+import grpc
+from fastapi.responses import JSONResponse
+
+from core.settings import Settings, load_settings
+from serving.failures import Refusal
+from serving.ratelimit import RateLimiter, retry_after
+
+
+@functools.cache
+def replica_settings() -> Settings:
+    """This replica's settings, read once (not per request); the keys file is re-read at each check."""
+    return load_settings()
+
+
+READ_PATHS = frozenset({"/recommend"})  # what `read_requires_key` closes; health and readiness stay open
+
+
+def authorized(header: str | None, keys: list[str]) -> bool:
+    """Bearer key check in constant time; no keys configured → nothing is authorized (writes are closed)."""
+    scheme, _, key = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not key:
+        return False
+    return any(hmac.compare_digest(key.encode(), k.encode()) for k in keys)
+
+
+def read_refused(authorization: str | None) -> str | None:
+    """Why a read is refused (read_requires_key on and no valid key), or None when it may go on."""
+    s = replica_settings()
+    if not s.read_requires_key or authorized(authorization, s.accepted_keys()):
+        return None
+    return "missing or invalid API key (Authorization: Bearer KEY): this deployment requires one for reads"
+
+
+class Gate:
+    """413 before the body is read when Content-Length is over the limit; 401 on a read without a required key.
+
+    Pure ASGI, so both answer before FastAPI parses (a bad body without a key is a 401, not a 422), and
+    Starlette's `@app.middleware("http")` would wrap every request in an extra task and stream.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            size = headers.get(b"content-length", b"")
+            limit = replica_settings().max_request_bytes
+            if size.isdigit() and int(size) > limit:
+                await JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)(scope, receive, send)
+                return
+            if scope["path"] in READ_PATHS:
+                refused = read_refused(headers.get(b"authorization", b"").decode("latin-1") or None)
+                if refused:
+                    await JSONResponse({"error": refused}, status_code=401,
+                                       headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+def admit_read(authorization: str | None) -> None:
+    """A Refusal (401) when reads need a key and this one is not valid (the gRPC path; HTTP has the `Gate`)."""
+    refused = read_refused(authorization)
+    if refused:
+        raise Refusal(401, grpc.StatusCode.UNAUTHENTICATED, refused)
+
+
+def admit(authorization: str | None, settings: Settings, limiter: RateLimiter) -> str:
+    """The caller's key if it is valid and within its rate, else a Refusal (401 / 429)."""
+    if not authorized(authorization, settings.accepted_keys()):
+        raise Refusal(401, grpc.StatusCode.UNAUTHENTICATED, "missing or invalid API key (Authorization: Bearer KEY)")
+    key = (authorization or "").partition(" ")[2]
+    wait = limiter.acquire(key)
+    if wait > 0:
+        raise Refusal(429, grpc.StatusCode.RESOURCE_EXHAUSTED, f"rate limit of {settings.write_rate_per_s:g} "
+                      "writes/s for this key", retry_after=retry_after(wait))
+    return key

@@ -1,0 +1,179 @@
+"""The feedback event log and the profile push: durable, exactly once, convergent with the online store."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from core.events import EventLog, FeedbackBatch, FeedbackEvent, Profile
+from core.events_redis import RedisEventLog
+
+
+def ev(user: int, item: int, **kw) -> FeedbackEvent:
+    return FeedbackEvent(user_id=user, item_id=item, event_type=kw.pop("event_type", "click"), **kw)
+
+
+def no_base(users: list[int]) -> dict[int, Profile]:
+    return {}
+
+
+def _open(where: str, max_len: int = 50):
+    return RedisEventLog(where, max_len) if where.startswith("redis://") else EventLog(Path(where), max_len)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def log_at(request, tmp_path) -> str:
+    """Where a log lives: the local SQLite file, or the cluster's Redis (a real server, fsync always)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "events.db")
+    return request.getfixturevalue("redis_server").url
+
+
+def test_events_are_stored_once_and_advance_the_profile(log_at):
+    log = _open(log_at, max_len=3)
+    base = {7: Profile(recent_items=[1, 2, 3], n_interactions=3, mean_rating=4.0, favourite_genres=["Drama"])}
+    r = log.append([ev(7, 9, event_id="a"), ev(7, 2, event_id="b", event_type="rate", value=1.0)],
+                   lambda users: {u: base[u] for u in users if u in base})
+    assert r.accepted == ["a", "b"] and r.duplicates == [] and r.users == [7]
+    again = log.append([ev(7, 9, event_id="a"), ev(8, 5, event_id="c")], no_base)
+    assert again.accepted == ["c"] and again.duplicates == ["a"]
+    (user, version, p, _), = log.dirty_profiles([7])
+    assert (user, version) == (7, 1)
+    assert p.recent_items == [3, 9, 2]  # 2 moved to the end, oldest dropped at max_len 3
+    assert p.n_interactions == 5 and p.mean_rating == pytest.approx((4.0 * 4 + 1.0) / 5)
+    assert p.favourite_genres == ["Drama"]
+    assert [e["event_id"] for e in log.events()] == ["a", "b", "c"]
+
+
+def test_pushed_marks_only_the_version_that_was_pushed(log_at):
+    log = _open(log_at)
+    log.append([ev(1, 10, event_id="x")], no_base)
+    (u, v, _, t1), = log.dirty_profiles()
+    log.append([ev(1, 11, event_id="y")], no_base, now=0.0)  # a newer version lands before the push is recorded
+    log.mark_pushed([(u, v)])
+    (_, v2, p, t2), = log.dirty_profiles()
+    assert v2 == 2 and p.recent_items == [10, 11]
+    assert t2 > t1  # the update time rises per user even when a clock goes back: pushes land in version order
+    log.mark_pushed([(1, v2)])
+    assert log.dirty_profiles() == []
+    assert log.mark_all_dirty() == 1 and [d.user_id for d in log.dirty_profiles()] == [1]
+    # the re-push after a rebuild is stamped past any rebuilt row (client times may run 5 minutes ahead)
+    assert log.dirty_profiles()[0].updated > time.time() + 300
+
+
+def test_an_event_without_an_id_is_idempotent_only_when_it_carries_a_timestamp(log_at):
+    log = _open(log_at)
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    first = log.append([ev(1, 10, timestamp=ts)], no_base)
+    retry = log.append([ev(1, 10, timestamp=ts)], no_base)
+    assert retry.duplicates == first.accepted
+    untimed = log.append([ev(1, 10), ev(1, 10)], no_base)
+    assert len(untimed.accepted) == 2  # two clicks without ids or times are two clicks
+
+
+def three_before(users: list[int]) -> dict[int, Profile]:
+    """Every user had 3 interactions online before the log saw them (the usual first feedback)."""
+    return {u: Profile(recent_items=[], n_interactions=3, mean_rating=4.0, favourite_genres=[]) for u in users}
+
+
+def _writer(where: str, worker: int, n: int) -> None:
+    log = _open(where)
+    for i in range(n):  # every event twice: the second is a duplicate whichever process wins
+        log.append([ev(worker % 3, 1 + i, event_id=f"w{worker % 2}-{i}")], three_before)
+
+
+def test_concurrent_processes_store_every_event_exactly_once(log_at):
+    """Four writer processes (replicas), each event sent by two of them: stored once, and every user's
+    profile counts each of its events once (no lost update between replicas)."""
+    _open(log_at).close()
+    procs = [mp.get_context("spawn").Process(target=_writer, args=(log_at, w, 60)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    log = _open(log_at)
+    events = log.events()
+    assert sorted(e["event_id"] for e in events) == sorted({f"w{w}-{i}" for w in range(2) for i in range(60)})
+    assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})  # arrival order, no seq twice
+    for user in {e["user_id"] for e in events}:
+        # the online start counted once, each stored event once (a lost compare-and-set round re-applies nothing)
+        assert log.profile(user).n_interactions == 3 + sum(e["user_id"] == user for e in events)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"user_id": 1, "item_id": 2, "event_type": "like"}, "event_type"),
+    ({"user_id": 1, "item_id": 2, "event_type": "rate"}, "value"),
+    ({"user_id": 1, "item_id": 2, "event_type": "rate", "value": 50}, "value"),
+    ({"user_id": -1, "item_id": 2, "event_type": "click"}, "user_id"),
+    ({"user_id": 1, "item_id": "two", "event_type": "click"}, "item_id"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "extra": 1}, "extra"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click", "event_id": "x" * 65}, "event_id"),
+    ({"user_id": 1, "item_id": 2, "event_type": "click",
+      "timestamp": (datetime.now(UTC) + timedelta(days=2)).isoformat()}, "timestamp"),
+])
+def test_bad_events_are_rejected_naming_the_field(body, field):
+    with pytest.raises(ValidationError) as e:
+        FeedbackBatch.model_validate({"events": [body]})
+    assert field in str(e.value)
+
+
+def test_push_failure_leaves_the_profile_dirty_and_replay_converges(feature_home, tmp_path, use_home):
+    """A real outage: the online store is a Redis nobody listens on; then the real SQLite store again."""
+    home = tmp_path / "home"
+    shutil.copytree(feature_home, home)
+    use_home(home)
+    from core.feature_store import feature_store
+    from core.settings import load_settings
+    from serving.features import FeatureReader
+    from serving.feedback import FeedbackWriter
+
+    s = load_settings()
+    reader = FeatureReader(s)
+    user = next(u for u in range(1, 50) if reader.user(u).known)
+    ctx = reader.user(user)
+    before, n_before = ctx.recent_items, ctx.n_interactions
+    item = next(i for i in range(1, 200) if i not in before)
+    down = feature_store(s.model_copy(update={"feast_online_store": {
+        "type": "redis", "connection_string": "127.0.0.1:1,socket_connect_timeout=0.2"}}))
+    writer = FeedbackWriter(s, store=down)
+    writer.base_profiles = FeedbackWriter(s).base_profiles  # the first read works; only the push fails
+    out = writer.record([ev(user, item, event_id="e1")])
+    assert out["accepted"] == ["e1"] and out["pushed"] is False and out["push_error"]
+    assert reader.user(user).recent_items == before  # not in the online store yet, but logged
+    assert [p[0] for p in writer.log.dirty_profiles()] == [user]
+
+    ok, _ = FeedbackWriter(s).push()  # the replay after the store is back (a restarted replica does this)
+    assert ok and writer.log.dirty_profiles() == []
+    after = FeatureReader(s).user(user)
+    assert after.recent_items == [*before, item][-s.sequence_length:]
+    assert after.n_interactions == n_before + 1
+
+
+def test_the_push_lock_excludes_threads_of_one_process_too(log_at):
+    """The Feedback writer relies on the log's lock alone (no lock of its own): replay loop and request
+    threads of one replica must not push at the same time either."""
+    import threading
+
+    log = _open(log_at)
+    inside, overlapped = [0], [False]
+
+    def push() -> None:
+        with log.push_lock():
+            inside[0] += 1
+            overlapped[0] |= inside[0] > 1
+            time.sleep(0.1)
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=push) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlapped[0]
