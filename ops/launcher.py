@@ -29,9 +29,17 @@ class ServeError(RecsysError):
     """The serving stack could not be started or stopped."""
 
 
+# Set in this process by imports, naming directories this process owns and deletes at exit: importing feast
+# makes a temp dir for prometheus_client's multiprocess mode and exports both names (feast/metrics.py). A
+# replica that inherits them writes its metrics there and dies at start once the directory is gone, so a
+# killed replica could never come back after `recsys serve`/`make demo` exited.
+PROCESS_OWNED_ENV = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+
+
 def ray_env(settings: Settings) -> dict[str, str]:
-    """Environment of the local Ray head: no stray RECSYS_* (replicas get the settings file instead)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    """Environment of the local Ray head: no stray RECSYS_* (replicas get the settings file instead), nothing
+    that names a directory of this (short-lived) process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_") and k not in PROCESS_OWNED_ENV}
     env["RAY_AUTH_MODE"] = "disabled"  # Ray ≥ 2.5x token auth: off for the embedded loopback cluster
     if settings.serve_throughput_optimized:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"

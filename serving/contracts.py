@@ -5,12 +5,16 @@ Validated at the boundary (pydantic), so a shape bug fails where it happens, not
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Stage = Literal["features", "recall", "ranking", "copy"]
 CopySource = Literal["model", "template", "template_guard", "none"]  # template_guard: model copy failed the guard
+
+
+MAX_CONTEXT_KEYS, MAX_CONTEXT_BYTES = 32, 2048  # what one request may write into the impression log
 
 
 class RecommendRequest(BaseModel):
@@ -18,10 +22,21 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: int = Field(ge=0, description="the user to recommend for (unknown users get cold-start results)")
-    k: int = Field(default=10, ge=1, le=100, description="how many items to return")
-    context: dict[str, Any] | None = Field(default=None, description="optional client context, logged as is")
-    include_copy: bool = Field(default=True, description="generate a short blurb for every item")
+    # strict, as /feedback: "7", true or 7.0 are a client's type error, not an id; ids are ≤ 2^62 everywhere
+    user_id: int = Field(ge=0, le=2**62, strict=True,
+                         description="the user to recommend for (unknown users get cold-start results)")
+    k: int = Field(default=10, ge=1, le=100, strict=True, description="how many items to return")
+    context: dict[str, Any] | None = Field(default=None, description="optional client context, logged as is "
+                                           f"(at most {MAX_CONTEXT_KEYS} keys, {MAX_CONTEXT_BYTES} bytes as JSON)")
+    include_copy: bool = Field(default=True, strict=True, description="generate a short blurb for every item")
+
+    @field_validator("context")
+    @classmethod
+    def _bounded(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and (len(v) > MAX_CONTEXT_KEYS or len(json.dumps(v, default=str)) > MAX_CONTEXT_BYTES):
+            raise ValueError(f"at most {MAX_CONTEXT_KEYS} keys and {MAX_CONTEXT_BYTES} bytes (it is logged with "
+                             "every answer)")
+        return v
 
 
 class Degradation(BaseModel):

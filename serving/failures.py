@@ -6,6 +6,7 @@ timeout that turns any stage failure into `StageFailed`, and the one mapping of 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
@@ -16,6 +17,24 @@ from ray.serve.grpc_util import RayServegRPCContext
 
 from core.errors import one_line
 from serving.grpc_api import InvalidRequest, first_error
+
+log = logging.getLogger("ray.serve")  # the replica's log: where the full messages go
+
+
+def public_reason(stage: str, e: BaseException) -> str:
+    """What failed, in words a client can act on. Addresses, actor ids and tracebacks stay in the replica's log
+    (logged here): a Ray error names actors and nodes, a gRPC error the peer's `ipv4:…` address."""
+    log.warning("%s failed: %s", stage, one_line(e, last=True, typed=True))
+    name = type(e).__name__
+    if "Actor" in name or name in ("DeploymentUnavailableError", "BackPressureError"):
+        return "replica unavailable (restarting or overloaded)"
+    cause = getattr(e, "cause", None)  # RayTaskError: the remote exception
+    if isinstance(cause, BaseException):
+        name = type(cause).__name__
+    status = getattr(e, "status", None)  # tritonclient's InferenceServerException: its gRPC status
+    if callable(status) and isinstance(status(), str) and status():
+        return f"error ({str(status()).removeprefix('StatusCode.')})"
+    return f"error ({name})"
 
 
 class StageFailed(Exception):
@@ -64,7 +83,7 @@ async def call_stage(stage: str, response, timeout_ms: float) -> Any:
         why = "cancelled" if asyncio.iscoroutine(response) else "call cancelled by Serve (overloaded)"
         raise StageFailed(stage, why) from None
     except Exception as e:
-        raise StageFailed(stage, one_line(e, last=True)) from None
+        raise StageFailed(stage, public_reason(stage, e)) from None
 
 
 def grpc_status(grpc_context: RayServegRPCContext, e: Exception) -> None:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import one_line
 from core.settings import Settings
 from serving.contracts import Degradation, UserContext
+from serving.failures import public_reason
 from serving.feature_server import online_store
 
 USER_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres")
@@ -191,6 +191,6 @@ async def read_user(reader: FeatureReader, user_id: int,
     except TimeoutError:
         reason = f"timeout after {timeout_ms:.0f} ms"
     except Exception as e:  # store or feature server down, bad row: the request still gets an answer
-        reason = one_line(e)
+        reason = "online store " + public_reason("features", e)
     degraded = Degradation(stage="features", reason=reason, fallback="cold-start (popularity)")
     return UserContext(user_id=user_id, known=False), degraded, (time.perf_counter() - t0) * 1e3

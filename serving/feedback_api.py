@@ -8,7 +8,7 @@ import json
 import grpc
 from pydantic import ValidationError
 
-from core.events import FeedbackBatch
+from core.events import FeedbackBatch, FeedbackEvent
 from serving.failures import Refusal
 from serving.grpc_api import first_error
 from serving.proto import recsys_pb2 as pb
@@ -29,6 +29,19 @@ def parse_feedback(raw: bytes) -> FeedbackBatch:
     except ValidationError as e:
         field, msg = first_error(e.errors())
         raise Refusal(422, grpc.StatusCode.INVALID_ARGUMENT, msg, field) from None
+
+
+def identified(batch: FeedbackBatch, now: float) -> list[FeedbackEvent]:
+    """Every event with its stored id before anything is stored (the client's, its content hash, or a generated
+    one with the server's time): an answer that cannot confirm the commit (a 503 after the stage's timeout, when
+    the write may still land) returns these ids, and a retry carrying them is stored at most once."""
+    return [e.stamped(now) for e in batch.events]
+
+
+def unavailable_json(events: list[FeedbackEvent], reason: str) -> dict:
+    """503 body: what failed, and the ids to retry with (the events may or may not have been stored)."""
+    return {"error": f"feedback unavailable: {reason}", "event_ids": [e.key() for e in events],
+            "retry": "send the same events again with these event_ids: each is stored at most once"}
 
 
 def refuse_unknown_items(batch: FeedbackBatch, known_items: set[int]) -> None:

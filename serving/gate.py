@@ -41,8 +41,24 @@ def read_refused(authorization: str | None) -> str | None:
     return "missing or invalid API key (Authorization: Bearer KEY): this deployment requires one for reads"
 
 
+async def read_bounded(receive, limit: int) -> bytes | None:
+    """A body sent without Content-Length (chunked), read up to `limit` bytes; None as soon as it goes over, so an
+    oversized stream is neither buffered whole nor parsed."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return bytes(body)  # the client went away: the app sees an empty body and answers nobody
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
 class Gate:
-    """413 before the body is read when Content-Length is over the limit; 401 on a read without a required key.
+    """413 when the body is over the limit: at once from Content-Length, or while a chunked body streams in; 401
+    on a read without a required key.
 
     Pure ASGI, so both answer before FastAPI parses (a bad body without a key is a 401, not a 422), and
     Starlette's `@app.middleware("http")` would wrap every request in an extra task and stream.
@@ -65,7 +81,24 @@ class Gate:
                     await JSONResponse({"error": refused}, status_code=401,
                                        headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
                     return
+            if not size.isdigit() and scope.get("method") in ("POST", "PUT", "PATCH"):
+                body = await read_bounded(receive, limit)
+                if body is None:
+                    await JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)(
+                        scope, receive, send)
+                    return
+                receive = _replay(body, receive)
         await self.app(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+    """The buffered body as one message, then the connection's own messages (a disconnect, say)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> dict:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 def admit_read(authorization: str | None) -> None:

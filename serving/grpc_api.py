@@ -61,15 +61,24 @@ def response_from_proto(msg: pb.RecommendResponse) -> RecommendResponse:
                              degraded=degraded)
 
 
+def _timestamp(ms: int, j: int) -> datetime | None:
+    """timestamp_ms → datetime; 0 is 'absent' (server time). One outside what datetime holds (±2^62, 10^15 ms
+    is year 33658) is the client's error, named, like any other invalid field."""
+    if not ms:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1e3, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise InvalidRequest(f"events.{j}.timestamp_ms: {ms} is outside the representable range") from None
+
+
 def feedback_from_proto(msg: pb.FeedbackRequest) -> FeedbackBatch:
     """Proto3 defaults mean 'absent': empty event_id/request_id, timestamp_ms 0 → server time."""
     events = [{"event_id": e.event_id or None, "user_id": e.user_id, "item_id": e.item_id,
                "event_type": e.event_type, "value": e.value if e.HasField("value") else None,
-               "timestamp": datetime.fromtimestamp(e.timestamp_ms / 1e3, UTC) if e.timestamp_ms else None,
-               "request_id": e.request_id or None} for e in msg.events]
+               "timestamp": _timestamp(e.timestamp_ms, j), "request_id": e.request_id or None}
+              for j, e in enumerate(msg.events)]
     try:
         return FeedbackBatch.model_validate({"events": events})
     except ValidationError as e:
         raise InvalidRequest(first_error(e.errors())[1]) from None
-    except (OverflowError, OSError, ValueError) as e:  # a timestamp outside what datetime can hold
-        raise InvalidRequest(f"timestamp_ms: {e}") from None

@@ -21,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from core.artifacts import Route, load_item_ids
 from core.errors import one_line
-from core.events import FeedbackBatch
+from core.events import FeedbackBatch, FeedbackEvent
 from serving.contracts import (
     Candidates,
     CopyResult,
@@ -37,7 +37,14 @@ from serving.contracts import (
 from serving.copy import template_copy
 from serving.failures import Refusal, StageFailed, add_error_responses, call_stage, grpc_status
 from serving.features import FeatureReader, read_user
-from serving.feedback_api import ack_json, ack_proto, parse_feedback, refuse_unknown_items
+from serving.feedback_api import (
+    ack_json,
+    ack_proto,
+    identified,
+    parse_feedback,
+    refuse_unknown_items,
+    unavailable_json,
+)
 from serving.gate import Gate, admit, admit_read, replica_settings
 from serving.grpc_api import feedback_from_proto, request_from_proto, response_to_proto
 from serving.impressions import ImpressionLog
@@ -135,26 +142,36 @@ class Ingress:
     @api.post("/feedback", openapi_extra={"requestBody": {"content": {"application/json": {
         "schema": FeedbackBatch.model_json_schema()}}, "required": True}})
     async def feedback_route(self, request: Request) -> JSONResponse:
-        """Events (one, or {"events": [...]}): acknowledged only once durably logged; 401 without a key."""
+        """Events (one, or {"events": [...]}): acknowledged only once durably logged; 401 without a key. A 503
+        lists the events' ids: the write may still land, and a retry with those ids is stored at most once."""
         try:
             admit(request.headers.get("authorization"), self.s, self.limiter)
-            result = await self._feedback(parse_feedback(await request.body()))
+            events = self._identified(parse_feedback(await request.body()))
+            result = await call_stage("feedback", self.feedback.record.remote(events), self.s.feedback_timeout_ms)
         except Refusal as r:
             return r.response()
+        except StageFailed as e:
+            return JSONResponse(unavailable_json(events, e.reason), status_code=503, headers={"Retry-After": "1"})
         return JSONResponse(ack_json(result))
 
     async def Feedback(self, request: pb.FeedbackRequest,  # the gRPC method name
                        grpc_context: RayServegRPCContext) -> pb.FeedbackResponse:
         try:
             admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
-            return ack_proto(await self._feedback(feedback_from_proto(request)))
+            events = self._identified(feedback_from_proto(request))
+            return ack_proto(await call_stage("feedback", self.feedback.record.remote(events),
+                                              self.s.feedback_timeout_ms))
+        except StageFailed as e:  # UNAVAILABLE with the ids to retry with, as the HTTP 503 body has them
+            grpc_status(grpc_context, e)
+            grpc_context.set_details(f"{unavailable_json(events, e.reason)['error']}; retry with event_ids "
+                                     + ",".join(e_.key() for e_ in events))
         except Exception as e:
             grpc_status(grpc_context, e)
         return pb.FeedbackResponse()
 
-    async def _feedback(self, batch: FeedbackBatch) -> dict:
+    def _identified(self, batch: FeedbackBatch) -> list[FeedbackEvent]:
         refuse_unknown_items(batch, self.known_items)
-        return await call_stage("feedback", self.feedback.record.remote(batch.events), self.s.feedback_timeout_ms)
+        return identified(batch, time.time())
 
     async def Recommend(self, request: pb.RecommendRequest,  # the gRPC method name
                         grpc_context: RayServegRPCContext) -> pb.RecommendResponse:

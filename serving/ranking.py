@@ -24,6 +24,7 @@ from core.errors import one_line
 from core.ranking_inputs import blend, item_dense_arrays, user_dense_arrays
 from core.settings import Settings
 from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
+from serving.failures import public_reason
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
 
@@ -149,7 +150,7 @@ class RankingStage:
             degraded, scores, version = self._degrade(f"triton timeout after {self.timeout_s * 1e3:.0f} ms", cands)
             order = list(range(len(cands.item_ids)))
         except Exception as e:  # unreachable, model unloaded, bad response: recall order, flagged
-            degraded, scores, version = self._degrade(f"triton error: {one_line(e)}", cands)
+            degraded, scores, version = self._degrade(f"triton {public_reason('ranking', e)}", cands)
             order = list(range(len(cands.item_ids)))
         order = _unique(order, cands.item_ids)
         first = [g[0] if g else "" for g in items.genres]

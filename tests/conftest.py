@@ -13,7 +13,9 @@ RECSYS = str(Path(sys.executable).parent / "recsys")
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_")}
+    """A newcomer's shell: no RECSYS_* of this process, nor the prometheus directory this process's feast import
+    exported (a CLI started with it would hand the test's directory to Ray and hide what a real launch does)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECSYS_", "PROMETHEUS_"))}
     env.update({"RECSYS_HOME": str(home), "RECSYS_PROFILE": "ci", "RECSYS_RAY_DASHBOARD": "false", **extra})
     return env
 

@@ -28,3 +28,26 @@ def test_ray_head_env_drops_stray_recsys_variables_and_sets_the_fast_mode(monkey
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     slow = ray_env(load_settings(environ={"RECSYS_SERVE_THROUGHPUT_OPTIMIZED": "false"}))
     assert "RAY_SERVE_THROUGHPUT_OPTIMIZED" not in slow
+
+
+def test_the_ray_head_inherits_no_directory_the_launching_process_owns():
+    """Importing feast (the demo and the bench do, before `launcher.up`) creates a temp dir for prometheus_client,
+    exports it, and deletes it at exit; replicas started from an environment naming it die at start once the
+    launching process is gone. A fresh process, as a newcomer's shell would run it."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, json, feast\n"
+            "from core.settings import load_settings\nfrom ops.launcher import ray_env\n"
+            "env = ray_env(load_settings(environ={}))\n"
+            "print(json.dumps([os.environ.get('PROMETHEUS_MULTIPROC_DIR'), "
+            "[k for k, v in env.items() if 'feast_metrics_' in v]]))")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PROMETHEUS_", "RECSYS_"))}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    owned, leaked = json.loads(res.stdout.strip().splitlines()[-1])
+    assert owned and "feast_metrics_" in owned  # what the import did in the launching process
+    assert leaked == []

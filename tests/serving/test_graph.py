@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 
 pytestmark = pytest.mark.slow  # the live stack: Triton, a Ray head and the Serve graph (~5 min)
 
@@ -55,9 +57,15 @@ def served(feature_home: Path, tmp_path_factory: pytest.TempPathFactory):
         # Ten epochs: a trained recall model (at three, lr 3e-3 leaves item vectors bunched in one direction
         # and the user vector barely follows fresh clicks, which the freshness test would rightly refuse).
         for args in (("train", "retrieval", "--epochs", "10"), ("train", "ranking", "--epochs", "1"),
-                     ("promote", "all", "--force"), ("export",), ("serve",)):
+                     ("promote", "all", "--force"), ("export",)):
             res = run_cli(home, *args, **PORTS)
             assert res.returncode == 0, f"{args}: {res.stderr[-3000:]}"
+        # Launched as `make demo` launches it: feast imported in the launching process, which then exits. Every
+        # replica killed later (the killed-writer test) must come back without anything of that process.
+        launch = "import sys, feast\nfrom recsys.cli import main\nsys.argv = ['recsys', 'serve']\nmain()"
+        res = subprocess.run([sys.executable, "-c", launch], env=cli_env(home, **PORTS), capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, f"serve: {res.stderr[-3000:]}"
         yield home
     finally:
         run_cli(home, "serve", "--down", timeout=180, **PORTS)
@@ -221,7 +229,6 @@ def test_fuzzed_feedback_gets_4xx_with_a_message_and_the_log_stays_valid(served,
 def test_acknowledged_feedback_survives_a_killed_writer_exactly_once(served, use_home):
     """4 clients post events (retrying unacknowledged ones with the same ids) while the Feedback replica is
     SIGKILLed; afterwards every acknowledged event is in the log once and the online store matches the log."""
-    import subprocess
 
     use_home(served)
     from core.artifacts import load_item_ids
@@ -543,6 +550,34 @@ def test_recall_lost_gives_flagged_popular_items_then_recovers(served, use_home)
     while time.monotonic() < deadline and (body := recommend(user, k=5))["degraded"]:
         time.sleep(0.5)
     assert not body["degraded"] and body["model_versions"]["retrieval"] != ""
+
+
+def test_a_feedback_503_names_the_ids_and_a_retry_with_them_is_stored_once(served, use_home):
+    """The Feedback replica frozen past the stage's timeout: the 503 lists the events' ids (the write may still
+    land when the replica thaws); the client's retry with those ids is acknowledged and stored once."""
+    use_home(served)
+    from core.artifacts import load_item_ids
+    from core.events import EventLog
+    from core.settings import load_settings
+
+    s = load_settings()
+    event = {"user_id": 151, "item_id": int(load_item_ids(s)[7]), "event_type": "click"}  # no id, no timestamp
+    pids = _replica_pids("Feedback")
+    assert pids, "no Feedback replica process found"
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        code, body = feedback(event)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert code == 503 and "timeout" in body["error"], body
+    [event_id] = body["event_ids"]
+    code, ack = feedback({**event, "event_id": event_id})
+    assert code == 200 and ack["event_ids"] == [event_id]
+    time.sleep(1)  # the frozen call, if Serve still delivers it, has landed by now
+    log = EventLog(s.event_log_path, s.sequence_length)
+    assert [e["event_id"] for e in log.events(151)].count(event_id) == 1
 
 
 def test_batch_scoring_follows_the_served_path_and_refuses_a_bad_users_file(served, use_home, tmp_path):

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from serving.contracts import Degradation, RecommendedItem, RecommendResponse
-from serving.grpc_api import InvalidRequest, request_from_proto, response_from_proto, response_to_proto
+from serving.contracts import Degradation, RecommendedItem, RecommendRequest, RecommendResponse
+from serving.grpc_api import (
+    InvalidRequest,
+    feedback_from_proto,
+    request_from_proto,
+    response_from_proto,
+    response_to_proto,
+)
 from serving.proto import recsys_pb2 as pb
 from serving.ranking import user_bucket
 from training.export import MAX_BATCH, config_pbtxt, ranker_specs
@@ -18,7 +24,10 @@ def test_proto_defaults_mean_the_http_defaults() -> None:
     assert (req.k, req.include_copy, req.context) == (3, False, {"page": "home"})
 
 
-@pytest.mark.parametrize(("fields", "field"), [({"user_id": 1, "k": 101}, "k"), ({"user_id": -2}, "user_id")])
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"user_id": 1, "k": 101}, "k"), ({"user_id": -2}, "user_id"), ({"user_id": 2**62 + 1}, "user_id"),
+    ({"user_id": 2**63 - 1}, "user_id"),
+])
 def test_invalid_proto_request_names_the_field(fields: dict, field: str) -> None:
     with pytest.raises(InvalidRequest, match=f"^{field}: "):
         request_from_proto(pb.RecommendRequest(**fields))
@@ -51,3 +60,44 @@ def test_config_loads_exactly_the_routed_versions() -> None:
     # One request is one user's candidates: whole shapes, nothing for Triton to batch across requests.
     assert "max_batch_size: 0" in text and "dynamic_batching" not in text
     assert '{ name: "history" data_type: TYPE_INT64 dims: [ -1, 20 ] }' in text
+
+
+@pytest.mark.parametrize("ms", [10**15, 2**62, -(2**62), 2**63 - 1, -(2**63)])
+def test_a_feedback_timestamp_out_of_range_is_invalid_argument_naming_the_field(ms: int) -> None:
+    """Not INTERNAL: the conversion is part of the validation (out of datetime's range, or beyond the 5-minute
+    future / 30-year past the contract allows)."""
+    ok = pb.FeedbackEvent(user_id=1, item_id=2, event_type="click")
+    bad = pb.FeedbackEvent(user_id=1, item_id=2, event_type="click", timestamp_ms=ms)
+    with pytest.raises(InvalidRequest, match=r"^events\.1\.timestamp"):
+        feedback_from_proto(pb.FeedbackRequest(events=[ok, bad]))
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"user_id": "7"}, "user_id"), ({"user_id": True}, "user_id"), ({"user_id": 10.0}, "user_id"),
+    ({"user_id": 2**63}, "user_id"), ({"user_id": 10**30}, "user_id"), ({"user_id": 1, "k": "5"}, "k"),
+    ({"user_id": 1, "include_copy": 0}, "include_copy"), ({"user_id": 1, "include_copy": "false"}, "include_copy"),
+])
+def test_recommend_is_as_strict_as_feedback(body: dict, field: str) -> None:
+    """The same bounds and types on every endpoint: no coercion of strings, booleans or floats to ids, ids ≤ 2^62
+    (JSON, as HTTP parses it)."""
+    import json
+
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        RecommendRequest.model_validate_json(json.dumps(body))
+    assert e.value.errors()[0]["loc"][0] == field
+    assert RecommendRequest.model_validate_json('{"user_id": 7, "k": 5, "include_copy": false}').user_id == 7
+
+
+def test_a_context_bigger_than_the_log_takes_is_refused_on_both_encodings() -> None:
+    """A 5 MB gRPC context was accepted and logged whole; the contract bounds it (HTTP 422, INVALID_ARGUMENT)."""
+    import json
+
+    from pydantic import ValidationError
+
+    with pytest.raises(InvalidRequest, match=r"^context: "):
+        request_from_proto(pb.RecommendRequest(user_id=1, context={"blob": "x" * 5_000_000}))
+    with pytest.raises(ValidationError):
+        RecommendRequest.model_validate_json(json.dumps({"user_id": 1, "context": {str(i): i for i in range(40)}}))
+    assert request_from_proto(pb.RecommendRequest(user_id=1, context={"page": "home"})).context == {"page": "home"}

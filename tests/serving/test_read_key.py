@@ -120,3 +120,49 @@ def test_the_cli_client_sends_its_key_on_reads(tmp_path):
     finally:
         server.shutdown()
     assert seen == ["Bearer reader-key", None]
+
+
+def _chunked(path: str, chunks: list[bytes]) -> tuple[int, bytes | None, int]:
+    """(status, the body the app behind the gate received) for a POST sent in chunks without Content-Length."""
+    got: list[bytes] = []
+
+    async def app(scope, receive, send) -> None:
+        message = await receive()
+        got.append(message["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    served = iter(messages)
+    read = [0]
+
+    async def receive() -> dict:
+        read[0] += 1
+        return next(served, {"type": "http.disconnect"})
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"", "http_version": "1.1",
+             "headers": [(b"transfer-encoding", b"chunked")]}
+    asyncio.run(gate.Gate(app)(scope, receive, send))
+    status = next(m for m in sent if m["type"] == "http.response.start")["status"]
+    return status, (got[0] if got else None), read[0]
+
+
+def test_a_chunked_body_over_the_limit_is_413_before_it_is_read_whole(monkeypatch, tmp_path):
+    """Transfer-Encoding: chunked has no Content-Length: the gate counts while the body streams in and stops at
+    the limit (a 20 MB body had reached the impression log whole)."""
+    monkeypatch.setenv("RECSYS_PROFILE", "ci")
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path))
+    monkeypatch.setenv("RECSYS_MAX_REQUEST_BYTES", "1000")
+    gate.replica_settings.cache_clear()
+    try:
+        status, body, reads = _chunked("/feedback", [b"x" * 400] * 50)
+        assert (status, body) == (413, None) and reads == 3  # stopped at 1,200 of 20,000 bytes
+        status, body, _ = _chunked("/recommend", [b'{"user_id"', b": 1}"])
+        assert (status, body) == (200, b'{"user_id": 1}')  # under the limit: the app gets the whole body once
+    finally:
+        gate.replica_settings.cache_clear()
