@@ -127,3 +127,24 @@ class RecommendResponse(BaseModel):
     model_versions: dict[str, str]  # {"retrieval": "3", "ranker": "2", "copy": "template"}
     timings_ms: dict[str, float]  # per stage and "total"
     degraded: list[Degradation]
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the HTTP API: one readable line, the field when one is to blame, and for a feedback
+    503 the event ids to retry with."""
+
+    error: str
+    field: str | None = None  # 422: the invalid field, dotted (e.g. "events.0.item_id")
+    event_ids: list[str] | None = None  # feedback 503: the write may still land; retry with these ids
+    retry: str | None = None  # feedback 503: how to retry
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these statuses, each with the error body (FastAPI documents only 200 and 422)."""
+    what = {400: "malformed JSON body", 401: "missing or invalid API key (Authorization: Bearer KEY)",
+            413: "request body over max_request_bytes (also without Content-Length)",
+            422: "an invalid field (named in `field`) or an unknown item",
+            429: "over the key's write rate; Retry-After says when to retry",
+            500: "internal error (its type only; details in the replica log)",
+            503: "a stage unavailable (Retry-After); for /feedback the write may still land: retry with event_ids"}
+    return {c: {"model": ErrorBody, "description": what[c]} for c in codes}

@@ -33,6 +33,7 @@ from serving.contracts import (
     RecommendRequest,
     RecommendResponse,
     UserContext,
+    error_responses,
 )
 from serving.copy import template_copy
 from serving.failures import Refusal, StageFailed, add_error_responses, call_stage, grpc_status
@@ -133,14 +134,16 @@ class Ingress:
                     self.s.recall_candidates + self.s.popular_candidates), 5000)
             await asyncio.sleep(60 if self.popular else 2)
 
-    @api.post("/recommend", response_model=RecommendResponse, response_model_by_alias=True)
+    @api.post("/recommend", response_model=RecommendResponse, response_model_by_alias=True,
+              responses=error_responses(400, 401, 413, 422, 500, 503))
     async def recommend(self, req: RecommendRequest, request: Request) -> Response:
         resp = await self._recommend(req, request.headers.get("x-request-id") or uuid.uuid4().hex)
         # Serialised once here; returning the model would make FastAPI validate it again before dumping.
         return Response(resp.model_dump_json(by_alias=True), media_type="application/json")
 
-    @api.post("/feedback", openapi_extra={"requestBody": {"content": {"application/json": {
-        "schema": FeedbackBatch.model_json_schema()}}, "required": True}})
+    @api.post("/feedback", responses=error_responses(400, 401, 413, 422, 429, 500, 503),
+              openapi_extra={"requestBody": {"content": {"application/json": {
+                  "schema": FeedbackBatch.model_json_schema()}}, "required": True}})
     async def feedback_route(self, request: Request) -> JSONResponse:
         """Events (one, or {"events": [...]}): acknowledged only once durably logged; 401 without a key. A 503
         lists the events' ids: the write may still land, and a retry with those ids is stored at most once."""
