@@ -103,37 +103,47 @@ def cluster_namespace(settings: Settings) -> str:
     return os.environ.get("POD_NAMESPACE", "default")
 
 
-def publish_ranker(settings: Settings, route: Route, keep: list[str], *uris: str) -> list[str]:
-    """Upload a Triton repository serving the route's versions and, where their inputs match the champion's
+def build_repository(settings: Settings, route: Route, keep: list[str], work: Path) -> tuple[Path, list[str]]:
+    """A Triton repository under `work` serving the route's versions and, where their inputs match the champion's
     (one config.pbtxt serves them all), the `keep` versions too; recsys.json routes to the champion. A routed
     version that cannot be served beside the champion is a ConfigError before anything is uploaded. Returns the
-    published versions. Each of `uris` gets the same repository."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
+    repository and the versions it holds."""
     from core.names import RANKER_MODEL
     from training.export import write_champion, write_config, write_version
     from training.registry import client, download_artifacts
 
+    found: dict[str, tuple[Path, dict]] = {}
+    for v in dict.fromkeys([*route.versions, *keep]):  # the champion first: the others must match its inputs
+        mv = client(settings).get_model_version(RANKER_MODEL, v)
+        art = download_artifacts(settings, mv.run_id, work / f"artifacts-{v}")
+        cfg = json.loads((art / "config.json").read_text())
+        if found and input_difference(cfg, found[route.champion][1]):
+            if v in route.versions:
+                raise ConfigError(f"ranker v{v} cannot be served beside v{route.champion}: their inputs differ")
+            continue  # the graph's old route loses this version when it switches (a short degraded window)
+        found[v] = (art, cfg)
+    repo = work / "repository"
+    for v, (art, cfg) in found.items():
+        write_version(repo, "ranker", v, art / "ranker.onnx", cfg, settings.kserve_backend)
+    published = sorted(found, key=int)
+    champion = found[route.champion][1]
+    write_config(repo, "ranker", champion, settings.kserve_backend, published)
+    write_champion(repo, "ranker", route.champion, champion)
+    return repo, published
+
+
+def upload(repo: Path, uri: str) -> None:
+    """The repository's files under `uri`, through MLflow's artifact stores (s3://, gs://, wasbs://, file://)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    get_artifact_repository(uri).log_artifacts(str(repo))
+
+
+def publish_ranker(settings: Settings, route: Route, keep: list[str], uri: str) -> list[str]:
+    """`build_repository`, uploaded to `uri`; the published versions."""
     with tempfile.TemporaryDirectory() as d:
-        found: dict[str, tuple[Path, dict]] = {}
-        for v in dict.fromkeys([*route.versions, *keep]):  # the champion first: the others must match its inputs
-            mv = client(settings).get_model_version(RANKER_MODEL, v)
-            art = download_artifacts(settings, mv.run_id, Path(d) / f"artifacts-{v}")
-            cfg = json.loads((art / "config.json").read_text())
-            if found and input_difference(cfg, found[route.champion][1]):
-                if v in route.versions:
-                    raise ConfigError(f"ranker v{v} cannot be served beside v{route.champion}: their inputs differ")
-                continue  # the graph's old route loses this version when it switches (a short degraded window)
-            found[v] = (art, cfg)
-        repo = Path(d) / "repository"
-        for v, (art, cfg) in found.items():
-            write_version(repo, "ranker", v, art / "ranker.onnx", cfg, settings.kserve_backend)
-        published = sorted(found, key=int)
-        champion = found[route.champion][1]
-        write_config(repo, "ranker", champion, settings.kserve_backend, published)
-        write_champion(repo, "ranker", route.champion, champion)
-        for uri in uris:
-            get_artifact_repository(uri).log_artifacts(str(repo))
+        repo, published = build_repository(settings, route, keep, Path(d))
+        upload(repo, uri)
     return published
 
 
@@ -248,11 +258,14 @@ def rollout_ranker(settings: Settings, version: str, canary_percent: float | Non
     before = (rayservice.graph_route(graph, settings.serve_app_name) or _file_route(settings)) if graph else None
     after = planned_route(before, version, canary_percent)
     current = cluster.get(ISVC, "InferenceService", name)
-    published = publish_ranker(settings, after, before.versions if before else [], uri)
-    patch = inference_service_patch(uri, current)
-    patched = cluster.patch(ISVC, "InferenceService", name, patch)
-    wait_ready(cluster, name, patched.get("metadata", {}).get("generation"), settings.kserve_ready_timeout_s, poll_s)
-    publish_ranker(settings, after, before.versions if before else [], live_uri(settings.kserve_publish_uri))
+    with tempfile.TemporaryDirectory() as d:  # built once, uploaded twice: the version's prefix, then live
+        repo, published = build_repository(settings, after, before.versions if before else [], Path(d))
+        upload(repo, uri)
+        patch = inference_service_patch(uri, current)
+        patched = cluster.patch(ISVC, "InferenceService", name, patch)
+        wait_ready(cluster, name, patched.get("metadata", {}).get("generation"), settings.kserve_ready_timeout_s,
+                   poll_s)
+        upload(repo, live_uri(settings.kserve_publish_uri))
     previous = current.get("spec", {}).get("predictor", {}).get("model", {}).get("storageUri")
     out = KServeRollout(name, namespace, version, uri, previous, patch, True, published,
                         before.as_dict() if before else None, None, rs)

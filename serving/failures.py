@@ -19,12 +19,18 @@ from core.errors import one_line
 from serving.grpc_api import InvalidRequest, first_error
 
 log = logging.getLogger("ray.serve")  # the replica's log: where the full messages go
+_last_logged: dict[str, str] = {}  # stage → the last failure logged for it
 
 
 def public_reason(stage: str, e: BaseException) -> str:
     """What failed, in words a client can act on. Addresses, actor ids and tracebacks stay in the replica's log
-    (logged here): a Ray error names actors and nodes, a gRPC error the peer's `ipv4:…` address."""
-    log.warning("%s failed: %s", stage, one_line(e, last=True, typed=True))
+    (logged here, once per change of message: during an outage every request fails the same way, and a line per
+    request would put the log on the hot path): a Ray error names actors and nodes, a gRPC error the peer's
+    `ipv4:…` address."""
+    detail = one_line(e, last=True, typed=True)
+    if _last_logged.get(stage) != detail:
+        _last_logged[stage] = detail
+        log.warning("%s failed: %s", stage, detail)
     name = type(e).__name__
     if "Actor" in name or name in ("DeploymentUnavailableError", "BackPressureError"):
         return "replica unavailable (restarting or overloaded)"
@@ -32,8 +38,9 @@ def public_reason(stage: str, e: BaseException) -> str:
     if isinstance(cause, BaseException):
         name = type(cause).__name__
     status = getattr(e, "status", None)  # tritonclient's InferenceServerException: its gRPC status
-    if callable(status) and isinstance(status(), str) and status():
-        return f"error ({str(status()).removeprefix('StatusCode.')})"
+    code = status() if callable(status) else None
+    if isinstance(code, str) and code:
+        return f"error ({code.removeprefix('StatusCode.')})"
     return f"error ({name})"
 
 

@@ -165,9 +165,9 @@ class Ingress:
             return ack_proto(await call_stage("feedback", self.feedback.record.remote(events),
                                               self.s.feedback_timeout_ms))
         except StageFailed as e:  # UNAVAILABLE with the ids to retry with, as the HTTP 503 body has them
+            body = unavailable_json(events, e.reason)
             grpc_status(grpc_context, e)
-            grpc_context.set_details(f"{unavailable_json(events, e.reason)['error']}; retry with event_ids "
-                                     + ",".join(e_.key() for e_ in events))
+            grpc_context.set_details(f"{body['error']}; retry with event_ids {','.join(body['event_ids'])}")
         except Exception as e:
             grpc_status(grpc_context, e)
         return pb.FeedbackResponse()

@@ -21,7 +21,6 @@ from training.jobs.common import (
     initial_state,
     load_result_state,
     log_epoch_metrics,
-    on_cpu,
     run_epoch,
     save_and_report,
     worker_threads,
@@ -86,7 +85,7 @@ def train_loop(config: dict[str, Any]) -> None:
                    "epoch_seconds": time.perf_counter() - t0, "samples": int(n_per * world)}
         state = None
         if rank == 0:
-            state = {"model": on_cpu(model.state_dict()), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                      "config": cfg.to_dict()}
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
         save_and_report(metrics, state)
