@@ -97,7 +97,9 @@ class FeedbackBatch(BaseModel):
 
 @dataclass
 class Profile:
-    """The user_profile row the online store converges to (all fields of the Feast view)."""
+    """The user_profile row the online store converges to (all fields of the Feast view), plus `seen_items`, the
+    user_history row: every item the user reached by a non-repeatable event type, however old (the profile's
+    `recent_items` is only the model's input window)."""
 
     recent_items: list[int]
     n_interactions: int
@@ -106,9 +108,18 @@ class Profile:
     age: int = -1
     gender: str = ""
     occupation: str = ""
+    seen_items: list[int] | None = None  # None: a profile stored before the log kept it (recent_items stands in)
 
-    def apply(self, e: FeedbackEvent, max_len: int) -> None:
-        """Most recent last, no repeats (an item seen again moves to the end), at most `max_len` ids."""
+    def apply(self, e: FeedbackEvent, max_len: int, repeatable: frozenset[str] = frozenset(),
+              max_seen: int = 10_000) -> None:
+        """Most recent last, no repeats (an item seen again moves to the end), at most `max_len` ids; the item
+        joins `seen_items` (at most `max_seen`, the most recent) unless its event type is `repeatable`."""
+        if self.seen_items is None:
+            self.seen_items = list(self.recent_items)
+        if e.event_type not in repeatable:
+            if e.item_id in self.seen_items:
+                self.seen_items.remove(e.item_id)
+            self.seen_items = [*self.seen_items, e.item_id][-max_seen:]
         if e.item_id in self.recent_items:
             self.recent_items.remove(e.item_id)
         self.recent_items = [*self.recent_items, e.item_id][-max_len:]
@@ -152,11 +163,13 @@ class FeedbackLog(Protocol):
 
 def open_event_log(settings: Settings) -> FeedbackLog:
     """The configured log: `event_log_url` (redis://…) in a cluster, else the SQLite file."""
+    rules: dict[str, Any] = {"repeatable": frozenset(settings.repeat_event_types),
+                             "max_seen": settings.max_seen_items}
     if settings.event_log_url:
         from core.events_redis import RedisEventLog
 
-        return RedisEventLog(settings.event_log_url, settings.sequence_length)
-    return EventLog(settings.event_log_path, settings.sequence_length)
+        return RedisEventLog(settings.event_log_url, settings.sequence_length, **rules)
+    return EventLog(settings.event_log_path, settings.sequence_length, **rules)
 
 
 def has_event_log(settings: Settings) -> bool:
@@ -190,10 +203,12 @@ CREATE TABLE IF NOT EXISTS profiles (
 class EventLog:
     """SQLite event log + profile state; safe across processes (WAL, IMMEDIATE transactions, busy timeout)."""
 
-    def __init__(self, path: Path, max_len: int) -> None:
+    def __init__(self, path: Path, max_len: int, repeatable: frozenset[str] = frozenset(),
+                 max_seen: int = 10_000) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.max_len = max_len
+        self.repeatable, self.max_seen = repeatable, max_seen
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # fsync at every commit: an ack is a promise
@@ -253,7 +268,7 @@ class EventLog:
                 accepted.append(key)
                 if e.user_id not in profiles:
                     profiles[e.user_id] = self._profile(e.user_id) or starts.get(e.user_id) or empty_profile()
-                profiles[e.user_id].apply(e, self.max_len)
+                profiles[e.user_id].apply(e, self.max_len, self.repeatable, self.max_seen)
             for uid, p in profiles.items():
                 db.execute(
                     "INSERT INTO profiles (user_id, profile, version, pushed, updated) VALUES (?, ?, 1, 0, ?) "

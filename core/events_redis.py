@@ -103,11 +103,13 @@ return #all / 2
 class RedisEventLog:
     """Same interface as `core.events.EventLog`, stored in Redis (`redis://host:port/db`)."""
 
-    def __init__(self, url: str, max_len: int, check_durability: bool = True) -> None:
+    def __init__(self, url: str, max_len: int, check_durability: bool = True, repeatable: frozenset[str] = frozenset(),
+                 max_seen: int = 10_000) -> None:
         import redis
 
         self.url = url
         self.max_len = max_len
+        self.repeatable, self.max_seen = repeatable, max_seen
         self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
         self.k = {n: f"{_PREFIX}:{n}" for n in _NAMES}
         self._append_script = self.r.register_script(_APPEND)
@@ -175,7 +177,7 @@ class RedisEventLog:
                 if e.user_id not in changed:  # a copy: a lost round must not leave `starts` advanced
                     start = profiles[e.user_id] or starts.get(e.user_id)
                     changed[e.user_id] = Profile(**copy.deepcopy(start.__dict__)) if start else empty_profile()
-                changed[e.user_id].apply(e, self.max_len)
+                changed[e.user_id].apply(e, self.max_len, self.repeatable, self.max_seen)
             if not accepted:
                 return AppendResult([], duplicates, [])
             expected = dict(zip(users, versions, strict=True))

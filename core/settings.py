@@ -44,6 +44,9 @@ class Settings(BaseModel):
     feature_read: Literal["sdk", "server"] = "sdk"  # serving reads/pushes via the SDK, or the feature server
     feature_server_timeout_s: float = 2.0  # HTTP timeout of one feature-server call
     sequence_length: int = 50  # most recent item ids kept in the user profile (the model's input)
+    # An item reached by any other event type (a purchase, a rating) is never recommended to that user again.
+    repeat_event_types: list[Literal["click", "view", "rate", "favorite", "purchase"]] = []  # may repeat, e.g. view
+    max_seen_items: int = 10_000  # excluded items kept per user (the most recent), bounding the online row
     content_model: str = "all-MiniLM-L6-v2"  # sentence-transformers model for item text embeddings
 
     mlflow_tracking_uri: str | None = None  # None → SQLite DB in home; http://… for a server
@@ -57,7 +60,10 @@ class Settings(BaseModel):
     ray_head_port: int = 6379  # GCS port of the local Ray head that `recsys serve` starts
     train_workers: int = 2  # Ray Train workers (DDP)
     use_gpu: bool = False  # one GPU per Ray Train worker
-    retrieval_epochs: int = 40  # epochs of the retrieval model (the best validation epoch is kept)
+    retrieval_epochs: int = 40  # epochs of the retrieval model at most (the best validation epoch is kept)
+    retrieval_patience: int = 10  # stop after this many epochs without a better validation NDCG@10 (0: never)
+    retrieval_plateau: int = 0  # halve the learning rate after this many epochs without one (0: never)
+    retrieval_budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: none)
     ranking_epochs: int = 4  # epochs of the ranking model
     seed: int = 0  # seed for data splits, sampling and initialisation
 

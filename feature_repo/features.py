@@ -21,6 +21,12 @@ user_profile_source = FileSource(
     path="user_profile.parquet",
     timestamp_field="event_timestamp",
 )
+# One row per user: everything they may not be recommended again (the state after their last interaction).
+user_history_source = FileSource(
+    name="user_history_source",
+    path="user_history.parquet",
+    timestamp_field="event_timestamp",
+)
 # Static item attributes and statistics from the training split (no test leakage).
 item_features_source = FileSource(
     name="item_features_source",
@@ -30,6 +36,7 @@ item_features_source = FileSource(
 
 # Real-time updates of the user profile (feedback loop); lands in online and offline stores.
 user_profile_push = PushSource(name="user_profile_push", batch_source=user_profile_source)
+user_history_push = PushSource(name="user_history_push", batch_source=user_history_source)
 
 # The user's state: the sequence the retrieval model reads, plus activity and demographics.
 user_profile = FeatureView(
@@ -46,6 +53,18 @@ user_profile = FeatureView(
         Field(name="occupation", dtype=String),  # "" when unknown
     ],
     source=user_profile_push,
+    online=True,
+)
+
+# The whole history's exclusion set, apart from the profile: the profile is snapshotted per interaction for
+# point-in-time joins, and a full list per snapshot would grow with the square of a user's history. Online only
+# in use (serving excludes these items); `seen_items` follows the operator's `repeat_event_types`.
+user_history = FeatureView(
+    name="user_history",
+    entities=[user],
+    ttl=timedelta(0),
+    schema=[Field(name="seen_items", dtype=Array(Int64))],  # most recent last, ≤ max_seen_items ids
+    source=user_history_push,
     online=True,
 )
 
@@ -70,3 +89,5 @@ item_features = FeatureView(
 retrieval_v1 = FeatureService(name="retrieval_v1", features=[user_profile[["recent_items", "n_interactions"]]])
 # Contract of the ranking model: full user profile and item features.
 ranking_v1 = FeatureService(name="ranking_v1", features=[user_profile, item_features])
+# What the request path reads of a user: the model's inputs and what must not be recommended again.
+serving_v1 = FeatureService(name="serving_v1", features=[user_profile, user_history])

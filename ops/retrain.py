@@ -5,8 +5,9 @@ One cycle, each step the same code as its own CLI command:
   2. rebuild the feature store from it, then re-push every logged profile (materialization rewrote the
      online rows from the data, which may predate events logged while this cycle ran);
   3. train both challengers warm-started from the champions' weights;
-  4. run the promotion gate (mlflow/promotion_policy.yaml): a refused challenger stays challenger, with the
-     reasons recorded on its MLflow version;
+  4. run the promotion gate (mlflow/promotion_policy.yaml): the data moved on, so each champion is re-evaluated
+     on the challenger's validation split and the two numbers are compared (`training.reevaluate`); a refused
+     challenger stays challenger, with the reasons recorded on its MLflow version;
   5. if both passed: `ops.pipeline.go_live` with both: locally the retrieval half, then the ranker route
      through `ops.rollout` (Triton loads first); in a cluster (the chart's retrain CronJob) through
      `ops.kserve.rollout_ranker`: published repository, InferenceService Ready, then one RayService patch
@@ -51,7 +52,7 @@ def replay_profiles(settings: Settings) -> int:
 
 
 def retrain(settings: Settings, console: Console, force: bool = False, retrieval_epochs: int | None = None,
-            ranking_epochs: int | None = None) -> RetrainResult:
+            ranking_epochs: int | None = None, warm: bool = True) -> RetrainResult:
     from core.names import RANKER_MODEL, RETRIEVAL_MODEL
     from training.feedback_data import merge_events
     from training.promotion import promote
@@ -63,12 +64,13 @@ def retrain(settings: Settings, console: Console, force: bool = False, retrieval
                   f"{merged['new_users']} new users")
     build_feature_store(settings)
     console.print(f"features rebuilt; {replay_profiles(settings)} logged profiles re-pushed to the online store")
-    r = train_retrieval_step(settings, warm_start=True,
+    r = train_retrieval_step(settings, warm_start=warm,
                              **({"epochs": retrieval_epochs} if retrieval_epochs else {}))
-    k = train_ranking_step(settings, warm_start=True, **({"epochs": ranking_epochs} if ranking_epochs else {}))
+    k = train_ranking_step(settings, warm_start=warm, **({"epochs": ranking_epochs} if ranking_epochs else {}))
     result = RetrainResult(merged, {RETRIEVAL_MODEL: r["version"], RANKER_MODEL: k["version"]})
     console.print(f"challengers: retrieval v{r['version']} (val HR@10 {r['val_hr_at_10']:.4f}), "
-                  f"ranker v{k['version']} (val HR@10 {k['val_hr_at_10']:.4f}), warm-started from the champions")
+                  f"ranker v{k['version']} (val HR@10 {k['val_hr_at_10']:.4f}), "
+                  f"{'warm-started from the champions' if warm else 'trained from scratch'}")
     passed = True
     for name in (RETRIEVAL_MODEL, RANKER_MODEL):
         try:

@@ -401,6 +401,8 @@ def retrain(
                               ] = None,
     every: Annotated[float | None, typer.Option(min=1, help="Repeat every N minutes (a local schedule; the chart "
                                                        "runs a CronJob).")] = None,
+    cold: Annotated[bool, typer.Option(help="Train the challengers from scratch, not from the champions' weights "
+                                            "(after a change to the model's shape).")] = False,
 ) -> None:
     """Logged feedback → training set → warm-started challengers → promotion gate → live swap if serving."""
     import time
@@ -408,7 +410,7 @@ def retrain(
     from ops.retrain import retrain as run_retrain
 
     while True:
-        res = run_retrain(settings(), console, force, retrieval_epochs, ranking_epochs)
+        res = run_retrain(settings(), console, force, retrieval_epochs, ranking_epochs, warm=not cold)
         console.print(f"retrain cycle: {'promoted' if res.promoted else 'champions kept'} in {res.seconds} s")
         if every is None:
             return  # a refusal is a normal outcome: the reasons are printed and recorded in MLflow

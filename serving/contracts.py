@@ -56,6 +56,12 @@ class UserContext(BaseModel):
     n_interactions: int = 0
     mean_rating: float = 0.0
     favourite_genres: list[str] = Field(default_factory=list)
+    # Items never to recommend again (the user_history row, whole history); None: no row, recent_items stands
+    # in. Read and used by Recall only, which drops it before the user travels on (it can be thousands of ids).
+    seen_items: list[int] | None = None
+
+    def excluded(self) -> list[int]:
+        return self.recent_items if self.seen_items is None else self.seen_items
 
 
 class Candidates(BaseModel):

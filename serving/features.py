@@ -24,6 +24,7 @@ from serving.failures import public_reason
 from serving.feature_server import online_store
 
 USER_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres")
+USER_REFS = [f"user_profile:{f}" for f in USER_FIELDS] + ["user_history:seen_items"]
 ITEM_FIELDS = ("title", "genres", "year", "popularity", "item_mean_rating", "content_embedding")
 
 
@@ -48,15 +49,16 @@ class FeatureReader:
         self.store = online_store(settings)  # a FeatureStore, or the feature server behind the same calls
 
     def user(self, user_id: int) -> UserContext:
-        row = self.store.get_online_features(features=[f"user_profile:{f}" for f in USER_FIELDS],
-                                             entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        row = self.store.get_online_features(features=USER_REFS, entity_rows=[{"user_id": int(user_id)}]).to_dict()
         recent = row["recent_items"][0]
         if recent is None:  # no row: an unknown user
             return UserContext(user_id=user_id, known=False)
+        seen = row.get("seen_items", [None])[0]
         return UserContext(user_id=user_id, known=True, recent_items=[int(i) for i in recent],
                            n_interactions=int(row["n_interactions"][0] or 0),
                            mean_rating=float(row["mean_rating"][0] or 0.0),
-                           favourite_genres=list(row["favourite_genres"][0] or []))
+                           favourite_genres=list(row["favourite_genres"][0] or []),
+                           seen_items=None if seen is None else [int(i) for i in seen])
 
     def items(self, item_ids: list[int] | np.ndarray, fields: tuple[str, ...] = ITEM_FIELDS) -> ItemRows:
         ids = np.asarray(item_ids, dtype=np.int64)

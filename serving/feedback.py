@@ -22,6 +22,7 @@ from core.settings import Settings, load_settings
 from serving.feature_server import online_store
 
 PUSH_SOURCE = "user_profile_push"
+HISTORY_PUSH_SOURCE = "user_history_push"
 PROFILE_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres", "age", "gender", "occupation")
 log = logging.getLogger("ray.serve")
 
@@ -35,8 +36,9 @@ class FeedbackWriter:
 
     def base_profiles(self, user_ids: list[int]) -> dict[int, Profile]:
         """The online rows of users the log has not seen yet (their history before the first event)."""
-        out = self.store.get_online_features(features=[f"user_profile:{f}" for f in PROFILE_FIELDS],
-                                             entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
+        out = self.store.get_online_features(
+            features=[f"user_profile:{f}" for f in PROFILE_FIELDS] + ["user_history:seen_items"],
+            entity_rows=[{"user_id": u} for u in user_ids]).to_dict()
         profiles = {}
         for j, u in enumerate(user_ids):
             if out["recent_items"][j] is None:
@@ -47,7 +49,8 @@ class FeedbackWriter:
                 mean_rating=float(out["mean_rating"][j] or 0.0),
                 favourite_genres=list(out["favourite_genres"][j] or []),
                 age=int(-1 if out["age"][j] is None else out["age"][j]),
-                gender=out["gender"][j] or "", occupation=out["occupation"][j] or "")
+                gender=out["gender"][j] or "", occupation=out["occupation"][j] or "",
+                seen_items=None if out["seen_items"][j] is None else [int(i) for i in out["seen_items"][j]])
         return profiles
 
     def record(self, events: list[FeedbackEvent]) -> dict:
@@ -76,12 +79,17 @@ class FeedbackWriter:
         import pandas as pd
         from feast.data_source import PushMode
 
-        df = pd.DataFrame([{"user_id": d.user_id, "event_timestamp": datetime.fromtimestamp(d.updated, UTC),
-                            **d.profile.__dict__} for d in dirty])
+        rows = [{"user_id": d.user_id, "event_timestamp": datetime.fromtimestamp(d.updated, UTC),
+                 **d.profile.__dict__} for d in dirty]
+        df = pd.DataFrame(rows)[["user_id", "event_timestamp", *PROFILE_FIELDS]]
         df["n_interactions"] = df["n_interactions"].astype("int64")
         df["age"] = df["age"].astype("int64")
         df["mean_rating"] = df["mean_rating"].astype("float32")
-        try:
+        history = pd.DataFrame([{"user_id": r["user_id"], "event_timestamp": r["event_timestamp"],
+                                 "seen_items": r["seen_items"] if r["seen_items"] is not None else r["recent_items"]}
+                                for r in rows])
+        try:  # the history first: a profile that is pushed but whose history is not stays dirty and is re-pushed
+            self.store.push(HISTORY_PUSH_SOURCE, history, to=PushMode.ONLINE)
             self.store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
         except Exception as e:  # online store down: stays dirty, the replay loop retries
             return False, one_line(e, typed=True)

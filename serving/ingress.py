@@ -74,7 +74,7 @@ def _recall_order(cands: Candidates, k: int, reason: str) -> RankedItems:
 
 def _popular_order(popular: list[int], user: UserContext, n: int) -> Candidates:
     """Recall itself was lost: the most popular items the user has not seen, as unpersonalised candidates."""
-    seen = set(user.recent_items)
+    seen = set(user.excluded())
     items = [i for i in popular if i not in seen][:n]
     return Candidates(item_ids=items, scores=[1.0 - r / max(1, len(items)) for r in range(len(items))],
                       channels=["popular"] * len(items), model_version="")

@@ -51,9 +51,10 @@ class Recaller:
         return self.encoder.run(None, {"history": history})[0][0]  # (d,)
 
     def candidates(self, user: UserContext) -> Candidates:
+        """The user's whole exclusion set (`UserContext.excluded`) is filtered, not only the model's window."""
         hist = self.history(user.recent_items)
-        seen = {int(i) for i in hist[0] if i > 0}
-        if not seen:
+        seen = {self.index_of[i] for i in user.excluded() if i in self.index_of}
+        if not hist[0].any():
             return self._popular(seen, self.n, [], [], [], vector=None)
         u = self.user_vector(hist)
         idx, scores, channel = self._search(u, self.n + len(seen))
@@ -114,8 +115,9 @@ class Recall:
         """Features within their timeout (else cold start, flagged), then candidates: ~1 ms of numpy/faiss,
         cheaper inline than a thread hop."""
         user, degraded, features_ms = await read_user(self.reader, user_id, self.settings.features_timeout_ms)
-        return Recalled(user=user, candidates=self.recaller.candidates(user), features_ms=features_ms,
-                        degraded=degraded)
+        cands = self.recaller.candidates(user)
+        user.seen_items = None  # used; the later stages need only the profile
+        return Recalled(user=user, candidates=cands, features_ms=features_ms, degraded=degraded)
 
     async def popular(self, n: int) -> list[int]:
         """The n most popular raw item ids: the Ingress keeps them as its answer for when recall is lost."""

@@ -62,6 +62,21 @@ def user_profile_table(ds: Dataset, sequence_length: int) -> pd.DataFrame:
     return out
 
 
+def user_history_table(ds: Dataset, repeatable: Sequence[str] = (), max_seen: int = 10_000) -> pd.DataFrame:
+    """One row per user: the items reached by a non-repeatable event type, most recent last (an item met again
+    moves to the end), at most `max_seen`; stamped with the user's last interaction. Users with no such item
+    still get a row (an empty list), so serving never falls back to the recent window for them."""
+    df = ds.interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    last = df.groupby("user_id", sort=True)["timestamp"].max()
+    kept = df[~df["event_type"].isin(list(repeatable))] if len(repeatable) else df
+    kept = kept.drop_duplicates(["user_id", "item_id"], keep="last")
+    seen = kept.groupby("user_id", sort=True)["item_id"].agg(lambda s: s.to_numpy(np.int64)[-max_seen:].tolist())
+    out = pd.DataFrame({"user_id": last.index.to_numpy(np.int64), "event_timestamp": last.to_numpy()})
+    out["seen_items"] = [seen.get(u, []) for u in out["user_id"]]
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    return out
+
+
 def item_feature_table(ds: Dataset, train: pd.DataFrame, embeddings: np.ndarray) -> pd.DataFrame:
     """Item attributes plus popularity/mean rating from the training split only (no test leakage)."""
     stats = train.groupby("item_id")["rating"].agg(["size", "mean"])
@@ -93,7 +108,7 @@ def load_definitions(repo: Path, features_dir: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    for source in (module.user_profile_source, module.item_features_source):
+    for source in (module.user_profile_source, module.user_history_source, module.item_features_source):
         source.file_options.uri = str(features_dir.resolve() / Path(source.path).name)
     return module
 
@@ -103,16 +118,18 @@ def build_features(settings: Settings, ds: Dataset, split: Split) -> dict[str, i
     fdir = settings.features_dir
     fdir.mkdir(parents=True, exist_ok=True)
     profiles = user_profile_table(ds, settings.sequence_length)
+    history = user_history_table(ds, settings.repeat_event_types, settings.max_seen_items)
     emb = embed_items(ds.items, settings.content_model)
     items = item_feature_table(ds, split.train, emb)
     profiles.to_parquet(fdir / "user_profile.parquet", index=False)
+    history.to_parquet(fdir / "user_history.parquet", index=False)
     items.to_parquet(fdir / "item_features.parquet", index=False)
 
     store = feature_store(settings)
     defs = load_definitions(settings.feature_repo, fdir)
-    objects = [defs.user, defs.item, defs.user_profile_source, defs.item_features_source,
-               defs.user_profile_push, defs.user_profile, defs.item_features, defs.retrieval_v1,
-               defs.ranking_v1]
+    objects = [defs.user, defs.item, defs.user_profile_source, defs.user_history_source, defs.item_features_source,
+               defs.user_profile_push, defs.user_history_push, defs.user_profile, defs.user_history,
+               defs.item_features, defs.retrieval_v1, defs.ranking_v1, defs.serving_v1]
     store.apply(objects)
     end = datetime.now(UTC) + timedelta(days=1)
     store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)

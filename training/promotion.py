@@ -76,7 +76,8 @@ class Decision:
     reasons: list[str]
     metric: str
     value: float | None
-    champion_value: float | None
+    champion_value: float | None  # the champion's on the challenger's validation split when `split` is set
+    split: str | None = None  # data digest of the split the champion was re-evaluated on (a retrain)
 
     def line(self) -> str:
         """One line for the CLI and job logs."""
@@ -270,16 +271,44 @@ def _checks_results(c: Any, p: ModelPolicy, mv: Any, champion: Any) -> list[Resu
             out.append((False, f"the challenger's run lacks {metric if v is None else baseline}"))
         else:
             out.append((v > b, f"{metric} {v:.4f} {'>' if v > b else '<='} {baseline} {b:.4f}"))
-    if p.checks.same_data and champion is not None:
-        mine, theirs = mv.tags.get("data_digest"), champion.tags.get("data_digest")
-        if not mine:
-            out.append((False, f"no data_digest tag: cannot tell it saw champion v{champion.version}'s data"))
-        elif mine != theirs:
-            out.append((False, f"data digest {str(mine)[:12]} differs from champion v{champion.version}'s "
-                               f"{str(theirs)[:12]}: not the same evaluation"))
-        else:
-            out.append((True, f"same data digest {mine[:12]} as champion v{champion.version}"))
     return out
+
+
+def _same_data(settings: Settings, c: Any, p: ModelPolicy, mv: Any, champion: Any,
+               champ_value: float | None) -> tuple[list[Result], float | None, str | None]:
+    """Like with like: on the champion's data, the logged metrics compare; on newer data (a retrain), the
+    champion is re-evaluated on the challenger's validation split and that number is compared. Returns the
+    check results, the champion value to compare with, and the split digest when a re-evaluation was made."""
+    if not p.checks.same_data or champion is None:
+        return [], champ_value, None
+    mine, theirs = mv.tags.get("data_digest"), champion.tags.get("data_digest")
+    if not mine:
+        return [(False, f"no data_digest tag: cannot tell it saw champion v{champion.version}'s data")], None, None
+    if mine == theirs:
+        return [(True, f"same data digest {mine[:12]} as champion v{champion.version}")], champ_value, None
+    from training.reevaluate import champion_on_current_data
+
+    current = _current_digest(settings)
+    if current != mine:
+        return [(False, f"the challenger was trained on data {mine[:12]} but the data is now {str(current)[:12]}: "
+                        f"retrain it")], None, None
+    re = champion_on_current_data(settings, p.model, str(champion.version), p.metric,
+                                  champion.tags.get("retrieval_version"))
+    if isinstance(re, str):
+        return [(False, f"data digest {mine[:12]} differs from champion v{champion.version}'s {str(theirs)[:12]} "
+                        f"and {re}")], None, None
+    was = f"{champ_value:.4f}" if champ_value is not None else "none"
+    return [(True, f"champion v{champion.version} re-evaluated on the challenger's validation split (data "
+                   f"{mine[:12]}): {p.metric} {re.value:.4f} (on its own data {was})")], re.value, re.digest
+
+
+def _current_digest(settings: Settings) -> str | None:
+    import json
+
+    from training.data.schema import MANIFEST
+
+    path = settings.data_dir / MANIFEST
+    return json.loads(path.read_text()).get("interactions_sha256") if path.exists() else None
 
 
 def _upstream_result(c: Any, p: ModelPolicy, mv: Any) -> Result | None:
@@ -308,6 +337,8 @@ def _record(c: Any, d: Decision) -> None:
         metric += f" (champion v{d.previous_champion} {d.champion_value:.6g})"
     tags = {"decision": d.action, "reasons": "; ".join(d.reasons), "compared_to": d.previous_champion or "none",
             "metric": metric, "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    if d.split:
+        tags["split_digest"] = d.split
     for k, v in tags.items():
         c.set_model_version_tag(d.model, d.version, TAG + k, v)
 
@@ -355,7 +386,11 @@ def promote(settings: Settings, model_name: str, force: bool = False, to_version
         return Decision(model_name, prev, prev, False, False, "unchanged", [f"v{prev} is already {p.alias}"],
                         p.metric, value, champ_value)
 
-    results = [_compare(p, value, champion, champ_value), *_checks_results(c, p, mv, champion)]
+    data_results, champ_value, split = _same_data(settings, c, p, mv, champion, champ_value)
+    if champion is not None and champ_value is None and data_results and not data_results[0][0]:
+        results = [*data_results, *_checks_results(c, p, mv, champion)]  # nothing comparable: say why
+    else:
+        results = [_compare(p, value, champion, champ_value), *data_results, *_checks_results(c, p, mv, champion)]
     upstream = _upstream_result(c, p, mv)
     if upstream is not None:
         results.append(upstream)
@@ -365,7 +400,7 @@ def promote(settings: Settings, model_name: str, force: bool = False, to_version
     else:
         action, reasons = ("forced" if force else "refused"), failed
     d = Decision(model_name, str(mv.version), prev, action != "refused", action == "forced", action, reasons,
-                 p.metric, value, champ_value)
+                 p.metric, value, champ_value, split)
     if d.promoted:
         c.set_registered_model_alias(model_name, p.alias, mv.version)
     _record(c, d)

@@ -78,7 +78,8 @@ def _data_params(settings: Settings, prepared: Prepared) -> dict[str, Any]:
 
 def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -> RetrievalConfig:
     cfg = RetrievalConfig(n_items=prepared.n_items + 1, max_len=settings.sequence_length,
-                          epochs=settings.retrieval_epochs, seed=settings.seed)
+                          epochs=settings.retrieval_epochs, patience=settings.retrieval_patience,
+                          plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s, seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -149,7 +150,8 @@ def train_retrieval_step(settings: Settings, resume: bool = False, warm_start: b
         warm, warm_version = champion_state(settings, RETRIEVAL_MODEL) if warm_start else (None, "")
         out = train_retrieval(settings, prepared, content_matrix(settings, prepared), cfg, resume,
                               _run_spec(settings, run), warm)
-        mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")
+        mlflow.log_params({"warm_start_from": warm_version if out.warm_started else "none",
+                           "stopped": out.stopped or "epoch cap"})
         metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
                    "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
                    "epochs_completed": out.epochs, "kept_epoch": out.best_epoch}

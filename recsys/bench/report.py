@@ -57,6 +57,11 @@ def with_readme_block(text: str, block: str, begin: str = README_BEGIN, end_mark
     return text[: start + len(begin)] + "\n" + block + "\n" + text[end:]
 
 
+def _mrr(q: dict[str, Any]) -> str:
+    """A served list has no rank beyond its k items, so no MRR."""
+    return "–" if q.get("mrr") is None else f"{q['mrr']:.4f}"
+
+
 def readme_block(r: dict[str, Any], path: Path) -> str:
     """The README's summary of the latest run: the headline numbers and the plots, nothing typed by hand."""
     m = r["machine"]
@@ -139,7 +144,10 @@ def report(r: dict[str, Any], path: Path) -> str:
                   "leave-last-out by time; the user's earlier items excluded, never the target; seeded ties.", "",
                   "| model | HR@10 | NDCG@10 | MRR | coverage@10 |", "|---|---|---|---|---|"]
         lines += [f"| {q['model']} | {q['hr_at_10']:.4f} ± {q['hr_at_10_se']:.4f} | {q['ndcg_at_10']:.4f} ± "
-                  f"{q['ndcg_at_10_se']:.4f} | {q['mrr']:.4f} | {q['coverage_at_10']:.3f} |" for q in r["quality"]]
+                  f"{q['ndcg_at_10_se']:.4f} | {_mrr(q)} | {q['coverage_at_10']:.3f} |" for q in r["quality"]]
+        lines += [f"\nServed list: {q['already_had_share']:.1%} of the answered slots were items the user already "
+                  f"had; {q['short_lists']} of {q['n_users']} lists shorter than 10." for q in r["quality"]
+                  if "already_had_share" in q]
         lines += ["", "Published reference points (not run here): RecBole GRU4Rec on ML-100K HR@10 0.110 / "
                   "NDCG@10 0.051; on ML-1M SASRec NDCG@10 0.134 (BCE), 0.182 (full-softmax CE, Klenitskiy & Vasilev, "
                   "RecSys'23), gSASRec 0.173 (Petrov & Macdonald, RecSys'23); rating RMSE of SVD on ML-100K 0.934 "
@@ -181,10 +189,12 @@ def report(r: dict[str, Any], path: Path) -> str:
                       f"{f['to_changed_recommendation']['p99_ms']} ms (target p99 ≤ 1000 ms).", ""]
         if sv.get("retrain"):
             rt = sv["retrain"]
-            lines += [f"Retrain-and-promote cycle while the graph serves (`recsys retrain`): {rt['seconds']} s for "
+            after = f"live swap ({rt['live']})" if rt.get("promoted", True) else "champions kept"
+            lines += [f"Retrain cycle while the graph serves (`recsys retrain`, no `--force`): {rt['seconds']} s for "
                       f"{rt['events']} logged events ({rt['added']} new interactions) → features → challengers "
                       f"warm-started from the champions ({rt['retrieval_epochs']} retrieval, {rt['ranking_epochs']} "
-                      f"ranking epoch) → gate → live swap ({rt['live']}). Gate: {'; '.join(rt['decisions'])}.", ""]
+                      f"ranking epoch) → gate → {after}."
+                      f" Gate: {'; '.join(rt['decisions'])}.", ""]
         if sv.get("cpu_ms_per_request_c8"):
             cpu = ", ".join(f"{k} {v}" for k, v in sv["cpu_ms_per_request_c8"].items())
             lines += [f"CPU per request at concurrency 8, no copy (ms, by process): {cpu}. On 2 cores the "

@@ -23,8 +23,10 @@ def no_base(users: list[int]) -> dict[int, Profile]:
     return {}
 
 
-def _open(where: str, max_len: int = 50):
-    return RedisEventLog(where, max_len) if where.startswith("redis://") else EventLog(Path(where), max_len)
+def _open(where: str, max_len: int = 50, **rules):
+    if where.startswith("redis://"):
+        return RedisEventLog(where, max_len, **rules)
+    return EventLog(Path(where), max_len, **rules)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -49,6 +51,26 @@ def test_events_are_stored_once_and_advance_the_profile(log_at):
     assert p.n_interactions == 5 and p.mean_rating == pytest.approx((4.0 * 4 + 1.0) / 5)
     assert p.favourite_genres == ["Drama"]
     assert [e["event_id"] for e in log.events()] == ["a", "b", "c"]
+
+
+def test_the_exclusion_set_keeps_the_whole_history_but_not_repeatable_types(log_at):
+    """The model's window holds 3 items; what may not be recommended again is all 300, minus the views when the
+    operator says a view may repeat, and is bounded by max_seen (the most recent kept)."""
+    log = _open(log_at, max_len=3, repeatable=frozenset({"view"}), max_seen=250)
+    base = {7: Profile(recent_items=[1, 2, 3], n_interactions=3, mean_rating=4.0, favourite_genres=[],
+                       seen_items=[1, 2, 3])}
+    log.append([ev(7, 100 + i, event_id=f"p{i}", event_type="purchase") for i in range(300)],
+               lambda users: {u: base[u] for u in users if u in base})
+    log.append([ev(7, 5, event_id="v", event_type="view"), ev(7, 120, event_id="again", event_type="rate",
+                                                              value=4.0)], no_base)
+    p = log.profile(7)
+    assert p.recent_items == [399, 5, 120]  # the model's window includes the view
+    assert 5 not in p.seen_items  # the view may be recommended again
+    assert len(p.seen_items) == 250 and p.seen_items[-1] == 120  # bounded; an item met again moves to the end
+    assert set(p.seen_items) == set(range(151, 400)) | {120}
+    old = Profile(recent_items=[1, 2], n_interactions=2, mean_rating=3.0, favourite_genres=[])  # stored earlier
+    old.apply(ev(7, 9), max_len=3)
+    assert old.seen_items == [1, 2, 9]  # a profile from before the field starts from its recent window
 
 
 def test_pushed_marks_only_the_version_that_was_pushed(log_at):
@@ -154,6 +176,7 @@ def test_push_failure_leaves_the_profile_dirty_and_replay_converges(feature_home
     after = FeatureReader(s).user(user)
     assert after.recent_items == [*before, item][-s.sequence_length:]
     assert after.n_interactions == n_before + 1
+    assert after.seen_items is not None and after.seen_items[-1] == item and set(ctx.seen_items) < set(after.seen_items)
 
 
 def test_the_push_lock_excludes_threads_of_one_process_too(log_at):

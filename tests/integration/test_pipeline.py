@@ -93,6 +93,33 @@ def test_killed_training_resumes_from_its_latest_checkpoint(feature_home, tmp_pa
     assert not (home / "ray_results" / "retrieval.current.json").exists()
 
 
+def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_path):
+    """Two DDP workers, patience 2, plateau 1: every epoch without a better validation NDCG@10 halves the
+    learning rate on both ranks, and two in a row end the run (unless the cap of 30 comes first)."""
+    home = tmp_path / "home"
+    shutil.copytree(feature_home, home)
+    res = run_cli(home, "train", "retrieval", "--epochs", "30", RECSYS_RETRIEVAL_PATIENCE="2",
+                  RECSYS_RETRIEVAL_PLATEAU="1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = _metrics(home, "recsys-retrieval", "challenger")
+    ndcg = [x.value for x in _history(home, "recsys-retrieval", "challenger", "epoch_val_ndcg_at_10")]
+    lrs = [x.value for x in _history(home, "recsys-retrieval", "challenger", "lr")]
+    done = int(m["epochs_completed"])
+    assert len(ndcg) == len(lrs) == done
+    best, lr = 0, 6e-3
+    for epoch, value in enumerate(ndcg, start=1):
+        best = epoch if value > ndcg[best - 1] or best == 0 else best
+        stale = epoch - best
+        lr *= 0.5 if stale else 1.0
+        if stale >= 2:
+            assert epoch == done, "training went on after two epochs without a better validation"
+            break
+        assert lrs[epoch - 1] == pytest.approx(lr), f"epoch {epoch}: the learning rate is not the plateau rule's"
+    assert done == 30 or done - m["kept_epoch"] == 2
+    params = _client(home).get_run(_client(home).get_model_version_by_alias("recsys-retrieval", "challenger").run_id)
+    assert params.data.params["stopped"] == ("epoch cap" if done == 30 else "no better validation NDCG@10 for 2 epochs")
+
+
 @pytest.mark.e2e
 def test_whole_offline_pipeline_through_the_cli(feature_home, tmp_path, use_home):
     home = tmp_path / "home"

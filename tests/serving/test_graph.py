@@ -115,7 +115,7 @@ def test_every_answer_is_in_the_impression_log_with_its_versions(served):
 
 
 def test_recommendations_follow_the_users_latest_sequence(served, use_home):
-    """Give user A user B's profile through the Feast push source: A's next answer becomes B's."""
+    """Give user A user B's profile and history through the Feast push sources: A's next answer becomes B's."""
     use_home(served)
     import pandas as pd
     from feast.data_source import PushMode
@@ -133,6 +133,10 @@ def test_recommendations_follow_the_users_latest_sequence(served, use_home):
     df = pd.DataFrame({**{f: row[f] for f in fields}, "user_id": [a],
                        "event_timestamp": [pd.Timestamp.now(tz="UTC")]})
     store.push("user_profile_push", df, to=PushMode.ONLINE)
+    seen = store.get_online_features(features=["user_history:seen_items"], entity_rows=[{"user_id": b}]).to_dict()
+    store.push("user_history_push", pd.DataFrame({"user_id": [a], "seen_items": seen["seen_items"],
+                                                  "event_timestamp": [pd.Timestamp.now(tz="UTC")]}),
+               to=PushMode.ONLINE)  # what B may not be shown again goes with the profile
     after_a = recommend(a)["items"]
     assert [it["item_id"] for it in after_a] == [it["item_id"] for it in rec_b]
 

@@ -15,6 +15,7 @@ from training.features import (
     item_features,
     training_entities,
     user_features_at,
+    user_history_table,
     user_profile_table,
 )
 
@@ -39,6 +40,22 @@ def test_profile_snapshot_per_timestamp_holds_state_after_that_moment():
     assert np.allclose(prof["mean_rating"], [4.0, 4.0, 13 / 4])
     assert prof["favourite_genres"].iloc[1][0] == "A"
     assert prof["age"].tolist() == [30, 30, 30] and prof["occupation"].iloc[0] == "writer"
+
+
+def test_history_row_holds_every_non_repeatable_item_however_long_the_history():
+    ds = _tiny()
+    ds.interactions.loc[1, "event_type"] = "view"  # item 7
+    rows = user_history_table(ds, repeatable=["view"], max_seen=10)
+    assert rows["seen_items"].tolist() == [[5, 6, 9]]  # the viewed 7 may repeat; time order, ties by item id
+    assert rows["event_timestamp"].tolist() == [pd.Timestamp(20, unit="s", tz="UTC")]
+    assert user_history_table(ds, max_seen=2)["seen_items"].tolist() == [[7, 9]]  # the most recent kept
+    n = 400
+    long = pd.DataFrame({"user_id": np.full(n, 3, np.int64), "item_id": np.arange(1, n + 1, dtype=np.int64),
+                         "rating": np.full(n, 4, np.float32), "event_type": "rate",
+                         "timestamp": pd.to_datetime(np.arange(n), unit="s", utc=True)})
+    heavy = Dataset("heavy", long, ds.items, ds.users)
+    assert user_history_table(heavy)["seen_items"].iloc[0] == list(range(1, n + 1))
+    assert user_profile_table(heavy, sequence_length=50)["recent_items"].iloc[-1] == list(range(351, n + 1))
 
 
 def test_historical_features_never_leak_the_event_or_later_ones(feature_home, use_home):
@@ -70,6 +87,8 @@ def test_online_store_serves_the_latest_sequence(feature_home, use_home):
     expected = inter[inter.user_id == uid]["item_id"].tolist()[-s.sequence_length :]
     assert online["recent_items"][0] == expected
     assert online["n_interactions"][0] == len(inter[inter.user_id == uid])
+    seen = store.get_online_features(features=["user_history:seen_items"], entity_rows=[{"user_id": uid}]).to_dict()
+    assert seen["seen_items"][0] == inter[inter.user_id == uid]["item_id"].tolist()  # the whole history
 
 
 def test_item_features_have_content_embeddings_and_train_only_popularity(feature_home, use_home):

@@ -125,11 +125,13 @@ def test_failed_onnx_parity_refuses_a_better_model(settings: Settings) -> None:
     assert "ONNX parity" in tags(settings, v2)["promotion.reasons"]
 
 
-def test_other_data_refused_unless_forced(settings: Settings) -> None:
+def test_a_challenger_of_other_data_than_the_current_is_refused_unless_forced(settings: Settings) -> None:
+    """Newer data is compared by re-evaluating the champion on it (tests/integration/test_retrain_gate.py); a
+    challenger trained on data that is not the current data cannot be compared at all."""
     register(settings, RETRIEVAL_MODEL, 0.10, digest="digest-a")
     promote(settings, RETRIEVAL_MODEL)
     v2 = register(settings, RETRIEVAL_MODEL, 0.20, digest="digest-b")
-    with pytest.raises(PromotionRefused, match="data digest digest-b differs"):
+    with pytest.raises(PromotionRefused, match="trained on data digest-b but the data is now None: retrain"):
         promote(settings, RETRIEVAL_MODEL)
     d = promote(settings, RETRIEVAL_MODEL, force=True)
     assert (d.promoted, d.forced, d.action) == (True, True, "forced")
@@ -198,3 +200,12 @@ def test_copy_model_needs_factuality_floor_and_to_beat_its_base(settings: Settin
     register_copy(settings, 3.2, 1.0, 0.30, tmp_path)  # more factual, but perplexity regressed
     with pytest.raises(PromotionRefused, match=r"val_perplexity 3\.2000 > champion"):
         promote(settings, COPY_MODEL)
+
+
+def test_a_first_promotion_is_held_to_the_policy_floor(settings: Settings) -> None:
+    v1 = register(settings, RETRIEVAL_MODEL, 0.005)  # no champion to compare with: only the absolute floor
+    with pytest.raises(PromotionRefused, match=r"val_ndcg@10 0.0050 < floor 0.0100"):
+        promote(settings, RETRIEVAL_MODEL)
+    assert tags(settings, v1)["promotion.decision"] == "refused"
+    v2 = register(settings, RETRIEVAL_MODEL, 0.05)
+    assert promote(settings, RETRIEVAL_MODEL).action == "promoted" and champion(settings) == v2

@@ -20,3 +20,18 @@ def test_loss_on_kept_positions_equals_the_padded_full_computation() -> None:
     assert kept_logits.shape == (int((targets != 0).sum()), cfg.n_items)
     torch.testing.assert_close(loss, expected)
     assert torch.all(full[..., 0] < -1e8) and torch.all(kept_logits[:, 0] < -1e8)  # padding never predicted
+
+
+def test_training_stops_on_the_validation_signal_the_cap_or_the_budget() -> None:
+    from training.jobs.retrieval import stopping
+
+    cfg = RetrievalConfig(epochs=50, patience=4, plateau=2, budget_s=100.0)
+    assert stopping(cfg, epoch=10, best_epoch=10, seconds=5.0) == ("", 1.0)  # improving: go on, same rate
+    assert stopping(cfg, epoch=11, best_epoch=10, seconds=5.0) == ("", 1.0)
+    assert stopping(cfg, epoch=12, best_epoch=10, seconds=5.0) == ("", 0.5)  # plateau of 2: halve
+    assert stopping(cfg, epoch=13, best_epoch=10, seconds=5.0) == ("", 1.0)
+    assert stopping(cfg, epoch=14, best_epoch=10, seconds=5.0)[0].startswith("no better validation NDCG@10 for 4")
+    assert stopping(cfg, epoch=3, best_epoch=3, seconds=100.0)[0] == "time budget 100 s"
+    assert stopping(cfg, epoch=50, best_epoch=50, seconds=1.0)[0] == "epochs"
+    plain = RetrievalConfig(epochs=50)  # no patience, plateau or budget: the epoch cap alone
+    assert stopping(plain, epoch=49, best_epoch=1, seconds=1e9) == ("", 1.0)

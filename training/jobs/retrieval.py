@@ -47,8 +47,34 @@ def evaluate(model: SASRec, prepared: Prepared, stage: str, seed: int = 0) -> Ra
     return evaluate_full_ranking(score_fn(model, seqs), rows, hists, targets, prepared.n_items, seed=seed)
 
 
+def stopping(cfg: RetrievalConfig, epoch: int, best_epoch: int, seconds: float) -> tuple[str, float]:
+    """After `epoch` (1-based) with the best validation so far at `best_epoch` and `seconds` spent: why to stop
+    ("" to go on), and the learning-rate factor for the next epoch. The data set decides how long to train,
+    within the epoch cap and the time budget: no fixed epoch count transfers between data sets."""
+    stale = epoch - best_epoch
+    if epoch >= cfg.epochs:
+        return "epochs", 1.0
+    if cfg.patience and stale >= cfg.patience:
+        return f"no better validation NDCG@10 for {stale} epochs", 1.0
+    if cfg.budget_s and seconds >= cfg.budget_s:
+        return f"time budget {cfg.budget_s:.0f} s", 1.0
+    return "", 0.5 if cfg.plateau and stale and stale % cfg.plateau == 0 else 1.0
+
+
+def _agree(flag: float, device: torch.device, world: int) -> float:
+    """Rank 0's decision on every rank (DDP ranks must run the same number of steps)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([flag], dtype=torch.float32, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 def train_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker. Resumes from the run's latest checkpoint if Ray restored one."""
+    """Runs on every Ray Train worker. Resumes from the run's latest checkpoint if Ray restored one. Rank 0
+    evaluates every epoch, keeps the best weights, and decides the learning rate and when to stop."""
     import ray.train
     import ray.train.torch
 
@@ -67,6 +93,7 @@ def train_loop(config: dict[str, Any]) -> None:
     per_worker = max(1, cfg.batch_size // world)
     n_per = len(inputs) // world  # equal shards: every DDP rank takes the same number of steps
     valid = config["valid"]
+    spent = restored.get("spent", 0.0) if restored else 0.0
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(inputs))
@@ -87,11 +114,21 @@ def train_loop(config: dict[str, Any]) -> None:
                 best = {"model": on_cpu(model.state_dict()),
                         "epoch": epoch + 1, "val_ndcg": rep.ndcg}
             metrics["best_epoch"] = best["epoch"]
+        spent += time.perf_counter() - t0
+        why, factor = stopping(cfg, epoch + 1, best["epoch"], spent) if rank == 0 else ("", 1.0)
+        code = _agree(-1.0 if why else factor, device, world)  # -1: stop; else the learning-rate factor
+        for g in opt.param_groups:
+            g["lr"] *= code if code > 0 else 1.0
+        metrics["lr"] = opt.param_groups[0]["lr"]
+        if rank == 0:
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
             save_and_report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                      "epoch": epoch + 1, "config": cfg.to_dict(), "best": best})
+                                      "epoch": epoch + 1, "config": cfg.to_dict(), "best": best, "spent": spent,
+                                      "stopped": why})
         else:
             save_and_report(metrics, None)
+        if code < 0:
+            break
 
 
 @dataclass
@@ -104,6 +141,7 @@ class RetrievalOutcome:
     epochs: int
     warm_started: bool = False  # began from the champion's weights
     best_epoch: int = 0  # the epoch whose weights were kept (best validation NDCG@10)
+    stopped: str = ""  # why training ended before the epoch cap ("" when it ran them all)
 
 
 def train_retrieval(
@@ -139,7 +177,8 @@ def train_retrieval(
     best = state.get("best") or {"model": state["model"], "epoch": state["epoch"]}
     model.load_state_dict(best["model"])  # the epoch with the best validation NDCG@10 (early stopping)
     model.eval()
-    samples = len(inputs) * cfg.epochs
+    samples = len(inputs) * state["epoch"]  # the epochs run (early stopping may end before cfg.epochs)
     return RetrievalOutcome(model, evaluate(model, prepared, "valid", cfg.seed),
                             evaluate(model, prepared, "test", cfg.seed), seconds, samples / seconds,
-                            state["epoch"], config["init"] is not None, int(best["epoch"]))
+                            state["epoch"], config["init"] is not None, int(best["epoch"]),
+                            state.get("stopped", ""))

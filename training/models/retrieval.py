@@ -28,7 +28,10 @@ class RetrievalConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     batch_size: int = 32  # global batch size (split across workers); ML-100K has ~2.4K windows, so small
     # batches give the updates it needs (128 → 19 steps an epoch: validation HR@10 0.156 after 80 epochs)
-    epochs: int = 20  # passes over the training windows
+    epochs: int = 20  # at most this many passes over the training windows
+    patience: int = 0  # stop after this many epochs without a better validation NDCG@10 (0: run every epoch)
+    plateau: int = 0  # halve the learning rate after this many epochs without one (0: constant)
+    budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: no budget)
     seed: int = 0  # initialisation and shuffling seed
 
     def to_dict(self) -> dict:
