@@ -157,6 +157,8 @@ class FeedbackLog(Protocol):
     def mark_pushed(self, pushed: list[tuple[int, int]]) -> None: ...
     def mark_all_dirty(self) -> int: ...
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]: ...
+    def delete_user(self, user_id: int) -> int: ...
+    def tombstones(self) -> dict[int, float]: ...
     def push_lock(self) -> Any: ...
     def close(self) -> None: ...
 
@@ -197,6 +199,10 @@ CREATE TABLE IF NOT EXISTS profiles (
     pushed INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tombstones (
+    user_id INTEGER PRIMARY KEY,
+    deleted_at REAL NOT NULL
+);
 """
 
 
@@ -212,6 +218,7 @@ class EventLog:
         self._db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # fsync at every commit: an ack is a promise
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted user's bytes are overwritten, not left in free pages
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()  # one connection, used from the replica's worker threads in turn
 
@@ -321,6 +328,41 @@ class EventLog:
         with self._lock:
             rows = self._db.execute(sql + where + " ORDER BY seq", () if user_id is None else (user_id,)).fetchall()
         return [dict(zip(cols, r, strict=True)) for r in rows]
+
+
+    def delete_user(self, user_id: int) -> int:
+        """Erase the user's events, leave an empty profile (dirty: its push blanks the online rows, retried by the
+        replay loop like any push) and a tombstone (later data loads drop their earlier interactions); returns how
+        many events were erased. The WAL is checkpointed and truncated so no copy of them stays on disk."""
+        now = time.time()
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n = db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+                db.execute(
+                    "INSERT INTO profiles (user_id, profile, version, pushed, updated) VALUES (?, ?, 1, 0, ?) "
+                    "ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, version = version + 1, "
+                    "updated = ROUND(MAX(excluded.updated, updated + 0.000001), 6)",
+                    (user_id, json.dumps(erased_profile().__dict__), now + REPUSH_LEAD_S))
+                db.execute("INSERT INTO tombstones (user_id, deleted_at) VALUES (?, ?) ON CONFLICT (user_id) "
+                           "DO UPDATE SET deleted_at = excluded.deleted_at", (user_id, now))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n
+
+    def tombstones(self) -> dict[int, float]:
+        """Deleted users → when (epoch s): their interactions up to then stay out of every later data load."""
+        with self._lock:
+            return {int(u): float(t) for u, t in self._db.execute("SELECT user_id, deleted_at FROM tombstones")}
+
+
+def erased_profile() -> Profile:
+    """What a deleted user's online rows become: nothing about them (serving reads it as an unknown user)."""
+    return Profile(recent_items=[], n_interactions=0, mean_rating=0.0, favourite_genres=[], seen_items=[])
 
 
 def empty_profile() -> Profile:

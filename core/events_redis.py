@@ -37,7 +37,7 @@ from core.events import (
 log = logging.getLogger(__name__)
 
 _PREFIX = "{recsys}"
-_NAMES = ("seq", "events", "ids", "profiles", "versions", "updated", "dirty", "pushed")
+_NAMES = ("seq", "events", "ids", "profiles", "versions", "updated", "dirty", "pushed", "tombstones")
 MAX_RETRIES = 50  # compare-and-set rounds before an append gives up (each lost round means another replica won)
 
 # KEYS: seq events ids profiles versions updated dirty. ARGV: n_users n_events, then per user (uid, expected
@@ -71,6 +71,41 @@ for i = 0, nu - 1 do
   redis.call('ZADD', KEYS[7], updated, uid)
 end
 return {'ok'}
+"""
+
+# KEYS: seq events ids profiles versions updated dirty tombstones. ARGV: uid, erased profile json, seconds ahead,
+# the seq the caller's scan saw, n stream entries, the entries, then the event ids. Erases the user's events,
+# leaves the erased profile dirty (its push blanks the online rows) and a tombstone; {'conflict'} if events were
+# appended since the scan (the caller scans again).
+_DELETE_USER = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[4] then return {'conflict'} end
+local uid, n = ARGV[1], tonumber(ARGV[5])
+for i = 1, n do redis.call('XDEL', KEYS[2], ARGV[5 + i]) end
+for j = 6 + n, #ARGV do redis.call('HDEL', KEYS[3], ARGV[j]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local updated = math.max(now + tonumber(ARGV[3]), tonumber(redis.call('HGET', KEYS[6], uid) or '0') + 0.000001)
+redis.call('HSET', KEYS[4], uid, ARGV[2])
+redis.call('HINCRBY', KEYS[5], uid, 1)
+redis.call('HSET', KEYS[6], uid, string.format('%.6f', updated))
+redis.call('ZADD', KEYS[7], updated, uid)
+redis.call('HSET', KEYS[8], uid, string.format('%.6f', now))
+return {'ok', n}
+"""
+
+# KEYS: seq events copy. ARGV: the seq the copy started at. XDEL only flags stream entries (their bytes stay in the
+# stream's nodes, and so in the append-only file); a copy of the live entries, made by the caller with the same
+# ids, replaces the stream if nothing was appended since.
+_SWAP_COMPACTED = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 1 end
+local info = redis.call('XINFO', 'STREAM', KEYS[2])
+local last
+for i = 1, #info, 2 do if info[i] == 'last-generated-id' then last = info[i + 1] end end
+if redis.call('EXISTS', KEYS[3]) == 0 then redis.call('DEL', KEYS[2]); return 1 end
+redis.call('XSETID', KEYS[3], last)
+redis.call('RENAME', KEYS[3], KEYS[2])
+return 1
 """
 
 # KEYS: versions pushed dirty. ARGV: uid, version pairs. pushed = max(pushed, version); clean when caught up.
@@ -115,6 +150,8 @@ class RedisEventLog:
         self._append_script = self.r.register_script(_APPEND)
         self._mark_pushed_script = self.r.register_script(_MARK_PUSHED)
         self._mark_all_dirty_script = self.r.register_script(_MARK_ALL_DIRTY)
+        self._delete_user_script = self.r.register_script(_DELETE_USER)
+        self._swap_compacted_script = self.r.register_script(_SWAP_COMPACTED)
         if check_durability:
             self._check_durability()
 
@@ -219,6 +256,66 @@ class RedisEventLog:
     def mark_all_dirty(self) -> int:
         return int(self._mark_all_dirty_script(keys=[self.k["updated"], self.k["pushed"], self.k["dirty"]],
                                                args=[REPUSH_LEAD_S]))
+
+    def delete_user(self, user_id: int) -> int:
+        """As `EventLog.delete_user`: the user's stream entries are found by a scan, then erased in one script
+        that refuses if anything was appended meanwhile (and is retried). The append-only file still holds them
+        until it is rewritten, so a rewrite is started (BGREWRITEAOF) once they are gone from the data set."""
+        import redis
+
+        from core.events import erased_profile
+
+        for _ in range(MAX_RETRIES):
+            seq = (self.r.get(self.k["seq"]) or b"0").decode()
+            entries, ids = self._entries_of(user_id)
+            answer = self._delete_user_script(
+                keys=[self.k[n] for n in ("seq", "events", "ids", "profiles", "versions", "updated", "dirty",
+                                          "tombstones")],
+                args=[user_id, json.dumps(erased_profile().__dict__), REPUSH_LEAD_S, seq, len(entries), *entries,
+                      *ids])
+            if answer[0] == b"ok":
+                self._compact()
+                try:
+                    self.r.bgrewriteaof()
+                except redis.ResponseError as e:  # one already running covers this deletion too
+                    log.info("event log: append-only file rewrite not started (%s)", e)
+                return int(answer[1])
+        raise RuntimeError(f"event log: {MAX_RETRIES} appends raced the deletion of user {user_id}; retry")
+
+    def _compact(self) -> None:
+        """Rewrite the stream without the erased entries' bytes (same ids, same fields)."""
+        tmp = f"{_PREFIX}:events-compact"
+        for _ in range(MAX_RETRIES):
+            seq = (self.r.get(self.k["seq"]) or b"0").decode()
+            self.r.delete(tmp)
+            start = "-"
+            while True:
+                page = self.r.xrange(self.k["events"], min=start, count=1000)
+                pipe = self.r.pipeline(transaction=False)
+                for entry, fields in page:
+                    pipe.xadd(tmp, fields, id=entry)
+                pipe.execute()
+                if len(page) < 1000:
+                    break
+                start = "(" + page[-1][0].decode()
+            if self._swap_compacted_script(keys=[self.k["seq"], self.k["events"], tmp], args=[seq]):
+                return
+        raise RuntimeError(f"event log: {MAX_RETRIES} appends raced the stream compaction; retry the deletion")
+
+    def _entries_of(self, user_id: int) -> tuple[list[bytes], list[bytes]]:
+        entries, ids, start = [], [], "-"
+        while True:
+            page = self.r.xrange(self.k["events"], min=start, count=1000)
+            for entry, f in page:
+                if int(f.get(b"user_id", b"-1")) == user_id:
+                    entries.append(entry)
+                    ids.append(f.get(b"event_id", b""))
+            if len(page) < 1000:
+                return entries, ids
+            start = "(" + page[-1][0].decode()
+
+    def tombstones(self) -> dict[int, float]:
+        return {int(u): float(t) for u, t in self.r.hgetall(self.k["tombstones"]).items()}
 
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]:
         """Stored events in arrival order, read from the stream in pages."""

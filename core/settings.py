@@ -110,8 +110,11 @@ class Settings(BaseModel):
     recall_timeout_ms: float = 250.0  # past it: popular items, flagged degraded
     ranking_timeout_ms: float = 400.0  # past it: recall's order, flagged degraded
     copy_timeout_ms: float = 800.0  # past it: the grounded template copy, flagged degraded
+    breaker_failures: int = 5  # a stage failing this many times in a row is skipped (0: never skipped)...
+    breaker_cooldown_s: float = 2.0  # ...for this long, then one request tries it again
     copy_budget_ms: float = 600.0  # inside the copy stage: past it, template now and the model copy cached later
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
+    grpc_max_message_bytes: int = 1_048_576  # larger gRPC messages are refused (RESOURCE_EXHAUSTED) by Serve's proxy
     item_cache_ttl_s: float = 300.0  # serving keeps item feature rows this long (0: read Feast every request)
     impression_log_dir: Path | None = None  # impression log (JSON lines per replica); None → home/impressions
     event_log: Path | None = None  # feedback event log (SQLite, WAL, fsync per commit); None → home/events/events.db

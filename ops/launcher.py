@@ -41,6 +41,8 @@ def ray_env(settings: Settings) -> dict[str, str]:
     that names a directory of this (short-lived) process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_") and k not in PROCESS_OWNED_ENV}
     env["RAY_AUTH_MODE"] = "disabled"  # Ray ≥ 2.5x token auth: off for the embedded loopback cluster
+    # Serve's gRPC proxy reads its message limit from here (ray/serve/_private/constants.py; default 2 GiB)
+    env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(settings.grpc_max_message_bytes)
     if settings.serve_throughput_optimized:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"

@@ -282,6 +282,36 @@ def export(
 
 triton_app = typer.Typer(no_args_is_help=True, help="The local tritonserver serving the exported model repository.")
 app.add_typer(triton_app, name="triton")
+users_app = typer.Typer(no_args_is_help=True, help="The people the platform holds data about.")
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("delete")
+def users_delete(
+    user_id: Annotated[int, typer.Argument(min=0, max=2**62, help="The user to erase.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Erase a user everywhere this home keeps them: logged events, online features, impression lines, the
+    prepared data and Feast's offline sources; a tombstone keeps them out of later data loads. Needs no graph."""
+    import json
+
+    from serving.feedback import FeedbackWriter
+    from training.tombstones import purge_deleted_users
+
+    s = settings()
+    writer = FeedbackWriter(s)
+    try:
+        out = writer.delete_user(user_id, s.impressions_dir)
+    finally:
+        writer.log.close()
+    out["offline_rows"] = purge_deleted_users(s)
+    if as_json:
+        print(json.dumps(out))
+        return
+    offline = out["offline_rows"] or "none"
+    console.print(f"user {user_id} deleted: {out['events_deleted']} events, online rows {out['online_rows']}, "
+                  f"{out['impressions_redacted']} impression lines redacted, offline rows {offline}; a tombstone "
+                  "keeps them out of later training sets")
 
 
 @triton_app.command("up")

@@ -58,6 +58,7 @@ def run_demo(settings: Settings, console: Console) -> dict[str, float]:
     url = launcher.up(settings)
     steps.done("serve", f"graph on {url}/recommend (Triton gRPC {settings.triton_grpc_url}, Ray dashboard "
                         f"http://127.0.0.1:{settings.ray_dashboard_port})")
+    copy_ready(settings, console)
     for user_id in demo_users(settings):
         show_recommendations(console, recommend_http(settings, user_id, k=5))
     time.sleep(3)  # copy that missed its budget is generated in the background meanwhile
@@ -66,6 +67,31 @@ def run_demo(settings: Settings, console: Console) -> dict[str, float]:
     feedback_round(settings, console, demo_users(settings)[0])
     where_next(settings, console, demo_users(settings)[0])
     return timings
+
+
+def copy_ready(settings: Settings, console: Console, timeout_s: float = 900.0) -> str:
+    """Wait for the copy stage's readiness (`GET /readyz/copy`: the copy model loaded, its cache warmed), so the
+    tables below show model-written copy; say how long it took. Returns the copy version ("template": none)."""
+    from core.endpoints import http_url
+    from core.http_json import HttpError, request_json
+
+    t0 = time.perf_counter()
+    body: dict = {}
+    with console.status("waiting for the copy model to load and warm its cache…"):
+        while time.perf_counter() - t0 < timeout_s:
+            try:
+                body = request_json(f"{http_url(settings)}/readyz/copy", timeout=10)
+                break
+            except (HttpError, OSError):
+                time.sleep(2)
+    version = body.get("copy", "template")
+    waited = time.perf_counter() - t0
+    if version == "template":
+        console.print(f"copy: no copy model to serve, grounded templates ({waited:.0f} s)")
+    else:
+        console.print(f"copy model v{version} loaded and {body.get('warmed', 0)} popular items' copy cached in "
+                      f"{waited:.0f} s")
+    return version
 
 
 def where_next(settings: Settings, console: Console, user_id: int) -> None:

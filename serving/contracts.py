@@ -5,16 +5,58 @@ Validated at the boundary (pydantic), so a shape bug fails where it happens, not
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Stage = Literal["features", "recall", "ranking", "copy"]
 CopySource = Literal["model", "template", "template_guard", "none"]  # template_guard: model copy failed the guard
 
 
-MAX_CONTEXT_KEYS, MAX_CONTEXT_BYTES = 32, 2048  # what one request may write into the impression log
+MAX_CONTEXT_BYTES = 8192  # what one request may write into the impression log
+ItemId = Annotated[int, Field(ge=1, le=2**62, strict=True)]
+Genre = Annotated[str, Field(min_length=1, max_length=64)]
+Year = Annotated[int, Field(ge=0, le=3000, strict=True)]
+
+
+class RequestContext(BaseModel):
+    """What a client may say about one request: filters applied before the top k is cut (a filter that leaves
+    fewer than k items answers fewer, never padding), and where the list is shown. Unknown keys are refused by
+    name. gRPC carries it as `map<string, string>` (lists comma-separated, `serving.grpc_api`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exclude_items: list[ItemId] = Field(default_factory=list, max_length=1000,
+                                        description="item ids not to recommend in this answer")
+    include_genres: list[Genre] = Field(default_factory=list, max_length=50,
+                                        description="only items with at least one of these genres")
+    exclude_genres: list[Genre] = Field(default_factory=list, max_length=50,
+                                        description="no item with any of these genres")
+    min_year: Year | None = Field(default=None, description="only items released in or after this year")
+    max_year: Year | None = Field(default=None, description="only items released in or before this year")
+    page: str | None = Field(default=None, max_length=64, description="where the list is shown (logged only)")
+
+    @model_validator(mode="after")
+    def _years(self) -> RequestContext:
+        if self.min_year is not None and self.max_year is not None and self.min_year > self.max_year:
+            raise ValueError("min_year is after max_year")
+        return self
+
+    def filters_items(self) -> bool:
+        """Whether an item's attributes decide (genres, year): only item rows can answer that."""
+        return bool(self.include_genres or self.exclude_genres or self.min_year is not None
+                    or self.max_year is not None)
+
+    def admits(self, genres: list[str], year: int) -> bool:
+        """Whether an item with these attributes passes the attribute filters (year -1 = unknown: excluded by
+        a year filter, which cannot be shown to hold)."""
+        if self.include_genres and not set(genres) & set(self.include_genres):
+            return False
+        if self.exclude_genres and set(genres) & set(self.exclude_genres):
+            return False
+        if self.min_year is not None and (year < 0 or year < self.min_year):
+            return False
+        return not (self.max_year is not None and (year < 0 or year > self.max_year))
 
 
 class RecommendRequest(BaseModel):
@@ -26,16 +68,15 @@ class RecommendRequest(BaseModel):
     user_id: int = Field(ge=0, le=2**62, strict=True,
                          description="the user to recommend for (unknown users get cold-start results)")
     k: int = Field(default=10, ge=1, le=100, strict=True, description="how many items to return")
-    context: dict[str, Any] | None = Field(default=None, description="optional client context, logged as is "
-                                           f"(at most {MAX_CONTEXT_KEYS} keys, {MAX_CONTEXT_BYTES} bytes as JSON)")
+    context: RequestContext | None = Field(default=None, description="filters and where the list is shown; "
+                                           "logged with the answer")
     include_copy: bool = Field(default=True, strict=True, description="generate a short blurb for every item")
 
     @field_validator("context")
     @classmethod
-    def _bounded(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        if v is not None and (len(v) > MAX_CONTEXT_KEYS or len(json.dumps(v, default=str)) > MAX_CONTEXT_BYTES):
-            raise ValueError(f"at most {MAX_CONTEXT_KEYS} keys and {MAX_CONTEXT_BYTES} bytes (it is logged with "
-                             "every answer)")
+    def _bounded(cls, v: RequestContext | None) -> RequestContext | None:
+        if v is not None and len(v.model_dump_json(exclude_defaults=True)) > MAX_CONTEXT_BYTES:
+            raise ValueError(f"at most {MAX_CONTEXT_BYTES} bytes as JSON (it is logged with every answer)")
         return v
 
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from ray.serve.grpc_util import RayServegRPCContext
 
 from core.errors import one_line
+from serving.breaker import Breaker
 from serving.grpc_api import InvalidRequest, first_error
 
 log = logging.getLogger("ray.serve")  # the replica's log: where the full messages go
@@ -69,14 +70,25 @@ class Refusal(Exception):
         return JSONResponse(body, status_code=self.http, headers=headers)
 
 
-async def call_stage(stage: str, response, timeout_ms: float) -> Any:
+async def call_stage(stage: str, response, timeout_ms: float, breaker: Breaker | None = None) -> Any:
     """Await one handle call (or a stage run in this replica: a coroutine) with the stage's timeout; any
-    failure becomes StageFailed(stage, reason).
+    failure becomes StageFailed(stage, reason). With a `breaker`, `response` is a function making the call, made
+    only if the breaker allows it (else StageFailed at once), and the outcome is recorded on the breaker.
 
     Under overload Serve's router can cancel a call this request never cancelled (Serve would answer it as a
     bare HTTP 500). That is the stage's failure, answered with its degraded fallback; only a cancellation of
     this request itself (client gone, replica stopping) propagates.
     """
+    if breaker is not None:
+        if not breaker.allow():
+            raise StageFailed(stage, breaker.reason())
+        try:
+            out = await call_stage(stage, response(), timeout_ms)
+        except StageFailed:
+            breaker.failure()
+            raise
+        breaker.success()
+        return out
     try:
         return await asyncio.wait_for(response, timeout_ms / 1e3)
     except TimeoutError:

@@ -51,7 +51,7 @@ class FeatureReader:
     def user(self, user_id: int) -> UserContext:
         row = self.store.get_online_features(features=USER_REFS, entity_rows=[{"user_id": int(user_id)}]).to_dict()
         recent = row["recent_items"][0]
-        if recent is None:  # no row: an unknown user
+        if recent is None or (not recent and not row["n_interactions"][0]):  # no row, or a deleted user's blank
             return UserContext(user_id=user_id, known=False)
         seen = row.get("seen_items", [None])[0]
         return UserContext(user_id=user_id, known=True, recent_items=[int(i) for i in recent],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ray import serve
 
@@ -96,6 +97,18 @@ class FeedbackWriter:
         self.log.mark_pushed([(d.user_id, d.version) for d in dirty])
         return True, None
 
+    def delete_user(self, user_id: int, impressions_dir: Path | None) -> dict:
+        """Erase a user: events and profile from the log (with a tombstone for later data loads), their online rows
+        blanked (pushed now; if the store is down, by the replay loop, as any dirty profile), their impression
+        lines redacted. The answer says what was deleted."""
+        from serving.impressions import redact_user
+
+        events = self.log.delete_user(user_id)
+        pushed, error = self.push([user_id])
+        redacted = redact_user(impressions_dir, user_id) if impressions_dir is not None else 0
+        return {"user_id": user_id, "events_deleted": events, "online_rows": "blanked" if pushed else "pending",
+                "push_error": error, "impressions_redacted": redacted, "tombstone": True}
+
 
 @serve.deployment(name="Feedback", max_ongoing_requests=32)
 class Feedback:
@@ -121,3 +134,7 @@ class Feedback:
     async def record(self, events: list[FeedbackEvent]) -> dict:
         self._ensure_replay()
         return await asyncio.to_thread(self.writer.record, events)
+
+    async def delete_user(self, user_id: int) -> dict:
+        self._ensure_replay()
+        return await asyncio.to_thread(self.writer.delete_user, user_id, self.s.impressions_dir)

@@ -28,19 +28,46 @@ def first_error(errors: list) -> tuple[str, str]:
     return field, f"{field}: {first.get('msg', 'invalid')}"
 
 
+LIST_KEYS = {"exclude_items": int, "include_genres": str, "exclude_genres": str}  # comma-separated in gRPC
+INT_KEYS = ("min_year", "max_year")
+
+
+def context_from_strings(raw: dict[str, str]) -> dict[str, object]:
+    """gRPC's `map<string, string>` context → the contract's types: lists comma-separated, years as digits.
+    A value that does not convert stays a string, so the contract refuses it naming the key; unknown keys pass
+    through to be refused by name too."""
+    out: dict[str, object] = {}
+    for key, value in raw.items():
+        if key in LIST_KEYS:
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            out[key] = [int(p) if LIST_KEYS[key] is int and p.lstrip("-").isdigit() else p for p in parts]
+        elif key in INT_KEYS:
+            out[key] = int(value) if value.strip().lstrip("-").isdigit() else value
+        else:
+            out[key] = value
+    return out
+
+
+def context_to_strings(ctx) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in (ctx.model_dump(exclude_defaults=True) if ctx is not None else {}).items():
+        out[key] = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    return out
+
+
 def request_from_proto(msg: pb.RecommendRequest) -> RecommendRequest:
     """Proto3 has no 'unset' for scalars: k = 0 means the default (10), an unset include_copy means true."""
     try:
         return RecommendRequest(user_id=msg.user_id, k=msg.k or 10,
                                 include_copy=msg.include_copy if msg.HasField("include_copy") else True,
-                                context=dict(msg.context) or None)
+                                context=context_from_strings(dict(msg.context)) or None)
     except ValidationError as e:
         raise InvalidRequest(first_error(e.errors())[1]) from None
 
 
 def request_to_proto(req: RecommendRequest) -> pb.RecommendRequest:
-    context = {str(k): str(v) for k, v in (req.context or {}).items()}
-    return pb.RecommendRequest(user_id=req.user_id, k=req.k, include_copy=req.include_copy, context=context)
+    return pb.RecommendRequest(user_id=req.user_id, k=req.k, include_copy=req.include_copy,
+                               context=context_to_strings(req.context))
 
 
 def response_to_proto(resp: RecommendResponse) -> pb.RecommendResponse:

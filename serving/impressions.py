@@ -55,12 +55,46 @@ class ImpressionLog:
             self._file = None
 
 
+REDACTED = b'{"redacted":true}'
+
+
 def read_impressions(directory: Path) -> Iterator[dict]:
-    """Every impression under `directory`, file by file; a torn last line (a killed replica) is skipped."""
+    """Every impression under `directory`, file by file; a torn last line (a killed replica) and the lines of
+    deleted users are skipped."""
     for path in sorted(directory.glob("*.jsonl")):
         with path.open(encoding="utf-8") as f:
             for line in f:
                 try:
-                    yield json.loads(line)
+                    row = json.loads(line)
                 except ValueError:
                     continue
+                if "request_id" in row:
+                    yield row
+
+
+def redact_user(directory: Path, user_id: int) -> int:
+    """Overwrite every impression line of `user_id` in place with `{"redacted":true}` padded to its length; returns
+    how many. In place, not a rewritten copy: the replicas keep appending to these files through their own open
+    descriptors (O_APPEND), and a renamed copy would take their next lines away from them."""
+    n = 0
+    if not directory.is_dir():
+        return 0
+    needle = f'"user_id":{int(user_id)},'.encode()
+    for path in sorted(directory.glob("*.jsonl")):
+        with path.open("r+b") as f:
+            offset = 0
+            for line in f.read().splitlines(keepends=True):
+                body = line.rstrip(b"\n")
+                if needle in body:
+                    try:
+                        mine = json.loads(body).get("user_id") == user_id
+                    except ValueError:  # a torn line: its user cannot be told, so it goes too
+                        mine = True
+                    if mine and len(body) >= len(REDACTED):
+                        f.seek(offset)
+                        f.write(REDACTED.ljust(len(body)))
+                        n += 1
+                offset += len(line)
+            f.flush()
+            os.fsync(f.fileno())
+    return n

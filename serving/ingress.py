@@ -12,8 +12,9 @@ import contextlib
 import logging
 import time
 import uuid
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
@@ -22,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from core.artifacts import Route, load_item_ids
 from core.errors import one_line
 from core.events import FeedbackBatch, FeedbackEvent
+from serving.breaker import Breaker
 from serving.contracts import (
     Candidates,
     CopyResult,
@@ -32,6 +34,7 @@ from serving.contracts import (
     RecommendedItem,
     RecommendRequest,
     RecommendResponse,
+    RequestContext,
     UserContext,
     error_responses,
 )
@@ -47,7 +50,7 @@ from serving.feedback_api import (
     unavailable_json,
 )
 from serving.gate import Gate, admit, admit_read, replica_settings
-from serving.grpc_api import feedback_from_proto, request_from_proto, response_to_proto
+from serving.grpc_api import InvalidRequest, feedback_from_proto, request_from_proto, response_to_proto
 from serving.impressions import ImpressionLog
 from serving.metrics import StageMetrics
 from serving.proto import recsys_pb2 as pb
@@ -64,17 +67,22 @@ add_error_responses(api)  # 400 / 422 naming the field, 503 naming the lost stag
 api.add_middleware(Gate)  # 413 and 401 before a body is parsed
 
 
-def _recall_order(cands: Candidates, k: int, reason: str) -> RankedItems:
-    """The ranking stage itself was lost: recall's first k, unranked and without attributes."""
-    items = [RankedItem(item_id=i, score=s, title="", year=-1, genres=[])
-             for i, s in list(zip(cands.item_ids, cands.scores, strict=True))[:k]]
+def _recall_order(cands: Candidates, k: int, reason: str, context: RequestContext | None = None) -> RankedItems:
+    """The ranking stage itself was lost: recall's first k, unranked and without attributes. Without item rows a
+    genre or year filter cannot be shown to hold, so such a request gets no items rather than unfiltered ones."""
+    if context is not None and context.filters_items():
+        return RankedItems(items=[], model_version="", degraded=Degradation(
+            stage="ranking", reason=reason, fallback="no items: the request's genre/year filters need item rows"))
+    drop = set(context.exclude_items) if context is not None else set()
+    pairs = [(i, s) for i, s in zip(cands.item_ids, cands.scores, strict=True) if i not in drop][:k]
+    items = [RankedItem(item_id=i, score=s, title="", year=-1, genres=[]) for i, s in pairs]
     return RankedItems(items=items, model_version="",
                        degraded=Degradation(stage="ranking", reason=reason, fallback="recall order"))
 
 
-def _popular_order(popular: list[int], user: UserContext, n: int) -> Candidates:
+def _popular_order(popular: list[int], user: UserContext, n: int, exclude: list[int]) -> Candidates:
     """Recall itself was lost: the most popular items the user has not seen, as unpersonalised candidates."""
-    seen = set(user.excluded())
+    seen = set(user.excluded()) | set(exclude)
     items = [i for i in popular if i not in seen][:n]
     return Candidates(item_ids=items, scores=[1.0 - r / max(1, len(items)) for r in range(len(items))],
                       channels=["popular"] * len(items), model_version="")
@@ -96,6 +104,8 @@ class Ingress:
         self._load_ranker(None)
         self.known_items = {int(i) for i in load_item_ids(self.s)[1:]}  # index 0 is padding
         self.limiter = RateLimiter(self.s.write_rate_per_s, self.s.write_burst)
+        self.breakers = {stage: Breaker(stage, self.s.breaker_failures, self.s.breaker_cooldown_s)
+                         for stage in ("recall", "copy", "feedback")}  # each skipped at once while it keeps failing
         self.metrics = StageMetrics()
         self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
         self.popular: list[int] = []  # recall's popular items, kept here as the answer when recall is lost
@@ -121,10 +131,11 @@ class Ingress:
         else:
             self.ranker.set_route(Route.from_dict(config))
 
-    async def _rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
+    async def _rank(self, user: UserContext, cands: Candidates, k: int,
+                    context: RequestContext | None) -> RankedItems:
         if self.ranker is None:
             raise RuntimeError(f"ranker not loaded: {self.ranker_error}")
-        return await self.ranker.rank(user, cands, k)
+        return await self.ranker.rank(user, cands, k, context)
 
     async def _keep_popular(self) -> None:
         """Refresh the fallback list from Recall now and then; a failed refresh keeps the last good one."""
@@ -150,20 +161,51 @@ class Ingress:
         try:
             admit(request.headers.get("authorization"), self.s, self.limiter)
             events = self._identified(parse_feedback(await request.body()))
-            result = await call_stage("feedback", self.feedback.record.remote(events), self.s.feedback_timeout_ms)
+            result = await call_stage("feedback", lambda: self.feedback.record.remote(events),
+                                      self.s.feedback_timeout_ms, self.breakers["feedback"])
         except Refusal as r:
             return r.response()
         except StageFailed as e:
             return JSONResponse(unavailable_json(events, e.reason), status_code=503, headers={"Retry-After": "1"})
         return JSONResponse(ack_json(result))
 
+    @api.delete("/users/{user_id}", responses=error_responses(401, 422, 429, 500, 503))
+    async def delete_user_route(self, user_id: Annotated[int, Path(ge=0, le=2**62)], request: Request) -> JSONResponse:
+        """Erase a user (authenticated, as a write): their logged events, their online features (blanked), their
+        impression lines (redacted), and a tombstone that keeps them out of every later training set and feature
+        rebuild. Afterwards `/recommend` treats them as a new user. The answer says what was deleted."""
+        try:
+            admit(request.headers.get("authorization"), self.s, self.limiter)
+            return JSONResponse(await call_stage("feedback", self.feedback.delete_user.remote(user_id),
+                                                 self.s.feedback_timeout_ms * 10))
+        except Refusal as r:
+            return r.response()
+        except StageFailed as e:
+            return JSONResponse({"error": f"deletion not confirmed: {e.reason}; it is safe to repeat"},
+                                status_code=503, headers={"Retry-After": "1"})
+
+    async def DeleteUser(self, request: pb.DeleteUserRequest,  # the gRPC method name
+                         grpc_context: RayServegRPCContext) -> pb.DeleteUserResponse:
+        try:
+            admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
+            if not 0 <= request.user_id <= 2**62:
+                raise InvalidRequest("user_id: must be between 0 and 2^62")
+            out = await call_stage("feedback", self.feedback.delete_user.remote(request.user_id),
+                                   self.s.feedback_timeout_ms * 10)
+            return pb.DeleteUserResponse(user_id=out["user_id"], events_deleted=out["events_deleted"],
+                                         online_rows=out["online_rows"],
+                                         impressions_redacted=out["impressions_redacted"])
+        except Exception as e:
+            grpc_status(grpc_context, e)
+        return pb.DeleteUserResponse()
+
     async def Feedback(self, request: pb.FeedbackRequest,  # the gRPC method name
                        grpc_context: RayServegRPCContext) -> pb.FeedbackResponse:
         try:
             admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
             events = self._identified(feedback_from_proto(request))
-            return ack_proto(await call_stage("feedback", self.feedback.record.remote(events),
-                                              self.s.feedback_timeout_ms))
+            return ack_proto(await call_stage("feedback", lambda: self.feedback.record.remote(events),
+                                              self.s.feedback_timeout_ms, self.breakers["feedback"]))
         except StageFailed as e:  # UNAVAILABLE with the ids to retry with, as the HTTP 503 body has them
             body = unavailable_json(events, e.reason)
             grpc_status(grpc_context, e)
@@ -205,8 +247,10 @@ class Ingress:
             self._popular_task = asyncio.create_task(self._keep_popular())
         t = time.perf_counter()
         try:
-            got: Recalled = await call_stage("recall", self.recall.recall.remote(req.user_id),
-                                        self.s.features_timeout_ms + self.s.recall_timeout_ms)
+            exclude = req.context.exclude_items if req.context else []
+            got: Recalled = await call_stage("recall", lambda: self.recall.recall.remote(req.user_id, exclude or None),
+                                             self.s.features_timeout_ms + self.s.recall_timeout_ms,
+                                             self.breakers["recall"])
             user, cands, features_ms = got.user, got.candidates, got.features_ms
             if got.degraded:
                 degraded.append(got.degraded)
@@ -216,7 +260,8 @@ class Ingress:
             user, lost, features_ms = await read_user(self.reader, req.user_id, self.s.features_timeout_ms)
             if lost:
                 degraded.append(lost)
-            cands = _popular_order(self.popular, user, self.s.recall_candidates)
+            cands = _popular_order(self.popular, user, self.s.recall_candidates,
+                                   req.context.exclude_items if req.context else [])
             degraded.append(Degradation(stage="recall", reason=e.reason, fallback="popular items"))
         timings["features"] = round(features_ms, 3)
         self.metrics.observe("features", timings["features"])
@@ -226,10 +271,10 @@ class Ingress:
         # here: the stage itself failed or overran (e.g. its item read stuck) → recall order too.
         t = time.perf_counter()
         try:
-            ranked: RankedItems = await call_stage("ranking", self._rank(user, cands, req.k),
+            ranked: RankedItems = await call_stage("ranking", self._rank(user, cands, req.k, req.context),
                                               self.s.ranking_timeout_ms + self.s.features_timeout_ms)
         except StageFailed as e:
-            ranked = _recall_order(cands, req.k, e.reason)
+            ranked = _recall_order(cands, req.k, e.reason, req.context)
         if ranked.degraded:
             degraded.append(ranked.degraded)
         lap("ranking", t)
@@ -240,7 +285,8 @@ class Ingress:
         if req.include_copy and ranked.items:
             t = time.perf_counter()
             try:
-                res: CopyResult = await call_stage("copy", self.copy.write.remote(user, ranked), self.s.copy_timeout_ms)
+                res: CopyResult = await call_stage("copy", lambda: self.copy.write.remote(user, ranked),
+                                                   self.s.copy_timeout_ms, self.breakers["copy"])
                 copies, copy_version = res.copies, res.version
                 if res.late:
                     degraded.append(Degradation(
@@ -263,12 +309,23 @@ class Ingress:
             versions["copy"] = copy_version
         resp = RecommendResponse(request_id=rid, user_id=req.user_id, items=items, model_versions=versions,
                                  timings_ms=timings, degraded=degraded)
-        self.impressions.write(resp, req.context)
+        self.impressions.write(resp, req.context.model_dump(exclude_defaults=True) if req.context else None)
         return resp
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, bool]:
         return {"ok": True}
+
+    @api.get("/readyz/copy")
+    async def readyz_copy(self) -> JSONResponse:
+        """200 once the copy stage has settled: its model loaded and its cache warmed (`copy` is the version), or
+        no model to load (`copy: "template"`); 503 while a model is loading or the stage does not answer."""
+        try:
+            st = await call_stage("copy", self.copy.stats.remote(), 2000)
+        except StageFailed as e:
+            return JSONResponse({"ready": False, "error": f"copy unavailable: {e.reason}"}, status_code=503)
+        body = {"ready": not st["loading"], "copy": st["version"], "warmed": st["warmed"]}
+        return JSONResponse(body, status_code=503 if st["loading"] else 200)
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:

@@ -23,7 +23,8 @@ from core.artifacts import Route, item_index, load_item_ids, model_info, read_ro
 from core.errors import one_line
 from core.ranking_inputs import blend, item_dense_arrays, user_dense_arrays
 from core.settings import Settings
-from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, UserContext
+from serving.breaker import Breaker
+from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, RequestContext, UserContext
 from serving.failures import public_reason
 from serving.features import FeatureReader, ItemCache, ItemRows
 from serving.triton_client import RankerClient
@@ -89,6 +90,7 @@ class RankingStage:
             log.warning("ranking: item cache warm-up failed, starting cold: %s", one_line(e))
         self.client = client or RankerClient(settings.triton_grpc_url)
         self.timeout_s = settings.ranking_timeout_ms / 1e3
+        self.breaker = Breaker("ranking", settings.breaker_failures, settings.breaker_cooldown_s)
 
     def set_route(self, route: Route) -> None:
         """Switch versions between requests: build the new table, then swap one reference (no lock needed)."""
@@ -131,27 +133,47 @@ class RankingStage:
             "recall_score": np.asarray(cands.scores, dtype=np.float32)[:, None],
         }
 
-    async def rank(self, user: UserContext, cands: Candidates, k: int) -> RankedItems:
+    async def rank(self, user: UserContext, cands: Candidates, k: int,
+                   context: RequestContext | None = None) -> RankedItems:
+        """The request's filters apply to the candidates before anything is scored, so the top k is cut from
+        what passes; fewer than k passing → fewer items, never padding."""
+        if context is not None:
+            cands = _without(cands, set(context.exclude_items))
         if not cands.item_ids:
             return RankedItems(items=[], model_version="")
         # Cached rows are a gather (~0.1 ms): a thread hop only when the online store must be read.
         items = self.items.fresh(cands.item_ids)
         if items is None:
             items = await asyncio.to_thread(self.items.items, cands.item_ids)
+        if context is not None and context.filters_items():
+            keep = [j for j in range(len(cands.item_ids)) if context.admits(items.genres[j], int(items.year[j]))]
+            if len(keep) < len(cands.item_ids):
+                cands, items = _take(cands, keep), _take_rows(items, keep)
+            if not keep:
+                return RankedItems(items=[], model_version="")
         degraded = None
         model = self.model_for(user.user_id)
         version = model.version
-        try:
-            scores = await asyncio.wait_for(
-                self.client.score(self.inputs(user, cands, items, model), version, self.timeout_s), self.timeout_s)
-            final = blend(scores, np.asarray(cands.scores, dtype=np.float32), model.recall_weight)
-            order = list(np.argsort(-final, kind="stable"))
-        except TimeoutError:
-            degraded, scores, version = self._degrade(f"triton timeout after {self.timeout_s * 1e3:.0f} ms", cands)
+        if not self.breaker.allow():  # Triton kept failing: recall order now, not after another timeout
+            degraded, scores, version = self._degrade(f"triton {self.breaker.reason()}", cands)
             order = list(range(len(cands.item_ids)))
-        except Exception as e:  # unreachable, model unloaded, bad response: recall order, flagged
-            degraded, scores, version = self._degrade(f"triton {public_reason('ranking', e)}", cands)
-            order = list(range(len(cands.item_ids)))
+        else:
+            try:
+                scores = await asyncio.wait_for(
+                    self.client.score(self.inputs(user, cands, items, model), version, self.timeout_s),
+                    self.timeout_s)
+                final = blend(scores, np.asarray(cands.scores, dtype=np.float32), model.recall_weight)
+                order = list(np.argsort(-final, kind="stable"))
+                self.breaker.success()
+            except TimeoutError:
+                self.breaker.failure()
+                degraded, scores, version = self._degrade(f"triton timeout after {self.timeout_s * 1e3:.0f} ms",
+                                                          cands)
+                order = list(range(len(cands.item_ids)))
+            except Exception as e:  # unreachable, model unloaded, bad response: recall order, flagged
+                self.breaker.failure()
+                degraded, scores, version = self._degrade(f"triton {public_reason('ranking', e)}", cands)
+                order = list(range(len(cands.item_ids)))
         order = _unique(order, cands.item_ids)
         first = [g[0] if g else "" for g in items.genres]
         top = diversify(order, first, k, self.settings.max_per_genre_share)
@@ -163,6 +185,24 @@ class RankingStage:
     def _degrade(reason: str, cands: Candidates) -> tuple[Degradation, np.ndarray, str]:
         return (Degradation(stage="ranking", reason=reason, fallback="recall order"),
                 np.asarray(cands.scores, dtype=np.float32), "")
+
+
+def _without(cands: Candidates, drop: set[int]) -> Candidates:
+    if not drop:
+        return cands
+    return _take(cands, [j for j, i in enumerate(cands.item_ids) if i not in drop])
+
+
+def _take(cands: Candidates, keep: list[int]) -> Candidates:
+    return Candidates(item_ids=[cands.item_ids[j] for j in keep], scores=[cands.scores[j] for j in keep],
+                      channels=[cands.channels[j] for j in keep], model_version=cands.model_version)
+
+
+def _take_rows(rows: ItemRows, keep: list[int]) -> ItemRows:
+    idx = np.asarray(keep, dtype=np.int64)
+    return ItemRows(item_ids=rows.item_ids[idx], found=rows.found[idx], title=[rows.title[j] for j in keep],
+                    genres=[rows.genres[j] for j in keep], year=rows.year[idx], popularity=rows.popularity[idx],
+                    item_mean_rating=rows.item_mean_rating[idx], content=rows.content[idx])
 
 
 def _unique(order: list[int], ids: list[int]) -> list[int]:

@@ -50,10 +50,11 @@ class Recaller:
     def user_vector(self, history: np.ndarray) -> np.ndarray:
         return self.encoder.run(None, {"history": history})[0][0]  # (d,)
 
-    def candidates(self, user: UserContext) -> Candidates:
-        """The user's whole exclusion set (`UserContext.excluded`) is filtered, not only the model's window."""
+    def candidates(self, user: UserContext, exclude: list[int] | tuple[int, ...] = ()) -> Candidates:
+        """The user's whole exclusion set (`UserContext.excluded`) is filtered, not only the model's window, and
+        the request's `exclude` (its context's `exclude_items`)."""
         hist = self.history(user.recent_items)
-        seen = {self.index_of[i] for i in user.excluded() if i in self.index_of}
+        seen = {self.index_of[i] for i in (*user.excluded(), *exclude) if i in self.index_of}
         if not hist[0].any():
             return self._popular(seen, self.n, [], [], [], vector=None)
         u = self.user_vector(hist)
@@ -111,11 +112,11 @@ class Recall:
         if wanted and wanted != self.recaller.version:
             self.recaller = await asyncio.to_thread(Recaller, self.settings, self.reader)
 
-    async def recall(self, user_id: int) -> Recalled:
+    async def recall(self, user_id: int, exclude: list[int] | None = None) -> Recalled:
         """Features within their timeout (else cold start, flagged), then candidates: ~1 ms of numpy/faiss,
         cheaper inline than a thread hop."""
         user, degraded, features_ms = await read_user(self.reader, user_id, self.settings.features_timeout_ms)
-        cands = self.recaller.candidates(user)
+        cands = self.recaller.candidates(user, exclude or ())
         user.seen_items = None  # used; the later stages need only the profile
         return Recalled(user=user, candidates=cands, features_ms=features_ms, degraded=degraded)
 

@@ -53,6 +53,9 @@ def prepare_data(settings: Settings, source: Path | None = None, download: str |
     else:
         ds = load_movielens(Path(path))
         origin = str(path)
+    from training.tombstones import tombstones, without_deleted
+
+    ds, _, _ = without_deleted(ds, tombstones(settings))  # the raw files still hold deleted users
     return DataResult(save_dataset(ds, settings.data_dir), origin)
 
 

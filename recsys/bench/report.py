@@ -187,6 +187,12 @@ def report(r: dict[str, Any], path: Path) -> str:
                       f"{f['to_online_store']['p50_ms']} / p99 {f['to_online_store']['p99_ms']} ms; changed "
                       f"`/recommend` answer p50 {f['to_changed_recommendation']['p50_ms']} / p99 "
                       f"{f['to_changed_recommendation']['p99_ms']} ms (target p99 ≤ 1000 ms).", ""]
+        if sv.get("deletions"):
+            d = sv["deletions"]
+            lines += [f"User deletion (`DELETE /users/{{id}}`: events erased, online rows blanked, impression lines "
+                      f"redacted) over {d['users']} users: p50 {d['p50_ms']} ms, max {d['max_ms']} ms to the answer; "
+                      f"{d['new_user_after']} of {d['users']} answered as new users by the very next `/recommend`.",
+                      ""]
         if sv.get("retrain"):
             rt = sv["retrain"]
             after = f"live swap ({rt['live']})" if rt.get("promoted", True) else "champions kept"

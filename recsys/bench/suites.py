@@ -178,6 +178,31 @@ def feedback(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, A
     return {"ingest": runs, "freshness": fresh, "seconds_per_run": seconds}
 
 
+def deletions(s: Settings, console: Console, users: list[int]) -> dict[str, Any]:
+    """Per user: ms from sending `DELETE /users/{id}` to its answer (log erased, online rows blanked, impressions
+    redacted), and whether the next `/recommend` already answers them as a new user (no retrieval version)."""
+    import json
+    import urllib.request
+
+    from core.endpoints import http_url
+
+    url, key = http_url(s), (s.api_key or (s.api_keys or [""])[0])
+    ms, cold = [], 0
+    for u in users:
+        req = urllib.request.Request(f"{url}/users/{u}", method="DELETE", headers={"Authorization": f"Bearer {key}"})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=60) as r:
+            json.loads(r.read())
+        ms.append((time.perf_counter() - t0) * 1e3)
+        _, answer = post(f"{url}/recommend", json.dumps({"user_id": u, "k": 10, "include_copy": False}).encode())
+        cold += isinstance(answer, dict) and answer["model_versions"].get("retrieval") == ""
+    out = {"users": len(users), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+           "max_ms": round(max(ms), 1), "new_user_after": cold}
+    console.print(f"DELETE /users: p50 {out['p50_ms']} ms, max {out['max_ms']} ms; {cold}/{len(users)} answered "
+                  "as new users right after")
+    return out
+
+
 def retrain_cycle(s: Settings, console: Console, retrieval_epochs: int = 2, ranking_epochs: int = 1) -> dict[str, Any]:
     """One `recsys retrain` while the graph serves, over the feedback the feedback runs just logged: merge →
     features → challengers warm-started from the champions (a nightly increment: 2 retrieval epochs, 1 ranking
@@ -214,12 +239,13 @@ def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, An
                 runs.append(r)
         baseline = in_process(s, users)
         events = feedback(s, console, seconds)
+        deleted = deletions(s, console, sorted(prepare(s).train)[900:910])
     cycle = retrain_cycle(s, console)  # outside the RSS window: its Ray Train workers are not the serving stack
     launcher.down(s)
     c1 = next(r for r in runs if r["concurrency"] == 1 and not r["include_copy"])
     return {"runs": runs, "in_process": baseline, "graph_over_in_process_p50": round(c1["p50_ms"] /
             baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "seconds_per_run": seconds,
-            "cpu_ms_per_request_c8": cpu_ms, "feedback": events, "retrain": cycle}
+            "cpu_ms_per_request_c8": cpu_ms, "feedback": events, "deletions": deleted, "retrain": cycle}
 
 
 def run_bench(suites: tuple[str, ...], console: Console) -> Path:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserving/proto/recsys.proto\x12\trecsys.v1\"\xc5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0cinclude_copy\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x39\n\x07\x63ontext\x18\x04 \x03(\x0b\x32(.recsys.v1.RecommendRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_include_copy\"f\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x0c\n\x04\x63opy\x18\x05 \x01(\t\x12\x13\n\x0b\x63opy_source\x18\x06 \x01(\t\">\n\x0b\x44\x65gradation\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\t\"\xf4\x02\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x1e\n\x05items\x18\x03 \x03(\x0b\x32\x0f.recsys.v1.Item\x12G\n\x0emodel_versions\x18\x04 \x03(\x0b\x32/.recsys.v1.RecommendResponse.ModelVersionsEntry\x12?\n\ntimings_ms\x18\x05 \x03(\x0b\x32+.recsys.v1.RecommendResponse.TimingsMsEntry\x12(\n\x08\x64\x65graded\x18\x06 \x03(\x0b\x32\x16.recsys.v1.Degradation\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9f\x01\n\rFeedbackEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x08\n\x06_value\";\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.v1.FeedbackEvent\"o\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x11\n\tevent_ids\x18\x03 \x03(\t\x12\x0e\n\x06pushed\x18\x04 \x01(\x08\x12\x12\n\npush_error\x18\x05 \x01(\t2\x9a\x01\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v1.FeedbackRequest\x1a\x1b.recsys.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserving/proto/recsys.proto\x12\trecsys.v1\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\"p\n\x12\x44\x65leteUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x03\x12\x13\n\x0bonline_rows\x18\x03 \x01(\t\x12\x1c\n\x14impressions_redacted\x18\x04 \x01(\x03\"\xc5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0cinclude_copy\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x39\n\x07\x63ontext\x18\x04 \x03(\x0b\x32(.recsys.v1.RecommendRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_include_copy\"f\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x0c\n\x04\x63opy\x18\x05 \x01(\t\x12\x13\n\x0b\x63opy_source\x18\x06 \x01(\t\">\n\x0b\x44\x65gradation\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\t\"\xf4\x02\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x1e\n\x05items\x18\x03 \x03(\x0b\x32\x0f.recsys.v1.Item\x12G\n\x0emodel_versions\x18\x04 \x03(\x0b\x32/.recsys.v1.RecommendResponse.ModelVersionsEntry\x12?\n\ntimings_ms\x18\x05 \x03(\x0b\x32+.recsys.v1.RecommendResponse.TimingsMsEntry\x12(\n\x08\x64\x65graded\x18\x06 \x03(\x0b\x32\x16.recsys.v1.Degradation\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9f\x01\n\rFeedbackEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x08\n\x06_value\";\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.v1.FeedbackEvent\"o\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x11\n\tevent_ids\x18\x03 \x03(\t\x12\x0e\n\x06pushed\x18\x04 \x01(\x08\x12\x12\n\npush_error\x18\x05 \x01(\t2\xe5\x01\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v1.FeedbackRequest\x1a\x1b.recsys.v1.FeedbackResponse\x12I\n\nDeleteUser\x12\x1c.recsys.v1.DeleteUserRequest\x1a\x1d.recsys.v1.DeleteUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +37,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._loaded_options = None
   _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
-  _globals['_RECOMMENDREQUEST']._serialized_start=42
-  _globals['_RECOMMENDREQUEST']._serialized_end=239
-  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=176
-  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=222
-  _globals['_ITEM']._serialized_start=241
-  _globals['_ITEM']._serialized_end=343
-  _globals['_DEGRADATION']._serialized_start=345
-  _globals['_DEGRADATION']._serialized_end=407
-  _globals['_RECOMMENDRESPONSE']._serialized_start=410
-  _globals['_RECOMMENDRESPONSE']._serialized_end=782
-  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_start=680
-  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_end=732
-  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_start=734
-  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_end=782
-  _globals['_FEEDBACKEVENT']._serialized_start=785
-  _globals['_FEEDBACKEVENT']._serialized_end=944
-  _globals['_FEEDBACKREQUEST']._serialized_start=946
-  _globals['_FEEDBACKREQUEST']._serialized_end=1005
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1007
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1118
-  _globals['_RECOMMENDER']._serialized_start=1121
-  _globals['_RECOMMENDER']._serialized_end=1275
+  _globals['_DELETEUSERREQUEST']._serialized_start=41
+  _globals['_DELETEUSERREQUEST']._serialized_end=77
+  _globals['_DELETEUSERRESPONSE']._serialized_start=79
+  _globals['_DELETEUSERRESPONSE']._serialized_end=191
+  _globals['_RECOMMENDREQUEST']._serialized_start=194
+  _globals['_RECOMMENDREQUEST']._serialized_end=391
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=328
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=374
+  _globals['_ITEM']._serialized_start=393
+  _globals['_ITEM']._serialized_end=495
+  _globals['_DEGRADATION']._serialized_start=497
+  _globals['_DEGRADATION']._serialized_end=559
+  _globals['_RECOMMENDRESPONSE']._serialized_start=562
+  _globals['_RECOMMENDRESPONSE']._serialized_end=934
+  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_start=832
+  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_end=884
+  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_start=886
+  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_end=934
+  _globals['_FEEDBACKEVENT']._serialized_start=937
+  _globals['_FEEDBACKEVENT']._serialized_end=1096
+  _globals['_FEEDBACKREQUEST']._serialized_start=1098
+  _globals['_FEEDBACKREQUEST']._serialized_end=1157
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1159
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1270
+  _globals['_RECOMMENDER']._serialized_start=1273
+  _globals['_RECOMMENDER']._serialized_end=1502
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DeleteUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    def __init__(self, user_id: _Optional[int] = ...) -> None: ...
+
+class DeleteUserResponse(_message.Message):
+    __slots__ = ("user_id", "events_deleted", "online_rows", "impressions_redacted")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_REDACTED_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    events_deleted: int
+    online_rows: str
+    impressions_redacted: int
+    def __init__(self, user_id: _Optional[int] = ..., events_deleted: _Optional[int] = ..., online_rows: _Optional[str] = ..., impressions_redacted: _Optional[int] = ...) -> None: ...
+
 class RecommendRequest(_message.Message):
     __slots__ = ("user_id", "k", "include_copy", "context")
     class ContextEntry(_message.Message):

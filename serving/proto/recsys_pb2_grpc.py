@@ -44,6 +44,11 @@ class RecommenderStub(object):
                 request_serializer=serving_dot_proto_dot_recsys__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_recsys__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/recsys.v1.Recommender/DeleteUser',
+                request_serializer=serving_dot_proto_dot_recsys__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_recsys__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer(object):
@@ -64,6 +69,14 @@ class RecommenderServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteUser(self, request, context):
+        """Erase a user (same key as Feedback): events, online features, impression lines; a tombstone keeps them out of
+        later training sets. Afterwards Recommend treats them as a new user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=serving_dot_proto_dot_recsys__pb2.FeedbackRequest.FromString,
                     response_serializer=serving_dot_proto_dot_recsys__pb2.FeedbackResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=serving_dot_proto_dot_recsys__pb2.DeleteUserRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_recsys__pb2.DeleteUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class Recommender(object):
             '/recsys.v1.Recommender/Feedback',
             serving_dot_proto_dot_recsys__pb2.FeedbackRequest.SerializeToString,
             serving_dot_proto_dot_recsys__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/DeleteUser',
+            serving_dot_proto_dot_recsys__pb2.DeleteUserRequest.SerializeToString,
+            serving_dot_proto_dot_recsys__pb2.DeleteUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

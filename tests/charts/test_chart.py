@@ -362,6 +362,14 @@ def test_rayservice_serves_the_graph_defined_in_serving(helm: Path) -> None:
     assert settings_file(objs)["serve_grpc_port"] == config["grpc_options"]["port"]
     head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     assert {"name": "serve-grpc", "containerPort": config["grpc_options"]["port"]} in head["ports"]
+    # Serve's gRPC proxy (on every node: proxy_location EveryNode) reads its message limit from this variable
+    # (ray/serve/_private/constants.py RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, default 2 GiB): bounded on each pod.
+    from ray.serve._private import constants
+
+    assert constants.DEFAULT_GRPC_SERVER_OPTIONS[1][0] == "grpc.max_receive_message_length"
+    for where, spec in pod_specs([svc]):
+        env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+        assert env.get("RAY_SERVE_GRPC_MAX_MESSAGE_SIZE") == "1048576", where
 
 
 @pytest.mark.parametrize(("profile", "strategy"), [("default", "NewCluster"), ("dev", "None"), ("gpu", "NewCluster")])

@@ -73,6 +73,43 @@ def test_the_exclusion_set_keeps_the_whole_history_but_not_repeatable_types(log_
     assert old.seen_items == [1, 2, 9]  # a profile from before the field starts from its recent window
 
 
+def _files_hold(where: str, marker: bytes) -> bool:
+    """Whether any file the log keeps on disk (the SQLite file and its WAL, or Redis' append-only files) holds it."""
+    if where.startswith("redis://"):
+        import redis
+
+        r = redis.Redis.from_url(where)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # the rewrite the deletion started must have finished
+            info = r.info("persistence")
+            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+                break
+            time.sleep(0.05)
+        root = Path(r.config_get("dir")["dir"])
+    else:
+        root = Path(where).parent
+    held = [f for f in root.rglob("*") if f.is_file() and marker in f.read_bytes()]
+    return bool(held)
+
+
+def test_deleting_a_user_erases_their_events_and_leaves_a_tombstone(log_at):
+    log = _open(log_at)
+    marker = "gdpr-marker-7"
+    log.append([ev(7, i, event_id=f"{marker}-{i}") for i in range(1, 6)] + [ev(8, 3, event_id="b")], no_base)
+    log.mark_pushed([(d.user_id, d.version) for d in log.dirty_profiles()])
+    assert _files_hold(log_at, marker.encode())  # the check can fail: the events were on disk
+    assert log.delete_user(7) == 5
+    assert [e["event_id"] for e in log.events()] == ["b"] and log.events(7) == []
+    assert not _files_hold(log_at, marker.encode())  # no copy left in free pages, the WAL or the AOF
+    p = log.profile(7)
+    assert (p.recent_items, p.seen_items, p.n_interactions, p.age) == ([], [], 0, -1)
+    assert [d.user_id for d in log.dirty_profiles()] == [7]  # the erased profile waits for its push
+    assert set(log.tombstones()) == {7} and log.tombstones()[7] <= time.time()
+    assert log.delete_user(7) == 0  # idempotent
+    again = log.append([ev(7, 9, event_id=f"{marker}-1")], no_base)  # back as a new user: the id is new again
+    assert again.accepted == [f"{marker}-1"] and log.profile(7).recent_items == [9]
+
+
 def test_pushed_marks_only_the_version_that_was_pushed(log_at):
     log = _open(log_at)
     log.append([ev(1, 10, event_id="x")], no_base)
@@ -200,3 +237,9 @@ def test_the_push_lock_excludes_threads_of_one_process_too(log_at):
     for t in threads:
         t.join()
     assert not overlapped[0]
+
+
+def test_deleting_a_user_the_log_never_saw_leaves_only_the_tombstone(log_at):
+    log = _open(log_at)  # an empty log: no stream, no table rows yet
+    assert log.delete_user(9) == 0
+    assert set(log.tombstones()) == {9} and log.events() == []

@@ -101,6 +101,7 @@ def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_pa
     res = run_cli(home, "train", "retrieval", "--epochs", "30", RECSYS_RETRIEVAL_PATIENCE="2",
                   RECSYS_RETRIEVAL_PLATEAU="1")
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "retrieval epoch " in res.stdout and "val NDCG@10" in res.stdout  # a line per epoch, no TTY needed
     m = _metrics(home, "recsys-retrieval", "challenger")
     ndcg = [x.value for x in _history(home, "recsys-retrieval", "challenger", "epoch_val_ndcg_at_10")]
     lrs = [x.value for x in _history(home, "recsys-retrieval", "challenger", "lr")]

@@ -348,6 +348,43 @@ def test_grpc_feedback_needs_a_key_and_answers_like_http(served, use_home):
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "event_type" in res.stderr
 
 
+def delete_user(user: int, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"{URL}/users/{user}", method="DELETE", headers=KEY if headers is None else headers)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_deleting_a_user_over_http_and_grpc_makes_them_a_new_user(served):
+    import grpc
+
+    from serving.proto import recsys_pb2 as pb
+    from serving.proto import recsys_pb2_grpc
+
+    user = 33
+    assert recommend(user)["model_versions"]["retrieval"] == "1"  # known: personalised
+    status, body = feedback({"user_id": user, "item_id": 5, "event_type": "click", "event_id": "del-1"})
+    assert status == 200
+    assert delete_user(user, headers={})[0] == 401  # a write: the key is required
+    assert delete_user(-1)[0] == 422
+    status, body = delete_user(user)
+    assert status == 200 and body["events_deleted"] == 1 and body["online_rows"] == "blanked", body
+    assert body["impressions_redacted"] >= 1
+    after = recommend(user)
+    assert after["model_versions"]["retrieval"] == "" and not after["degraded"]  # cold start, as a new user
+    with grpc.insecure_channel(GRPC) as channel:
+        stub = recsys_pb2_grpc.RecommenderStub(channel)
+        auth = (("application", "recsys"), ("authorization", "Bearer ci-test-key"))
+        got = stub.DeleteUser(pb.DeleteUserRequest(user_id=34), timeout=60, metadata=auth)
+        assert got.user_id == 34 and got.online_rows == "blanked"
+        with pytest.raises(grpc.RpcError) as err:
+            stub.DeleteUser(pb.DeleteUserRequest(user_id=34), timeout=60, metadata=(("application", "recsys"),))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert recommend(34)["model_versions"]["retrieval"] == ""
+
+
 def test_unknown_user_gets_cold_start_items_without_a_retrieval_version(served):
     body = recommend(987_654, k=5)
     assert len(body["items"]) == 5 and not body["degraded"]
@@ -362,7 +399,8 @@ def test_unknown_user_gets_cold_start_items_without_a_retrieval_version(served):
     ({"k": 5}, 422, "user_id"),
     ({"user_id": "abc"}, 422, "user_id"),
     ({"user_id": 1, "surprise": True}, 422, "surprise"),
-    ({"user_id": 1, "context": {"x": "y" * 20_000}}, 413, "bytes"),
+    ({"user_id": 1, "context": {"page": "y" * 20_000}}, 413, "bytes"),
+    ({"user_id": 1, "context": {"exclude_items": ["7"]}}, 422, "context.exclude_items.0"),
 ])
 def test_bad_input_gets_a_clear_client_error(served, body, status, needle):
     got, payload = post("/recommend", body)
@@ -542,9 +580,17 @@ def test_recall_lost_gives_flagged_popular_items_then_recovers(served, use_home)
         os.kill(pid, signal.SIGSTOP)
     try:
         body = recommend(user, k=5)
+        later = []  # the circuit breaker: after breaker_failures (5) timeouts in a row, Recall is skipped at once
+        for _ in range(7):
+            t0 = time.perf_counter()
+            reason = recommend(user, k=5)["degraded"][0]["reason"]
+            later.append((reason, time.perf_counter() - t0))
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
+    skipped = [ms for reason, ms in later if reason.startswith("skipped: ")]
+    assert len(skipped) >= 2 and max(skipped) < 0.2, later  # no 400 ms wait once open
+    assert all("timeout" in r for r, _ in later[:3]), later
     assert [d["stage"] for d in body["degraded"]] == ["recall"], body["degraded"]
     assert body["degraded"][0]["fallback"] == "popular items" and "timeout" in body["degraded"][0]["reason"]
     assert body["model_versions"] == {"retrieval": "", "ranker": "1"}  # the popular items were still ranked
@@ -643,6 +689,41 @@ def test_grpc_answers_the_same_contract_as_http(served):
     assert len(default.items) == 10 and all(it.copy_source == "template" for it in default.items)
 
 
+def test_request_filters_apply_before_top_k_on_http_and_grpc(served):
+    """exclude_items, include_genres and a year filter cut the candidates before the top k; a filter that leaves
+    fewer than k items answers fewer (no padding); an unknown key is refused by name."""
+    import pandas as pd
+
+    from serving.proto import recsys_pb2 as pb
+
+    user = 21  # no other test sends this user's feedback: the data is their whole history
+    items = pd.read_parquet(served / "data" / "items.parquet")
+    genres = {int(i): list(g) for i, g in zip(items["item_id"], items["genres"], strict=True)}
+    years = {int(i): int(y) if pd.notna(y) else -1 for i, y in zip(items["item_id"], items["year"], strict=True)}
+    inter = pd.read_parquet(served / "data" / "interactions.parquet")
+    had = set(inter.loc[inter["user_id"] == user, "item_id"].astype(int))
+    first = [it["item_id"] for it in recommend(user)["items"]]
+    g = genres[first[0]][0]
+    ctx = {"exclude_items": first[:3], "include_genres": [g], "page": "test"}
+    status, body = post("/recommend", {"user_id": user, "k": 10, "include_copy": False, "context": ctx})
+    assert status == 200 and not body["degraded"], body
+    got = [it["item_id"] for it in body["items"]]
+    assert got and not set(got) & set(first[:3]) and all(g in genres[i] for i in got) and not set(got) & had
+    by_grpc = grpc_recommend(pb.RecommendRequest(user_id=user, k=10, include_copy=False, context={
+        "exclude_items": ",".join(map(str, first[:3])), "include_genres": g, "page": "test"}))
+    assert [it.item_id for it in by_grpc.items] == got
+    # The synthetic catalogue (200 items) is smaller than the candidate pool: every item the user lacks is a
+    # candidate, so exactly those of the recent years can be answered.
+    recent = max(years.values()) - 2
+    status, body = post("/recommend", {"user_id": user, "k": 10, "include_copy": False,
+                                       "context": {"min_year": recent}})
+    expected = {i for i, y in years.items() if y >= recent} - had
+    assert status == 200 and 0 < len(expected) < 10, (body, expected)
+    assert {it["item_id"] for it in body["items"]} == expected  # fewer than k: what exists, no padding
+    status, body = post("/recommend", {"user_id": user, "context": {"colour": "red"}})
+    assert status == 422 and body["field"] == "context.colour", body
+
+
 @pytest.mark.parametrize(("fields", "needle"), [({"user_id": 1, "k": 101}, "k:"), ({"user_id": -1}, "user_id:")])
 def test_grpc_bad_input_is_invalid_argument_naming_the_field(served, fields, needle):
     import grpc
@@ -653,6 +734,17 @@ def test_grpc_bad_input_is_invalid_argument_naming_the_field(served, fields, nee
         grpc_recommend(pb.RecommendRequest(**fields))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert needle in err.value.details() and "Traceback" not in err.value.details()
+
+
+def test_a_grpc_message_over_the_cap_is_refused_before_it_is_decoded(served):
+    """Serve's gRPC proxy took 2 GiB messages (Ray's default); the launcher sets grpc_max_message_bytes (1 MiB)."""
+    import grpc
+
+    from serving.proto import recsys_pb2 as pb
+
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_recommend(pb.RecommendRequest(user_id=1, context={"page": "x" * 2_000_000}))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
 
 
 def test_cli_recommend_over_grpc(served):
@@ -768,15 +860,27 @@ def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_hom
 def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home):
     """`train copy` (the tiny random LM in ci) → `promote copy --force` → the running graph loads it. Its copy
     fails the guard, so every item carries the grounded template flagged `template_guard`, never unflagged."""
+    with urllib.request.urlopen(URL + "/readyz/copy", timeout=10) as r:
+        assert json.loads(r.read()) == {"ready": True, "copy": "template", "warmed": 0}  # nothing to load
     res = run_cli(served, "train", "copy", timeout=900, **PORTS)
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli(served, "promote", "copy", "--force", **PORTS)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "copy LM v1 exported and loading in the running graph" in res.stdout
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    deadline, ready = time.monotonic() + 120, {}
+    while time.monotonic() < deadline:  # the readiness signal the demo waits on
+        try:
+            with urllib.request.urlopen(URL + "/readyz/copy", timeout=10) as r:
+                ready = json.loads(r.read())
+            if ready["copy"] == "1":
+                break
+        except urllib.error.HTTPError as e:
+            assert e.code == 503 and json.loads(e.read())["ready"] is False  # loading
+        time.sleep(1)
+    assert ready["ready"] is True and ready["copy"] == "1", ready
+    while time.monotonic() < deadline + 60:
         body = recommend(4, k=5, include_copy=True)
-        if body["model_versions"].get("copy") == "1" and not any(d["stage"] == "copy" for d in body["degraded"]):
+        if not any(d["stage"] == "copy" for d in body["degraded"]):
             break
         time.sleep(1)
     assert body["model_versions"]["copy"] == "1", body

@@ -9,6 +9,7 @@ from serving.grpc_api import (
     InvalidRequest,
     feedback_from_proto,
     request_from_proto,
+    request_to_proto,
     response_from_proto,
     response_to_proto,
 )
@@ -21,7 +22,7 @@ def test_proto_defaults_mean_the_http_defaults() -> None:
     req = request_from_proto(pb.RecommendRequest(user_id=5))
     assert (req.k, req.include_copy, req.context) == (10, True, None)
     req = request_from_proto(pb.RecommendRequest(user_id=5, k=3, include_copy=False, context={"page": "home"}))
-    assert (req.k, req.include_copy, req.context) == (3, False, {"page": "home"})
+    assert (req.k, req.include_copy, req.context.page) == (3, False, "home")
 
 
 @pytest.mark.parametrize(("fields", "field"), [
@@ -96,8 +97,43 @@ def test_a_context_bigger_than_the_log_takes_is_refused_on_both_encodings() -> N
 
     from pydantic import ValidationError
 
-    with pytest.raises(InvalidRequest, match=r"^context: "):
+    with pytest.raises(InvalidRequest, match=r"^context\.blob: "):
         request_from_proto(pb.RecommendRequest(user_id=1, context={"blob": "x" * 5_000_000}))
+    with pytest.raises(InvalidRequest, match=r"^context\.page: "):
+        request_from_proto(pb.RecommendRequest(user_id=1, context={"page": "x" * 5_000_000}))
     with pytest.raises(ValidationError):
-        RecommendRequest.model_validate_json(json.dumps({"user_id": 1, "context": {str(i): i for i in range(40)}}))
-    assert request_from_proto(pb.RecommendRequest(user_id=1, context={"page": "home"})).context == {"page": "home"}
+        RecommendRequest.model_validate_json(json.dumps({"user_id": 1, "context": {
+            "exclude_items": list(range(1, 1002))}}))
+    assert request_from_proto(pb.RecommendRequest(user_id=1, context={"page": "home"})).context.page == "home"
+
+
+@pytest.mark.parametrize(("context", "field"), [
+    ({"colour": "red"}, "context.colour"),  # unknown key, named
+    ({"exclude_items": "5,x"}, "context.exclude_items.1"),
+    ({"exclude_items": "0"}, "context.exclude_items.0"),
+    ({"min_year": "nineteen"}, "context.min_year"),
+    ({"min_year": "2000", "max_year": "1990"}, "context"),
+])
+def test_grpc_filters_are_the_http_contract_with_comma_separated_lists(context, field) -> None:
+    with pytest.raises(InvalidRequest, match=rf"^{field.replace('.', chr(92) + '.')}: "):
+        request_from_proto(pb.RecommendRequest(user_id=1, context=context))
+    req = request_from_proto(pb.RecommendRequest(user_id=1, context={
+        "exclude_items": "5, 7", "include_genres": "Comedy,Drama", "min_year": "1990", "page": "home"}))
+    assert req.context.exclude_items == [5, 7] and req.context.include_genres == ["Comedy", "Drama"]
+    assert req.context.min_year == 1990
+    back = request_from_proto(request_to_proto(req))
+    assert back == req  # round trip through the proto map
+
+
+@pytest.mark.parametrize("context", [
+    {"exclude_items": ["5"]}, {"exclude_items": [True]}, {"min_year": 1990.0}, {"include_genres": "Comedy"},
+    {"nope": 1},
+])
+def test_http_filters_are_strict(context) -> None:
+    import json
+
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        RecommendRequest.model_validate_json(json.dumps({"user_id": 1, "context": context}))
+    assert e.value.errors()[0]["loc"][0] == "context"

@@ -35,3 +35,16 @@ def test_training_stops_on_the_validation_signal_the_cap_or_the_budget() -> None
     assert stopping(cfg, epoch=50, best_epoch=50, seconds=1.0)[0] == "epochs"
     plain = RetrievalConfig(epochs=50)  # no patience, plateau or budget: the epoch cap alone
     assert stopping(plain, epoch=49, best_epoch=1, seconds=1e9) == ("", 1.0)
+
+
+def test_epoch_lines_show_each_new_epoch_once_with_metric_and_eta() -> None:
+    from training.progress import EpochLines
+
+    lines: list[str] = []
+    p = EpochLines("retrieval", None, total=40, say=lines.append)
+    p.show({})  # nothing reported yet
+    p.show({"epoch": 3, "epoch_val_ndcg_at_10": 0.1012, "train_loss": 5.5, "epoch_seconds": 4.0})
+    p.show({"epoch": 3, "epoch_val_ndcg_at_10": 0.1012})  # the same epoch again: no second line
+    p.show({"epoch": 40, "train_loss": 5.1, "epoch_seconds": 4.0})
+    assert lines == ["retrieval epoch 3/40: val NDCG@10 0.1012, loss 5.5000, 4.0 s/epoch, ETA ≤ 2.5 min",
+                     "retrieval epoch 40/40: loss 5.1000, 4.0 s/epoch"]

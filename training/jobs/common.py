@@ -123,6 +123,7 @@ def fit(
     loop: Callable[[dict], None],
     config: dict[str, Any],
     resume: bool,
+    total_epochs: int = 0,
 ):
     """Run `loop` on N workers with TorchTrainer; DDP on CPU (gloo) or GPU (nccl) by settings."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -144,7 +145,10 @@ def fit(
             failure_config=FailureConfig(max_failures=1),
         ),
     )
-    result = trainer.fit()
+    from training.progress import EpochLines
+
+    with EpochLines(job, config.get("mlflow"), total_epochs):  # a line per epoch on this console
+        result = trainer.fit()
     if result.error:
         raise RuntimeError(f"{job} training failed: {result.error}")
     _pointer(settings, job).unlink(missing_ok=True)  # finished: the next `train` starts fresh

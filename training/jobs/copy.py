@@ -159,7 +159,7 @@ def train_copy(settings: Settings, cfg: CopyLMConfig, train: list[tuple[CopyFact
     config = {"model": cfg.to_dict(), "threads": worker_threads(settings), "base_dir": base_dir,
               "cache": str(cache), "train": encode_pairs(tok, train), "mlflow": mlflow_run, "init": warm}
     t0 = time.perf_counter()
-    result = fit(settings, "copy", train_loop, config, resume)
+    result = fit(settings, "copy", train_loop, config, resume, max(1, -(-cfg.steps // cfg.steps_per_epoch)))
     seconds = time.perf_counter() - t0
     state = load_result_state(result)
     history = result.metrics_dataframe if result.metrics_dataframe is not None else None

@@ -225,7 +225,7 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
               "examples": ex, "mlflow": mlflow_run,
               "init": warm if warm is not None and fits(Ranker(cfg), warm) else None}
     t0 = time.perf_counter()
-    result = fit(settings, "ranking", train_loop, config, resume)
+    result = fit(settings, "ranking", train_loop, config, resume, cfg.epochs)
     seconds = time.perf_counter() - t0
     state = load_result_state(result)
     model = Ranker(RankingConfig(**state["config"]))

@@ -170,7 +170,7 @@ def train_retrieval(
         "init": warm if warm is not None and fits(SASRec(cfg, torch.from_numpy(content_full)), warm) else None,
     }
     t0 = time.perf_counter()
-    result = fit(settings, "retrieval", train_loop, config, resume)
+    result = fit(settings, "retrieval", train_loop, config, resume, cfg.epochs)
     seconds = time.perf_counter() - t0
     state = load_result_state(result)
     model = SASRec(RetrievalConfig(**state["config"]), torch.from_numpy(content_full))
