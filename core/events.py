@@ -109,11 +109,21 @@ class Profile:
     gender: str = ""
     occupation: str = ""
     seen_items: list[int] | None = None  # None: a profile stored before the log kept it (recent_items stands in)
+    # Interactions per genre, the log's own (not a Feast field): favourite_genres is its top 3, as offline.
+    genre_counts: dict[str, float] | None = None
 
     def apply(self, e: FeedbackEvent, max_len: int, repeatable: frozenset[str] = frozenset(),
-              max_seen: int = 10_000) -> None:
+              max_seen: int = 10_000, genres: list[str] | tuple[str, ...] = ()) -> None:
         """Most recent last, no repeats (an item seen again moves to the end), at most `max_len` ids; the item
-        joins `seen_items` (at most `max_seen`, the most recent) unless its event type is `repeatable`."""
+        joins `seen_items` (at most `max_seen`, the most recent) unless its event type is `repeatable`; its
+        `genres` count towards the taste, so `favourite_genres` follows feedback like the recent items do."""
+        if genres:
+            if self.genre_counts is None:  # stored before counts were kept: the favourites by rank stand in
+                n = len(self.favourite_genres)
+                self.genre_counts = {g: float(n - i) for i, g in enumerate(self.favourite_genres)}
+            for g in genres:
+                self.genre_counts[g] = self.genre_counts.get(g, 0.0) + 1.0
+            self.favourite_genres = favourites(self.genre_counts)
         if self.seen_items is None:
             self.seen_items = list(self.recent_items)
         if e.event_type not in repeatable:
@@ -151,7 +161,7 @@ class FeedbackLog(Protocol):
     """What the Feedback stage, retraining and `recsys report` need of a log (SQLite or Redis)."""
 
     def append(self, events: list[FeedbackEvent], base: Callable[[list[int]], dict[int, Profile]],
-               now: float | None = None) -> AppendResult: ...
+               now: float | None = None, genres: dict[int, list[str]] | None = None) -> AppendResult: ...
     def profile(self, user_id: int) -> Profile | None: ...
     def dirty_profiles(self, user_ids: list[int] | None = None, limit: int = 500) -> list[DirtyProfile]: ...
     def mark_pushed(self, pushed: list[tuple[int, int]]) -> None: ...
@@ -246,19 +256,21 @@ class EventLog:
         return {r[0] for r in rows}
 
     def append(self, events: list[FeedbackEvent], base: Callable[[list[int]], dict[int, Profile]],
-               now: float | None = None) -> AppendResult:
+               now: float | None = None, genres: dict[int, list[str]] | None = None) -> AppendResult:
         """Store new events and advance their users' profiles in one durable transaction.
 
-        `base(user_ids)` gives the starting profile of users the log has not seen (their online row).
+        `base(user_ids)` gives the starting profile of users the log has not seen (their online row); `genres`
+        the events' items' genres (the taste counts).
         """
         now = time.time() if now is None else now
         events = [e.stamped(now) for e in events]
         fresh = {e.user_id for e in events} - self.known_users(e.user_id for e in events)
         starts = base(sorted(fresh)) if fresh else {}
         with self._lock:
-            return self._append(events, starts, now)
+            return self._append(events, starts, now, genres or {})
 
-    def _append(self, events: list[FeedbackEvent], starts: dict[int, Profile], now: float) -> AppendResult:
+    def _append(self, events: list[FeedbackEvent], starts: dict[int, Profile], now: float,
+                genres: dict[int, list[str]]) -> AppendResult:
         accepted, duplicates, profiles = [], [], {}
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -275,7 +287,7 @@ class EventLog:
                 accepted.append(key)
                 if e.user_id not in profiles:
                     profiles[e.user_id] = self._profile(e.user_id) or starts.get(e.user_id) or empty_profile()
-                profiles[e.user_id].apply(e, self.max_len, self.repeatable, self.max_seen)
+                profiles[e.user_id].apply(e, self.max_len, self.repeatable, self.max_seen, genres.get(e.item_id, ()))
             for uid, p in profiles.items():
                 db.execute(
                     "INSERT INTO profiles (user_id, profile, version, pushed, updated) VALUES (?, ?, 1, 0, ?) "
@@ -358,6 +370,11 @@ class EventLog:
         """Deleted users → when (epoch s): their interactions up to then stay out of every later data load."""
         with self._lock:
             return {int(u): float(t) for u, t in self._db.execute("SELECT user_id, deleted_at FROM tombstones")}
+
+
+def favourites(counts: dict[str, float], n: int = 3) -> list[str]:
+    """The top-n genres by count, ties by name: the rule the offline profile table uses."""
+    return [g for g, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
 def erased_profile() -> Profile:

@@ -184,7 +184,7 @@ class RedisEventLog:
             yield
 
     def append(self, events: list[FeedbackEvent], base: Callable[[list[int]], dict[int, Profile]],
-               now: float | None = None) -> AppendResult:
+               now: float | None = None, genres: dict[int, list[str]] | None = None) -> AppendResult:
         """Store new events and advance their users' profiles in one atomic, fsynced script.
 
         `base(user_ids)` gives the starting profile of users the log has not seen (their online row).
@@ -214,7 +214,8 @@ class RedisEventLog:
                 if e.user_id not in changed:  # a copy: a lost round must not leave `starts` advanced
                     start = profiles[e.user_id] or starts.get(e.user_id)
                     changed[e.user_id] = Profile(**copy.deepcopy(start.__dict__)) if start else empty_profile()
-                changed[e.user_id].apply(e, self.max_len, self.repeatable, self.max_seen)
+                changed[e.user_id].apply(e, self.max_len, self.repeatable, self.max_seen,
+                                         (genres or {}).get(e.item_id, ()))
             if not accepted:
                 return AppendResult([], duplicates, [])
             expected = dict(zip(users, versions, strict=True))

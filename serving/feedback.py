@@ -34,6 +34,16 @@ class FeedbackWriter:
     def __init__(self, settings: Settings, store=None) -> None:
         self.log = open_event_log(settings)
         self.store = store or online_store(settings)
+        self._genres: dict[int, list[str]] = {}  # item → genres (item rows change only when rebuilt)
+
+    def genres(self, item_ids: list[int]) -> dict[int, list[str]]:
+        """The items' genres from the online store (kept once read): what the taste counts are made of."""
+        missing = sorted({int(i) for i in item_ids} - set(self._genres))
+        if missing:
+            rows = self.store.get_online_features(features=["item_features:genres"],
+                                                  entity_rows=[{"item_id": i} for i in missing]).to_dict()
+            self._genres.update({i: list(g or []) for i, g in zip(missing, rows["genres"], strict=True)})
+        return {int(i): self._genres[int(i)] for i in item_ids}
 
     def base_profiles(self, user_ids: list[int]) -> dict[int, Profile]:
         """The online rows of users the log has not seen yet (their history before the first event)."""
@@ -44,6 +54,11 @@ class FeedbackWriter:
         for j, u in enumerate(user_ids):
             if out["recent_items"][j] is None:
                 continue  # unknown user: starts empty
+            seen = [int(i) for i in out["seen_items"][j]] if out["seen_items"][j] is not None else None
+            counts: dict[str, float] = {}
+            for gs in self.genres(seen or []).values():  # the whole history's genres: the taste counts
+                for g in gs:
+                    counts[g] = counts.get(g, 0.0) + 1.0
             profiles[u] = Profile(
                 recent_items=[int(i) for i in out["recent_items"][j]],
                 n_interactions=int(out["n_interactions"][j] or 0),
@@ -51,12 +66,17 @@ class FeedbackWriter:
                 favourite_genres=list(out["favourite_genres"][j] or []),
                 age=int(-1 if out["age"][j] is None else out["age"][j]),
                 gender=out["gender"][j] or "", occupation=out["occupation"][j] or "",
-                seen_items=None if out["seen_items"][j] is None else [int(i) for i in out["seen_items"][j]])
+                seen_items=seen, genre_counts=counts or None)
         return profiles
 
     def record(self, events: list[FeedbackEvent]) -> dict:
         """Append (durable), then push the changed profiles; the answer says whether the push happened."""
-        res = self.log.append(events, self.base_profiles)
+        try:
+            genres = self.genres([e.item_id for e in events])
+        except Exception as e:  # the online store down: log the events anyway; the taste catches up at a rebuild
+            log.warning("feedback: item genres unreadable (%s); taste counts not advanced", one_line(e))
+            genres = {}
+        res = self.log.append(events, self.base_profiles, genres=genres)
         pushed, error = self.push(res.users)
         return {"accepted": res.accepted, "duplicates": res.duplicates, "pushed": pushed, "push_error": error}
 

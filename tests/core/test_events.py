@@ -239,6 +239,44 @@ def test_the_push_lock_excludes_threads_of_one_process_too(log_at):
     assert not overlapped[0]
 
 
+def test_favourite_genres_follow_feedback_as_the_offline_table_counts_them(log_at):
+    log = _open(log_at)
+    base = {7: Profile(recent_items=[1], n_interactions=3, mean_rating=4.0, favourite_genres=["Drama", "War"],
+                       genre_counts={"Drama": 2.0, "War": 1.0})}
+    genres = {10: ["Comedy"], 11: ["Comedy", "Romance"], 12: ["Comedy"]}
+    log.append([ev(7, 10, event_id="g1")], lambda users: {u: base[u] for u in users if u in base}, genres=genres)
+    assert log.profile(7).favourite_genres == ["Drama", "Comedy", "War"]  # ties by name, as offline
+    log.append([ev(7, 11, event_id="g2"), ev(7, 12, event_id="g3")], no_base, genres=genres)
+    p = log.profile(7)
+    assert p.favourite_genres == ["Comedy", "Drama", "Romance"] and p.genre_counts["Comedy"] == 3.0
+    old = Profile(recent_items=[], n_interactions=2, mean_rating=3.0, favourite_genres=["Drama", "War"])
+    old.apply(ev(7, 10), max_len=3, genres=["War"])  # stored before counts were kept: favourites by rank
+    assert old.favourite_genres == ["Drama", "War"] and old.genre_counts == {"Drama": 2.0, "War": 2.0}
+    old.apply(ev(7, 11), max_len=3, genres=["War"])
+    assert old.favourite_genres == ["War", "Drama"]
+
+
+def test_a_users_feedback_moves_their_online_taste(feature_home, tmp_path, use_home):
+    home = tmp_path / "home"
+    shutil.copytree(feature_home, home)
+    use_home(home)
+    from core.settings import load_settings
+    from serving.features import FeatureReader
+    from serving.feedback import FeedbackWriter
+
+    s = load_settings()
+    reader, writer = FeatureReader(s), FeedbackWriter(s)
+    user = next(u for u in range(1, 50) if reader.user(u).known)
+    before = reader.user(user)
+    rows = reader.items(list(range(1, 201)), fields=("genres",))
+    genre = next(g for gs in rows.genres for g in gs if g not in before.favourite_genres)
+    items = [int(i) for i, gs in zip(rows.item_ids, rows.genres, strict=True)
+             if gs == [genre] and int(i) not in before.excluded()][:40]
+    writer.record([FeedbackEvent(event_id=f"t{i}", user_id=user, item_id=i, event_type="click") for i in items])
+    after = reader.user(user)
+    assert after.favourite_genres[0] == genre, (before.favourite_genres, after.favourite_genres)
+
+
 def test_deleting_a_user_the_log_never_saw_leaves_only_the_tombstone(log_at):
     log = _open(log_at)  # an empty log: no stream, no table rows yet
     assert log.delete_user(9) == 0
