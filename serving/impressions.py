@@ -75,26 +75,32 @@ def read_impressions(directory: Path) -> Iterator[dict]:
 def redact_user(directory: Path, user_id: int) -> int:
     """Overwrite every impression line of `user_id` in place with `{"redacted":true}` padded to its length; returns
     how many. In place, not a rewritten copy: the replicas keep appending to these files through their own open
-    descriptors (O_APPEND), and a renamed copy would take their next lines away from them."""
+    descriptors (O_APPEND), and a renamed copy would take their next lines away from them. Files are read line by
+    line (they grow without bound); only a file with a line to redact is opened for writing and fsynced."""
     n = 0
     if not directory.is_dir():
         return 0
     needle = f'"user_id":{int(user_id)},'.encode()
     for path in sorted(directory.glob("*.jsonl")):
-        with path.open("r+b") as f:
+        hits: list[tuple[int, int]] = []  # (offset, length) of the user's lines
+        with path.open("rb") as f:
             offset = 0
-            for line in f.read().splitlines(keepends=True):
+            for line in f:
                 body = line.rstrip(b"\n")
-                if needle in body:
+                if needle in body and len(body) >= len(REDACTED):
                     try:
                         mine = json.loads(body).get("user_id") == user_id
                     except ValueError:  # a torn line: its user cannot be told, so it goes too
                         mine = True
-                    if mine and len(body) >= len(REDACTED):
-                        f.seek(offset)
-                        f.write(REDACTED.ljust(len(body)))
-                        n += 1
+                    if mine:
+                        hits.append((offset, len(body)))
                 offset += len(line)
-            f.flush()
-            os.fsync(f.fileno())
+        if hits:
+            with path.open("r+b") as f:
+                for at, length in hits:
+                    f.seek(at)
+                    f.write(REDACTED.ljust(length))
+                f.flush()
+                os.fsync(f.fileno())
+            n += len(hits)
     return n

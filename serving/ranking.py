@@ -135,10 +135,9 @@ class RankingStage:
 
     async def rank(self, user: UserContext, cands: Candidates, k: int,
                    context: RequestContext | None = None) -> RankedItems:
-        """The request's filters apply to the candidates before anything is scored, so the top k is cut from
-        what passes; fewer than k passing → fewer items, never padding."""
-        if context is not None:
-            cands = _without(cands, set(context.exclude_items))
+        """The request's attribute filters apply to the candidates before anything is scored, so the top k is cut
+        from what passes; fewer than k passing → fewer items, never padding. Its `exclude_items` never reach here:
+        recall (and the Ingress's popular fallback) leave them out of the candidates."""
         if not cands.item_ids:
             return RankedItems(items=[], model_version="")
         # Cached rows are a gather (~0.1 ms): a thread hop only when the online store must be read.
@@ -185,12 +184,6 @@ class RankingStage:
     def _degrade(reason: str, cands: Candidates) -> tuple[Degradation, np.ndarray, str]:
         return (Degradation(stage="ranking", reason=reason, fallback="recall order"),
                 np.asarray(cands.scores, dtype=np.float32), "")
-
-
-def _without(cands: Candidates, drop: set[int]) -> Candidates:
-    if not drop:
-        return cands
-    return _take(cands, [j for j, i in enumerate(cands.item_ids) if i not in drop])
 
 
 def _take(cands: Candidates, keep: list[int]) -> Candidates:
