@@ -3,7 +3,7 @@ the readers serving uses. `training.export` writes through the writers here; not
   <model_repo>/{user_encoder,ranker}/recsys.json   the route: {"version": "3", "config": {...},
                                                    "challenger": null | {"version": "4", "percent": 10.0}}
   <model_repo>/{user_encoder,ranker}/<v>/{model.onnx, recsys.json}   one exported version and its config
-  <home>/recall_index/CURRENT → <v>/{item_ids.json, item_embeddings.npy, items.hnsw.faiss}
+  <home>/recall_index/CURRENT → <v>/{item_ids.json, item_embeddings.npy, items.hnsw.faiss, content_proj.npy}
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ CONFIG_PBTXT = "config.pbtxt"  # Triton's model config (one per model, listing t
 CURRENT = "CURRENT"  # the version a folder of versions serves (written last, atomically)
 ITEM_IDS_FILE = "item_ids.json"  # raw item id per model index (index 0 = padding)
 EMBEDDINGS_FILE = "item_embeddings.npy"  # (n_items + 1, d) item tower output, row = model index
+PROJ_FILE = "content_proj.npy"  # (d, content_dim) the item tower's content projection: vectors for upserted items
 ANN_FILE = "items.hnsw.faiss"  # faiss HNSW, inner product; row i is item index i + 1 (no padding row)
 RECALL_INDEX_DIR = "recall_index"  # under settings.home
 COPY_DIR = "copy"  # under the model repository: <v>/ adapter folders + CURRENT
@@ -123,6 +124,7 @@ class RecallIndex:
     item_ids: np.ndarray  # (n_items + 1,) raw id per index; index 0 = padding (-1)
     embeddings: np.ndarray  # (n_items + 1, d) float32; row 0 = padding
     ann: object | None  # faiss index over rows 1..n (row i of the index = item index i + 1), None → exact
+    proj: np.ndarray | None = None  # (d, content_dim): an item's vector from its content alone (catalogue upserts)
 
     @property
     def index_of(self) -> dict[int, int]:
@@ -135,6 +137,11 @@ def recall_index_dir(settings: Settings) -> Path:
     if not current.exists():
         raise MissingStepError(f"no recall index in {root}: run `recsys export` first")
     return root / current.read_text().strip()
+
+
+def recall_index_built(settings: Settings) -> float:
+    """When the current recall index was exported (epoch s): the time its rebuilt popularity counts stand for."""
+    return (recall_index_dir(settings) / ITEM_IDS_FILE).stat().st_mtime
 
 
 def load_item_ids(settings: Settings) -> np.ndarray:
@@ -159,7 +166,8 @@ def load_recall_index(settings: Settings) -> RecallIndex:
             ann.hnsw.efSearch = 256
         except Exception:  # a broken or foreign index file: exact search still answers
             ann = None
-    return RecallIndex(d.name, item_ids, emb, ann)
+    proj = np.load(d / PROJ_FILE).astype(np.float32) if (d / PROJ_FILE).exists() else None
+    return RecallIndex(d.name, item_ids, emb, ann, proj)
 
 
 def onnx_session(path: Path, threads: int = 1):

@@ -12,11 +12,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from core.grounding import claims
+
 MIN_CHARS, MAX_CHARS = 20, 240  # one or two sentences
 _TITLE_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 _ARTICLE = re.compile(r"^(?P<body>.+), (?P<art>The|A|An|Les|La|Le|Il|El|Das|Der|Die)$")
 _MARKUP = re.compile(r"https?://|www\.|<[a-zA-Z/!]|\]\(|\*\*|```|^#|\n|\{|\}|@[a-zA-Z]", re.MULTILINE)
-_YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 # Where copy speaks of the viewer's taste ("for fans of drama and action", "a viewer who enjoys comedy").
 _TASTE_PHRASE = re.compile(r"(fans of|who enjoys|who enjoy|your taste for|if you like|you love|you enjoy)"
                            r"\s+[\w' ,-]+?(?=[:.;!?]|$)", re.IGNORECASE)
@@ -108,6 +109,8 @@ def template_text(facts: CopyFacts) -> str:
     text = head + (" · " + ", ".join(it.genres[:3]) if it.genres else "") + "."
     if facts.taste.liked:
         text += f" Because you watched {clean(facts.taste.liked[-1])}."
+    if len(text) < MIN_CHARS:  # a bare title (no year, genres or taste): say only what is true of it
+        text += " Picked for you."
     return text
 
 
@@ -117,14 +120,18 @@ class Guard:
     def __init__(self, catalogue_titles: list[str], genres: list[str]) -> None:
         self.genres = sorted({g for g in genres if g}, key=len, reverse=True)
         self._genre_re = {g: re.compile(rf"(?<![\w-]){re.escape(g)}(?![\w-])", re.IGNORECASE) for g in self.genres}
-        # Titles short or common enough to be ordinary words ("Heat", "Big") are not checked as titles.
+        # Titles short or common enough to be ordinary words ("Heat", "Big") are not checked as titles. They are
+        # matched with case and punctuation folded ("STAR-WARS!" is Star Wars).
         titles = {display_title(t) for t in catalogue_titles}
-        self.titles = {t.lower(): t for t in titles if len(t) >= 8 and " " in t}
+        self.titles = {_fold(t): t for t in titles if len(t) >= 8 and " " in t}
         self._title_re = re.compile(
-            r"(?<!\w)(" + "|".join(re.escape(t) for t in sorted(self.titles, key=len, reverse=True)) + r")(?!\w)",
-            re.IGNORECASE) if self.titles else None
+            r"(?<![a-z0-9])(" + "|".join(re.escape(t) for t in sorted(self.titles, key=len, reverse=True)) +
+            r")(?![a-z0-9])") if self.titles else None
 
     def violations(self, text: str, facts: CopyFacts) -> list[str]:
+        """Format (length, markup), the item's title present, then every claim checked against the facts
+        (`core.grounding.claims`): the genres named must be the item's (the viewer's only where the copy speaks
+        of the viewer's taste), no other catalogue title, and nothing the facts do not hold."""
         out: list[str] = []
         if not MIN_CHARS <= len(text) <= MAX_CHARS:
             out.append(f"length {len(text)} outside {MIN_CHARS}-{MAX_CHARS}")
@@ -134,13 +141,10 @@ class Guard:
         if it.title and it.title.lower() not in text.lower():
             out.append("item title missing")
         # The given titles are facts as written ("2001: A Space Odyssey" holds a year, "Aliens" holds "Alien"):
-        # the year, genre and other-title checks read the text without them.
+        # the genre and other-title checks read the text without them.
         rest = text
         for t in sorted({t for t in (it.title, *facts.taste.liked) if t}, key=len, reverse=True):
             rest = re.sub(re.escape(t), " ", rest, flags=re.IGNORECASE)
-        for y in _YEAR.findall(rest):
-            if int(y) != it.year:
-                out.append(f"wrong year {y}")
         # The viewer's genres may be named only where the copy speaks of the viewer's taste.
         genre_text = rest
         taste = {x.lower() for x in facts.taste.genres}
@@ -154,10 +158,30 @@ class Guard:
                 if g.lower() not in item_genres:
                     out.append(f"genre not in the facts: {g}")
                 genre_text = self._genre_re[g].sub(" ", genre_text)
+        others: list[str] = []
         if self._title_re is not None:
-            for m in self._title_re.finditer(rest):
-                out.append(f"title not in the facts: {self.titles.get(m.group(1).lower(), m.group(1))}")
-        return out
+            for m in self._title_re.finditer(_fold(rest)):
+                others.append(self.titles[m.group(1)])
+                out.append(f"title not in the facts: {others[-1]}")
+        spans = [*others, *_folded_spans(rest, others)]  # reported as titles, not again as names or numbers
+        out += claims(text, it.title, it.year, it.genres, facts.taste.genres, facts.taste.liked,
+                      vocabulary=[*self.genres, *spans])
+        return list(dict.fromkeys(out))
 
     def factual(self, text: str, facts: CopyFacts) -> bool:
         return not self.violations(text, facts)
+
+
+def _fold(text: str) -> str:
+    """Lower case, every run of punctuation and space one space: how titles are compared."""
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
+
+
+def _folded_spans(text: str, titles: list[str]) -> list[str]:
+    """The spans of `text` that fold to one of `titles` (as written there: "STAR-WARS" for Star Wars)."""
+    spans = []
+    for t in titles:
+        words = _fold(t).split()
+        pattern = r"(?<![A-Za-z0-9])" + r"[^A-Za-z0-9]+".join(re.escape(w) for w in words) + r"(?![A-Za-z0-9])"
+        spans += [m.group(0) for m in re.finditer(pattern, text, re.IGNORECASE)]
+    return spans

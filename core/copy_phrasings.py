@@ -4,22 +4,43 @@ verifies at serving time (the tuned model's copy mostly follows one, so drafting
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from core.copy_guard import CopyFacts
 
 _VOWEL = "aeiou"
 
 
+# A genre as a modifier ("an animated comedy") and, for the genres that name a kind of film, as its head noun.
+_MODIFIER = {"animation": "animated", "romance": "romantic", "comedy": "comic", "musical": "musical",
+             "film-noir": "noir", "documentary": "documentary", "drama": "dramatic", "thriller": "thriller",
+             "western": "western"}
+_HEAD = {"comedy": "comedy", "drama": "drama", "documentary": "documentary", "musical": "musical",
+         "thriller": "thriller", "western": "western", "film-noir": "film noir", "romance": "romance"}
+_PAIRS = {("comedy", "drama"): "comedy-drama", ("comedy", "romance"): "romantic comedy",
+          ("drama", "romance"): "romantic drama", ("comedy", "musical"): "musical comedy"}
+
+
 def genre_phrase(genres: tuple[str, ...]) -> str:
-    """('Crime', 'Drama') → 'crime drama'; three or more → 'action, adventure and sci-fi'; none → 'film'."""
+    """The item's genres as a noun phrase a person would write: modifiers before one head noun, at most three
+    genres ('Crime', 'Drama') → 'crime drama'; ('Animation', "Children's") → "animated children's film";
+    ('Comedy', 'Romance') → 'romantic comedy'; ('Action', 'Adventure', 'Sci-Fi') → 'action adventure sci-fi
+    film'; none → 'film'. Each word stays one of the facts' genres (or its adjective), so the guard reads it."""
     g = [x.lower() for x in genres if x and x.lower() != "unknown"][:3]
-    if not g:
-        return "film"
-    if len(g) <= 2:
-        return " ".join(g) if len(g) == 1 else f"{g[0]} {g[1]}"
-    return f"{g[0]}, {g[1]} and {g[2]}"
+    heads = [x for x in g if x in _HEAD]
+    pair = next((p for p in pairwise(heads) if p in _PAIRS), None)
+    if pair:
+        used, head = set(pair), _PAIRS[pair]
+    elif heads:
+        used, head = {heads[-1]}, _HEAD[heads[-1]]
+    else:
+        used, head = set(), "film"
+    mods = [_MODIFIER.get(x, x) for x in g if x not in used]
+    return " ".join([*mods, head])
 
 
 def _a(word: str) -> str:
+    """The article of a noun phrase (by its first letter: enough for the genre words here)."""
     return "an" if word[:1].lower() in _VOWEL else "a"
 
 

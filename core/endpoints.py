@@ -22,6 +22,21 @@ def port_open(address: str, timeout: float = 1.0) -> bool:
         return False
 
 
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray keeps a 127.0.0.1 node address (single-node only)
+
+
+def loopback_ray() -> None:
+    """Keep this process's local Ray on 127.0.0.1. Ray replaces a loopback `_node_ip_address` with the machine's
+    external address unless multi-node clustering is off (ray/_private/services.py `resolve_ip_for_localhost`,
+    ray/_private/ray_constants.py `ENABLE_RAY_CLUSTER`, read at import from this variable); the GCS, raylet,
+    workers, agents and the Ray Client server then bind that address. The constant is set here too in case ray
+    was imported before (it is looked up at call time)."""
+    os.environ[LOOPBACK_ENV] = "0"
+    import ray._private.ray_constants as constants
+
+    constants.ENABLE_RAY_CLUSTER = False
+
+
 def connect(settings: Settings) -> bool:
     """Connect this process to the serving Ray cluster; False if none answers.
 
@@ -34,6 +49,8 @@ def connect(settings: Settings) -> bool:
     if not settings.ray_address and not port_open(ray_address(settings)):
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not settings.ray_address:
+        loopback_ray()
     kwargs = {} if settings.ray_address else {"_node_ip_address": "127.0.0.1"}
     try:
         ray.init(address=ray_address(settings), log_to_driver=False, configure_logging=False, **kwargs)

@@ -169,6 +169,7 @@ class FeedbackLog(Protocol):
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]: ...
     def delete_user(self, user_id: int) -> int: ...
     def tombstones(self) -> dict[int, float]: ...
+    def item_stream(self, cursor: str, limit: int = 5000) -> tuple[list[tuple[int, float]], str]: ...
     def push_lock(self) -> Any: ...
     def close(self) -> None: ...
 
@@ -331,6 +332,14 @@ class EventLog:
         with self._lock:
             return self._db.execute("UPDATE profiles SET pushed = 0, updated = ROUND(MAX(updated + 0.000001, ?), 6)",
                                     (time.time() + REPUSH_LEAD_S,)).rowcount
+
+    def item_stream(self, cursor: str, limit: int = 5000) -> tuple[list[tuple[int, float]], str]:
+        """(item_id, received) of the events after `cursor` ("0": from the first), and the cursor after them: what
+        the popularity channel counts (`serving.popularity`)."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, item_id, received FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                    (int(cursor), limit)).fetchall()
+        return ([(int(i), float(t)) for _, i, t in rows], str(rows[-1][0])) if rows else ([], cursor)
 
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]:
         """Stored events in arrival order (for training sets, joins with impressions, and tests)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -142,10 +143,11 @@ class RedisEventLog:
                  max_seen: int = 10_000) -> None:
         import redis
 
-        self.url = url
+        self.url = url  # as configured: a password is `${REDIS_PASSWORD}` here, so messages never show it
         self.max_len = max_len
         self.repeatable, self.max_seen = repeatable, max_seen
-        self.r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self.r = redis.Redis.from_url(os.path.expandvars(url), socket_timeout=10, socket_connect_timeout=5,
+                                      health_check_interval=30)
         self.k = {n: f"{_PREFIX}:{n}" for n in _NAMES}
         self._append_script = self.r.register_script(_APPEND)
         self._mark_pushed_script = self.r.register_script(_MARK_PUSHED)
@@ -317,6 +319,13 @@ class RedisEventLog:
 
     def tombstones(self) -> dict[int, float]:
         return {int(u): float(t) for u, t in self.r.hgetall(self.k["tombstones"]).items()}
+
+    def item_stream(self, cursor: str, limit: int = 5000) -> tuple[list[tuple[int, float]], str]:
+        """(item_id, received) of the stream's entries after `cursor` ("0": from the first), and the next cursor."""
+        page = self.r.xrange(self.k["events"], min="-" if cursor == "0" else "(" + cursor, count=limit)
+        if not page:
+            return [], cursor
+        return [(int(f[b"item_id"]), float(f[b"received"])) for _, f in page], page[-1][0].decode()
 
     def events(self, user_id: int | None = None) -> list[dict[str, Any]]:
         """Stored events in arrival order, read from the stream in pages."""

@@ -12,6 +12,12 @@ import os
 from core.settings import Settings
 
 
+def _expanded(store: dict | None) -> dict | None:
+    """`${VAR}` in the online store's settings from the environment, as Feast does for feature_store.yaml (the
+    chart's Redis connection string names `${REDIS_PASSWORD}`, loaded from its mounted file)."""
+    return None if store is None else {k: os.path.expandvars(v) if isinstance(v, str) else v for k, v in store.items()}
+
+
 def feature_store(settings: Settings):
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
@@ -23,7 +29,8 @@ def feature_store(settings: Settings):
         project=settings.feast_project,
         provider="local",
         registry=settings.feast_registry or str(fdir / "registry.db"),
-        online_store=settings.feast_online_store or {"type": "sqlite", "path": str(fdir / "online_store.db")},
+        online_store=(_expanded(settings.feast_online_store)
+                      or {"type": "sqlite", "path": str(fdir / "online_store.db")}),
         offline_store={"type": "file"},
         entity_key_serialization_version=3,
         repo_path=str(settings.feature_repo.resolve()),

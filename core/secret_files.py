@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 
-SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD")
+SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "PGPASSWORD", "REDIS_PASSWORD")
 
 
 def load_secret_files(environ: MutableMapping[str, str] | None = None) -> list[str]:

@@ -105,6 +105,10 @@ class Settings(BaseModel):
     serve_throughput_optimized: bool = True  # Ray's HAProxy ingress + direct gRPC between replicas (≈5× here)
     recall_candidates: int = 200  # N candidates recall hands to ranking
     popular_candidates: int = 50  # popularity channel merged into recall (all of it for unknown users)
+    popularity_half_life_h: float = 72.0  # the popular channel's counts halve this often (events since the rebuild add)
+    new_item_candidates: int = 10  # items upserted since the last retrain that recall adds as their own channel
+    explore_share: float = 0.1  # share of the k slots given to the best new item, if any (0: no exploration)
+    catalogue_poll_s: float = 1.0  # how often replicas read the catalogue log and the events (popularity)
     max_per_genre_share: float = 0.5  # diversity rule: at most this share of top-k with the same first genre
     features_timeout_ms: float = 150.0  # per-stage timeouts; past them the stage's degraded answer is used
     recall_timeout_ms: float = 250.0  # past it: popular items, flagged degraded
@@ -114,6 +118,7 @@ class Settings(BaseModel):
     breaker_cooldown_s: float = 2.0  # ...for this long, then one request tries it again
     copy_budget_ms: float = 600.0  # inside the copy stage: past it, template now and the model copy cached later
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
+    max_catalogue_request_bytes: int = 1_048_576  # POST /items (catalogue upserts) bodies over it get HTTP 413
     grpc_max_message_bytes: int = 1_048_576  # larger gRPC messages are refused (RESOURCE_EXHAUSTED) by Serve's proxy
     item_cache_ttl_s: float = 300.0  # serving keeps item feature rows this long (0: read Feast every request)
     impression_log_dir: Path | None = None  # impression log (JSON lines per replica); None → home/impressions

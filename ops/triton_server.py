@@ -134,6 +134,20 @@ def log_file(settings: Settings) -> Path:
     return state_dir(settings) / "tritonserver.log"
 
 
+KEPT_LOGS = 3  # tritonserver.log.1 … .3: the logs of earlier runs (a crash's log survives the restart after it)
+
+
+def rotate_log(path: Path, keep: int = KEPT_LOGS) -> None:
+    """Move the last run's log aside (.1, older ones up to .`keep`) instead of truncating it."""
+    if not path.exists():
+        return
+    for n in range(keep - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{n}")
+        if older.exists():
+            older.replace(path.with_name(f"{path.name}.{n + 1}"))
+    path.replace(path.with_name(f"{path.name}.1"))
+
+
 def running_pid(settings: Settings) -> int | None:
     """The pid of the server this project started, if it is still alive."""
     path = _pid_file(settings)
@@ -203,6 +217,7 @@ def up(settings: Settings) -> int:
                           "RECSYS_TRITON_HTTP_PORT")
     install = find_install(settings)
     state_dir(settings).mkdir(parents=True, exist_ok=True)
+    rotate_log(log_file(settings))
     log = log_file(settings).open("wb")
     proc = subprocess.Popen(command(settings, install), env=_env(install), stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)

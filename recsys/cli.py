@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.errors import MissingStepError, RecsysError
+from core.quiet import quiet_third_party
 from core.settings import Settings, load_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -293,7 +294,6 @@ def users_delete(
 ) -> None:
     """Erase a user everywhere this home keeps them: logged events, online features, impression lines, the
     prepared data and Feast's offline sources; a tombstone keeps them out of later data loads. Needs no graph."""
-    import json
 
     from serving.feedback import FeedbackWriter
     from training.tombstones import purge_deleted_users
@@ -312,6 +312,58 @@ def users_delete(
     console.print(f"user {user_id} deleted: {out['events_deleted']} events, online rows {out['online_rows']}, "
                   f"{out['impressions_redacted']} impression lines redacted, offline rows {offline}; a tombstone "
                   "keeps them out of later training sets")
+
+
+items_app = typer.Typer(no_args_is_help=True, help="The live catalogue: add, change and retire items while serving.")
+app.add_typer(items_app, name="items")
+
+
+@items_app.command("upsert")
+def items_upsert(
+    path: Annotated[Path, typer.Argument(help="A .csv (item_id,title,genres,year,text; genres '|'-separated) or "
+                                               ".jsonl file (one object a line, the same fields).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Add or change items: each gets its content embedding, its online row and a place in recall within
+    `catalogue_poll_s` of a running graph (no restart); the next retrain learns the new ids. Safe to repeat."""
+
+    from core.catalogue import read_items_file
+    from serving.catalogue import CatalogueWriter
+
+    s = settings()
+    items = read_items_file(path)
+    writer = CatalogueWriter(s)
+    try:
+        out = writer.upsert(items)
+    finally:
+        writer.close()
+    if as_json:
+        print(json.dumps(out))
+        return
+    console.print(f"{out['upserted']} items upserted: {len(out['new'])} new, {len(out['updated'])} updated; "
+                  f"serving picks them up within {s.catalogue_poll_s:g} s")
+
+
+@items_app.command("retire")
+def items_retire(
+    item_ids: Annotated[list[int], typer.Argument(min=1, max=2**62, help="The items to retire.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+) -> None:
+    """Retire items: they leave every answer within `catalogue_poll_s` (their history stays training data). An
+    unknown id refuses the whole call."""
+
+    from serving.catalogue import CatalogueWriter
+
+    s = settings()
+    writer = CatalogueWriter(s)
+    try:
+        out = writer.retire(item_ids)
+    finally:
+        writer.close()
+    if as_json:
+        print(json.dumps(out))
+        return
+    console.print(f"retired {out['retired']}; serving drops them within {s.catalogue_poll_s:g} s")
 
 
 @triton_app.command("up")
@@ -524,6 +576,7 @@ def demo() -> None:
 
 
 def main() -> None:
+    quiet_third_party()
     try:
         app(standalone_mode=False)
     except RecsysError as e:

@@ -142,11 +142,13 @@ def demo_users(settings: Settings) -> list[int]:
 def show_recommendations(console: Console, resp: dict) -> None:
     table = Table(title=f"user {resp['user_id']} · models {resp['model_versions']} · "
                         f"{resp['timings_ms']['total']:.0f} ms")
-    for c in ("rank", "title", "score", "copy", "copy source"):
+    for c in ("rank", "title", "score", "p(click)", "copy", "copy source"):
         table.add_column(c)
     for it in resp["items"]:
-        table.add_row(str(it["rank"]), it["title"] or str(it["item_id"]), f"{it['score']:.3f}", it.get("copy") or "",
-                      it.get("copy_source", ""))
+        p = (it.get("score_parts") or {}).get("p_click")
+        title = (it["title"] or str(it["item_id"])) + (" [new: explored]" if it.get("explore") else "")
+        table.add_row(str(it["rank"]), title, f"{it['score']:.3f}", "" if p is None else f"{p:.3f}",
+                      it.get("copy") or "", it.get("copy_source", ""))
     console.print(table)
     for d in resp["degraded"]:
         console.print(f"[yellow]degraded {d['stage']}: {d['reason']} → {d['fallback']}[/]")

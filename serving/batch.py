@@ -79,12 +79,13 @@ class BatchSummary:
 
 
 async def _score(settings: Settings, users: list[int], k: int, out: Path) -> BatchSummary:
+    from core.catalogue import read_state
     from serving.features import FeatureReader
     from serving.ranking import RankingStage
     from serving.recall import Recaller
 
     reader = FeatureReader(settings)
-    recaller = Recaller(settings, reader)
+    recaller = Recaller(settings, reader, read_state(settings))  # retired items out, new ones in
     client = LocalRanker(settings)
     ranker = RankingStage(settings, reader, client=client)
     ranker.timeout_s = 60.0  # offline: no latency budget, only a guard against a hung call
@@ -101,7 +102,10 @@ async def _score(settings: Settings, users: list[int], k: int, out: Path) -> Bat
             cold += not user.known
             degraded += bool(flags)
             f.write(json.dumps({"user_id": uid, "items": [it.item_id for it in ranked.items],
-                                "scores": [round(it.score, 6) for it in ranked.items],
+                                "scores": [round(it.score, 6) for it in ranked.items],  # the order's
+                                "p_click": [None if "p_click" not in it.score_parts else
+                                            round(it.score_parts["p_click"], 6) for it in ranked.items],
+                                "explore": [it.explore for it in ranked.items],
                                 "model_versions": {"retrieval": cands.model_version, "ranker": ranked.model_version},
                                 "cold_start": not user.known, "degraded": flags}) + "\n")
     await client.close()

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Stage = Literal["features", "recall", "ranking", "copy"]
 CopySource = Literal["model", "template", "template_guard", "none"]  # template_guard: model copy failed the guard
+# Which recall channel found an item: the model (ANN or exact search), popularity, or the catalogue's new items.
+Channel = Literal["ann", "exact", "popular", "new"]
 
 
 MAX_CONTEXT_BYTES = 8192  # what one request may write into the impression log
@@ -110,7 +112,7 @@ class Candidates(BaseModel):
 
     item_ids: list[int]
     scores: list[float]
-    channels: list[Literal["ann", "exact", "popular"]]  # which channel produced each candidate
+    channels: list[Channel]  # which channel produced each candidate
     model_version: str  # retrieval (user encoder + index) version; "" when only popularity answered
 
 
@@ -126,10 +128,13 @@ class Recalled(BaseModel):
 
 class RankedItem(BaseModel):
     item_id: int
-    score: float  # ranker p(click), or the recall score when ranking degraded
+    score: float  # what the order is made of: the blend of the ranker and recall, or recall's when ranking degraded
     title: str
     year: int
     genres: list[str]
+    channel: Channel = "ann"
+    explore: bool = False  # placed by the exploration share (a new item shown to learn about it), not by score
+    score_parts: dict[str, float] = Field(default_factory=dict)  # {"p_click": ranker, "recall": u·v or popularity}
 
 
 class RankedItems(BaseModel):
@@ -159,10 +164,13 @@ class CopyResult(BaseModel):
 class RecommendedItem(BaseModel):
     item_id: int
     title: str
-    score: float
+    score: float  # the items are in its order (the exploration slot, `explore`, comes last): see README
     rank: int
     copy_text: str | None = Field(default=None, alias="copy", serialization_alias="copy")
     copy_source: CopySource
+    channel: Channel = "ann"  # the recall channel that found it ("new": upserted since the last retrain)
+    explore: bool = False  # true: shown in the exploration slot (`explore_share`) rather than for its score
+    score_parts: dict[str, float] = Field(default_factory=dict)  # what `score` blends: p_click (ranker), recall
 
     model_config = ConfigDict(populate_by_name=True)
 

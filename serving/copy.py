@@ -16,9 +16,11 @@ from ray import serve
 from core.artifacts import load_item_ids
 from core.copy_guard import CopyFacts, ItemFacts, Taste, template_text
 from core.settings import load_settings
+from serving.catalogue import CatalogueFollower
 from serving.contracts import Copy, CopyResult, RankedItem, RankedItems, UserContext
 from serving.copy_lm import CopyModel, CopyWriter, guard_from_catalogue
 from serving.features import FeatureReader
+from serving.loopback import bind_loopback
 
 log = logging.getLogger("ray.serve")
 
@@ -44,6 +46,7 @@ class CopyStage:
     template meanwhile), replaces the old one with an empty cache, then warms the cache for popular items."""
 
     def __init__(self) -> None:
+        bind_loopback()
         self.s = load_settings()
         reader = FeatureReader(self.s)
         ids = [int(i) for i in load_item_ids(self.s)[1:]]
@@ -56,6 +59,26 @@ class CopyStage:
         self.writer = CopyWriter(None, self.guard, self.s.copy_cache_size, self._generate)
         self.loading: asyncio.Task | None = None
         self.warmed = 0
+        self.follower = CatalogueFollower(self.s)  # upserted titles: what "liked" names and the guard knows
+        self._following: asyncio.Task | None = None
+
+    def follow_catalogue(self) -> None:
+        """One poll (blocking): upserted items join the facts the copy may name, and the guard's list of other
+        titles (a copy naming a new item for another one is caught as for any title)."""
+        if not self.follower.poll():
+            return
+        for i, op in self.follower.state.items.items():
+            it = op.item
+            if it is not None:
+                self.catalogue[i] = ItemFacts.from_row(i, it.title, -1 if it.year is None else it.year, it.genres)
+        facts = list(self.catalogue.values())
+        self.guard = guard_from_catalogue([f.title for f in facts], [list(f.genres) for f in facts])
+        self.writer.guard = self.guard
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.to_thread(self.follow_catalogue)
+            await asyncio.sleep(self.s.catalogue_poll_s * 5)
 
     async def reconfigure(self, config: dict) -> None:
         wanted = str((config or {}).get("copy") or "")
@@ -101,6 +124,8 @@ class CopyStage:
         return [CopyFacts(item_facts(it), taste) for it in ranked.items]
 
     async def write(self, user: UserContext, ranked: RankedItems) -> CopyResult:
+        if self._following is None or self._following.done():
+            self._following = asyncio.create_task(self._follow())
         return await self.writer.write(self.facts(user, ranked), self.s.copy_budget_ms / 1e3)
 
     async def stats(self) -> dict:

@@ -145,6 +145,13 @@ class ItemCache:
             self._loaded[idx] = now
             self._slot.update(new)
 
+    def invalidate(self, item_ids: set[int] | list[int]) -> None:
+        """Read these rows again at their next use (their catalogue upsert changed them)."""
+        with self._lock:
+            slots = [self._slot[i] for i in item_ids if i in self._slot]
+            if slots:
+                self._loaded[np.asarray(slots, dtype=np.int64)] = -np.inf
+
     def _stale(self, item_ids: list[int], now: float) -> tuple[np.ndarray, np.ndarray]:
         slots = np.fromiter((self._slot.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
         stale = slots < 0

@@ -17,10 +17,13 @@ from pathlib import Path
 
 from ray import serve
 
-from core.errors import one_line
+from core.catalogue import CatalogueItem
+from core.errors import DataFormatError, one_line
 from core.events import DirtyProfile, FeedbackEvent, Profile, open_event_log
 from core.settings import Settings, load_settings
+from serving.catalogue import CatalogueWriter
 from serving.feature_server import online_store
+from serving.loopback import bind_loopback
 
 PUSH_SOURCE = "user_profile_push"
 HISTORY_PUSH_SOURCE = "user_history_push"
@@ -130,15 +133,25 @@ class FeedbackWriter:
                 "push_error": error, "impressions_redacted": redacted, "tombstone": True}
 
 
+def _refused_as_error(call) -> dict:
+    """Run a catalogue write; a refused input (DataFormatError) becomes {"error": …} for the caller's 422."""
+    try:
+        return call()
+    except DataFormatError as e:
+        return {"error": str(e)}
+
+
 @serve.deployment(name="Feedback", max_ongoing_requests=32)
 class Feedback:
     """One writer per replica; replays unpushed profiles at start and every `feedback_replay_s`."""
 
     def __init__(self) -> None:
+        bind_loopback()
         self.s = load_settings()
         self.writer = FeedbackWriter(self.s)
         self.writer.push()  # after a restart: converge the online store with the log before serving
         self._replay: asyncio.Task | None = None
+        self.catalogue: CatalogueWriter | None = None  # the writes' replica also writes the catalogue (admin API)
 
     def _ensure_replay(self) -> None:
         if self._replay is None or self._replay.done():
@@ -158,3 +171,17 @@ class Feedback:
     async def delete_user(self, user_id: int) -> dict:
         self._ensure_replay()
         return await asyncio.to_thread(self.writer.delete_user, user_id, self.s.impressions_dir)
+
+    def _catalogue(self) -> CatalogueWriter:
+        if self.catalogue is None:
+            self.catalogue = CatalogueWriter(self.s, self.writer.store, self.writer.log.push_lock)
+        return self.catalogue
+
+    async def upsert_items(self, items: list[CatalogueItem]) -> dict:
+        """The admin API's catalogue upsert: embedding (the model loads at the first call), online rows, log. A
+        refused input comes back as {"error": …} (the caller's 422), not as an exception (a lost stage)."""
+        return await asyncio.to_thread(_refused_as_error, lambda: self._catalogue().upsert(items))
+
+    async def retire_items(self, item_ids: list[int]) -> dict:
+        return await asyncio.to_thread(_refused_as_error, lambda: self._catalogue().retire(item_ids))
+

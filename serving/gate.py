@@ -22,6 +22,7 @@ def replica_settings() -> Settings:
     return load_settings()
 
 
+CATALOGUE_PATH = "/items"  # catalogue upserts: many items with free text, so a larger body limit
 READ_PATHS = frozenset({"/recommend"})  # what `read_requires_key` closes; health and readiness stay open
 
 
@@ -71,7 +72,8 @@ class Gate:
         if scope["type"] == "http":
             headers = dict(scope["headers"])
             size = headers.get(b"content-length", b"")
-            limit = replica_settings().max_request_bytes
+            s = replica_settings()
+            limit = s.max_catalogue_request_bytes if scope["path"] == CATALOGUE_PATH else s.max_request_bytes
             if size.isdigit() and int(size) > limit:
                 await JSONResponse({"error": f"request body over {limit} bytes"}, status_code=413)(scope, receive, send)
                 return

@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
+from core.catalogue import CatalogueItem, parse_items
+from core.errors import DataFormatError
 from core.events import FeedbackBatch
 from serving.contracts import Degradation, RecommendedItem, RecommendRequest, RecommendResponse
 from serving.proto import recsys_pb2 as pb
 
-SERVICER = "serving.proto.recsys_pb2_grpc.add_RecommenderServicer_to_server"  # Serve's grpc_servicer_functions
+SERVICER = "serving.grpc_servicer.add_servicer"  # Serve's grpc_servicer_functions (lenient request decoding)
 
 
 class InvalidRequest(ValueError):
@@ -72,7 +74,8 @@ def request_to_proto(req: RecommendRequest) -> pb.RecommendRequest:
 
 def response_to_proto(resp: RecommendResponse) -> pb.RecommendResponse:
     items = [pb.Item(item_id=it.item_id, title=it.title, score=it.score, rank=it.rank, copy=it.copy_text or "",
-                     copy_source=it.copy_source) for it in resp.items]
+                     copy_source=it.copy_source, channel=it.channel, explore=it.explore,
+                     score_parts=dict(it.score_parts)) for it in resp.items]
     degraded = [pb.Degradation(stage=d.stage, reason=d.reason, fallback=d.fallback) for d in resp.degraded]
     return pb.RecommendResponse(request_id=resp.request_id, user_id=resp.user_id, items=items,
                                 model_versions=dict(resp.model_versions), timings_ms=dict(resp.timings_ms),
@@ -81,7 +84,9 @@ def response_to_proto(resp: RecommendResponse) -> pb.RecommendResponse:
 
 def response_from_proto(msg: pb.RecommendResponse) -> RecommendResponse:
     items = [RecommendedItem(item_id=it.item_id, title=it.title, score=it.score, rank=it.rank,
-                             copy=it.copy or None, copy_source=it.copy_source or "none") for it in msg.items]
+                             copy=it.copy or None, copy_source=it.copy_source or "none",
+                             channel=it.channel or "ann", explore=it.explore, score_parts=dict(it.score_parts))
+             for it in msg.items]
     degraded = [Degradation(stage=d.stage, reason=d.reason, fallback=d.fallback) for d in msg.degraded]
     return RecommendResponse(request_id=msg.request_id, user_id=msg.user_id, items=items,
                              model_versions=dict(msg.model_versions), timings_ms=dict(msg.timings_ms),
@@ -109,3 +114,15 @@ def feedback_from_proto(msg: pb.FeedbackRequest) -> FeedbackBatch:
         return FeedbackBatch.model_validate({"events": events})
     except ValidationError as e:
         raise InvalidRequest(first_error(e.errors())[1]) from None
+
+
+def items_from_proto(msg: pb.UpsertItemsRequest) -> list[CatalogueItem]:
+    """Catalogue items, validated as the HTTP body and a file are (one contract): unset year → unknown."""
+    rows = [{"item_id": it.item_id, "title": it.title, "genres": list(it.genres),
+             "year": it.year if it.HasField("year") else None, "text": it.text} for it in msg.items]
+    if not rows:
+        raise InvalidRequest("items: at least one item")
+    try:
+        return parse_items(rows, where="items")
+    except DataFormatError as e:
+        raise InvalidRequest(str(e)) from None

@@ -21,9 +21,11 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
 from core.artifacts import Route, load_item_ids
+from core.catalogue import ItemsUpsert
 from core.errors import one_line
 from core.events import FeedbackBatch, FeedbackEvent
 from serving.breaker import Breaker
+from serving.catalogue import CatalogueFollower, parse_upsert
 from serving.contracts import (
     Candidates,
     CopyResult,
@@ -50,14 +52,23 @@ from serving.feedback_api import (
     unavailable_json,
 )
 from serving.gate import Gate, admit, admit_read, replica_settings
-from serving.grpc_api import InvalidRequest, feedback_from_proto, request_from_proto, response_to_proto
+from serving.grpc_api import (
+    InvalidRequest,
+    feedback_from_proto,
+    items_from_proto,
+    request_from_proto,
+    response_to_proto,
+)
+from serving.grpc_servicer import malformed
 from serving.impressions import ImpressionLog
+from serving.loopback import bind_loopback
 from serving.metrics import StageMetrics
 from serving.proto import recsys_pb2 as pb
 from serving.ranking import RankingStage
 from serving.ratelimit import RateLimiter
 
 log = logging.getLogger("ray.serve")  # the replica's log
+CATALOGUE_TIMEOUT_MS = 120_000.0  # an upsert embeds its items (the first one loads the sentence-transformers model)
 
 api = FastAPI(title="recsys", version="1", description="Real-time recommendations: features → recall → "
               "ranking (Triton) → copy. Degraded stages are listed in every response.")
@@ -74,15 +85,24 @@ def _recall_order(cands: Candidates, k: int, reason: str, context: RequestContex
         return RankedItems(items=[], model_version="", degraded=Degradation(
             stage="ranking", reason=reason, fallback="no items: the request's genre/year filters need item rows"))
     drop = set(context.exclude_items) if context is not None else set()
-    pairs = [(i, s) for i, s in zip(cands.item_ids, cands.scores, strict=True) if i not in drop][:k]
-    items = [RankedItem(item_id=i, score=s, title="", year=-1, genres=[]) for i, s in pairs]
+    rows = [r for r in zip(cands.item_ids, cands.scores, cands.channels, strict=True) if r[0] not in drop][:k]
+    rows.sort(key=lambda r: -r[1])  # recall's scores are the order (the popular channel comes after the model's)
+    items = [RankedItem(item_id=i, score=s, title="", year=-1, genres=[], channel=c, score_parts={"recall": s})
+             for i, s, c in rows]
     return RankedItems(items=items, model_version="",
                        degraded=Degradation(stage="ranking", reason=reason, fallback="recall order"))
 
 
-def _popular_order(popular: list[int], user: UserContext, n: int, exclude: list[int]) -> Candidates:
+def decoded(request) -> None:
+    """INVALID_ARGUMENT for bytes that were not a protobuf message of the method's type (`serving.grpc_servicer`)."""
+    if malformed(request):
+        raise InvalidRequest(f"request: not a valid {type(request).__name__} protobuf message")
+
+
+def _popular_order(popular: list[int], user: UserContext, n: int, exclude: list[int],
+                   retired: frozenset[int] = frozenset()) -> Candidates:
     """Recall itself was lost: the most popular items the user has not seen, as unpersonalised candidates."""
-    seen = set(user.excluded()) | set(exclude)
+    seen = set(user.excluded()) | set(exclude) | retired
     items = [i for i in popular if i not in seen][:n]
     return Candidates(item_ids=items, scores=[1.0 - r / max(1, len(items)) for r in range(len(items))],
                       channels=["popular"] * len(items), model_version="")
@@ -96,6 +116,7 @@ class Ingress:
     def __init__(self, recall: DeploymentHandle, ranking: type[RankingStage], copy: DeploymentHandle,
                  feedback: DeploymentHandle) -> None:
         """`ranking` is built here, in this replica (see `serving.app`); the other stages are deployments."""
+        bind_loopback()
         self.recall, self.ranking, self.copy, self.feedback = recall, ranking, copy, feedback
         self.s = replica_settings()  # the same object the ASGI gate reads
         self.reader = FeatureReader(self.s)  # item rows for ranking; the user's only when Recall is lost
@@ -110,6 +131,9 @@ class Ingress:
         self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
         self.popular: list[int] = []  # recall's popular items, kept here as the answer when recall is lost
         self._popular_task: asyncio.Task | None = None
+        self.catalogue = CatalogueFollower(self.s)  # new items become known (feedback), retired ones leave answers
+        self.retired: frozenset[int] = frozenset()
+        self._catalogue_task: asyncio.Task | None = None
 
     def _load_ranker(self, route: Route | None) -> None:
         """A ranking stage that cannot start (its route's files missing at start-up) does not take the API down:
@@ -136,6 +160,30 @@ class Ingress:
         if self.ranker is None:
             raise RuntimeError(f"ranker not loaded: {self.ranker_error}")
         return await self.ranker.rank(user, cands, k, context)
+
+    def follow_catalogue(self) -> None:
+        """One poll of the catalogue log (blocking): new items accepted in feedback, retired ones filtered by the
+        ranking stage too, changed rows read again."""
+        changed = self.catalogue.poll()
+        if not changed:
+            return
+        state = self.catalogue.state
+        self.known_items |= set(state.items)
+        self.retired = frozenset(state.retired)
+        if self.ranker is not None:
+            self.ranker.retired = self.retired
+            self.ranker.items.invalidate(changed)
+
+    async def _follow_catalogue(self) -> None:
+        while True:
+            await asyncio.to_thread(self.follow_catalogue)
+            await asyncio.sleep(self.s.catalogue_poll_s)
+
+    def _background(self) -> None:
+        """Start the replica's loops at its first request (Serve calls __init__ outside a running loop)."""
+        if self._popular_task is None:
+            self._popular_task = asyncio.create_task(self._keep_popular())
+            self._catalogue_task = asyncio.create_task(self._follow_catalogue())
 
     async def _keep_popular(self) -> None:
         """Refresh the fallback list from Recall now and then; a failed refresh keeps the last good one."""
@@ -184,10 +232,73 @@ class Ingress:
             return JSONResponse({"error": f"deletion not confirmed: {e.reason}; it is safe to repeat"},
                                 status_code=503, headers={"Retry-After": "1"})
 
+    @api.post("/items", responses=error_responses(400, 401, 413, 422, 429, 500, 503),
+              openapi_extra={"requestBody": {"content": {"application/json": {
+                  "schema": ItemsUpsert.model_json_schema()}}, "required": True}})
+    async def upsert_items_route(self, request: Request) -> JSONResponse:
+        """Add or change catalogue items (authenticated, as a write): each gets its content embedding, its online
+        row and a place in recall within `catalogue_poll_s`, with no restart; the next retrain learns its id. The
+        answer lists which ids were new and which updated. Safe to repeat."""
+        try:
+            admit(request.headers.get("authorization"), self.s, self.limiter)
+            items = parse_upsert(await request.body())
+            out = await call_stage("feedback", self.feedback.upsert_items.remote(items), CATALOGUE_TIMEOUT_MS)
+        except Refusal as r:
+            return r.response()
+        except StageFailed as e:
+            return JSONResponse({"error": f"upsert not confirmed: {e.reason}; it is safe to repeat"},
+                                status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(out, status_code=422 if "error" in out else 200)
+
+    @api.delete("/items/{item_id}", responses=error_responses(401, 422, 429, 500, 503))
+    async def retire_item_route(self, item_id: Annotated[int, Path(ge=1, le=2**62)],
+                                request: Request) -> JSONResponse:
+        """Retire an item (authenticated): it leaves every answer within `catalogue_poll_s`. 422 if unknown."""
+        try:
+            admit(request.headers.get("authorization"), self.s, self.limiter)
+            out = await call_stage("feedback", self.feedback.retire_items.remote([item_id]), CATALOGUE_TIMEOUT_MS)
+        except Refusal as r:
+            return r.response()
+        except StageFailed as e:
+            return JSONResponse({"error": f"retirement not confirmed: {e.reason}; it is safe to repeat"},
+                                status_code=503, headers={"Retry-After": "1"})
+        return JSONResponse(out, status_code=422 if "error" in out else 200)
+
+    async def UpsertItems(self, request: pb.UpsertItemsRequest,  # the gRPC method name
+                          grpc_context: RayServegRPCContext) -> pb.CatalogueResponse:
+        try:
+            admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
+            decoded(request)
+            items = items_from_proto(request)
+            out = await call_stage("feedback", self.feedback.upsert_items.remote(items), CATALOGUE_TIMEOUT_MS)
+            if "error" in out:
+                raise InvalidRequest(out["error"])
+            return pb.CatalogueResponse(new=out["new"], updated=out["updated"])
+        except Exception as e:
+            grpc_status(grpc_context, e)
+        return pb.CatalogueResponse()
+
+    async def RetireItems(self, request: pb.RetireItemsRequest,  # the gRPC method name
+                          grpc_context: RayServegRPCContext) -> pb.CatalogueResponse:
+        try:
+            admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
+            decoded(request)
+            ids = list(request.item_ids)
+            if not ids or not all(1 <= i <= 2**62 for i in ids):
+                raise InvalidRequest("item_ids: between 1 and 2^62, at least one")
+            out = await call_stage("feedback", self.feedback.retire_items.remote(ids), CATALOGUE_TIMEOUT_MS)
+            if "error" in out:
+                raise InvalidRequest(out["error"])
+            return pb.CatalogueResponse(retired=out["retired"])
+        except Exception as e:
+            grpc_status(grpc_context, e)
+        return pb.CatalogueResponse()
+
     async def DeleteUser(self, request: pb.DeleteUserRequest,  # the gRPC method name
                          grpc_context: RayServegRPCContext) -> pb.DeleteUserResponse:
         try:
             admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
+            decoded(request)
             if not 0 <= request.user_id <= 2**62:
                 raise InvalidRequest("user_id: must be between 0 and 2^62")
             out = await call_stage("feedback", self.feedback.delete_user.remote(request.user_id),
@@ -203,6 +314,7 @@ class Ingress:
                        grpc_context: RayServegRPCContext) -> pb.FeedbackResponse:
         try:
             admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
+            decoded(request)
             events = self._identified(feedback_from_proto(request))
             return ack_proto(await call_stage("feedback", lambda: self.feedback.record.remote(events),
                                               self.s.feedback_timeout_ms, self.breakers["feedback"]))
@@ -215,6 +327,9 @@ class Ingress:
         return pb.FeedbackResponse()
 
     def _identified(self, batch: FeedbackBatch) -> list[FeedbackEvent]:
+        self._background()
+        if any(e.item_id not in self.known_items for e in batch.events):
+            self.follow_catalogue()  # upserted since this replica's last poll (Recall may have shown it already)
         refuse_unknown_items(batch, self.known_items)
         return identified(batch, time.time())
 
@@ -225,6 +340,7 @@ class Ingress:
         rid = metadata.get("x-request-id") or uuid.uuid4().hex
         try:
             admit_read(metadata.get("authorization"))
+            decoded(request)
             return response_to_proto(await self._recommend(request_from_proto(request), rid))
         except Exception as e:
             grpc_status(grpc_context, e)
@@ -243,8 +359,7 @@ class Ingress:
         # features. Features down or late → cold start, flagged by Recall. Recall lost → the Ingress reads the
         # features itself and serves popular items the user has not seen, flagged; 503 only when there is not
         # even that yet (a replica that never reached Recall), said plainly.
-        if self._popular_task is None:
-            self._popular_task = asyncio.create_task(self._keep_popular())
+        self._background()
         t = time.perf_counter()
         try:
             exclude = req.context.exclude_items if req.context else []
@@ -261,7 +376,7 @@ class Ingress:
             if lost:
                 degraded.append(lost)
             cands = _popular_order(self.popular, user, self.s.recall_candidates,
-                                   req.context.exclude_items if req.context else [])
+                                   req.context.exclude_items if req.context else [], self.retired)
             degraded.append(Degradation(stage="recall", reason=e.reason, fallback="popular items"))
         timings["features"] = round(features_ms, 3)
         self.metrics.observe("features", timings["features"])
@@ -302,7 +417,8 @@ class Ingress:
         timings["total"] = round((time.perf_counter() - t0) * 1e3, 3)
         self.metrics.request(timings["total"], [d.stage for d in degraded])
         items = [RecommendedItem(item_id=it.item_id, title=it.title, score=it.score, rank=r + 1,
-                                 copy=c.text if c else None, copy_source=c.source if c else "none")
+                                 copy=c.text if c else None, copy_source=c.source if c else "none",
+                                 channel=it.channel, explore=it.explore, score_parts=it.score_parts)
                  for r, (it, c) in enumerate(zip(ranked.items, copies, strict=True))]
         versions = {"retrieval": cands.model_version, "ranker": ranked.model_version}
         if req.include_copy:

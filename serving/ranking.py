@@ -55,6 +55,29 @@ def diversify(order: list[int], first_genre: list[str], k: int, max_share: float
     return picked + deferred[: k - len(picked)]
 
 
+def explore(top: list[int], order: list[int], channels: list[str], k: int,
+            share: float) -> tuple[list[int], set[int]]:
+    """Give ⌊share·k + ½⌋ of the k slots to the best-ordered "new" candidates (items upserted since the last
+    retrain, which the model cannot score well yet: shown, they get the feedback the next retrain learns from).
+    New items that earned a slot by their score count towards it; the explored ones take the last slots."""
+    slots = math.floor(share * k + 0.5) if share > 0 else 0
+    if slots <= 0 or "new" not in channels:
+        return top, set()
+    have = sum(channels[p] == "new" for p in top)
+    chosen = set(top)
+    extra = [p for p in order if channels[p] == "new" and p not in chosen][: max(0, slots - have)]
+    if not extra:
+        return top, set()
+    kept = list(top)
+    for _ in extra[max(0, k - len(kept)) :]:  # past the free slots: drop the lowest-placed item that is not new
+        drop = next((j for j in range(len(kept) - 1, -1, -1) if channels[kept[j]] != "new"), None)
+        if drop is None:
+            break
+        kept.pop(drop)
+    final = (kept + extra)[:k]
+    return final, set(extra) & set(final)
+
+
 def user_bucket(user_id: int) -> float:
     """A user's stable position in [0, 100): the same in every replica and process (crc32, not hash())."""
     return zlib.crc32(str(user_id).encode()) % 10_000 / 100
@@ -91,6 +114,7 @@ class RankingStage:
         self.client = client or RankerClient(settings.triton_grpc_url)
         self.timeout_s = settings.ranking_timeout_ms / 1e3
         self.breaker = Breaker("ranking", settings.breaker_failures, settings.breaker_cooldown_s)
+        self.retired: frozenset[int] = frozenset()  # raw ids; the replica's catalogue follower sets it
 
     def set_route(self, route: Route) -> None:
         """Switch versions between requests: build the new table, then swap one reference (no lock needed)."""
@@ -138,6 +162,10 @@ class RankingStage:
         """The request's attribute filters apply to the candidates before anything is scored, so the top k is cut
         from what passes; fewer than k passing → fewer items, never padding. Its `exclude_items` never reach here:
         recall (and the Ingress's popular fallback) leave them out of the candidates."""
+        if self.retired:  # recall drops them too; this covers the Ingress's popular fallback and a late poll
+            keep = [j for j, i in enumerate(cands.item_ids) if i not in self.retired]
+            if len(keep) < len(cands.item_ids):
+                cands = _take(cands, keep)
         if not cands.item_ids:
             return RankedItems(items=[], model_version="")
         # Cached rows are a gather (~0.1 ms): a thread hop only when the online store must be read.
@@ -153,37 +181,39 @@ class RankingStage:
         degraded = None
         model = self.model_for(user.user_id)
         version = model.version
+        recall = np.asarray(cands.scores, dtype=np.float64)
+        p_click: np.ndarray | None = None
         if not self.breaker.allow():  # Triton kept failing: recall order now, not after another timeout
-            degraded, scores, version = self._degrade(f"triton {self.breaker.reason()}", cands)
-            order = list(range(len(cands.item_ids)))
+            degraded, version = self._degrade(f"triton {self.breaker.reason()}")
         else:
             try:
-                scores = await asyncio.wait_for(
+                p_click = await asyncio.wait_for(
                     self.client.score(self.inputs(user, cands, items, model), version, self.timeout_s),
                     self.timeout_s)
-                final = blend(scores, np.asarray(cands.scores, dtype=np.float32), model.recall_weight)
-                order = list(np.argsort(-final, kind="stable"))
                 self.breaker.success()
             except TimeoutError:
                 self.breaker.failure()
-                degraded, scores, version = self._degrade(f"triton timeout after {self.timeout_s * 1e3:.0f} ms",
-                                                          cands)
-                order = list(range(len(cands.item_ids)))
+                degraded, version = self._degrade(f"triton timeout after {self.timeout_s * 1e3:.0f} ms")
             except Exception as e:  # unreachable, model unloaded, bad response: recall order, flagged
                 self.breaker.failure()
-                degraded, scores, version = self._degrade(f"triton {public_reason('ranking', e)}", cands)
-                order = list(range(len(cands.item_ids)))
-        order = _unique(order, cands.item_ids)
+                degraded, version = self._degrade(f"triton {public_reason('ranking', e)}")
+        final = recall if p_click is None else blend(p_click, recall, model.recall_weight)
+        order = _unique(list(np.argsort(-final, kind="stable")), cands.item_ids)
         first = [g[0] if g else "" for g in items.genres]
         top = diversify(order, first, k, self.settings.max_per_genre_share)
-        out = [RankedItem(item_id=cands.item_ids[p], score=float(scores[p]), title=items.title[p],
-                          year=int(items.year[p]), genres=items.genres[p]) for p in top]
+        top = sorted(top, key=lambda p: -final[p])  # the rule picks the set; the score orders it
+        top, explored = explore(top, order, cands.channels, k, self.settings.explore_share)
+        out = [RankedItem(item_id=cands.item_ids[p], score=float(final[p]), title=items.title[p],
+                          year=int(items.year[p]), genres=items.genres[p], channel=cands.channels[p],
+                          explore=p in explored,
+                          score_parts={"recall": float(recall[p]),
+                                       **({"p_click": float(p_click[p])} if p_click is not None else {})})
+               for p in top]
         return RankedItems(items=out, model_version=version, degraded=degraded)
 
     @staticmethod
-    def _degrade(reason: str, cands: Candidates) -> tuple[Degradation, np.ndarray, str]:
-        return (Degradation(stage="ranking", reason=reason, fallback="recall order"),
-                np.asarray(cands.scores, dtype=np.float32), "")
+    def _degrade(reason: str) -> tuple[Degradation, str]:
+        return Degradation(stage="ranking", reason=reason, fallback="recall order"), ""
 
 
 def _take(cands: Candidates, keep: list[int]) -> Candidates:

@@ -3,29 +3,57 @@
 
 Input: a user id (the deployment reads the features) or a `UserContext` (`Recaller`). Output: `Recalled` /
 `Candidates` (raw item ids in recall order, scores, channel per item).
-Items the user already has are filtered; a popularity channel fills the pool and answers alone for a user
-with no usable history (cold start). Items never trained on still have vectors: the item tower adds their
-content embedding, so they are in the index too. Exact search is the fallback when the ANN index is absent.
+Items the user already has, and retired ones, are filtered; a popularity channel (decayed counts that follow the
+event stream, `serving.popularity`) fills the pool and answers alone for a user with no usable history (cold
+start). Items never trained on still have vectors: the item tower adds their content embedding, so they are in
+the index too; items upserted into the live catalogue since the index was built get a vector from their content
+and a "new" channel (`core.catalogue`). Exact search is the fallback when the ANN index is absent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from dataclasses import dataclass
 
 import numpy as np
 from ray import serve
 
-from core.artifacts import ONNX_FILE, load_recall_index, model_info, onnx_session
+from core.artifacts import ONNX_FILE, load_recall_index, model_info, onnx_session, recall_index_built
+from core.catalogue import CatalogueState
+from core.errors import one_line
+from core.events import open_event_log
 from core.names import USER_ENCODER
 from core.settings import Settings, load_settings
+from serving.catalogue import CatalogueFollower
 from serving.contracts import Candidates, Recalled, UserContext
 from serving.features import FeatureReader, read_user
+from serving.loopback import bind_loopback
+from serving.popularity import ItemHeat
+
+log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class _NewItems:
+    """Items upserted since the index was built: raw ids, content-only vectors, upsert times."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    at: np.ndarray
+
+    @classmethod
+    def empty(cls, d: int) -> _NewItems:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros((0, d), dtype=np.float32), np.zeros(0))
 
 
 class Recaller:
-    def __init__(self, settings: Settings, reader: FeatureReader | None = None) -> None:
+    def __init__(self, settings: Settings, reader: FeatureReader | None = None,
+                 catalogue: CatalogueState | None = None) -> None:
         self.n = settings.recall_candidates
         self.n_popular = settings.popular_candidates
+        self.n_new = settings.new_item_candidates
         self.index = load_recall_index(settings)
         self.index_of = self.index.index_of
         info = model_info(settings, "user_encoder")
@@ -33,11 +61,40 @@ class Recaller:
         self.max_len = int(info.config["max_len"])
         self.encoder = onnx_session(settings.model_repo / USER_ENCODER / info.version / ONNX_FILE)
         reader = reader or FeatureReader(settings)
-        pop = reader.items(self.index.item_ids[1:], fields=("popularity",)).popularity
-        order = np.argsort(-pop, kind="stable")
-        self.popular = order + 1  # item indices, most popular first
-        self.popular_score = pop[order] / max(1, int(pop.max(initial=0)))
+        self.rebuilt = reader.items(self.index.item_ids[1:], fields=("popularity",)).popularity
+        self.heat = ItemHeat(settings.popularity_half_life_h * 3600, recall_index_built(settings))
+        self.retired: frozenset[int] = frozenset()  # index positions of retired items
+        self.new_items = _NewItems.empty(self.index.embeddings.shape[1])
+        self.set_popularity(time.time())
+        if catalogue is not None:
+            self.set_catalogue(catalogue)
         self.user_vector(np.zeros((1, self.max_len), dtype=np.int64))  # warm-up: first ORT run allocates
+
+    def set_popularity(self, now: float) -> None:
+        """Order the popular channel by the decayed counts now (`serving.popularity`); one swap of a tuple."""
+        pop = self.heat.decayed(self.index.item_ids[1:], self.rebuilt, now)
+        order = np.argsort(-pop, kind="stable")
+        self._pop_order = (order + 1, pop[order] / max(1e-9, float(pop.max(initial=0.0))))
+
+    @property
+    def popular(self) -> np.ndarray:
+        return self._pop_order[0]
+
+    def set_catalogue(self, state: CatalogueState) -> None:
+        """Retired items leave every channel; items upserted since the index was built (not in it) get a vector
+        from their content alone (the item tower's projection, `PROJ_FILE`) and a channel of their own. An
+        upserted item the index has keeps its trained vector (its row changes in Feast; its id stays learned)."""
+        self.retired = frozenset(self.index_of[i] for i in state.retired if i in self.index_of)
+        fresh = [op for i, op in state.items.items() if i not in self.index_of and op.content is not None]
+        if not fresh or self.index.proj is None:
+            if fresh:
+                log.warning("recall: %d upserted items wait for a retrain: index v%s has no content projection",
+                            len(fresh), self.version)
+            self.new_items = _NewItems.empty(self.index.embeddings.shape[1])
+            return
+        content = np.stack([op.content for op in fresh]).astype(np.float32)
+        self.new_items = _NewItems(np.array([op.item_id for op in fresh], dtype=np.int64),
+                                   content @ self.index.proj.T, np.array([op.at for op in fresh]))
 
     def history(self, recent_items: list[int]) -> np.ndarray:
         """(1, max_len) left-padded item indices; ids unknown to the index are skipped."""
@@ -52,17 +109,34 @@ class Recaller:
 
     def candidates(self, user: UserContext, exclude: list[int] | tuple[int, ...] = ()) -> Candidates:
         """The user's whole exclusion set (`UserContext.excluded`) is filtered, not only the model's window, and
-        the request's `exclude` (its context's `exclude_items`)."""
+        the request's `exclude` (its context's `exclude_items`), and retired items."""
         hist = self.history(user.recent_items)
-        seen = {self.index_of[i] for i in (*user.excluded(), *exclude) if i in self.index_of}
+        seen = {self.index_of[i] for i in (*user.excluded(), *exclude) if i in self.index_of} | self.retired
         if not hist[0].any():
-            return self._popular(seen, self.n, [], [], [], vector=None)
+            cands = self._popular(seen, self.n, [], [], [], vector=None)
+            return self._add_new(cands, user, exclude, None)
         u = self.user_vector(hist)
         idx, scores, channel = self._search(u, self.n + len(seen))
         keep = [j for j, i in enumerate(idx) if i not in seen][: self.n]
         items = [int(idx[j]) for j in keep]
-        return self._popular(seen, self.n_popular, items, [float(scores[j]) for j in keep], [channel] * len(keep),
-                             vector=u)
+        cands = self._popular(seen, self.n_popular, items, [float(scores[j]) for j in keep],
+                              [channel] * len(keep), vector=u)
+        return self._add_new(cands, user, exclude, u)
+
+    def _add_new(self, cands: Candidates, user: UserContext, exclude: list[int] | tuple[int, ...],
+                 u: np.ndarray | None) -> Candidates:
+        """The best `new_item_candidates` items upserted since the index was built, by u·v (the most recent ones
+        for a user without a vector): a channel of their own, so a cold item can be shown at all."""
+        new = self.new_items
+        if not len(new.ids) or self.n_new <= 0:
+            return cands
+        score = new.vectors @ u if u is not None else new.at
+        drop = set(user.excluded()) | set(exclude)
+        picked = [j for j in np.argsort(-score, kind="stable") if int(new.ids[j]) not in drop][: self.n_new]
+        cands.item_ids += [int(new.ids[j]) for j in picked]
+        cands.scores += [float(new.vectors[j] @ u) if u is not None else 0.0 for j in picked]
+        cands.channels += ["new"] * len(picked)
+        return cands
 
     def _search(self, u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, str]:
         n = min(n, len(self.index.item_ids) - 1)
@@ -80,7 +154,7 @@ class Recaller:
         """Append up to n popular items not seen and not already candidates (scored u·v when there is a user)."""
         have = set(items) | seen
         added = 0
-        for i, p in zip(self.popular, self.popular_score, strict=True):
+        for i, p in zip(*self._pop_order, strict=True):
             if added >= n:
                 break
             if int(i) in have:
@@ -102,24 +176,55 @@ class Recall:
     off the event loop, then swaps one reference; requests keep being answered by the old one meanwhile."""
 
     def __init__(self) -> None:
+        bind_loopback()
         self.settings = load_settings()
         self.reader = FeatureReader(self.settings)
         self.reader.user(-1)  # warm-up: the first online read pays for connection and registry setup
-        self.recaller = Recaller(self.settings, self.reader)
+        self.catalogue = CatalogueFollower(self.settings)
+        self.catalogue.poll()
+        self.recaller = Recaller(self.settings, self.reader, self.catalogue.state)
+        self._events = None  # the event log, opened by the first refresh (popularity)
+        self._refresh: asyncio.Task | None = None
 
     async def reconfigure(self, config: dict) -> None:
         wanted = str((config or {}).get("retrieval") or "")
         if wanted and wanted != self.recaller.version:
-            self.recaller = await asyncio.to_thread(Recaller, self.settings, self.reader)
+            self.recaller = await asyncio.to_thread(Recaller, self.settings, self.reader, self.catalogue.state)
+
+    def _ensure_refresh(self) -> None:
+        if self._refresh is None or self._refresh.done():
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        """Every `catalogue_poll_s`: the catalogue's changes and the events logged since (popularity)."""
+        while True:
+            await asyncio.sleep(self.settings.catalogue_poll_s)
+            await asyncio.to_thread(self.refresh)
+
+    def refresh(self) -> None:
+        recaller = self.recaller
+        if self.catalogue.poll():
+            recaller.set_catalogue(self.catalogue.state)
+        try:
+            if self._events is None:
+                self._events = open_event_log(self.settings)
+            if recaller.heat.poll(self._events):
+                recaller.set_popularity(time.time())
+        except Exception as e:  # the event log unreachable: the popular channel keeps its last order
+            log.warning("recall: event stream unreadable (%s); popularity not refreshed", one_line(e))
 
     async def recall(self, user_id: int, exclude: list[int] | None = None) -> Recalled:
         """Features within their timeout (else cold start, flagged), then candidates: ~1 ms of numpy/faiss,
         cheaper inline than a thread hop."""
+        self._ensure_refresh()
         user, degraded, features_ms = await read_user(self.reader, user_id, self.settings.features_timeout_ms)
         cands = self.recaller.candidates(user, exclude or ())
         user.seen_items = None  # used; the later stages need only the profile
         return Recalled(user=user, candidates=cands, features_ms=features_ms, degraded=degraded)
 
     async def popular(self, n: int) -> list[int]:
-        """The n most popular raw item ids: the Ingress keeps them as its answer for when recall is lost."""
-        return [int(self.recaller.index.item_ids[i]) for i in self.recaller.popular[:n]]
+        """The n most popular raw item ids not retired: the Ingress keeps them as its answer for when recall is
+        lost."""
+        self._ensure_refresh()
+        r = self.recaller
+        return [int(r.index.item_ids[i]) for i in r.popular[: n + len(r.retired)] if i not in r.retired][:n]

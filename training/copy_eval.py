@@ -1,5 +1,6 @@
-"""Copy LM evaluation on held-out items: perplexity, factuality (the guard's checks, before the guard
-replaces anything) and distinct-1/2 diversity. The base model and the adapter are measured the same way."""
+"""Copy LM evaluation on held-out items: perplexity, factuality (the guard's checks, grounding included, before
+the guard replaces anything), distinct-1/2 diversity, and the share of copies that only repeat a training
+phrasing verbatim. The base model and the adapter are measured the same way."""
 
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ class CopyReport:
     generate_seconds: float
     samples: list[dict]  # a few (facts, copy, violations) for the MLflow artifact and the reader
     violations: dict[str, int]  # what failed, by kind, over all copies
+    verbatim: float = 0.0  # share of copies that are exactly one of the training phrasings for their facts
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}perplexity": self.perplexity, f"{prefix}factuality": self.factuality,
-                f"{prefix}distinct_1": self.distinct_1, f"{prefix}distinct_2": self.distinct_2}
+                f"{prefix}distinct_1": self.distinct_1, f"{prefix}distinct_2": self.distinct_2,
+                f"{prefix}verbatim_share": self.verbatim}
 
 
 def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, max_new_tokens: int) -> CopyReport:
@@ -54,5 +57,6 @@ def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, 
             kinds[kind] = kinds.get(kind, 0) + 1
         if len(samples) < 20:
             samples.append({"facts": f.document(), "copy": text, "violations": v})
+    verbatim = sum(text in target_forms(f) for f, text in zip(facts, texts, strict=True))
     return CopyReport(math.exp(nll / max(1, count)), ok / max(1, len(texts)), distinct_n(texts, 1),
-                      distinct_n(texts, 2), len(texts), seconds, samples, kinds)
+                      distinct_n(texts, 2), len(texts), seconds, samples, kinds, verbatim / max(1, len(texts)))

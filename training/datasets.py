@@ -52,10 +52,12 @@ class Prepared:
 def prepare(settings: Settings) -> Prepared:
     """Load the prepared tables (or say to run `recsys data`) and split them, deterministically; deleted users'
     rows are purged first (`training.tombstones`)."""
+    from training.catalogue_data import merge_catalogue
     from training.tombstones import purge_deleted_users
 
     if (settings.data_dir / MANIFEST).exists():
         purge_deleted_users(settings)
+        merge_catalogue(settings)
     ds = load_dataset(settings.data_dir)
     split = leave_last_out(ds.interactions, min_interactions=settings.min_user_interactions)
     item_ids = np.concatenate([[-1], np.sort(ds.items["item_id"].to_numpy(dtype=np.int64))])

@@ -23,6 +23,7 @@ from core.artifacts import (
     EMBEDDINGS_FILE,
     ITEM_IDS_FILE,
     ONNX_FILE,
+    PROJ_FILE,
     RECALL_INDEX_DIR,
     set_current,
     version_exported,
@@ -230,6 +231,8 @@ def export_retrieval(settings: Settings, backend: Backend = "python") -> tuple[P
         np.save(index_dir / EMBEDDINGS_FILE, emb)
         write_ann_index(emb, index_dir / ANN_FILE)
         shutil.copyfile(ra / ITEM_IDS_FILE, index_dir / ITEM_IDS_FILE)
+        if (ra / PROJ_FILE).exists():  # versions registered before it: catalogue upserts wait for a retrain
+            shutil.copyfile(ra / PROJ_FILE, index_dir / PROJ_FILE)
         set_current(index_root, str(retrieval.version))
     return index_dir, str(retrieval.version)
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.content import embed_items
 from core.errors import MissingStepError
 from core.feature_store import feature_store
 from core.settings import Settings
 from training import dask_tokens
-from training.content import embed_items
+from training.catalogue_data import repush_catalogue_rows
 from training.data.schema import Dataset
 from training.data.split import Split
 
@@ -128,11 +129,13 @@ def build_features(settings: Settings, ds: Dataset, split: Split) -> dict[str, i
     store = feature_store(settings)
     defs = load_definitions(settings.feature_repo, fdir)
     objects = [defs.user, defs.item, defs.user_profile_source, defs.user_history_source, defs.item_features_source,
-               defs.user_profile_push, defs.user_history_push, defs.user_profile, defs.user_history,
+               defs.user_profile_push, defs.user_history_push, defs.item_features_push, defs.user_profile,
+               defs.user_history,
                defs.item_features, defs.retrieval_v1, defs.ranking_v1, defs.serving_v1]
     store.apply(objects)
     end = datetime.now(UTC) + timedelta(days=1)
     store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
+    repush_catalogue_rows(settings, store, items)
     return {"user_profile_rows": len(profiles), "item_rows": len(items), "users": profiles["user_id"].nunique()}
 
 

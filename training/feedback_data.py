@@ -41,11 +41,13 @@ def _watermark(data_dir: Path) -> int:
 def merge_events(settings: Settings) -> dict[str, Any]:
     """Append feedback logged since the last merge to the prepared data; returns what was added."""
     from core.events import has_event_log, open_event_log
+    from training.catalogue_data import merge_catalogue
     from training.tombstones import purge_deleted_users
 
     data_dir = settings.data_dir
     since = _watermark(data_dir)
     purge_deleted_users(settings)
+    merge_catalogue(settings)  # before the events: feedback on an upserted item must find its row
     if not has_event_log(settings):
         return {"events": 0, "added": 0, "new_users": 0, "last_seq": since}
     events = [e for e in open_event_log(settings).events() if e["seq"] > since]

@@ -16,12 +16,13 @@ def ensure_ray(settings: Settings) -> None:
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray ≥ 2.5x token auth: off for the embedded cluster
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    from core.endpoints import connect
+    from core.endpoints import connect, loopback_ray
 
     if connect(settings):  # the configured cluster, or the local serving head when one is listening
         return
     if settings.ray_address:
         raise ConfigError(f"no Ray cluster answers at ray_address={settings.ray_address}")
+    loopback_ray()  # the embedded cluster listens on 127.0.0.1 only
     ray.init(
         address="local",  # never attach to some other Ray on this machine by accident
         num_cpus=settings.ray_num_cpus,

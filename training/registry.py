@@ -17,6 +17,13 @@ from core.settings import Settings
 from training.tracking import client
 
 
+def torch_requirement(version: str | None = None) -> str:
+    """The logged models' torch pin without the local build label ("2.13.0+cu130" → "torch==2.13.0"): a pin with
+    the label made MLflow warn on every load in an environment with another build of the same release (CPU here,
+    CUDA in the cluster); without it, PEP 440 lets `==2.13.0` match any local build of 2.13.0."""
+    return f"torch=={(version or torch.__version__).split('+', 1)[0]}"
+
+
 def log_pytorch(model: torch.nn.Module, example: tuple[torch.Tensor, ...], names: list[str],
                 registered_name: str) -> str:
     """Log the pytorch flavour with a tensor-spec signature and an input example; return the new version."""
@@ -37,7 +44,7 @@ def log_pytorch(model: torch.nn.Module, example: tuple[torch.Tensor, ...], names
     # and signature are still logged, and this project loads the model with mlflow.pytorch, not pyfunc.
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
     info = mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=example,
-                                    serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__}"],
+                                    serialization_format="pickle", pip_requirements=[torch_requirement()],
                                     registered_model_name=registered_name)
     return str(info.registered_model_version)
 

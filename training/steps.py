@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.artifacts import ITEM_IDS_FILE, PROJ_FILE
 from core.errors import MissingStepError
 from core.names import CHALLENGER, CHAMPION, RANKER_MODEL, RETRIEVAL_MODEL
 from core.settings import Settings
@@ -53,9 +55,12 @@ def prepare_data(settings: Settings, source: Path | None = None, download: str |
     else:
         ds = load_movielens(Path(path))
         origin = str(path)
+    from core.catalogue import read_state
+    from training.catalogue_data import with_catalogue
     from training.tombstones import tombstones, without_deleted
 
     ds, _, _ = without_deleted(ds, tombstones(settings))  # the raw files still hold deleted users
+    ds, _, _ = with_catalogue(ds, read_state(settings))  # nor the items upserted since
     return DataResult(save_dataset(ds, settings.data_dir), origin)
 
 
@@ -101,8 +106,10 @@ def register_retrieval(settings: Settings, prepared: Prepared, model: SASRec,
                   "onnx_latency_ms": latency_ms(onnx_path, user_encoder_example(model, 1))}
         with torch.no_grad():
             index = model.items.all_items().numpy().astype(np.float32)
+            proj = model.items.proj.weight.numpy().astype(np.float32) if model.items.proj is not None else None
         log_artifacts({"user_encoder.onnx": onnx_path, "item_embeddings.npy": index,
-                       "item_ids.json": prepared.item_ids.tolist(), "config.json": model.cfg.to_dict()})
+                       ITEM_IDS_FILE: prepared.item_ids.tolist(), "config.json": model.cfg.to_dict(),
+                       **({PROJ_FILE: proj} if proj is not None else {})})
     mlflow.log_metrics({**metrics, **checks})
     version = log_pytorch(enc, user_encoder_example(model, 2), ["history"], RETRIEVAL_MODEL)
     set_challenger(settings, RETRIEVAL_MODEL, version, {"data_digest": prepared.digest, **checks})
@@ -119,7 +126,8 @@ def register_ranker(settings: Settings, prepared: Prepared, model: Ranker, metri
         serving = ServingRanker(model)
         checks = {"onnx_parity_max_abs_diff": parity(serving, serving_example(model, 64, seed=1), onnx_path),
                   "onnx_latency_ms": latency_ms(onnx_path, serving_example(model, 200))}
-        log_artifacts({"ranker.onnx": onnx_path, "config.json": model.cfg.to_dict()})
+        log_artifacts({"ranker.onnx": onnx_path, "config.json": model.cfg.to_dict(),
+                       ITEM_IDS_FILE: prepared.item_ids.tolist()})
     mlflow.log_metrics({**metrics, **checks})
     version = log_pytorch(serving, serving_example(model, 2), list(INPUTS), RANKER_MODEL)
     set_challenger(settings, RANKER_MODEL, version, {"data_digest": prepared.digest,
@@ -127,15 +135,25 @@ def register_ranker(settings: Settings, prepared: Prepared, model: Ranker, metri
     return version
 
 
-def champion_state(settings: Settings, name: str) -> tuple[dict[str, Any] | None, str]:
-    """The champion's weights for a warm start, and its version ("" when there is no champion yet)."""
-    from training.registry import load_torch
+def champion_state(settings: Settings, name: str,
+                   item_ids: np.ndarray | None = None) -> tuple[dict[str, Any] | None, str]:
+    """The champion's weights for a warm start, and its version ("" when there is no champion yet). With
+    `item_ids` (the new data's vocabulary) the item rows follow their ids there (`grow_vocabulary`): items added
+    to the catalogue since the champion was trained get rows, the others keep what they learned."""
+    from training.jobs.common import grow_vocabulary
+    from training.registry import download_artifacts, load_torch
 
     try:
         mv = version_by_alias(settings, name, CHAMPION)
     except MissingStepError:
         return None, ""
-    return load_torch(settings, name, str(mv.version)).model.state_dict(), str(mv.version)
+    state = load_torch(settings, name, str(mv.version)).model.state_dict()
+    if item_ids is not None:
+        with tempfile.TemporaryDirectory() as d:
+            ids_file = download_artifacts(settings, mv.run_id, Path(d)) / ITEM_IDS_FILE
+            if ids_file.exists():  # versions registered before the ranker logged it: an exact fit or a cold start
+                state = grow_vocabulary(state, np.asarray(json.loads(ids_file.read_text())), item_ids)
+    return state, str(mv.version)
 
 
 def train_retrieval_step(settings: Settings, resume: bool = False, warm_start: bool = False,
@@ -150,7 +168,7 @@ def train_retrieval_step(settings: Settings, resume: bool = False, warm_start: b
 
     with mlflow.start_run(run_name="retrieval") as run:
         mlflow.log_params({**cfg.to_dict(), **_data_params(settings, prepared)})
-        warm, warm_version = champion_state(settings, RETRIEVAL_MODEL) if warm_start else (None, "")
+        warm, warm_version = champion_state(settings, RETRIEVAL_MODEL, prepared.item_ids) if warm_start else (None, "")
         out = train_retrieval(settings, prepared, content_matrix(settings, prepared), cfg, resume,
                               _run_spec(settings, run), warm)
         mlflow.log_params({"warm_start_from": warm_version if out.warm_started else "none",
@@ -177,6 +195,11 @@ def train_ranking_step(settings: Settings, resume: bool = False, warm_start: boo
     require_features(settings)
     prepared = prepare(settings)
     recall, recall_version = load_retrieval(settings, CHALLENGER)
+    if recall.cfg.n_items != prepared.n_items + 1:  # the ranker shares its retrieval model's item index space
+        raise MissingStepError(
+            f"the catalogue has {prepared.n_items} items and retrieval v{recall_version} knows "
+            f"{recall.cfg.n_items - 1} (items were upserted since): run `recsys train retrieval` first, or "
+            "`recsys retrain`, which trains both")
     cfg = RankingConfig(epochs=settings.ranking_epochs, seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)
@@ -186,7 +209,7 @@ def train_ranking_step(settings: Settings, resume: bool = False, warm_start: boo
     with mlflow.start_run(run_name="ranking") as run:
         params = {k: v for k, v in cfg.to_dict().items() if k != "genres"}
         mlflow.log_params({**params, **_data_params(settings, prepared), "retrieval_version": recall_version})
-        warm, warm_version = champion_state(settings, RANKER_MODEL) if warm_start else (None, "")
+        warm, warm_version = champion_state(settings, RANKER_MODEL, prepared.item_ids) if warm_start else (None, "")
         out = train_ranking(settings, prepared, recall, cfg, resume=resume, mlflow_run=_run_spec(settings, run),
                             warm=warm)
         mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")

@@ -170,6 +170,10 @@ def factuality_suite(s: Settings, console: Console, copies: int = 1000) -> dict[
            "tuned_factuality": round(float(r["val_factuality"]), 4),
            "base_distinct_2": round(float(r["base_val_distinct_2"]), 4),
            "tuned_distinct_2": round(float(r["val_distinct_2"]), 4),
+           "base_distinct_1": round(float(r["base_val_distinct_1"]), 4),
+           "tuned_distinct_1": round(float(r["val_distinct_1"]), 4),
+           "base_verbatim_share": round(float(r.get("base_val_verbatim_share", float("nan"))), 4),
+           "tuned_verbatim_share": round(float(r.get("val_verbatim_share", float("nan"))), 4),
            "templates_factual": templates / max(1, len(held)),
            "served_factuality": 1.0 if templates == len(held) else None,  # None: some template fails the guard
            "version": r["version"], "run_id": r["run_id"], "seconds": round(seconds, 1),

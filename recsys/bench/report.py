@@ -193,6 +193,15 @@ def report(r: dict[str, Any], path: Path) -> str:
                       f"redacted) over {d['users']} users: p50 {d['p50_ms']} ms, max {d['max_ms']} ms to the answer; "
                       f"{d['new_user_after']} of {d['users']} answered as new users by the very next `/recommend`.",
                       ""]
+        if sv.get("catalogue"):
+            c = sv["catalogue"]
+            lines += [f"Catalogue lifecycle over {c['items']} items (`POST /items` → the user's `/recommend` shows "
+                      f"it in the exploration slot; `DELETE /items/{{id}}` → gone): upsert acknowledged p50 "
+                      f"{c['upsert_ack']['p50_ms']} ms; shown p50 {c['to_shown']['p50_ms']} / p99 "
+                      f"{c['to_shown']['p99_ms']} ms (target p99 ≤ 5000 ms; {c['not_shown_within_s']['count']} not "
+                      f"within {c['not_shown_within_s']['limit_s']:g} s); retired → gone p50 "
+                      f"{c['retire_to_gone']['p50_ms']} / p99 {c['retire_to_gone']['p99_ms']} ms. The first upsert "
+                      f"loads the embedding model: {c['first_upsert_ms']} ms.", ""]
         if sv.get("retrain"):
             rt = sv["retrain"]
             after = f"live swap ({rt['live']})" if rt.get("promoted", True) else "champions kept"
@@ -226,9 +235,11 @@ def factuality_report(f: dict[str, Any]) -> list[str]:
             f"{f['base_model']} + LoRA, {f['steps']} steps. Factuality before the guard replaces anything; after it, "
             "every failing copy is served as its grounded template, and those templates are checked by the same "
             "guard.", "",
-            "| model | factuality (before the guard) | distinct-2 |", "|---|---|---|",
-            f"| base | {f['base_factuality']:.3f} | {f['base_distinct_2']:.3f} |",
-            f"| fine-tuned | {f['tuned_factuality']:.3f} | {f['tuned_distinct_2']:.3f} |", "",
+            "| model | factuality (grounding check, before the guard) | distinct-1 | distinct-2 | verbatim training "
+            "phrasing |", "|---|---|---|---|---|",
+            *[f"| {name} | {f[f'{key}_factuality']:.3f} | {f.get(f'{key}_distinct_1', float('nan')):.3f} | "
+              f"{f[f'{key}_distinct_2']:.3f} | {f.get(f'{key}_verbatim_share', float('nan')):.3f} |"
+              for name, key in (("base", "base"), ("fine-tuned", "tuned"))], "",
             f"Served (after the guard): {served}; templates passing the guard {f['templates_factual']:.3f}. "
             f"Suite time {f['seconds'] / 60:.1f} min (training + both evaluations, "
             f"{f['generate_seconds_per_item']} s per generated copy, batched). Target: fine-tuned ≥ 0.99 before "

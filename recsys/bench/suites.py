@@ -17,6 +17,7 @@ import numpy as np
 from rich.console import Console
 
 from core.settings import Settings, load_settings
+from recsys.bench.lifecycle import catalogue_lifecycle
 from recsys.bench.load import feedback_load, load, post, post_feedback, spread
 from recsys.bench.processes import PeakRSS, cpu_per_request, machine
 from recsys.bench.report import (
@@ -240,12 +241,14 @@ def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, An
         baseline = in_process(s, users)
         events = feedback(s, console, seconds)
         deleted = deletions(s, console, sorted(prepare(s).train)[900:910])
+        catalogue = catalogue_lifecycle(s, console, sorted(prepare(s).train)[920:940])
     cycle = retrain_cycle(s, console)  # outside the RSS window: its Ray Train workers are not the serving stack
     launcher.down(s)
     c1 = next(r for r in runs if r["concurrency"] == 1 and not r["include_copy"])
     return {"runs": runs, "in_process": baseline, "graph_over_in_process_p50": round(c1["p50_ms"] /
             baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "seconds_per_run": seconds,
-            "cpu_ms_per_request_c8": cpu_ms, "feedback": events, "deletions": deleted, "retrain": cycle}
+            "cpu_ms_per_request_c8": cpu_ms, "feedback": events, "deletions": deleted, "catalogue": catalogue,
+            "retrain": cycle}
 
 
 def run_bench(suites: tuple[str, ...], console: Console) -> Path:

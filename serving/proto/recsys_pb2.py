@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserving/proto/recsys.proto\x12\trecsys.v1\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\"p\n\x12\x44\x65leteUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x03\x12\x13\n\x0bonline_rows\x18\x03 \x01(\t\x12\x1c\n\x14impressions_redacted\x18\x04 \x01(\x03\"\xc5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0cinclude_copy\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x39\n\x07\x63ontext\x18\x04 \x03(\x0b\x32(.recsys.v1.RecommendRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_include_copy\"f\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x0c\n\x04\x63opy\x18\x05 \x01(\t\x12\x13\n\x0b\x63opy_source\x18\x06 \x01(\t\">\n\x0b\x44\x65gradation\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\t\"\xf4\x02\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x1e\n\x05items\x18\x03 \x03(\x0b\x32\x0f.recsys.v1.Item\x12G\n\x0emodel_versions\x18\x04 \x03(\x0b\x32/.recsys.v1.RecommendResponse.ModelVersionsEntry\x12?\n\ntimings_ms\x18\x05 \x03(\x0b\x32+.recsys.v1.RecommendResponse.TimingsMsEntry\x12(\n\x08\x64\x65graded\x18\x06 \x03(\x0b\x32\x16.recsys.v1.Degradation\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9f\x01\n\rFeedbackEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x08\n\x06_value\";\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.v1.FeedbackEvent\"o\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x11\n\tevent_ids\x18\x03 \x03(\t\x12\x0e\n\x06pushed\x18\x04 \x01(\x08\x12\x12\n\npush_error\x18\x05 \x01(\t2\xe5\x01\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v1.FeedbackRequest\x1a\x1b.recsys.v1.FeedbackResponse\x12I\n\nDeleteUser\x12\x1c.recsys.v1.DeleteUserRequest\x1a\x1d.recsys.v1.DeleteUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aserving/proto/recsys.proto\x12\trecsys.v1\"i\n\rCatalogueItem\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06genres\x18\x03 \x03(\t\x12\x11\n\x04year\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x05 \x01(\tB\x07\n\x05_year\"=\n\x12UpsertItemsRequest\x12\'\n\x05items\x18\x01 \x03(\x0b\x32\x18.recsys.v1.CatalogueItem\"&\n\x12RetireItemsRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\"B\n\x11\x43\x61talogueResponse\x12\x0b\n\x03new\x18\x01 \x03(\x03\x12\x0f\n\x07updated\x18\x02 \x03(\x03\x12\x0f\n\x07retired\x18\x03 \x03(\x03\"$\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\"p\n\x12\x44\x65leteUserResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x16\n\x0e\x65vents_deleted\x18\x02 \x01(\x03\x12\x13\n\x0bonline_rows\x18\x03 \x01(\t\x12\x1c\n\x14impressions_redacted\x18\x04 \x01(\x03\"\xc5\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x19\n\x0cinclude_copy\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x39\n\x07\x63ontext\x18\x04 \x03(\x0b\x32(.recsys.v1.RecommendRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_include_copy\"\xf1\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\x03\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\x0c\n\x04\x63opy\x18\x05 \x01(\t\x12\x13\n\x0b\x63opy_source\x18\x06 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x07 \x01(\t\x12\x0f\n\x07\x65xplore\x18\x08 \x01(\x08\x12\x34\n\x0bscore_parts\x18\t \x03(\x0b\x32\x1f.recsys.v1.Item.ScorePartsEntry\x1a\x31\n\x0fScorePartsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\">\n\x0b\x44\x65gradation\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x03 \x01(\t\"\xf4\x02\n\x11RecommendResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x1e\n\x05items\x18\x03 \x03(\x0b\x32\x0f.recsys.v1.Item\x12G\n\x0emodel_versions\x18\x04 \x03(\x0b\x32/.recsys.v1.RecommendResponse.ModelVersionsEntry\x12?\n\ntimings_ms\x18\x05 \x03(\x0b\x32+.recsys.v1.RecommendResponse.TimingsMsEntry\x12(\n\x08\x64\x65graded\x18\x06 \x03(\x0b\x32\x16.recsys.v1.Degradation\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x9f\x01\n\rFeedbackEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\x03\x12\x0f\n\x07item_id\x18\x03 \x01(\x03\x12\x12\n\nevent_type\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12\x12\n\nrequest_id\x18\x07 \x01(\tB\x08\n\x06_value\";\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.v1.FeedbackEvent\"o\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x11\n\tevent_ids\x18\x03 \x03(\t\x12\x0e\n\x06pushed\x18\x04 \x01(\x08\x12\x12\n\npush_error\x18\x05 \x01(\t2\xfd\x02\n\x0bRecommender\x12\x46\n\tRecommend\x12\x1b.recsys.v1.RecommendRequest\x1a\x1c.recsys.v1.RecommendResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.recsys.v1.FeedbackRequest\x1a\x1b.recsys.v1.FeedbackResponse\x12I\n\nDeleteUser\x12\x1c.recsys.v1.DeleteUserRequest\x1a\x1d.recsys.v1.DeleteUserResponse\x12J\n\x0bUpsertItems\x12\x1d.recsys.v1.UpsertItemsRequest\x1a\x1c.recsys.v1.CatalogueResponse\x12J\n\x0bRetireItems\x12\x1d.recsys.v1.RetireItemsRequest\x1a\x1c.recsys.v1.CatalogueResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_ITEM_SCOREPARTSENTRY']._loaded_options = None
+  _globals['_ITEM_SCOREPARTSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._loaded_options = None
   _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._loaded_options = None
   _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
-  _globals['_DELETEUSERREQUEST']._serialized_start=41
-  _globals['_DELETEUSERREQUEST']._serialized_end=77
-  _globals['_DELETEUSERRESPONSE']._serialized_start=79
-  _globals['_DELETEUSERRESPONSE']._serialized_end=191
-  _globals['_RECOMMENDREQUEST']._serialized_start=194
-  _globals['_RECOMMENDREQUEST']._serialized_end=391
-  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=328
-  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=374
-  _globals['_ITEM']._serialized_start=393
-  _globals['_ITEM']._serialized_end=495
-  _globals['_DEGRADATION']._serialized_start=497
-  _globals['_DEGRADATION']._serialized_end=559
-  _globals['_RECOMMENDRESPONSE']._serialized_start=562
-  _globals['_RECOMMENDRESPONSE']._serialized_end=934
-  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_start=832
-  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_end=884
-  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_start=886
-  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_end=934
-  _globals['_FEEDBACKEVENT']._serialized_start=937
-  _globals['_FEEDBACKEVENT']._serialized_end=1096
-  _globals['_FEEDBACKREQUEST']._serialized_start=1098
-  _globals['_FEEDBACKREQUEST']._serialized_end=1157
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1159
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1270
-  _globals['_RECOMMENDER']._serialized_start=1273
-  _globals['_RECOMMENDER']._serialized_end=1502
+  _globals['_CATALOGUEITEM']._serialized_start=41
+  _globals['_CATALOGUEITEM']._serialized_end=146
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=148
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=209
+  _globals['_RETIREITEMSREQUEST']._serialized_start=211
+  _globals['_RETIREITEMSREQUEST']._serialized_end=249
+  _globals['_CATALOGUERESPONSE']._serialized_start=251
+  _globals['_CATALOGUERESPONSE']._serialized_end=317
+  _globals['_DELETEUSERREQUEST']._serialized_start=319
+  _globals['_DELETEUSERREQUEST']._serialized_end=355
+  _globals['_DELETEUSERRESPONSE']._serialized_start=357
+  _globals['_DELETEUSERRESPONSE']._serialized_end=469
+  _globals['_RECOMMENDREQUEST']._serialized_start=472
+  _globals['_RECOMMENDREQUEST']._serialized_end=669
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_start=606
+  _globals['_RECOMMENDREQUEST_CONTEXTENTRY']._serialized_end=652
+  _globals['_ITEM']._serialized_start=672
+  _globals['_ITEM']._serialized_end=913
+  _globals['_ITEM_SCOREPARTSENTRY']._serialized_start=864
+  _globals['_ITEM_SCOREPARTSENTRY']._serialized_end=913
+  _globals['_DEGRADATION']._serialized_start=915
+  _globals['_DEGRADATION']._serialized_end=977
+  _globals['_RECOMMENDRESPONSE']._serialized_start=980
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1352
+  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_start=1250
+  _globals['_RECOMMENDRESPONSE_MODELVERSIONSENTRY']._serialized_end=1302
+  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_start=1304
+  _globals['_RECOMMENDRESPONSE_TIMINGSMSENTRY']._serialized_end=1352
+  _globals['_FEEDBACKEVENT']._serialized_start=1355
+  _globals['_FEEDBACKEVENT']._serialized_end=1514
+  _globals['_FEEDBACKREQUEST']._serialized_start=1516
+  _globals['_FEEDBACKREQUEST']._serialized_end=1575
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1577
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1688
+  _globals['_RECOMMENDER']._serialized_start=1691
+  _globals['_RECOMMENDER']._serialized_end=2072
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CatalogueItem(_message.Message):
+    __slots__ = ("item_id", "title", "genres", "year", "text")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    GENRES_FIELD_NUMBER: _ClassVar[int]
+    YEAR_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    item_id: int
+    title: str
+    genres: _containers.RepeatedScalarFieldContainer[str]
+    year: int
+    text: str
+    def __init__(self, item_id: _Optional[int] = ..., title: _Optional[str] = ..., genres: _Optional[_Iterable[str]] = ..., year: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[CatalogueItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[CatalogueItem, _Mapping]]] = ...) -> None: ...
+
+class RetireItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, item_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CatalogueResponse(_message.Message):
+    __slots__ = ("new", "updated", "retired")
+    NEW_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
+    new: _containers.RepeatedScalarFieldContainer[int]
+    updated: _containers.RepeatedScalarFieldContainer[int]
+    retired: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, new: _Optional[_Iterable[int]] = ..., updated: _Optional[_Iterable[int]] = ..., retired: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class DeleteUserRequest(_message.Message):
     __slots__ = ("user_id",)
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,20 +80,33 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., include_copy: bool = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("item_id", "title", "score", "rank", "copy", "copy_source")
+    __slots__ = ("item_id", "title", "score", "rank", "copy", "copy_source", "channel", "explore", "score_parts")
+    class ScorePartsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     COPY_FIELD_NUMBER: _ClassVar[int]
     COPY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    EXPLORE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_PARTS_FIELD_NUMBER: _ClassVar[int]
     item_id: int
     title: str
     score: float
     rank: int
     copy: str
     copy_source: str
-    def __init__(self, item_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., copy: _Optional[str] = ..., copy_source: _Optional[str] = ...) -> None: ...
+    channel: str
+    explore: bool
+    score_parts: _containers.ScalarMap[str, float]
+    def __init__(self, item_id: _Optional[int] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ..., copy: _Optional[str] = ..., copy_source: _Optional[str] = ..., channel: _Optional[str] = ..., explore: bool = ..., score_parts: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Degradation(_message.Message):
     __slots__ = ("stage", "reason", "fallback")

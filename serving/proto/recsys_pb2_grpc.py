@@ -49,6 +49,16 @@ class RecommenderStub(object):
                 request_serializer=serving_dot_proto_dot_recsys__pb2.DeleteUserRequest.SerializeToString,
                 response_deserializer=serving_dot_proto_dot_recsys__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/recsys.v1.Recommender/UpsertItems',
+                request_serializer=serving_dot_proto_dot_recsys__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_recsys__pb2.CatalogueResponse.FromString,
+                _registered_method=True)
+        self.RetireItems = channel.unary_unary(
+                '/recsys.v1.Recommender/RetireItems',
+                request_serializer=serving_dot_proto_dot_recsys__pb2.RetireItemsRequest.SerializeToString,
+                response_deserializer=serving_dot_proto_dot_recsys__pb2.CatalogueResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer(object):
@@ -77,6 +87,21 @@ class RecommenderServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertItems(self, request, context):
+        """Add or change catalogue items (same key as Feedback): recallable within seconds, no restart. A bad field or an
+        id given twice → INVALID_ARGUMENT; nothing is written then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireItems(self, request, context):
+        """Retire items (same key): they leave every answer within seconds. An unknown id → INVALID_ARGUMENT, none retired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +119,16 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.DeleteUser,
                     request_deserializer=serving_dot_proto_dot_recsys__pb2.DeleteUserRequest.FromString,
                     response_serializer=serving_dot_proto_dot_recsys__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=serving_dot_proto_dot_recsys__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_recsys__pb2.CatalogueResponse.SerializeToString,
+            ),
+            'RetireItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireItems,
+                    request_deserializer=serving_dot_proto_dot_recsys__pb2.RetireItemsRequest.FromString,
+                    response_serializer=serving_dot_proto_dot_recsys__pb2.CatalogueResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +212,60 @@ class Recommender(object):
             '/recsys.v1.Recommender/DeleteUser',
             serving_dot_proto_dot_recsys__pb2.DeleteUserRequest.SerializeToString,
             serving_dot_proto_dot_recsys__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/UpsertItems',
+            serving_dot_proto_dot_recsys__pb2.UpsertItemsRequest.SerializeToString,
+            serving_dot_proto_dot_recsys__pb2.CatalogueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.v1.Recommender/RetireItems',
+            serving_dot_proto_dot_recsys__pb2.RetireItemsRequest.SerializeToString,
+            serving_dot_proto_dot_recsys__pb2.CatalogueResponse.FromString,
             options,
             channel_credentials,
             insecure,

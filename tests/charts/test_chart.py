@@ -13,6 +13,7 @@ import ast
 import base64
 import json
 import re
+import shlex
 import subprocess
 import sys
 from functools import cache
@@ -243,8 +244,9 @@ def test_rendered_settings_file_loads_through_recsys_settings(helm: Path, profil
     path.write_text(yaml.safe_dump(settings_file(objs)))
     s = load_settings(environ={"RECSYS_SETTINGS_FILE": str(path), "RECSYS_PROFILE": "dev"})
     assert s.mlflow_tracking_uri == f"http://{RELEASE}-mlflow:5000"
-    assert s.feast_online_store == {"type": "redis", "connection_string": f"{RELEASE}-redis:6379"}
-    assert s.event_log_url == f"redis://{RELEASE}-redis:6379/1"  # replicas on any node share one log
+    assert s.feast_online_store == {"type": "redis",
+                                    "connection_string": f"{RELEASE}-redis:6379,password=${{REDIS_PASSWORD}}"}
+    assert s.event_log_url == f"redis://:${{REDIS_PASSWORD}}@{RELEASE}-redis:6379/1"  # one log for replicas on any node
     assert s.feast_registry == "s3://recsys/feast/registry.db"
     assert s.feature_server_url == f"http://{RELEASE}-feature-server:6566"
     assert s.feature_read == "server"  # serving reads and pushes through the feature server, not the SDK
@@ -455,7 +457,7 @@ def test_no_plaintext_credentials_in_rendered_output(helm: Path, profile: str) -
     objs = docs(render(helm, profile))
     secrets = [d for d in objs if d["kind"] == "Secret"]
     assert {s["metadata"]["name"] for s in secrets} == {f"{RELEASE}-object-store", f"{RELEASE}-postgres",
-                                                       f"{RELEASE}-api-keys"}
+                                                       f"{RELEASE}-api-keys", f"{RELEASE}-redis"}
     others = yaml.safe_dump_all([d for d in objs if d["kind"] != "Secret"])
     for s in secrets:
         assert "stringData" not in s
@@ -464,7 +466,8 @@ def test_no_plaintext_credentials_in_rendered_output(helm: Path, profile: str) -
             assert base64.b64decode(value).decode() not in others
     credential_files = secret_files(objs)
     assert {name for name, _ in credential_files} >= {"AWS_ACCESS_KEY_ID_FILE", "AWS_SECRET_ACCESS_KEY_FILE",
-                                                       "PGPASSWORD_FILE", "POSTGRES_PASSWORD_FILE"}
+                                                       "PGPASSWORD_FILE", "POSTGRES_PASSWORD_FILE",
+                                                       "REDIS_PASSWORD_FILE"}
     mlflow_uri = yaml.safe_dump(one(objs, "Deployment", f"{RELEASE}-mlflow"))
     assert re.search(r"postgresql://mlflow@r-postgres:5432/mlflow", mlflow_uri)  # libpq reads PGPASSWORD
 
@@ -490,9 +493,56 @@ def secret_files(objs: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 def test_existing_secrets_are_used_and_nothing_is_generated(helm: Path) -> None:
     objs = docs(render(helm, "default", "--set", "objectStore.existingSecret=s3-creds",
-                       "--set", "postgres.existingSecret=pg-creds", "--set", "apiKeys.existingSecret=keys"))
+                       "--set", "postgres.existingSecret=pg-creds", "--set", "apiKeys.existingSecret=keys",
+                       "--set", "redis.existingSecret=redis-creds"))
     assert not [d for d in objs if d["kind"] == "Secret"]
-    assert {secret for _, secret in secret_files(objs)} == {"s3-creds", "pg-creds"}
+    assert {secret for _, secret in secret_files(objs)} == {"s3-creds", "pg-creds", "redis-creds"}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_redis_requires_a_password_and_every_client_reads_it_from_the_secret(helm: Path, profile: str,
+                                                                             tmp_path: Path) -> None:
+    """Redis starts with `requirepass` from the Secret (in a 0600 file, not on its command line); the settings
+    name `${REDIS_PASSWORD}` in both Redis URLs and every platform pod that reads the settings gets the password
+    file that `core.secret_files` loads into that variable; the code then connects with it."""
+    objs = docs(render(helm, profile))
+    redis_pod = one(objs, "StatefulSet", f"{RELEASE}-redis")["spec"]["template"]["spec"]
+    (container,) = redis_pod["containers"]
+    script = container["command"][-1]
+    assert "requirepass" in script and "/etc/redis-secret/REDIS_PASSWORD" in script and "umask 077" in script
+    assert "REDISCLI_AUTH" in container["readinessProbe"]["exec"]["command"][-1]
+    assert {v["secret"]["secretName"] for v in redis_pod["volumes"] if "secret" in v} == {f"{RELEASE}-redis"}
+    settings = settings_file(objs)
+    assert settings["feast_online_store"]["connection_string"].endswith(",password=${REDIS_PASSWORD}")
+    assert settings["event_log_url"].startswith("redis://:${REDIS_PASSWORD}@")
+    readers = {(n, s) for n, s in secret_files(objs) if n == "REDIS_PASSWORD_FILE"}
+    assert readers == {("REDIS_PASSWORD_FILE", f"{RELEASE}-redis")}
+    policy = one(objs, "NetworkPolicy", f"{RELEASE}-redis")["spec"]["ingress"][0]["from"]
+    allowed = [p["podSelector"]["matchLabels"] for p in policy]
+    for where, spec in pod_specs(objs):
+        labels = next((t["metadata"]["labels"] for w, t in _pod_templates(objs).items() if w in where), None)
+        for c in spec["containers"]:
+            names = {e["name"] for e in c.get("env", [])}
+            client = labels is not None and any(_selects({"matchLabels": m}, labels) for m in allowed)
+            if "RECSYS_SETTINGS_FILE" in names and client:  # a Redis client: it has the password
+                assert "REDIS_PASSWORD_FILE" in names, f"{where}/{c['name']} may reach Redis without the password"
+            if not client:  # least privilege: no one else is given it
+                assert "REDIS_PASSWORD_FILE" not in names, f"{where}/{c['name']} gets the password, needs none"
+    env = {"REDIS_PASSWORD_FILE": str(tmp_path / "pw")}
+    (tmp_path / "pw").write_text("from-the-secret\n")
+    from core.secret_files import load_secret_files
+
+    load_secret_files(env)
+    assert env["REDIS_PASSWORD"] == "from-the-secret"
+
+
+def test_an_external_redis_without_a_secret_gets_no_password(helm: Path) -> None:
+    objs = docs(render(helm, "default", "--set", "redis.enabled=false",
+                       "--set", "redis.externalAddress=r.example:6379"))
+    settings = settings_file(objs)
+    assert settings["event_log_url"] == "redis://r.example:6379/1"
+    assert "password" not in settings["feast_online_store"]["connection_string"]
+    assert not {n for n, _ in secret_files(objs) if n == "REDIS_PASSWORD_FILE"}
 
 
 def test_serving_pods_read_write_keys_from_a_secret_named_in_the_settings(helm: Path) -> None:
@@ -586,15 +636,17 @@ def test_the_charts_redis_runs_as_the_event_log_requires(helm: Path, tmp_path: P
     from tests.conftest import RedisProcess
 
     sts = one(docs(render(helm, "default")), "StatefulSet", f"{RELEASE}-redis")
-    args = list(sts["spec"]["template"]["spec"]["containers"][0]["args"])
+    script = sts["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    args = shlex.split(script.split("exec redis-server /tmp/redis.conf", 1)[1])
     args[args.index("--dir") + 1] = str(tmp_path / "data")
-    server = RedisProcess(tmp_path / "data").start(*args, durable=False)
+    server = RedisProcess(tmp_path / "data").start(*args, durable=False, password="pw")
+    url = server.url.replace("redis://", "redis://:pw@")
     try:
-        log = RedisEventLog(server.url, 50)
+        log = RedisEventLog(url, 50)
         log.append([FeedbackEvent(user_id=1, item_id=2, event_type="click", event_id="e")], lambda users: {})
         server.kill()
-        server.start(*args, durable=False)
-        assert [e["event_id"] for e in RedisEventLog(server.url, 50).events()] == ["e"]
+        server.start(*args, durable=False, password="pw")
+        assert [e["event_id"] for e in RedisEventLog(url, 50).events()] == ["e"]
     finally:
         server.kill()
 
@@ -833,3 +885,113 @@ def test_a_pod_with_several_gpus_hosts_one_ray_train_worker_per_gpu(helm: Path, 
     assert [g["rayStartParams"]["num-gpus"] for g in job["workerGroupSpecs"]] == ["4", "1"]
     s = settings_file(objs)
     assert s["use_gpu"] is True and s["train_workers"] == 9
+
+
+# ---- network policies of the Ray clusters ----
+
+def _pod_templates(objs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pod templates (metadata and spec) by where they are, KubeRay's included."""
+    out = {}
+    for d in objs:
+        spec, name = d.get("spec", {}), f"{d['kind']}/{d['metadata']['name']}"
+        if d["kind"] in ("Deployment", "StatefulSet", "Job"):
+            out[name] = spec["template"]
+        elif d["kind"] == "CronJob":
+            out[name] = spec["jobTemplate"]["spec"]["template"]
+        elif d["kind"] in ("RayJob", "RayService"):
+            cluster = spec.get("rayClusterSpec") or spec["rayClusterConfig"]
+            out[f"{name}/head"] = cluster["headGroupSpec"]["template"]
+            out.update({f"{name}/{g['groupName']}": g["template"] for g in cluster["workerGroupSpecs"]})
+            if "submitterPodTemplate" in spec:
+                out[f"{name}/submitter"] = spec["submitterPodTemplate"]
+    return out
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_ok(peer: dict[str, Any], labels: dict[str, str], namespace: str) -> bool:
+    """One NetworkPolicy peer against a pod (labels, namespace); the release's namespace is "recsys"."""
+    if "ipBlock" in peer:
+        return False  # pods are not addressed by ipBlock here
+    ns_ok = ("namespaceSelector" not in peer and namespace == "recsys") or (
+        "namespaceSelector" in peer and _selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}))
+    return ns_ok and ("podSelector" not in peer or _selects(peer["podSelector"], labels))
+
+
+def _allowed(rules: list[dict[str, Any]], peer_key: str, labels: dict[str, str], namespace: str, port: int) -> bool:
+    """Whether any rule admits this pod on this port (NetworkPolicy semantics: a rule without peers admits every
+    peer, without ports every port)."""
+    for rule in rules:
+        peers, ports = rule.get(peer_key), rule.get("ports")
+        if (peers is None or any(_peer_ok(p, labels, namespace) for p in peers)) and (
+                ports is None or any(p["port"] == port for p in ports)):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_ray_pods_are_fenced_in_and_out(helm: Path, profile: str) -> None:
+    """Every Ray pod is selected by its cluster's policy; the dashboard/job API takes only the KubeRay operator
+    (and the RayJob's submitter); the graph's API is open; egress reaches what each part uses and nothing of the
+    other part's Ray ports."""
+    objs = docs(render(helm, profile, "--namespace", "recsys"))
+    policies = [d for d in objs if d["kind"] == "NetworkPolicy"]
+    pods = _pod_templates(objs)
+    labels = {where: t["metadata"]["labels"] for where, t in pods.items()}
+    for where in [w for w in pods if w.startswith(("RayService/", "RayJob/")) and not w.endswith("/submitter")]:
+        mine = [p for p in policies if _selects(p["spec"]["podSelector"], labels[where])]
+        assert len(mine) == 1, f"{where}: {[p['metadata']['name'] for p in mine]}"
+        spec = mine[0]["spec"]
+        assert set(spec["policyTypes"]) == {"Ingress", "Egress"}, where
+        ing, eg = spec["ingress"], spec["egress"]
+        part = labels[where]["recsys.io/part"]
+        feature_server = labels[next(w for w in pods if "feature-server" in w)]
+        for port in (8265, 52365, 6379, 10001):
+            assert not _allowed(ing, "from", feature_server, "recsys", port), (where, port)  # another pod of ours
+            assert not _allowed(ing, "from", {}, "other", port), (where, port)  # some other namespace
+        assert _allowed(ing, "from", {}, "kuberay-system", 8265)  # the operator: RayService / RayJob status
+        assert _allowed(ing, "from", labels[where], "recsys", 6379)  # its own cluster: GCS, raylets, workers
+        if part == "serving":
+            assert _allowed(ing, "from", {}, "anywhere", 8000) and _allowed(ing, "from", {}, "anywhere", 9000)
+        else:
+            submitter = labels[next(w for w in pods if w.endswith("/submitter"))]
+            assert _allowed(ing, "from", submitter, "recsys", 8265)
+        assert _allowed(eg, "to", {}, "kube-system", 53)  # DNS
+        redis = [w for w in pods if w.startswith("StatefulSet/") and "redis" in w]
+        if redis:  # both ends: the pipeline materializes into Redis and the retrain merges its event log
+            assert _allowed(eg, "to", labels[redis[0]], "recsys", 6379), where
+            into = next(p for p in policies if p["metadata"]["name"] == f"{RELEASE}-redis")["spec"]["ingress"]
+            assert _allowed(into, "from", labels[where], "recsys", 6379), where
+        other = "training" if part == "serving" else "serving"
+        others = [w for w in pods if labels[w].get("recsys.io/part") == other and not w.endswith("/submitter")]
+        assert others and not _allowed(eg, "to", labels[others[0]], "recsys", 6379), where
+
+
+def test_bad_kuberay_namespace_is_refused(helm: Path) -> None:
+    res = run_helm(helm, "template", RELEASE, str(CHART), "--set", "networkPolicy.kuberayNamespace=Bad_NS")
+    assert res.returncode != 0 and "kuberayNamespace" in res.stderr
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_disruption_budgets_cover_what_runs_several_pods_and_never_a_singleton(helm: Path, profile: str) -> None:
+    objs = docs(render(helm, profile, "--set", "featureServer.replicas=2", "--set", "ranker.minReplicas=2",
+                       "--set", "ranker.maxReplicas=4"))
+    pods = _pod_templates(objs)
+    budgets = {d["metadata"]["name"]: d["spec"] for d in objs if d["kind"] == "PodDisruptionBudget"}
+    assert all(b["maxUnavailable"] == 1 and "minAvailable" not in b for b in budgets.values())
+
+    def covered(where: str) -> bool:
+        return any(_selects(b["selector"], pods[where]["metadata"]["labels"]) for b in budgets.values())
+
+    assert covered(f"Deployment/{RELEASE}-feature-server")
+    serving = one(objs, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    workers = [w for w in pods if w.startswith("RayService/") and not w.endswith("/head")]
+    assert all(covered(w) for w in workers) is (sum(g["minReplicas"] for g in serving) >= 2)
+    for single in (f"StatefulSet/{RELEASE}-redis", f"RayService/{RELEASE}/head"):
+        if single in pods:
+            assert not covered(single), single
+    assert any(b["selector"]["matchLabels"].get("serving.kserve.io/inferenceservice") for b in budgets.values())
+    assert not [d for d in docs(render(helm, profile, "--set", "podDisruptionBudget.enabled=false"))
+                if d["kind"] == "PodDisruptionBudget"]

@@ -113,3 +113,35 @@ def test_a_lost_compare_and_set_round_applies_nothing_twice(redis_server):
     p = log.profile(7)
     assert p.n_interactions == 3 and p.recent_items == [1, 2, 10]
     assert online.n_interactions == 2  # the caller's row is not changed either
+
+
+def test_a_password_protected_redis_is_reached_with_the_password_from_the_environment(tmp_path, monkeypatch):
+    """The chart's URLs name `${REDIS_PASSWORD}` (loaded from its mounted file): the log and the catalogue expand it
+    when they connect, and a refusal never prints it."""
+    from core.catalogue import RedisCatalogue
+    from tests.conftest import RedisProcess
+
+    server = RedisProcess(tmp_path / "redis").start(password="s3cret-pw")
+    try:
+        url = f"redis://:${{REDIS_PASSWORD}}@127.0.0.1:{server.port}/1"
+        monkeypatch.setenv("REDIS_PASSWORD", "wrong")
+        with pytest.raises(redis.AuthenticationError) as err:
+            RedisEventLog(url, 50)
+        assert "wrong" not in str(err.value) and "s3cret" not in str(err.value)
+        monkeypatch.setenv("REDIS_PASSWORD", "s3cret-pw")
+        log = RedisEventLog(url, 50)
+        log.append([FeedbackEvent(event_id="pw-1", user_id=1, item_id=2, event_type="click")], lambda users: {})
+        assert [e["event_id"] for e in log.events()] == ["pw-1"]
+        assert RedisCatalogue(url).read("0") == ([], "0")
+        assert "s3cret" not in log.url
+    finally:
+        server.kill()
+
+
+def test_the_feature_stores_online_settings_expand_the_password(monkeypatch, tmp_path):
+    from core.feature_store import _expanded
+
+    monkeypatch.setenv("REDIS_PASSWORD", "pw")
+    assert _expanded({"type": "redis", "connection_string": "r-redis:6379,password=${REDIS_PASSWORD}"}) == {
+        "type": "redis", "connection_string": "r-redis:6379,password=pw"}
+    assert _expanded(None) is None

@@ -6,7 +6,6 @@ Real Feast (SQLite online store, file offline store), the real SQLite and Redis 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -15,20 +14,9 @@ import pytest
 from tests.conftest import run_cli
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def log_env(request) -> dict[str, str]:
-    """The event log's backend for this run: the local SQLite file, or the cluster's Redis."""
-    return {} if request.param == "sqlite" else {"RECSYS_EVENT_LOG_URL": request.getfixturevalue("redis_server").url}
-
-
 @pytest.fixture
-def home(feature_home: Path, tmp_path: Path, use_home, monkeypatch, log_env) -> Path:
-    home = tmp_path / "home"
-    shutil.copytree(feature_home, home)
-    use_home(home)
-    for k, v in log_env.items():
-        monkeypatch.setenv(k, v)
-    return home
+def home(log_home: Path) -> Path:
+    return log_home  # conftest: a prepared home with the event log on each backend (`log_env`)
 
 
 def _rows_of(home: Path, user: int) -> dict[str, int]:

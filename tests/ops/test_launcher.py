@@ -51,3 +51,46 @@ def test_the_ray_head_inherits_no_directory_the_launching_process_owns():
     owned, leaked = json.loads(res.stdout.strip().splitlines()[-1])
     assert owned and "feast_metrics_" in owned  # what the import did in the launching process
     assert leaked == []
+
+
+def test_a_restarted_triton_keeps_the_last_runs_logs(tmp_path: Path) -> None:
+    from ops.triton_server import rotate_log
+
+    log = tmp_path / "tritonserver.log"
+    for run in range(5):
+        rotate_log(log, keep=3)
+        log.write_text(f"run {run}")
+    assert log.read_text() == "run 4"
+    assert [(tmp_path / f"tritonserver.log.{n}").read_text() for n in (1, 2, 3)] == ["run 3", "run 2", "run 1"]
+    assert not (tmp_path / "tritonserver.log.4").exists()
+
+
+def test_the_haproxy_wrapper_moves_serves_listeners_to_loopback_and_closes_the_admin_socket(tmp_path: Path) -> None:
+    """The config lines as Serve renders them (ray/serve/_private/haproxy_templates.py), through the wrapper."""
+    import subprocess
+
+    from ops.launcher import haproxy_wrapper
+
+    wrapper = haproxy_wrapper(tmp_path)
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text("global\n    stats socket /s/admin.sock mode 666 level admin expose-fd listeners\n"
+                   "frontend prometheus\n    bind :9101\nfrontend http_frontend\n    bind 127.0.0.1:8000\n"
+                   "listen stats\n  bind *:8404\n")
+    res = subprocess.run([str(wrapper), "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=60)
+    text = cfg.read_text()
+    assert "bind 127.0.0.1:9101" in text and "bind 127.0.0.1:8404" in text and "bind 127.0.0.1:8000" in text
+    assert "mode 600" in text and "mode 666" not in text
+    assert res.returncode == 0 and "Configuration file is valid" in res.stdout  # the real binary checked it
+
+
+def test_haproxys_socket_paths_fit_its_limit_however_deep_the_home(tmp_path: Path, monkeypatch) -> None:
+    """HAProxy refuses a unix socket path over 97 characters; Serve adds /<56-char node id>/ to ours."""
+    from ops.launcher import haproxy_dir
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60) / "home"
+    monkeypatch.setenv("RECSYS_HOME", str(deep))
+    root = haproxy_dir(load_settings())
+    assert len(f"{root}/{'n' * 56}/metrics.sock") <= 97
+    assert root.stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "other"))
+    assert haproxy_dir(load_settings()) != root  # one per home: two stacks never share HAProxy's files

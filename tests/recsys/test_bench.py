@@ -236,9 +236,12 @@ def test_factuality_report_says_served_copy_is_factual_only_when_every_template_
 
     f = {"copies": 1000, "held_out_items": 160, "base_factuality": 0.571, "tuned_factuality": 0.991,
          "base_distinct_2": 0.28, "tuned_distinct_2": 0.3, "templates_factual": 1.0, "served_factuality": 1.0,
-         "seconds": 1200.0, "generate_seconds_per_item": 0.3, "steps": 60, "base_model": "m"}
+         "seconds": 1200.0, "generate_seconds_per_item": 0.3, "steps": 60, "base_model": "m",
+         "base_distinct_1": 0.2, "tuned_distinct_1": 0.1, "base_verbatim_share": 0.0, "tuned_verbatim_share": 0.42}
     text = "\n".join(factuality_report(f))
-    assert "| fine-tuned | 0.991 | 0.300 |" in text and "Served (after the guard): 1.000" in text
+    assert "| fine-tuned | 0.991 | 0.100 | 0.300 | 0.420 |" in text and "Served (after the guard): 1.000" in text
+    older = {k: v for k, v in f.items() if "distinct_1" not in k and "verbatim" not in k}  # results before them
+    assert "| fine-tuned | 0.991 | nan | 0.300 | nan |" in "\n".join(factuality_report(older))
     failed = "\n".join(factuality_report({**f, "templates_factual": 0.998, "served_factuality": None}))
     assert "1.000" not in failed.split("Served")[1] and "a template failed the guard" in failed
 

@@ -97,8 +97,9 @@ def test_known_user_gets_ranked_unseen_items_with_model_versions_and_copy(served
     assert body["model_versions"] == {"retrieval": "1", "ranker": "1", "copy": "template"}
     assert not seen & {it["item_id"] for it in items}  # nothing the user already has
     assert len({it["item_id"] for it in items}) == 10  # no repeats
-    scores = [it["score"] for it in items]
-    assert all(0.0 <= s <= 1.0 for s in scores)  # ranker probabilities, not recall dot products
+    scores = [it["score"] for it in items if not it["explore"]]
+    assert scores == sorted(scores, reverse=True)  # the score column is the order
+    assert all(0.0 <= it["score_parts"]["p_click"] <= 1.0 for it in items)  # the ranker's probability, beside it
     assert all(it["copy_source"] == "template" and it["title"].split(" (")[0] in it["copy"] for it in items)
     assert {"features", "recall", "ranking", "copy", "total"} <= set(body["timings_ms"])
 
@@ -747,6 +748,20 @@ def test_a_grpc_message_over_the_cap_is_refused_before_it_is_decoded(served):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
 
 
+def test_bytes_that_are_not_a_protobuf_message_get_invalid_argument(served):
+    """grpc itself answers a failing deserializer with UNKNOWN "Unexpected DecodeError" (`serving.grpc_servicer`)."""
+    import grpc
+
+    with grpc.insecure_channel(GRPC) as channel:
+        for method in ("Recommend", "Feedback"):
+            call = channel.unary_unary(f"/recsys.v1.Recommender/{method}")  # raw bytes in and out
+            with pytest.raises(grpc.RpcError) as err:
+                call(b"\xff\xff\xff\x00not a protobuf", timeout=30, metadata=(
+                    ("application", "recsys"), ("authorization", "Bearer ci-test-key")))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, err.value.details())
+            assert "not a valid" in err.value.details()
+
+
 def test_cli_recommend_over_grpc(served):
     res = run_cli(served, "recommend", "2", "-k", "4", "--grpc", "--json", **PORTS)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -790,6 +805,60 @@ class Load:
         return len(self.results)
 
 
+def _listening() -> list[tuple[str, int, int]]:
+    """(address, port, socket inode) of every listening TCP socket on the machine (/proc/net/tcp, tcp6)."""
+    import ipaddress
+
+    out = []
+    for name, v6 in (("tcp", False), ("tcp6", True)):
+        for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A":  # LISTEN
+                continue
+            hexaddr, port = f[1].split(":")
+            raw = bytes.fromhex(hexaddr)
+            words = b"".join(raw[j : j + 4][::-1] for j in range(0, len(raw), 4))  # kernel: 32-bit words, host order
+            addr = ipaddress.IPv6Address(words) if v6 else ipaddress.IPv4Address(words)
+            if v6 and addr.ipv4_mapped:
+                addr = addr.ipv4_mapped
+            out.append((str(addr), int(port, 16), int(f[9])))
+    return out
+
+
+def _owners() -> dict[int, tuple[int, str]]:
+    """Socket inode → (pid, command line) of the process holding it."""
+    owners = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    owners[int(target[8:-1])] = (int(proc.name), cmd)
+        except OSError:  # gone, or not ours to read
+            continue
+    return owners
+
+
+STACK = ("ray", "gcs_server", "raylet", "tritonserver", "haproxy", "default_worker", "dashboard")
+
+
+def test_the_running_stack_listens_on_loopback_only(served):
+    """Every listening socket of the local stack (Ray's GCS, raylet, workers, agents and Ray Client; Serve's
+    replicas and HAProxy; tritonserver) is on 127.0.0.1 or ::1, with one exception Serve gives no way to change:
+    its fallback proxy's gRPC server (ray/serve/_private/grpc_util.py `start_grpc_server` binds `[::]`, and the
+    proxy starts it before any of our code runs), port RAY_SERVE_FALLBACK_PROXY_GRPC_PORT (9500)."""
+    owners = _owners()
+    stack = [(addr, port, *owners[inode]) for addr, port, inode in _listening()
+             if inode in owners and any(word in owners[inode][1] for word in STACK)]
+    assert any(port == int(PORTS["RECSYS_SERVE_HTTP_PORT"]) for _, port, _, _ in stack)  # it found the stack
+    exposed = [(addr, port, cmd[:80]) for addr, port, _, cmd in stack
+               if addr not in ("127.0.0.1", "::1") and not (port == 9500 and "ProxyActor" in cmd)]
+    assert not exposed, exposed
+
+
 def test_canary_then_hot_swap_under_load_drops_nothing(served, use_home):
     """A second ranker version: canary to half the users by hash, then promote it live; all under load."""
     from serving.ranking import user_bucket
@@ -828,6 +897,168 @@ def test_canary_then_hot_swap_under_load_drops_nothing(served, use_home):
     assert loaded_versions(settings, "ranker") == ["2"]  # the old version was unloaded
 
 
+NEW_ITEM = 900_001  # upserted by the catalogue test
+
+
+def send(method: str, path: str, body: dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(URL + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(KEY if headers is None else headers)})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def wait_for(check, seconds: float = 15.0) -> float:
+    """Seconds until `check()` holds (polling /recommend); fails past `seconds`."""
+    t0 = time.monotonic()
+    while not check():
+        assert time.monotonic() - t0 < seconds, f"not within {seconds} s"
+        time.sleep(0.1)
+    return time.monotonic() - t0
+
+
+def test_an_upserted_item_is_recalled_and_explored_within_seconds_and_a_retired_one_leaves_every_answer(
+        served, use_home):
+    """POST /items with an item whose content is the user's latest item's → it is a candidate for that user at
+    once (the "new" channel) and shown (on its score or in the exploration slot), accepted in feedback;
+    DELETE /items/{id} → gone from every answer."""
+    use_home(served)
+    from core.settings import load_settings
+    from serving.features import FeatureReader
+
+    reader = FeatureReader(load_settings())
+    user = 1
+    latest = reader.user(user).recent_items[-1]
+    row = reader.items([latest])
+    item = {"item_id": NEW_ITEM, "title": f"{row.title[0]} Returns", "genres": row.genres[0], "year": 2026,
+            "text": "A sequel."}
+    assert send("POST", "/items", {"items": [item]}, headers={})[0] == 401  # a write: the key is required
+    status, body = send("POST", "/items", {"items": [{**item, "year": "2026"}]})
+    assert status == 422 and body["field"] == "items.0.year", body
+    assert send("POST", "/items", {"items": [item, item]})[0] == 422  # one id twice: which one wins?
+    for _ in range(3):  # the first upsert loads the embedding model; a 503 says it is safe to repeat
+        status, body = send("POST", "/items", {"items": [item]})
+        if status != 503:
+            break
+    assert status == 200 and body["new"] + body["updated"] == [NEW_ITEM], body
+
+    def shown() -> dict | None:
+        return next((it for it in recommend(user)["items"] if it["item_id"] == NEW_ITEM), None)
+
+    wait_for(lambda: shown() is not None)
+    got = shown()
+    assert got["channel"] == "new" and got["title"] == item["title"], got
+    assert got["rank"] == 10 if got["explore"] else got["rank"] <= 10  # explored: the last slot; else it ranked in
+    status, _ = feedback({"user_id": user, "item_id": NEW_ITEM, "event_type": "click", "event_id": "new-item-1"})
+    assert status == 200  # the Ingress knows the item now: feedback on it is accepted
+    cold = 987_653  # an unknown user: the popular channel; its first item is the one to retire
+    top = recommend(cold)["items"][0]["item_id"]
+    assert send("DELETE", "/items/999999999")[0] == 422  # unknown: nothing retired
+    status, body = send("DELETE", f"/items/{top}")
+    assert status == 200 and body["retired"] == [top], body
+    wait_for(lambda: top not in [it["item_id"] for it in recommend(cold)["items"]])
+    for u in [cold, *range(1, 30)]:
+        assert top not in [it["item_id"] for it in recommend(u, k=50)["items"]]
+
+
+def test_catalogue_upserts_over_grpc_and_the_cli_and_concurrent_ones_under_load_lose_nothing(
+        served, use_home, tmp_path):
+    import grpc
+
+    from core.catalogue import read_state
+    from core.settings import load_settings
+    from serving.features import FeatureReader
+    from serving.proto import recsys_pb2 as pb
+    from serving.proto import recsys_pb2_grpc
+
+    use_home(served)
+    with grpc.insecure_channel(GRPC) as channel:
+        stub = recsys_pb2_grpc.RecommenderStub(channel)
+        auth = (("application", "recsys"), ("authorization", "Bearer ci-test-key"))
+        got = stub.UpsertItems(pb.UpsertItemsRequest(items=[pb.CatalogueItem(
+            item_id=900_100, title="Grpc Item", genres=["Genre1"])]), timeout=120, metadata=auth)
+        assert list(got.new) == [900_100]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UpsertItems(pb.UpsertItemsRequest(items=[pb.CatalogueItem(item_id=0, title="x")]), timeout=60,
+                             metadata=auth)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "item_id" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RetireItems(pb.RetireItemsRequest(item_ids=[999_999_999]), timeout=60, metadata=auth)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown" in err.value.details()
+        assert list(stub.RetireItems(pb.RetireItemsRequest(item_ids=[900_100]), timeout=60, metadata=auth).retired) \
+            == [900_100]
+    csv = tmp_path / "items.csv"
+    csv.write_text("item_id,title,genres,year,text\n900200,Cli Item,Genre1|Genre2,2025,\n")
+    res = run_cli(served, "items", "upsert", str(csv), "--json", **PORTS)
+    assert res.returncode == 0 and json.loads(res.stdout)["new"] == [900_200], res.stderr[-2000:]
+    csv.write_text("item_id,title,year\n900201,Bad,soon\n")
+    res = run_cli(served, "items", "upsert", str(csv), **PORTS)
+    assert res.returncode == 1 and "year" in res.stderr and "Traceback" not in res.stderr
+
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            status, body = post("/recommend", {"user_id": 5, "k": 10, "include_copy": False})
+            if status != 200:
+                errors.append(f"{status} {body}")
+
+    def upsert(t: int) -> None:
+        for j in range(5):
+            item = {"item_id": 910_000 + 10 * t + j, "title": f"Concurrent {t}-{j}", "genres": ["Genre1"]}
+            status, body = send("POST", "/items", {"items": [item]})
+            if status != 200:
+                errors.append(f"upsert {status} {body}")
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    writers = [threading.Thread(target=upsert, args=(t,)) for t in range(4)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    stop.set()
+    loader.join()
+    assert not errors, errors[:5]
+    ids = [910_000 + 10 * t + j for t in range(4) for j in range(5)]
+    state = read_state(load_settings())
+    assert set(ids) | {900_200} <= set(state.items) and 900_100 in state.retired
+    assert FeatureReader(load_settings()).items(ids).found.all()  # every one has its online row
+    res = run_cli(served, "train", "ranking", "--epochs", "1", **PORTS)  # the ranker shares retrieval's items
+    assert res.returncode == 1 and "recsys train retrieval" in res.stderr, res.stderr[-2000:]
+
+
+def test_the_popular_channel_follows_the_event_stream(served, use_home, tmp_path):
+    """Events logged since the rebuild lift an item to the top of the cold-start list (Recall's own refresh code,
+    in process, on the served index; the events go to a log of their own so the live graph is not disturbed)."""
+    use_home(served)
+    import time as clock
+
+    from core.events import EventLog, FeedbackEvent
+    from core.settings import load_settings
+    from serving.contracts import UserContext
+    from serving.recall import Recaller
+
+    s = load_settings()
+    recaller = Recaller(s)
+    cold = UserContext(user_id=987_000, known=False)
+    target = int(recaller.index.item_ids[recaller.popular[-1]])  # the least popular item
+    assert recaller.candidates(cold).item_ids[0] != target
+    top_count = int(recaller.rebuilt.max())
+    log = EventLog(tmp_path / "events.db", 50)
+    events = [FeedbackEvent(event_id=f"pop-{j}", user_id=500_000 + j, item_id=target, event_type="click")
+              for j in range(top_count + 1)]
+    log.append(events, lambda users: {})
+    assert recaller.heat.poll(log) == top_count + 1
+    recaller.set_popularity(clock.time())
+    assert recaller.candidates(cold).item_ids[0] == target
+    assert recaller.heat.poll(log) == 0  # read once: the cursor moved past them
+
+
 def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_home):
     """Feedback → `recsys retrain` (merge, features, warm-started challengers, gate forced) → the running
     graph answers with the new retrieval and ranker versions, and the merged events are training data."""
@@ -842,6 +1073,9 @@ def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_hom
     old = {m: str(mlflow.get_model_version_by_alias(m, "champion").version) for m in (RETRIEVAL_MODEL, RANKER_MODEL)}
     user, item = 11, recommend(11)["items"][0]["item_id"]
     assert feedback({"user_id": user, "item_id": item, "event_type": "purchase", "event_id": "retrain-1"})[0] == 200
+    added = {"item_id": 900_500, "title": "Added Before The Retrain", "genres": ["Genre1"]}  # a known genre:
+    # a new one would change the ranker's inputs, and its retrain would rightly start cold
+    assert send("POST", "/items", {"items": [added]})[0] == 200
     res = run_cli(served, "retrain", "--force", "--retrieval-epochs", "1", "--ranking-epochs", "1", timeout=900,
                   **PORTS)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -855,6 +1089,9 @@ def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_hom
     assert not body["degraded"] and item not in [it["item_id"] for it in body["items"]]
     inter = load_dataset(s.data_dir).interactions
     assert ((inter["user_id"] == user) & (inter["item_id"] == item) & (inter["event_type"] == "purchase")).any()
+    from core.artifacts import load_item_ids
+
+    assert 900_500 in load_item_ids(s)  # the catalogue's upsert is in the new vocabulary (the warm start grew it)
 
 
 def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home):

@@ -33,7 +33,7 @@ def test_template_copy_uses_only_true_attributes():
 
 def test_template_copy_does_not_repeat_a_year_already_in_the_title():
     item = RankedItem(item_id=5, score=0.9, title="Fargo (1996)", year=1996, genres=[])
-    assert template_copy(item).text == "Fargo (1996)."
+    assert template_copy(item).text == "Fargo (1996). Picked for you."  # short: one true sentence more
 
 
 def test_blend_weight_moves_the_order_from_ranker_to_recall():

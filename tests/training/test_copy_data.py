@@ -44,9 +44,15 @@ def test_targets_vary_and_use_the_taste(data) -> None:
     assert with_taste and any(f.taste.liked[-1] in t for f, t in with_taste)
 
 
-def test_genre_phrase() -> None:
+def test_genre_phrase_reads_as_english_not_a_list_of_labels() -> None:
     assert genre_phrase(("Crime", "Drama")) == "crime drama"
-    assert genre_phrase(("Action", "Adventure", "Sci-Fi", "War")) == "action, adventure and sci-fi"
+    assert genre_phrase(("Action", "Adventure", "Sci-Fi", "War")) == "action adventure sci-fi film"
+    assert genre_phrase(("Animation", "Children's")) == "animated children's film"  # was "animation children's"
+    assert genre_phrase(("Children's", "Comedy", "Musical")) == "children's musical comedy"
+    assert genre_phrase(("Comedy", "Romance")) == "romantic comedy"
+    assert genre_phrase(("Comedy", "Drama")) == "comedy-drama"
+    assert genre_phrase(("Film-Noir", "Thriller")) == "noir thriller"
+    assert genre_phrase(("Drama",)) == "drama" and genre_phrase(("Horror",)) == "horror film"
     assert genre_phrase(("unknown",)) == "film"
 
 

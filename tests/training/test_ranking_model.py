@@ -64,3 +64,17 @@ def test_exported_onnx_matches_torch_for_any_number_of_candidates_and_any_histor
         request = list(serving_example(model, 16, seed=5))
         request[0][:, :padding] = 0
         assert parity(ServingRanker(model), tuple(request), path) < 1e-4
+
+
+@pytest.mark.parametrize("clicks", [0.0, 1.0])
+def test_every_parameter_gets_a_gradient_even_from_a_batch_without_positives(clicks):
+    """DDP reduces each parameter's gradient on every rank at every step: a rating head skipped on one rank's
+    batch (no positive in it) left the other rank waiting in the reduction forever."""
+    model = _model().train()
+    inputs = list(ranker_example(model, 8, seed=1))
+    click, rating = torch.full((8, 1), clicks), torch.full((8, 1), 4.0)
+    _, loss = model(*inputs, click=click, rating=rating)
+    loss.backward()
+    assert torch.isfinite(loss)
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert missing == []

@@ -81,6 +81,29 @@ def fits(fresh: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     return state.keys() == target.keys() and all(state[k].shape == target[k].shape for k in target)
 
 
+ITEM_ROWS = ("items.id_emb.weight", "items.content", "item_emb.weight")  # weights with one row per item index
+
+
+def grow_vocabulary(state: dict[str, torch.Tensor], old_ids: np.ndarray,
+                    new_ids: np.ndarray) -> dict[str, torch.Tensor]:
+    """A champion's weights on a new item vocabulary (raw id per index, index 0 padding): each item's rows move
+    to its new index; an item the champion never had starts at zero (an id embedding of zero places it by its
+    content alone, where serving placed it since its catalogue upsert); rows of items gone are dropped."""
+    if np.array_equal(old_ids, new_ids):
+        return state
+    pos = {int(r): i for i, r in enumerate(old_ids) if i > 0}
+    src = np.array([0] + [pos.get(int(r), -1) for r in new_ids[1:]], dtype=np.int64)
+    have = torch.from_numpy(np.nonzero(src >= 0)[0])
+    out = dict(state)
+    for key in ITEM_ROWS:
+        t = state.get(key)
+        if t is not None and t.shape[0] == len(old_ids):
+            grown = t.new_zeros((len(new_ids), *t.shape[1:]))
+            grown[have] = t[torch.from_numpy(src[src >= 0])]
+            out[key] = grown
+    return out
+
+
 def initial_state(model: torch.nn.Module, opt: torch.optim.Optimizer,
                   config: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
     """Restore the run's checkpoint (resume) or else load the warm-start weights; returns the start epoch and

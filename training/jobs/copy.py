@@ -14,6 +14,7 @@ import torch
 
 from core.copy_guard import CopyFacts, Guard
 from core.copy_lm import CopyLMConfig, add_lora, load_base, load_lora, load_tokenizer, merged
+from core.quiet import quiet_third_party
 from core.settings import Settings
 from training.copy_eval import CopyReport, evaluate_copy
 from training.copy_text import collate, encode_pairs, lm_loss
@@ -30,6 +31,7 @@ from training.models.lora_shards import lora_state, shard
 
 def train_loop(config: dict[str, Any]) -> None:
     """Every worker: the same base, its shard of each global batch; rank 0 checkpoints the adapter."""
+    quiet_third_party()  # this worker's own warnings filter (core.quiet)
     import ray.train
     import ray.train.torch
 

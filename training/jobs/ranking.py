@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.quiet import quiet_third_party
 from core.ranking_inputs import RECALL_WEIGHTS, blend
 from core.settings import Settings
 from training.datasets import Prepared
@@ -57,6 +58,7 @@ def batch_inputs(users: UserRows, items: ItemTable, user_row: np.ndarray, item: 
 
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; resumes from the run's latest checkpoint if Ray restored one."""
+    quiet_third_party()  # this worker's own warnings filter (core.quiet)
     import ray.train
     import ray.train.torch
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.quiet import quiet_third_party
 from core.settings import Settings
 from training.datasets import Prepared
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
@@ -75,6 +76,7 @@ def _agree(flag: float, device: torch.device, world: int) -> float:
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. Resumes from the run's latest checkpoint if Ray restored one. Rank 0
     evaluates every epoch, keeps the best weights, and decides the learning rate and when to stop."""
+    quiet_third_party()  # this worker's own warnings filter (core.quiet)
     import ray.train
     import ray.train.torch
 
@@ -169,6 +171,8 @@ def train_retrieval(
         "mlflow": mlflow_run,
         "init": warm if warm is not None and fits(SASRec(cfg, torch.from_numpy(content_full)), warm) else None,
     }
+    if config["init"] is not None:  # the content of today's catalogue, not the one the champion was trained on
+        config["init"] = {**config["init"], "items.content": torch.from_numpy(content_full)}
     t0 = time.perf_counter()
     result = fit(settings, "retrieval", train_loop, config, resume, cfg.epochs)
     seconds = time.perf_counter() - t0

@@ -107,9 +107,12 @@ class Ranker(nn.Module):
         if click is not None:
             loss = self.cfg.w_click * F.binary_cross_entropy_with_logits(logit, click)
             if rating is not None:
-                pos = click > 0.5
-                if pos.any():
-                    loss = loss + self.cfg.w_rating * F.mse_loss(r[pos], rating[pos]) / 4.0
+                # Masked, not skipped when a batch has no positive: every parameter takes part in every step, so
+                # DDP's ranks run the same gradient reductions (a rank whose batch skipped the rating head waited
+                # forever for the others: a hung retrain, seen on a 2-worker run after the catalogue grew).
+                pos = (click > 0.5).float()
+                sq = (r - rating) ** 2 * pos
+                loss = loss + self.cfg.w_rating * sq.sum() / pos.sum().clamp(min=1.0) / 4.0
         return (torch.sigmoid(logit), r), loss
 
 

@@ -102,6 +102,20 @@ http://{{ include "recsys.fullname" . }}-minio:9000
 {{ .Values.objectStore.existingSecret | default (printf "%s-object-store" (include "recsys.fullname" .)) }}
 {{- end -}}
 
+{{/* The Redis password's Secret, or "" when Redis takes no password (an external one without existingSecret). */}}
+{{- define "recsys.redisSecret" -}}
+{{- if .Values.redis.existingSecret -}}
+{{ .Values.redis.existingSecret }}
+{{- else if .Values.redis.enabled -}}
+{{ printf "%s-redis" (include "recsys.fullname" .) }}
+{{- end -}}
+{{- end -}}
+
+{{/* Where a Redis client finds the password: the Secret's key, mounted as a file. */}}
+{{- define "recsys.redisPasswordFile" -}}
+/etc/recsys-secrets/redis/{{ .Values.redis.existingSecretKey }}
+{{- end -}}
+
 {{- define "recsys.apiKeysSecret" -}}
 {{ .Values.apiKeys.existingSecret | default (printf "%s-api-keys" (include "recsys.fullname" .)) }}
 {{- end -}}
@@ -147,8 +161,8 @@ fields: tests/charts/test_chart.py loads the rendered file through core.settings
 {{- $computed := dict
   "home" .Values.persistence.state.mountPath
   "mlflow_tracking_uri" (include "recsys.mlflowUri" .)
-  "feast_online_store" (dict "type" "redis" "connection_string" (include "recsys.redisAddress" .))
-  "event_log_url" (printf "redis://%s/%d" (include "recsys.redisAddress" .) (int .Values.redis.eventsDb))
+  "feast_online_store" (dict "type" "redis" "connection_string" (printf "%s%s" (include "recsys.redisAddress" .) (ternary ",password=${REDIS_PASSWORD}" "" (ne (include "recsys.redisSecret" .) ""))))
+  "event_log_url" (printf "redis://%s%s/%d" (ternary ":${REDIS_PASSWORD}@" "" (ne (include "recsys.redisSecret" .) "")) (include "recsys.redisAddress" .) (int .Values.redis.eventsDb))
   "feast_registry" (printf "s3://%s/feast/registry.db" .Values.objectStore.bucket)
   "feature_server_url" (printf "http://%s-feature-server:%d" (include "recsys.fullname" .) (int .Values.featureServer.port))
   "feature_read" (ternary "server" "sdk" .Values.featureServer.enabled)
@@ -198,6 +212,30 @@ Env of every platform container: where settings come from + S3 client configurat
   value: {{ include "recsys.s3Endpoint" . | quote }}
 - name: FEAST_S3_ENDPOINT_URL
   value: {{ include "recsys.s3Endpoint" . | quote }}
+{{- end -}}
+
+{{/* Redis clients only (the feature server, materialization, the Ray clusters, the retrain job: what the Redis
+NetworkPolicy admits): the password file, which core.secret_files loads into REDIS_PASSWORD, the variable the
+settings' Redis URLs name. Each renders nothing when Redis takes no password. */}}
+{{- define "recsys.redisEnv" -}}
+{{- if include "recsys.redisSecret" . }}
+- name: REDIS_PASSWORD_FILE
+  value: {{ include "recsys.redisPasswordFile" . }}
+{{- end }}
+{{- end -}}
+
+{{- define "recsys.redisVolume" -}}
+{{- with include "recsys.redisSecret" . }}
+{{ include "recsys.secretVolume" (list "redis-password" .) }}
+{{- end }}
+{{- end -}}
+
+{{- define "recsys.redisVolumeMount" -}}
+{{- if include "recsys.redisSecret" . }}
+- name: redis-password
+  mountPath: /etc/recsys-secrets/redis
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* A Secret as read-only files (owner and the pod's fsGroup may read): include "recsys.secretVolume" (list name secretName) */}}
@@ -262,6 +300,7 @@ prometheus.io/path: {{ index . 2 | quote }}
 {{/* Ray pod template pieces shared by RayJob and RayService. */}}
 {{- define "recsys.rayVolumes" -}}
 {{ include "recsys.volumes" . }}
+{{- include "recsys.redisVolume" . }}
 - name: api-keys
   secret:
     secretName: {{ include "recsys.apiKeysSecret" . }}
@@ -273,6 +312,7 @@ prometheus.io/path: {{ index . 2 | quote }}
 
 {{- define "recsys.rayVolumeMounts" -}}
 {{ include "recsys.volumeMounts" . }}
+{{- include "recsys.redisVolumeMount" . }}
 - name: api-keys
   mountPath: /etc/recsys-keys
   readOnly: true

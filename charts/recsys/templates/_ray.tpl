@@ -45,6 +45,7 @@ spec:
       imagePullPolicy: {{ $.Values.image.pullPolicy }}
       env:
         {{- include "recsys.env" $ | nindent 8 }}
+        {{- include "recsys.redisEnv" $ | nindent 8 }}
         {{- if eq .component "serving" }}
         - name: RAY_SERVE_GRPC_MAX_MESSAGE_SIZE  {{- /* ray/serve/_private/constants.py: the gRPC proxy's limit */}}
           value: {{ $.Values.serving.grpcMaxMessageBytes | int | quote }}

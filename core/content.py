@@ -1,11 +1,14 @@
 """Item text embeddings (title + genres + tags) with a sentence-transformers model.
 
-The content vector lets the item tower place items no one has interacted with yet (cold start).
+The content vector lets the item tower place items no one has interacted with yet (cold start), and an item
+upserted into the live catalogue a place in recall without retraining. In the core: training embeds the data
+set's items with it and serving the catalogue's upserts (the Feedback replica loads the model on first use).
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,8 @@ def resolve_model(name: str) -> str:
 
 
 def item_text(items: pd.DataFrame) -> list[str]:
-    """The sentence each item is embedded from; only true attributes of the item."""
+    """The sentence each item is embedded from; only true attributes of the item. One function for the data set's
+    items (`recsys features`) and the catalogue's upserts (`core.catalogue`), so both land in one vector space."""
     texts = []
     for title, genres, tags in zip(items["title"], items["genres"], items["tags"], strict=True):
         text = f"{title}. Genres: {', '.join(genres) or 'unknown'}."
@@ -43,13 +47,18 @@ def item_text(items: pd.DataFrame) -> list[str]:
     return texts
 
 
-def embed_items(items: pd.DataFrame, model_name: str = _DEFAULT, batch_size: int = 128) -> np.ndarray:
-    """(n_items, 384) float32 L2-normalised embeddings in the row order of `items`."""
+@lru_cache(maxsize=2)
+def encoder(model_name: str = _DEFAULT):
+    """The sentence-transformers model, loaded once per process (a catalogue writer embeds many upserts)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(resolve_model(model_name), device="cpu")
-    emb = model.encode(
+    return SentenceTransformer(resolve_model(model_name), device="cpu")
+
+
+def embed_items(items: pd.DataFrame, model_name: str = _DEFAULT, batch_size: int = 128) -> np.ndarray:
+    """(n_items, 384) float32 L2-normalised embeddings in the row order of `items`."""
+    emb = encoder(model_name).encode(
         item_text(items), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False
     )
     return np.asarray(emb, dtype=np.float32)
