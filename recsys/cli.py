@@ -332,11 +332,8 @@ def items_upsert(
 
     s = settings()
     items = read_items_file(path)
-    writer = CatalogueWriter(s)
-    try:
+    with CatalogueWriter(s) as writer:
         out = writer.upsert(items)
-    finally:
-        writer.close()
     if as_json:
         print(json.dumps(out))
         return
@@ -355,11 +352,8 @@ def items_retire(
     from serving.catalogue import CatalogueWriter
 
     s = settings()
-    writer = CatalogueWriter(s)
-    try:
+    with CatalogueWriter(s) as writer:
         out = writer.retire(item_ids)
-    finally:
-        writer.close()
     if as_json:
         print(json.dumps(out))
         return

@@ -146,6 +146,12 @@ class CatalogueWriter:
     def close(self) -> None:
         self.log.close()
 
+    def __enter__(self) -> CatalogueWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class CatalogueFollower:
     """A replica's copy of the catalogue state, brought up to date by `poll` (blocking: call it off the loop).

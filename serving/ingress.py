@@ -242,13 +242,14 @@ class Ingress:
         try:
             admit(request.headers.get("authorization"), self.s, self.limiter)
             items = parse_upsert(await request.body())
-            out = await call_stage("feedback", self.feedback.upsert_items.remote(items), CATALOGUE_TIMEOUT_MS)
+            return JSONResponse(await self._write_catalogue(self.feedback.upsert_items.remote(items)))
         except Refusal as r:
             return r.response()
+        except InvalidRequest as e:
+            return JSONResponse({"error": str(e)}, status_code=422)
         except StageFailed as e:
             return JSONResponse({"error": f"upsert not confirmed: {e.reason}; it is safe to repeat"},
                                 status_code=503, headers={"Retry-After": "1"})
-        return JSONResponse(out, status_code=422 if "error" in out else 200)
 
     @api.delete("/items/{item_id}", responses=error_responses(401, 422, 429, 500, 503))
     async def retire_item_route(self, item_id: Annotated[int, Path(ge=1, le=2**62)],
@@ -256,23 +257,29 @@ class Ingress:
         """Retire an item (authenticated): it leaves every answer within `catalogue_poll_s`. 422 if unknown."""
         try:
             admit(request.headers.get("authorization"), self.s, self.limiter)
-            out = await call_stage("feedback", self.feedback.retire_items.remote([item_id]), CATALOGUE_TIMEOUT_MS)
+            return JSONResponse(await self._write_catalogue(self.feedback.retire_items.remote([item_id])))
         except Refusal as r:
             return r.response()
+        except InvalidRequest as e:
+            return JSONResponse({"error": str(e)}, status_code=422)
         except StageFailed as e:
             return JSONResponse({"error": f"retirement not confirmed: {e.reason}; it is safe to repeat"},
                                 status_code=503, headers={"Retry-After": "1"})
-        return JSONResponse(out, status_code=422 if "error" in out else 200)
+
+    async def _write_catalogue(self, call) -> dict:
+        """One catalogue write on the Feedback replica (HTTP and gRPC): its answer, or InvalidRequest with the
+        reason it refused the input (unknown ids, an id twice), which the caller answers 422 / INVALID_ARGUMENT."""
+        out = await call_stage("feedback", call, CATALOGUE_TIMEOUT_MS)
+        if "error" in out:
+            raise InvalidRequest(out["error"])
+        return out
 
     async def UpsertItems(self, request: pb.UpsertItemsRequest,  # the gRPC method name
                           grpc_context: RayServegRPCContext) -> pb.CatalogueResponse:
         try:
             admit(dict(grpc_context.invocation_metadata()).get("authorization"), self.s, self.limiter)
             decoded(request)
-            items = items_from_proto(request)
-            out = await call_stage("feedback", self.feedback.upsert_items.remote(items), CATALOGUE_TIMEOUT_MS)
-            if "error" in out:
-                raise InvalidRequest(out["error"])
+            out = await self._write_catalogue(self.feedback.upsert_items.remote(items_from_proto(request)))
             return pb.CatalogueResponse(new=out["new"], updated=out["updated"])
         except Exception as e:
             grpc_status(grpc_context, e)
@@ -286,9 +293,7 @@ class Ingress:
             ids = list(request.item_ids)
             if not ids or not all(1 <= i <= 2**62 for i in ids):
                 raise InvalidRequest("item_ids: between 1 and 2^62, at least one")
-            out = await call_stage("feedback", self.feedback.retire_items.remote(ids), CATALOGUE_TIMEOUT_MS)
-            if "error" in out:
-                raise InvalidRequest(out["error"])
+            out = await self._write_catalogue(self.feedback.retire_items.remote(ids))
             return pb.CatalogueResponse(retired=out["retired"])
         except Exception as e:
             grpc_status(grpc_context, e)

@@ -111,7 +111,8 @@ class Recaller:
         """The user's whole exclusion set (`UserContext.excluded`) is filtered, not only the model's window, and
         the request's `exclude` (its context's `exclude_items`), and retired items."""
         hist = self.history(user.recent_items)
-        seen = {self.index_of[i] for i in (*user.excluded(), *exclude) if i in self.index_of} | self.retired
+        seen = {self.index_of[i] for i in (*user.excluded(), *exclude) if i in self.index_of}
+        seen.update(self.retired)  # in place: the user's set can hold thousands of ids, retired is usually empty
         if not hist[0].any():
             cands = self._popular(seen, self.n, [], [], [], vector=None)
             return self._add_new(cands, user, exclude, None)
@@ -134,7 +135,7 @@ class Recaller:
         drop = set(user.excluded()) | set(exclude)
         picked = [j for j in np.argsort(-score, kind="stable") if int(new.ids[j]) not in drop][: self.n_new]
         cands.item_ids += [int(new.ids[j]) for j in picked]
-        cands.scores += [float(new.vectors[j] @ u) if u is not None else 0.0 for j in picked]
+        cands.scores += [float(score[j]) if u is not None else 0.0 for j in picked]
         cands.channels += ["new"] * len(picked)
         return cands
 
