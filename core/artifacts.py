@@ -24,6 +24,7 @@ CURRENT = "CURRENT"  # the version a folder of versions serves (written last, at
 ITEM_IDS_FILE = "item_ids.json"  # raw item id per model index (index 0 = padding)
 EMBEDDINGS_FILE = "item_embeddings.npy"  # (n_items + 1, d) item tower output, row = model index
 PROJ_FILE = "content_proj.npy"  # (d, content_dim) the item tower's content projection: vectors for upserted items
+CONTENT_PROJECTION_FILE = "content_projection.npy"  # (d, content_dim + 1) a "projected" ranker's content layer
 ANN_FILE = "items.hnsw.faiss"  # faiss HNSW, inner product; row i is item index i + 1 (no padding row)
 RECALL_INDEX_DIR = "recall_index"  # under settings.home
 COPY_DIR = "copy"  # under the model repository: <v>/ adapter folders + CURRENT
@@ -67,9 +68,18 @@ class ModelInfo:
 SHAPE_KEYS = ("genres", "max_len", "content_dim")  # what a ranker config.pbtxt's tensor shapes depend on
 
 
+def content_layout(cfg: dict) -> str:
+    """What a ranker version's `item_content` input holds: "projected" (the content layer applied, in serving) or
+    "raw" (the embedding; versions exported before the layout existed)."""
+    return str(cfg.get("serving_content", "raw"))
+
+
 def input_difference(cfg: dict, champion: dict) -> str | None:
     """The first input (shape key) in which a ranker config differs from the champion's; None: one config.pbtxt
-    serves both."""
+    serves both. The content layout counts: a raw graph's fixed 384-wide input and a projected graph's cannot
+    share one config under Triton's onnxruntime backend (it checks config dims against the graph's)."""
+    if content_layout(cfg) != content_layout(champion):
+        return "serving_content"
     return next((k for k in SHAPE_KEYS if cfg.get(k) != champion.get(k)), None)
 
 def model_info(settings: Settings, name: str, version: str | None = None) -> ModelInfo:

@@ -44,6 +44,10 @@ def ray_env(settings: Settings) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECSYS_") and k not in PROCESS_OWNED_ENV}
     env["RAY_AUTH_MODE"] = "disabled"  # Ray ≥ 2.5x token auth: off for the embedded loopback cluster
     env[LOOPBACK_ENV] = "0"  # every Ray listener on 127.0.0.1 (`core.endpoints.loopback_ray`)
+    # No pool of idle workers when a driver connects (ray src/ray/raylet/worker_pool.cc, PrestartWorkers on the
+    # first driver): the graph's replicas are actors with workers of their own, and each idle one held ~0.3 GiB
+    # (torch, Feast imported) of the serving stack's memory on a laptop.
+    env["RAY_prestart_worker_first_driver"] = "0"
     # Serve's gRPC proxy reads its message limit from here (ray/serve/_private/constants.py; default 2 GiB)
     env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] = str(settings.grpc_max_message_bytes)
     if settings.serve_throughput_optimized:
@@ -199,11 +203,15 @@ def deploy(settings: Settings) -> None:
     lightweight update: Serve calls `reconfigure` on the live Ingress replicas (the ranking stage), nothing
     restarts. (A Python `serve.run(app)` would give every deployment a new code version and restart all
     replicas.)"""
+    apply(settings, serve_config(settings), settings.serve_app_name)
+
+
+def apply(settings: Settings, cfg: dict, app_name: str) -> None:
+    """Deploy a Serve config (all its applications; ones it leaves out are deleted) and wait for `app_name`."""
     from ray import serve
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    cfg = serve_config(settings)
     serve.start(http_options=cfg["http_options"], grpc_options=cfg["grpc_options"])
     client = _get_global_client()
     client.deploy_apps(ServeDeploySchema.model_validate(cfg))
@@ -211,7 +219,7 @@ def deploy(settings: Settings) -> None:
     # on 2 cores can need longer, so wait the same way with the configured limit.
     deadline = time.monotonic() + settings.serve_start_timeout_s
     while True:
-        status = {st.name: st.app_status for st in client.list_serve_statuses()}.get(settings.serve_app_name)
+        status = {st.name: st.app_status for st in client.list_serve_statuses()}.get(app_name)
         state = str(getattr(status, "status", "")).rsplit(".", 1)[-1]
         if state == "RUNNING":
             break

@@ -190,6 +190,10 @@ def load_model(settings: Settings, name: str) -> None:
     _http(settings, f"/v2/repository/models/{name}/load", {})
 
 
+def unload_model(settings: Settings, name: str) -> None:
+    _http(settings, f"/v2/repository/models/{name}/unload", {})
+
+
 def loaded_versions(settings: Settings, name: str) -> list[str]:
     rows = _http(settings, "/v2/repository/index", {"ready": True})
     return sorted((r["version"] for r in rows if r["name"] == name and r.get("state") == "READY"), key=int)

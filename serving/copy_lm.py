@@ -15,19 +15,22 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from core.copy_decoding import generate
 from core.copy_guard import PROMPT_FORMAT, CopyFacts, Guard, Taste, template_text
 from core.copy_phrasings import target_forms
 from serving.contracts import Copy, CopyResult
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("ray.serve")  # the replica log, as the stage writes
 
 
 def pick_dtype(setting: str) -> torch.dtype:
     """auto: bf16 only where the CPU computes it natively (avx512_bf16/amx) or on a GPU; fp32 otherwise."""
+    import torch
+
     if setting == "bfloat16":
         return torch.bfloat16
     if setting == "float32":
@@ -61,6 +64,8 @@ class CopyModel:
             raise
 
     def _load(self, folder: Path, cache_dir: Path, dtype: str, use_gpu: bool, threads: int | None) -> None:
+        import torch  # here, not at import: every replica imports this module (serving.app), few load a model
+
         from core.copy_lm import merged, read_copy_folder
 
         self.thread_id = threading.get_ident()
@@ -91,6 +96,8 @@ class CopyModel:
     def _generate(self, facts: list[CopyFacts]) -> list[str]:
         """One decode per viewer (requests joined by `@serve.batch` may be several): a viewer's items share
         their prompt up to the movie, so that prefix runs once; mixed viewers would share the system line."""
+        from core.copy_decoding import generate
+
         groups: dict[Taste, list[int]] = {}
         for i, f in enumerate(facts):
             groups.setdefault(f.taste, []).append(i)

@@ -90,7 +90,8 @@ async def call_stage(stage: str, response, timeout_ms: float, breaker: Breaker |
         breaker.success()
         return out
     try:
-        return await asyncio.wait_for(response, timeout_ms / 1e3)
+        async with asyncio.timeout(timeout_ms / 1e3):  # not wait_for: that wraps each call in a task of its own
+            return await response
     except TimeoutError:
         if not asyncio.iscoroutine(response):  # wait_for cancelled a coroutine itself; a handle call is remote
             response.cancel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from core.settings import Settings
 from serving.contracts import Degradation, UserContext
 from serving.failures import public_reason
 from serving.feature_server import online_store
+from serving.id_lookup import IdLookup
 
 USER_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres")
 USER_REFS = [f"user_profile:{f}" for f in USER_FIELDS] + ["user_history:seen_items"]
@@ -40,6 +42,18 @@ class ItemRows:
     popularity: np.ndarray  # (N,) int
     item_mean_rating: np.ndarray  # (N,) float
     content: np.ndarray  # (N, 384) float32
+    slots: np.ndarray | None = None  # (N,) the item cache's slot of each row, when gathered from it
+    loaded: np.ndarray | None = None  # (N,) when the cache read each of those rows from the store
+
+
+def take_rows(rows: ItemRows, keep: np.ndarray | list[int]) -> ItemRows:
+    idx = np.asarray(keep, dtype=np.int64)
+    at = idx.tolist()
+    return ItemRows(item_ids=rows.item_ids[idx], found=rows.found[idx], title=[rows.title[j] for j in at],
+                    genres=[rows.genres[j] for j in at], year=rows.year[idx], popularity=rows.popularity[idx],
+                    item_mean_rating=rows.item_mean_rating[idx], content=rows.content[idx],
+                    slots=None if rows.slots is None else rows.slots[idx],
+                    loaded=None if rows.loaded is None else rows.loaded[idx])
 
 
 class FeatureReader:
@@ -104,6 +118,8 @@ class ItemCache:
         self.reader = reader
         self.ttl_s = ttl_s
         self._slot: dict[int, int] = {}  # item id → row in the column arrays
+        self._slots = IdLookup()  # the same, for whole candidate lists at once
+        self._derived: dict[object, tuple[np.ndarray, np.ndarray]] = {}  # key → (rows per slot, load time of each)
         self._loaded = np.zeros(0)  # monotonic time each slot was read
         self._cols: dict[str, np.ndarray] = {}
         self._title: list[str] = []
@@ -144,6 +160,7 @@ class ItemCache:
                 self._genres[slot] = rows.genres[j]
             self._loaded[idx] = now
             self._slot.update(new)
+            self._slots.set(new.keys(), new.values())
 
     def invalidate(self, item_ids: set[int] | list[int]) -> None:
         """Read these rows again at their next use (their catalogue upsert changed them)."""
@@ -153,7 +170,7 @@ class ItemCache:
                 self._loaded[np.asarray(slots, dtype=np.int64)] = -np.inf
 
     def _stale(self, item_ids: list[int], now: float) -> tuple[np.ndarray, np.ndarray]:
-        slots = np.fromiter((self._slot.get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        slots = self._slots.rows(item_ids)
         stale = slots < 0
         stale[~stale] = now - self._loaded[slots[~stale]] > self.ttl_s
         return slots, stale
@@ -172,17 +189,44 @@ class ItemCache:
         slots, stale = self._stale(item_ids, now)
         if stale.any():
             self._store(self.reader.items(list(dict.fromkeys(np.asarray(item_ids)[stale].tolist()))), now)
-            slots = np.fromiter((self._slot[i] for i in item_ids), dtype=np.int64, count=len(item_ids))
+            slots = self._slots.rows(item_ids)
         return self._gather(item_ids, slots)
 
     def _gather(self, item_ids: list[int], slots: np.ndarray) -> ItemRows:
         c = self._cols
+        at = slots.tolist()
         return ItemRows(
             item_ids=np.asarray(item_ids, dtype=np.int64), found=c["found"][slots],
-            title=[self._title[s] for s in slots], genres=[self._genres[s] for s in slots],
+            title=[self._title[s] for s in at], genres=[self._genres[s] for s in at],
             year=c["year"][slots], popularity=c["popularity"][slots],
-            item_mean_rating=c["item_mean_rating"][slots], content=c["content"][slots],
+            item_mean_rating=c["item_mean_rating"][slots], content=c["content"][slots], slots=slots,
+            loaded=self._loaded[slots],
         )
+
+    def derived(self, key: object, rows: ItemRows, compute: Callable[[ItemRows], np.ndarray]) -> np.ndarray:
+        """`compute(rows)` (one output row per item) kept per cache slot under `key`: rows gathered from the cache
+        reuse what was computed since their slot was last read from the store, and only the others are computed.
+        Rows that did not come from the cache (no `slots`) are computed whole."""
+        if rows.slots is None or rows.loaded is None:
+            return compute(rows)
+        slots, loaded = rows.slots, rows.loaded
+        table, stamp = self._derived.get(key, (None, None))
+        if table is None or len(table) <= int(slots.max(initial=0)):
+            out = compute(rows)
+            size = max(len(self._loaded), int(slots.max(initial=0)) + 1)
+            grown = np.zeros((size, *out.shape[1:]), dtype=out.dtype)
+            stamp_grown = np.full(size, np.nan)
+            if table is not None:
+                grown[: len(table)], stamp_grown[: len(stamp)] = table, stamp
+            table, stamp = grown, stamp_grown
+            table[slots], stamp[slots] = out, loaded
+            self._derived[key] = (table, stamp)
+            return out
+        todo = np.flatnonzero(stamp[slots] != loaded)
+        if len(todo):
+            table[slots[todo]] = compute(take_rows(rows, todo))
+            stamp[slots[todo]] = loaded[todo]
+        return table[slots]
 
 
 async def read_user(reader: FeatureReader, user_id: int,

@@ -16,17 +16,28 @@ import logging
 import math
 import zlib
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
-from core.artifacts import Route, item_index, load_item_ids, model_info, read_route
-from core.errors import one_line
+from core.artifacts import (
+    CONTENT_PROJECTION_FILE,
+    Route,
+    content_layout,
+    item_index,
+    load_item_ids,
+    model_info,
+    read_route,
+)
+from core.errors import MissingStepError, one_line
+from core.names import RANKER
 from core.ranking_inputs import blend, item_dense_arrays, user_dense_arrays
 from core.settings import Settings
 from serving.breaker import Breaker
 from serving.contracts import Candidates, Degradation, RankedItem, RankedItems, RequestContext, UserContext
 from serving.failures import public_reason
-from serving.features import FeatureReader, ItemCache, ItemRows
+from serving.features import FeatureReader, ItemCache, ItemRows, take_rows
+from serving.id_lookup import IdLookup
 from serving.triton_client import RankerClient
 
 log = logging.getLogger("ray.serve")  # the replica's log
@@ -92,12 +103,29 @@ class RankerVersion:
     max_len: int
     recall_weight: float  # tuned on validation at training
     user_once: bool = True  # history and user_dense sent once per request (False: versions exported before)
+    # A "projected" graph's content layer, (d, content_dim + 1), weight then bias: applied here to each item once
+    # (kept per item), so a request carries d floats per candidate; None: the graph takes raw content (older ones)
+    content_projection: np.ndarray | None = None
 
     @classmethod
     def load(cls, settings: Settings, version: str) -> RankerVersion:
-        cfg = model_info(settings, "ranker", version).config
+        cfg = model_info(settings, RANKER, version).config
+        projection = None
+        if content_layout(cfg) == "projected":
+            path = settings.model_repo / RANKER / version / CONTENT_PROJECTION_FILE
+            if not path.exists():
+                raise MissingStepError(f"ranker v{version} takes projected content but {path} is missing: run "
+                                       "`recsys export` again")
+            projection = np.load(path).astype(np.float32)
         return cls(version, list(cfg["genres"]), int(cfg["max_len"]), float(cfg.get("recall_weight", 0.0)),
-                   cfg.get("serving_inputs", "per_row") == "user_once")
+                   cfg.get("serving_inputs", "per_row") == "user_once", projection)
+
+    def content(self, rows: ItemRows) -> np.ndarray:
+        """The graph's `item_content` rows for these items."""
+        if self.content_projection is None:
+            return np.ascontiguousarray(rows.content, dtype=np.float32)
+        w = self.content_projection
+        return np.ascontiguousarray(rows.content @ w[:, :-1].T + w[:, -1], dtype=np.float32)
 
 
 class RankingStage:
@@ -107,6 +135,7 @@ class RankingStage:
         self.items = ItemCache(reader or FeatureReader(settings), settings.item_cache_ttl_s)
         self.set_route(route or read_route(settings))
         self.index_of = item_index(load_item_ids(settings))
+        self.positions = IdLookup(self.index_of)
         try:  # warm-up: prime the item cache before traffic
             self.items.items(list(self.index_of)[:WARM_ITEMS])
         except Exception as e:  # Feast down at start: start cold, rows are read per request (or the stage degrades)
@@ -143,16 +172,16 @@ class RankingStage:
             model = models[route.champion]
         n = len(cands.item_ids)
         users = 1 if model.user_once else n
-        hist = [self.index_of[i] for i in user.recent_items if i in self.index_of][-model.max_len :]
+        hist = self.positions.rows(user.recent_items)
+        hist = hist[hist >= 0][-model.max_len :]
         history = np.zeros((users, model.max_len), dtype=np.int64)
-        if hist:
+        if len(hist):
             history[:, -len(hist) :] = hist
         return {
             "history": history,
-            "item": np.array([[self.index_of.get(i, 0)] for i in cands.item_ids], dtype=np.int64),
-            "item_dense": item_dense_arrays(items.genres, items.year, items.popularity, items.item_mean_rating,
-                                            model.genres),
-            "item_content": np.ascontiguousarray(items.content, dtype=np.float32),
+            "item": self.positions.rows(cands.item_ids, missing=0)[:, None],
+            "item_dense": self.items.derived(("item_dense", *model.genres), items, partial(_item_dense, model.genres)),
+            "item_content": self.items.derived(("item_content", model.version), items, model.content),
             "user_dense": np.repeat(user_dense_arrays([user.n_interactions], [user.mean_rating]), users, axis=0),
             "recall_score": np.asarray(cands.scores, dtype=np.float32)[:, None],
         }
@@ -175,7 +204,7 @@ class RankingStage:
         if context is not None and context.filters_items():
             keep = [j for j in range(len(cands.item_ids)) if context.admits(items.genres[j], int(items.year[j]))]
             if len(keep) < len(cands.item_ids):
-                cands, items = _take(cands, keep), _take_rows(items, keep)
+                cands, items = _take(cands, keep), take_rows(items, keep)
             if not keep:
                 return RankedItems(items=[], model_version="")
         degraded = None
@@ -187,9 +216,8 @@ class RankingStage:
             degraded, version = self._degrade(f"triton {self.breaker.reason()}")
         else:
             try:
-                p_click = await asyncio.wait_for(
-                    self.client.score(self.inputs(user, cands, items, model), version, self.timeout_s),
-                    self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    p_click = await self.client.score(self.inputs(user, cands, items, model), version, self.timeout_s)
                 self.breaker.success()
             except TimeoutError:
                 self.breaker.failure()
@@ -198,7 +226,7 @@ class RankingStage:
                 self.breaker.failure()
                 degraded, version = self._degrade(f"triton {public_reason('ranking', e)}")
         final = recall if p_click is None else blend(p_click, recall, model.recall_weight)
-        order = _unique(list(np.argsort(-final, kind="stable")), cands.item_ids)
+        order = _unique(np.argsort(-final, kind="stable"), cands.item_ids)
         first = [g[0] if g else "" for g in items.genres]
         top = diversify(order, first, k, self.settings.max_per_genre_share)
         top = sorted(top, key=lambda p: -final[p])  # the rule picks the set; the score orders it
@@ -221,19 +249,13 @@ def _take(cands: Candidates, keep: list[int]) -> Candidates:
                       channels=[cands.channels[j] for j in keep], model_version=cands.model_version)
 
 
-def _take_rows(rows: ItemRows, keep: list[int]) -> ItemRows:
-    idx = np.asarray(keep, dtype=np.int64)
-    return ItemRows(item_ids=rows.item_ids[idx], found=rows.found[idx], title=[rows.title[j] for j in keep],
-                    genres=[rows.genres[j] for j in keep], year=rows.year[idx], popularity=rows.popularity[idx],
-                    item_mean_rating=rows.item_mean_rating[idx], content=rows.content[idx])
+def _item_dense(genres: list[str], rows: ItemRows) -> np.ndarray:
+    return item_dense_arrays(rows.genres, rows.year, rows.popularity, rows.item_mean_rating, genres)
 
 
-def _unique(order: list[int], ids: list[int]) -> list[int]:
+def _unique(order: np.ndarray | list[int], ids: list[int]) -> list[int]:
     """Positions in `order` with repeated item ids removed (first occurrence wins)."""
-    seen: set[int] = set()
-    out = []
-    for p in order:
-        if ids[p] not in seen:
-            seen.add(ids[p])
-            out.append(p)
-    return out
+    order = np.asarray(order, dtype=np.int64)
+    ranked = np.asarray(ids, dtype=np.int64)[order]
+    _, first = np.unique(ranked, return_index=True)
+    return order[np.sort(first)].tolist()

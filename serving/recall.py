@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,10 +30,12 @@ from core.settings import Settings, load_settings
 from serving.catalogue import CatalogueFollower
 from serving.contracts import Candidates, Recalled, UserContext
 from serving.features import FeatureReader, read_user
+from serving.id_lookup import IdLookup
 from serving.loopback import bind_loopback
 from serving.popularity import ItemHeat
 
 log = logging.getLogger("ray.serve")
+VECTOR_CACHE = 20_000  # user vectors kept per replica, by history (64-d: ~6 MiB with their keys)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Recaller:
         self.n_new = settings.new_item_candidates
         self.index = load_recall_index(settings)
         self.index_of = self.index.index_of
+        self.positions = IdLookup(self.index_of)
+        self._vectors: OrderedDict[bytes, np.ndarray] = OrderedDict()
         info = model_info(settings, "user_encoder")
         self.version = info.version
         self.max_len = int(info.config["max_len"])
@@ -64,6 +69,8 @@ class Recaller:
         self.rebuilt = reader.items(self.index.item_ids[1:], fields=("popularity",)).popularity
         self.heat = ItemHeat(settings.popularity_half_life_h * 3600, recall_index_built(settings))
         self.retired: frozenset[int] = frozenset()  # index positions of retired items
+        self._retired_mask = np.zeros(len(self.index.item_ids), dtype=bool)  # the same, as a mask over positions
+        self._retired_mask[0] = True  # position 0 is padding, never a candidate
         self.new_items = _NewItems.empty(self.index.embeddings.shape[1])
         self.set_popularity(time.time())
         if catalogue is not None:
@@ -85,6 +92,10 @@ class Recaller:
         from their content alone (the item tower's projection, `PROJ_FILE`) and a channel of their own. An
         upserted item the index has keeps its trained vector (its row changes in Feast; its id stays learned)."""
         self.retired = frozenset(self.index_of[i] for i in state.retired if i in self.index_of)
+        mask = np.zeros(len(self.index.item_ids), dtype=bool)
+        mask[0] = True
+        mask[list(self.retired)] = True
+        self._retired_mask = mask  # one swap: a request in flight keeps the mask it started with
         fresh = [op for i, op in state.items.items() if i not in self.index_of and op.content is not None]
         if not fresh or self.index.proj is None:
             if fresh:
@@ -98,30 +109,42 @@ class Recaller:
 
     def history(self, recent_items: list[int]) -> np.ndarray:
         """(1, max_len) left-padded item indices; ids unknown to the index are skipped."""
-        idx = [self.index_of[i] for i in recent_items if i in self.index_of][-self.max_len :]
+        idx = self.positions.rows(recent_items)
+        idx = idx[idx > 0][-self.max_len :]
         out = np.zeros((1, self.max_len), dtype=np.int64)
-        if idx:
+        if len(idx):
             out[0, -len(idx) :] = idx
         return out
 
     def user_vector(self, history: np.ndarray) -> np.ndarray:
-        return self.encoder.run(None, {"history": history})[0][0]  # (d,)
+        """The encoder's vector for a history, kept per distinct history (LRU): a user's vector changes only when
+        their sequence does, and repeat requests (a refresh, the next page, a retried call) reuse it."""
+        key = history.tobytes()
+        u = self._vectors.get(key)
+        if u is not None:
+            self._vectors.move_to_end(key)
+            return u
+        u = self.encoder.run(None, {"history": history})[0][0]  # (d,)
+        self._vectors[key] = u
+        if len(self._vectors) > VECTOR_CACHE:
+            self._vectors.popitem(last=False)
+        return u
 
     def candidates(self, user: UserContext, exclude: list[int] | tuple[int, ...] = ()) -> Candidates:
         """The user's whole exclusion set (`UserContext.excluded`) is filtered, not only the model's window, and
         the request's `exclude` (its context's `exclude_items`), and retired items."""
         hist = self.history(user.recent_items)
-        seen = {self.index_of[i] for i in (*user.excluded(), *exclude) if i in self.index_of}
-        seen.update(self.retired)  # in place: the user's set can hold thousands of ids, retired is usually empty
+        seen = self._retired_mask.copy()  # over index positions; the user's own set can hold thousands of ids
+        pos = self.positions.rows([*user.excluded(), *exclude])
+        seen[pos[pos > 0]] = True
         if not hist[0].any():
-            cands = self._popular(seen, self.n, [], [], [], vector=None)
+            cands = self._popular(seen, self.n, np.zeros(0, dtype=np.int64), np.zeros(0), vector=None)
             return self._add_new(cands, user, exclude, None)
         u = self.user_vector(hist)
-        idx, scores, channel = self._search(u, self.n + len(seen))
-        keep = [j for j, i in enumerate(idx) if i not in seen][: self.n]
-        items = [int(idx[j]) for j in keep]
-        cands = self._popular(seen, self.n_popular, items, [float(scores[j]) for j in keep],
-                              [channel] * len(keep), vector=u)
+        idx, scores, channel = self._search(u, self.n + int(seen.sum()))
+        keep = ~seen[idx]
+        idx, scores = idx[keep][: self.n], scores[keep][: self.n]
+        cands = self._popular(seen, self.n_popular, idx, scores, vector=u, channel=channel)
         return self._add_new(cands, user, exclude, u)
 
     def _add_new(self, cands: Candidates, user: UserContext, exclude: list[int] | tuple[int, ...],
@@ -150,22 +173,20 @@ class Recaller:
         top = top[np.argsort(-s[top], kind="stable")]
         return top + 1, s[top], "exact"
 
-    def _popular(self, seen: set[int], n: int, items: list[int], scores: list[float], channels: list[str],
-                 vector: np.ndarray | None) -> Candidates:
+    def _popular(self, seen: np.ndarray, n: int, items: np.ndarray, scores: np.ndarray,
+                 vector: np.ndarray | None, channel: str = "ann") -> Candidates:
         """Append up to n popular items not seen and not already candidates (scored u·v when there is a user)."""
-        have = set(items) | seen
-        added = 0
-        for i, p in zip(*self._pop_order, strict=True):
-            if added >= n:
-                break
-            if int(i) in have:
-                continue
-            items.append(int(i))
-            scores.append(float(self.index.embeddings[i] @ vector) if vector is not None else float(p))
-            channels.append("popular")
-            added += 1
-        return Candidates(item_ids=[int(self.index.item_ids[i]) for i in items], scores=scores,
-                          channels=channels, model_version=self.version if vector is not None else "")
+        order, pop = self._pop_order
+        have = seen.copy()
+        have[items] = True
+        avail = ~have[order]
+        added, added_pop = order[avail][:n], pop[avail][:n]
+        added_scores = self.index.embeddings[added] @ vector if vector is not None else added_pop
+        rows = np.concatenate([items, added])
+        return Candidates(item_ids=self.index.item_ids[rows].tolist(),
+                          scores=np.concatenate([scores, added_scores]).astype(np.float64).tolist(),
+                          channels=[channel] * len(items) + ["popular"] * len(added),
+                          model_version=self.version if vector is not None else "")
 
 
 @serve.deployment(name="Recall", max_ongoing_requests=32)

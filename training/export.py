@@ -20,11 +20,13 @@ import numpy as np
 from core.artifacts import (
     ANN_FILE,
     CONFIG_PBTXT,
+    CONTENT_PROJECTION_FILE,
     EMBEDDINGS_FILE,
     ITEM_IDS_FILE,
     ONNX_FILE,
     PROJ_FILE,
     RECALL_INDEX_DIR,
+    content_layout,
     set_current,
     version_exported,
     write_route_meta,
@@ -108,9 +110,10 @@ def ranker_specs(cfg: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Whole shapes, no batch axis: one request is one user's candidates (N rows). history and user_dense hold
     one row in graphs exported as "user_once", N rows in older ones: -1 admits both, so a canary may pair them."""
     dense = len(cfg["genres"]) + 3
+    width = -1 if content_layout(cfg) == "projected" else cfg["content_dim"]  # projected graphs: any width
     return ([TensorSpec("history", "TYPE_INT64", (-1, cfg["max_len"])), TensorSpec("item", "TYPE_INT64", (-1, 1)),
              TensorSpec("item_dense", "TYPE_FP32", (-1, dense)),
-             TensorSpec("item_content", "TYPE_FP32", (-1, cfg["content_dim"])),
+             TensorSpec("item_content", "TYPE_FP32", (-1, width)),
              TensorSpec("user_dense", "TYPE_FP32", (-1, 2)), TensorSpec("recall_score", "TYPE_FP32", (-1, 1))],
             [TensorSpec("p_click", "TYPE_FP32", (-1, 1)), TensorSpec("rating", "TYPE_FP32", (-1, 1))])
 
@@ -129,6 +132,9 @@ def write_version(repo: Path, name: str, version: str, onnx_file: Path, cfg: dic
     vdir = repo / name / version
     vdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(onnx_file, vdir / ONNX_FILE)
+    projection = onnx_file.parent / CONTENT_PROJECTION_FILE  # a "projected" ranker's content layer, for serving
+    if projection.exists():
+        shutil.copyfile(projection, vdir / CONTENT_PROJECTION_FILE)
     if backend == "python":
         (vdir / "model.py").write_text(PYTHON_MODEL)
     write_version_meta(repo, name, version, cfg)

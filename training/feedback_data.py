@@ -59,7 +59,8 @@ def merge_events(settings: Settings) -> dict[str, Any]:
     rows = pd.DataFrame({
         USER_ID: ev["user_id"].astype("int64"),
         ITEM_ID: ev["item_id"].astype("int64"),
-        RATING: ev["value"].fillna(ev["event_type"].map(IMPLICIT_RATING)).fillna(4.0).astype("float32"),
+        RATING: pd.to_numeric(ev["value"], errors="coerce").fillna(ev["event_type"].map(IMPLICIT_RATING))
+        .fillna(4.0).astype("float32"),  # numeric first: fillna on the object column (all None) is deprecated
         EVENT_TYPE: ev["event_type"].astype(str),
         TIMESTAMP: pd.to_datetime(ev["ts"], utc=True, format="ISO8601").astype("datetime64[ns, UTC]"),
     })

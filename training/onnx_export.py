@@ -15,15 +15,16 @@ PARITY_TOL = 1e-4  # max |onnx − torch| the export must meet
 
 
 def _export(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str],
-            outputs: list[str], per_request: tuple[str, ...] = ()) -> Path:
-    """Axis 0 is dynamic everywhere; `per_request` inputs name theirs apart (one row per request, not per row)."""
+            outputs: list[str], per_request: tuple[str, ...] = (), any_width: tuple[str, ...] = ()) -> Path:
+    """Axis 0 is dynamic everywhere; `per_request` inputs name theirs apart (one row per request, not per row);
+    `any_width` inputs declare axis 1 dynamic too (one config.pbtxt for graphs of different widths)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
-    torch.onnx.export(
-        module, args, str(path), input_names=inputs, output_names=outputs,
-        dynamic_axes={n: {0: "request" if n in per_request else "batch"} for n in inputs + outputs},
-        opset_version=17, dynamo=False,
-    )
+    axes = {n: {0: "request" if n in per_request else "batch"} for n in inputs + outputs}
+    for n in any_width:
+        axes[n][1] = f"{n}_width"
+    torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                      opset_version=17, dynamo=False)
     return path
 
 
@@ -49,16 +50,22 @@ def ranker_example(model: Ranker, batch: int = 8, seed: int = 0) -> tuple[torch.
 USER_INPUTS = ("history", "user_dense")  # one row per request in the served graph
 
 
+@torch.no_grad()
 def serving_example(model: Ranker, n: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """One request of the exported graph: one user's history and user_dense, `n` candidates (also the MLflow
-    input example)."""
-    return tuple(a[:1] if name in USER_INPUTS else a for name, a in zip(INPUTS, ranker_example(model, n, seed),
-                                                                         strict=True))
+    """One request of the exported graph: one user's history and user_dense, `n` candidates, item_content as the
+    graph takes it (also the MLflow input example)."""
+    rows = [a[:1] if name in USER_INPUTS else a for name, a in zip(INPUTS, ranker_example(model, n, seed),
+                                                                   strict=True)]
+    rows[INPUTS.index("item_content")] = ServingRanker(model).content_input(rows[INPUTS.index("item_content")])
+    return tuple(rows)
 
 
 def export_ranker(model: Ranker, path: Path) -> Path:
+    """A "projected" graph's item_content width is d_model: declared dynamic, so the one config.pbtxt of a canary
+    pair admits any width (Triton's onnxruntime backend checks config dims against the graph's fixed ones)."""
+    wide = ("item_content",) if model.cfg.serving_content == "projected" else ()
     return _export(ServingRanker(model), serving_example(model, 3), path, list(INPUTS), list(OUTPUTS),
-                   per_request=USER_INPUTS)
+                   per_request=USER_INPUTS, any_width=wide)
 
 
 def _session(path: Path):

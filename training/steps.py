@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.artifacts import ITEM_IDS_FILE, PROJ_FILE
+from core.artifacts import CONTENT_PROJECTION_FILE, ITEM_IDS_FILE, PROJ_FILE
 from core.errors import MissingStepError
 from core.names import CHALLENGER, CHAMPION, RANKER_MODEL, RETRIEVAL_MODEL
 from core.settings import Settings
@@ -21,7 +21,7 @@ from training.data.synthetic import generate_synthetic
 from training.datasets import Prepared, prepare
 from training.evaluation.baselines import run_baselines
 from training.features import build_features, item_features, require_features
-from training.models.ranking import INPUTS, Ranker, RankingConfig, ServingRanker
+from training.models.ranking import INPUTS, Ranker, RankingConfig, ServingRanker, content_projection
 from training.models.retrieval import RetrievalConfig, SASRec, UserEncoder
 from training.onnx_export import (
     export_ranker,
@@ -127,7 +127,7 @@ def register_ranker(settings: Settings, prepared: Prepared, model: Ranker, metri
         checks = {"onnx_parity_max_abs_diff": parity(serving, serving_example(model, 64, seed=1), onnx_path),
                   "onnx_latency_ms": latency_ms(onnx_path, serving_example(model, 200))}
         log_artifacts({"ranker.onnx": onnx_path, "config.json": model.cfg.to_dict(),
-                       ITEM_IDS_FILE: prepared.item_ids.tolist()})
+                       ITEM_IDS_FILE: prepared.item_ids.tolist(), CONTENT_PROJECTION_FILE: content_projection(model)})
     mlflow.log_metrics({**metrics, **checks})
     version = log_pytorch(serving, serving_example(model, 2), list(INPUTS), RANKER_MODEL)
     set_challenger(settings, RANKER_MODEL, version, {"data_digest": prepared.digest,

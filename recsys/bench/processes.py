@@ -28,12 +28,15 @@ def machine() -> dict[str, Any]:
 
 
 class PeakRSS:
-    """Peak summed RSS of this process, its descendants and the local Ray/Triton processes (sampled at 4 Hz)."""
+    """Peak summed RSS of this process, its descendants and the local Ray/Triton processes (sampled at 4 Hz), and
+    each process's own peak by label."""
 
     NAMES = ("ray::", "raylet", "gcs_server", "tritonserver", "triton_python_backend_stub", "haproxy")
 
-    def __init__(self) -> None:
+    def __init__(self, own: bool = True) -> None:
         self.peak = 0
+        self.own = own  # count this process itself (False: the bench's driver and load generator are not measured)
+        self._peaks: dict[int, tuple[int, str]] = {}  # pid → (peak RSS, label)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -41,15 +44,18 @@ class PeakRSS:
         import psutil
 
         me = psutil.Process()
-        procs = {p.pid: p for p in me.children(recursive=True)} | {me.pid: me}
+        procs = {p.pid: p for p in me.children(recursive=True)} | ({me.pid: me} if self.own else {})
         for p in psutil.process_iter(["name", "cmdline"]):
             text = (p.info["name"] or "") + " " + " ".join(p.info["cmdline"] or [])
-            if any(n in text for n in self.NAMES):
+            if any(n in text for n in self.NAMES) and (self.own or p.pid != me.pid):
                 procs[p.pid] = p
         total = 0
         for p in procs.values():
             with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
+                rss = p.memory_info().rss
+                total += rss
+                if rss > self._peaks.get(p.pid, (0, ""))[0]:
+                    self._peaks[p.pid] = (rss, _label(" ".join(p.cmdline()) or p.name()))
         return total
 
     def _run(self) -> None:
@@ -69,15 +75,23 @@ class PeakRSS:
     def gib(self) -> float:
         return round(self.peak / 2**30, 2)
 
+    def by_process(self, top: int = 12) -> dict[str, float]:
+        """GiB per label (peaks of processes sharing a label summed; each process at its own peak), largest first."""
+        per: dict[str, float] = {}
+        for rss, label in self._peaks.values():
+            per[label] = per.get(label, 0.0) + rss / 2**30
+        return {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]}
+
 
 def _label(cmd: str) -> str:
     """A process's short name: its Ray actor name, the Triton parts, else the executable."""
     words = cmd.split()
     ray_name = next((w.removeprefix("ray::") for w in words if w.startswith("ray::")), None)
-    if ray_name:
-        return ray_name
-    if "python_backend_stub" in cmd:
-        return "triton python model"
+    if ray_name:  # "ServeController.listen_for_change": the actor, without the method it is running now
+        return ray_name.split(".", 1)[0]
+    if "python_backend_stub" in cmd:  # one stub process per model: named by its model folder (<model>/<v>/model.py)
+        model = next((Path(w).parent.parent.name for w in words if w.endswith("model.py")), "")
+        return f"triton python model {model}".strip()
     if "tritonserver" in cmd:
         return "tritonserver"
     return Path(words[0]).name if words else "?"

@@ -81,6 +81,10 @@ def readme_block(r: dict[str, Any], path: Path) -> str:
             if not x["include_copy"]:
                 lines.append(f"| `/recommend` k=10, no copy, concurrency {x['concurrency']} | p50 {x['p50_ms']} / "
                              f"p99 {x['p99_ms']} ms, {x['rps']} req/s, {x['errors']} errors |")
+        if r["serving"].get("floor"):
+            q = r["serving"]["floor"]["floor_ratio"]
+            lines.append(f"| `/recommend` against its floor graph (same run, interleaved) | {q['rps_c8']} of the "
+                         f"floor's req/s at concurrency 8, p99 {q['p99_c8']}×, concurrency-1 p50 {q['p50_c1']}× |")
     if "scaling" in r:
         sc = r["scaling"]
         lines.append(f"| Ray Train retrieval, 1 → 2 workers | {sc['speedup']}× samples/s |")
@@ -169,10 +173,15 @@ def report(r: dict[str, Any], path: Path) -> str:
             lines.append(f"| {x['include_copy']} | {x['concurrency']} | {x['rps']} | {x['p50_ms']} | {x['p95_ms']} | "
                          f"{x['p99_ms']} | {errs} | {x['degraded']} | {st} | {win} |")
         ip = sv["in_process"]
+        by_proc = sv.get("peak_rss_gib_by_process")
         lines += ["", "Features → recall → ranking in one process (no Serve hops, no copy): "
                   f"p50 {ip['p50_ms']} ms, p99 {ip['p99_ms']} ms; "
                   f"graph / in-process p50 at concurrency 1 = {sv['graph_over_in_process_p50']}×. Peak RSS of the "
-                  f"serving stack: {sv['peak_rss_gib']} GiB.", ""]
+                  f"serving stack (Ray, its replicas, Triton, HAProxy; not the bench's own process, which "
+                  f"generates the load): {sv['peak_rss_gib']} GiB (target ≤ 3 GiB)"
+                  + ("; by process (GiB, each at its own peak): " + ", ".join(f"{k} {v}" for k, v in by_proc.items())
+                     if by_proc else "") + ".", ""]
+        lines += floor_report(sv)
         if sv.get("feedback"):
             fb = sv["feedback"]
             lines += ["## Feedback (`POST /feedback`, closed loop on 127.0.0.1, while the graph serves)", "",
@@ -221,6 +230,30 @@ def report(r: dict[str, Any], path: Path) -> str:
     if r.get("plots"):
         lines += ["## Plots", ""] + [f"![{name}]({Path(p).as_posix()})" for name, p in r["plots"].items()] + [""]
     return "\n".join(lines)
+
+
+def floor_report(sv: dict[str, Any]) -> list[str]:
+    """The platform against its floor graph, measured interleaved in the same run (`suites.against_floor`)."""
+    fl = sv.get("floor")
+    if not fl:
+        return []
+    lines = ["## Serving against its framework floor (same run, same client, interleaved)", "",
+             "Floor: the same hops as `/recommend` without copy (HTTP → ingress replica → one Serve hop to a recall "
+             f"replica → one gRPC call to a tritonserver model returning zeros for {fl['candidates']} candidates), "
+             "doing no work (`recsys/bench/floor.py`). Each row is one run; rows alternate platform, floor.", "",
+             "| graph | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for c in ("8", "1"):
+        for pair in zip(fl["runs"]["platform"][c], fl["runs"]["floor"][c], strict=True):
+            for name, x in zip(("platform", "floor"), pair, strict=True):
+                lines.append(f"| {name} | {c} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['errors']} |")
+    q = fl["floor_ratio"]
+    lines += ["", f"Platform as a share of the floor (medians of the runs): **{q['rps_c8']} of its req/s at "
+              f"concurrency 8** (target ≥ 0.6; per pair {q['rps_c8_per_pair']}), p99 {q['p99_c8']}× the floor's "
+              f"(target ≤ 1.3), concurrency-1 p50 {q['p50_c1']}× (target ≤ 1.5).", ""]
+    for name, cpu in fl.get("cpu_ms_per_request_c8", {}).items():
+        lines.append(f"CPU per request, {name}, concurrency 8 (ms, by process): "
+                     + ", ".join(f"{k} {v}" for k, v in cpu.items()) + f"; sum {sum(cpu.values()):.2f}.")
+    return [*lines, ""]
 
 
 def with_spread(v: float | list[float]) -> str:

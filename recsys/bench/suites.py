@@ -219,6 +219,47 @@ def retrain_cycle(s: Settings, console: Console, retrieval_epochs: int = 2, rank
             "retrieval_epochs": retrieval_epochs, "ranking_epochs": ranking_epochs}
 
 
+def against_floor(s: Settings, console: Console, users: list[int], seconds: float,
+                  repeats: int = 2) -> dict[str, Any]:
+    """The platform's `/recommend` (no copy) and the floor graph (`recsys.bench.floor`: the same hops doing no
+    work), same client, interleaved `repeats` times at concurrency 8 and 1: this VM's speed drifts between days,
+    so the platform's speed is reported as a share of the floor's measured beside it. The first pair at
+    concurrency 8 also attributes CPU per request to processes, for both."""
+    from core.endpoints import http_url
+    from recsys.bench import floor
+
+    urls = {"platform": f"{http_url(s)}/recommend", "floor": floor.up(s)}
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {8: [], 1: []} for name in urls}
+    cpu: dict[str, dict[str, float]] = {}
+    try:
+        for c in (8, 1):
+            for rep in range(repeats):
+                for name, url in urls.items():
+                    if c == 8 and rep == 0:
+                        r, cpu[name] = cpu_per_request(lambda u=url, n=c: load(u, users, n, seconds, False))
+                    else:
+                        r = load(url, users, c, seconds, False)
+                    runs[name][c].append(r)
+                    console.print(f"{name} c={c}: {r['rps']} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+                                  f"errors {r['errors']}")
+    finally:
+        floor.down(s)
+
+    def med(name: str, c: int, key: str) -> float:
+        return float(np.median([r[key] for r in runs[name][c]]))
+
+    ratio = {"rps_c8": round(med("platform", 8, "rps") / med("floor", 8, "rps"), 3),
+             "p99_c8": round(med("platform", 8, "p99_ms") / med("floor", 8, "p99_ms"), 3),
+             "p50_c1": round(med("platform", 1, "p50_ms") / med("floor", 1, "p50_ms"), 3),
+             "rps_c8_per_pair": [round(p["rps"] / f["rps"], 3) for p, f in zip(runs["platform"][8], runs["floor"][8],
+                                                                               strict=True)]}
+    console.print(f"platform / floor: {ratio['rps_c8']} of its req/s at c=8 (target ≥ 0.6), p99 {ratio['p99_c8']}× "
+                  f"(≤ 1.3), c=1 p50 {ratio['p50_c1']}× (≤ 1.5)")
+    return {"runs": {name: {str(c): v for c, v in by_c.items()} for name, by_c in runs.items()},
+            "cpu_ms_per_request_c8": cpu, "repeats": repeats, "candidates": floor.candidate_count(s),
+            "floor_ratio": ratio}
+
+
 def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, Any]:
     from core.endpoints import http_url
     from ops import launcher
@@ -226,8 +267,9 @@ def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, An
 
     users = sorted(prepare(s).train)[:500]
     url = f"{http_url(s)}/recommend"
-    with PeakRSS() as mem:
-        launcher.up(s)
+    launcher.up(s)
+    floor = against_floor(s, console, users, seconds)  # before the RSS window: the floor is not the serving stack
+    with PeakRSS(own=False) as mem:  # the serving stack, not this driver (load generator, in-process baseline)
         runs = []
         for include_copy in (False, True):
             for c in (1, 8, 32):
@@ -246,7 +288,8 @@ def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, An
     launcher.down(s)
     c1 = next(r for r in runs if r["concurrency"] == 1 and not r["include_copy"])
     return {"runs": runs, "in_process": baseline, "graph_over_in_process_p50": round(c1["p50_ms"] /
-            baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "seconds_per_run": seconds,
+            baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "peak_rss_gib_by_process": mem.by_process(),
+            "floor": floor, "seconds_per_run": seconds,
             "cpu_ms_per_request_c8": cpu_ms, "feedback": events, "deletions": deleted, "catalogue": catalogue,
             "retrain": cycle}
 

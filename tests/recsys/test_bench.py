@@ -253,3 +253,24 @@ def test_factuality_report_says_served_copy_is_factual_only_when_every_template_
     assert "| copy LM factuality on 1000 held-out copies (opt-in suite), base → fine-tuned → served after the " \
            "guard | 0.571 → 0.991 → 1.000 |" in readme_block(r, Path("x.json"))
     assert "total 5.0 min without the opt-in suites" in report(r, Path("x.json"))  # 300 s: factuality not counted
+
+
+def test_the_floor_section_shows_each_interleaved_run_and_the_share_of_the_floor():
+    from recsys.bench.report import floor_report
+
+    def run(rps: float, p50: float, p99: float) -> dict:
+        return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": 0}
+
+    floor = {"runs": {"platform": {"8": [run(150, 50, 90), run(140, 52, 95)], "1": [run(70, 12, 25), run(72, 12, 24)]},
+                      "floor": {"8": [run(400, 18, 40), run(380, 19, 42)], "1": [run(200, 4, 12), run(190, 4, 13)]}},
+             "candidates": 250, "cpu_ms_per_request_c8": {"platform": {"Ingress": 4.0, "Recall": 2.5},
+                                                          "floor": {"FloorIngress": 1.5}},
+             "floor_ratio": {"rps_c8": 0.37, "p99_c8": 2.2, "p50_c1": 3.0, "rps_c8_per_pair": [0.375, 0.368]}}
+    lines = floor_report({"floor": floor})
+    rows = [ln for ln in lines if ln.startswith(("| platform", "| floor"))]
+    assert rows[:2] == ["| platform | 8 | 150 | 50 | 90 | 0 |", "| floor | 8 | 400 | 18 | 40 | 0 |"]  # interleaved
+    assert len(rows) == 8
+    text = "\n".join(lines)
+    assert "**0.37 of its req/s at concurrency 8** (target ≥ 0.6" in text
+    assert "CPU per request, platform, concurrency 8 (ms, by process): Ingress 4.0, Recall 2.5; sum 6.50." in text
+    assert floor_report({}) == []  # a serving run without the floor (older results) renders nothing

@@ -18,6 +18,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import cli_env, run_cli
@@ -430,9 +431,9 @@ def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_hom
     use_home(served)
     rng = np.random.default_rng(0)
     cfg = json.loads((served / "model_repository" / "ranker" / "1" / "recsys.json").read_text())["config"]
-    assert cfg["serving_inputs"] == "user_once"
+    assert cfg["serving_inputs"] == "user_once" and cfg["serving_content"] == "projected"
     shapes = {"history": (cfg["max_len"],), "item": (1,), "item_dense": (len(cfg["genres"]) + 3,),
-              "item_content": (cfg["content_dim"],), "user_dense": (2,), "recall_score": (1,)}
+              "item_content": (cfg["d_model"],), "user_dense": (2,), "recall_score": (1,)}
 
     def request(n: int) -> dict[str, np.ndarray]:
         rows = {k: 1 if k in ("history", "user_dense") else n for k in INPUTS}
@@ -464,9 +465,9 @@ def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_hom
 
 
 def test_a_ranker_exported_before_user_once_is_served_beside_a_new_one(served, use_home):
-    """A version exported before the per-user layout (history on every row, no `serving_inputs` in its config)
-    loads under the same config.pbtxt as a new one, so a canary or a swap may pair them; fed row by row, it
-    gives the new layout's scores for the same weights."""
+    """A version exported before the per-user layout (history on every row, raw content, neither `serving_inputs`
+    nor `serving_content` in its config) loads under the same config.pbtxt as a new one on the python backend; fed
+    row by row with raw content, it gives the new layout's scores for the same weights."""
     import asyncio
 
     import numpy as np
@@ -486,7 +487,7 @@ def test_a_ranker_exported_before_user_once_is_served_beside_a_new_one(served, u
                                                   "triton_grpc_port": int(PORTS["RECSYS_TRITON_GRPC_PORT"])})
     repo = settings.model_repo
     cfg = json.loads((repo / "ranker" / "1" / "recsys.json").read_text())["config"]
-    old_cfg = {k: v for k, v in cfg.items() if k != "serving_inputs"}
+    old_cfg = {k: v for k, v in cfg.items() if k not in ("serving_inputs", "serving_content")}
     model = load_torch(settings, "recsys-ranker", "1").model.eval()
 
     class PerRow(torch.nn.Module):  # the old exported function: one row per candidate, history on every row
@@ -501,8 +502,9 @@ def test_a_ranker_exported_before_user_once_is_served_beside_a_new_one(served, u
     onnx = _export(PerRow(), ranker_example(model, 2), served / "old_ranker.onnx", list(INPUTS), list(OUTPUTS))
     write_version(repo, "ranker", "9", onnx, old_cfg, "python")
     try:
-        assert RankerVersion.load(settings, "9").user_once is False
-        assert RankerVersion.load(settings, "1").user_once is True
+        old_version, new_version = RankerVersion.load(settings, "9"), RankerVersion.load(settings, "1")
+        assert old_version.user_once is False and old_version.content_projection is None
+        assert new_version.user_once is True and new_version.content_projection is not None
         write_config(repo, "ranker", cfg, "python", ["1", "9"])
         load_model(settings, "ranker")
         assert loaded_versions(settings, "ranker") == ["1", "9"]
@@ -517,6 +519,8 @@ def test_a_ranker_exported_before_user_once_is_served_beside_a_new_one(served, u
                "recall_score": rng.random((n, 1), dtype=np.float32)}
         new["history"][0, :10] = 0  # a short history: left padding
         old = {**new, "history": np.repeat(new["history"], n, axis=0), "user_dense": np.repeat(new["user_dense"], n, 0)}
+        w = new_version.content_projection
+        new["item_content"] = (new["item_content"] @ w[:, :-1].T + w[:, -1]).astype(np.float32)
 
         async def both() -> tuple[np.ndarray, np.ndarray]:
             client = RankerClient(settings.triton_grpc_url)
@@ -1059,6 +1063,42 @@ def test_the_popular_channel_follows_the_event_stream(served, use_home, tmp_path
     assert recaller.heat.poll(log) == 0  # read once: the cursor moved past them
 
 
+def test_recall_candidates_leave_out_what_the_user_has_and_retired_items_and_fill_with_popular(served, use_home):
+    """Recall's candidate list on the served index, in process: the model's items first (by u·v), then popular
+    items not already there; nothing the user has, nothing the request excludes, nothing retired, no repeats."""
+    use_home(served)
+    from core.catalogue import CatalogueState
+    from core.settings import load_settings
+    from serving.contracts import UserContext
+    from serving.features import FeatureReader
+    from serving.recall import Recaller
+
+    s = load_settings()
+    recaller = Recaller(s)
+    user = FeatureReader(s).user(7)
+    assert user.known and user.recent_items
+    first = recaller.candidates(user)
+    retired, excluded = first.item_ids[0], first.item_ids[1]
+    state = CatalogueState()
+    state.retired.add(retired)
+    recaller.set_catalogue(state)
+    cands = recaller.candidates(user, [excluded])
+    ids = cands.item_ids
+    left_out = set(user.excluded()) | {retired, excluded}
+    available = len(set(recaller.index_of) - left_out)  # the synthetic catalogue is smaller than 250 items
+    assert len(ids) == len(set(ids)) == min(s.recall_candidates + s.popular_candidates, available)
+    assert not set(ids) & left_out
+    n_model = cands.channels.count("ann")
+    assert 0 < n_model <= s.recall_candidates and cands.channels[n_model:] == ["popular"] * (len(ids) - n_model)
+    assert cands.scores[:n_model] == sorted(cands.scores[:n_model], reverse=True)  # the model's order: u·v
+    u = recaller.user_vector(recaller.history(user.recent_items))
+    rows = [recaller.index_of[i] for i in ids]
+    assert np.allclose(cands.scores, recaller.index.embeddings[rows] @ u, atol=1e-4)  # popular ones scored u·v
+    cold = recaller.candidates(UserContext(user_id=10**9, known=False))
+    assert cold.model_version == "" and set(cold.channels) == {"popular"} and retired not in cold.item_ids
+    assert len(cold.item_ids) == min(s.recall_candidates, len(recaller.index_of) - 1)
+
+
 def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_home):
     """Feedback → `recsys retrain` (merge, features, warm-started challengers, gate forced) → the running
     graph answers with the new retrieval and ranker versions, and the merged events are training data."""
@@ -1124,3 +1164,35 @@ def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home
     assert [it["copy_source"] for it in body["items"]] == ["template_guard"] * 5
     assert all(it["copy"].startswith(it["title"].rsplit(" (", 1)[0].split(",")[0]) for it in body["items"])
     assert not body["degraded"]
+
+
+def _bench_floor(home: Path, action: str) -> str:
+    """`recsys.bench.floor.up`/`down` as the bench runs them, in a process of their own (a Ray driver)."""
+    code = ("from core.endpoints import connect\nfrom core.settings import load_settings\n"
+            f"from recsys.bench import floor\ns = load_settings()\nconnect(s)\nprint(floor.{action}(s))")
+    res = subprocess.run([sys.executable, "-c", code], env=cli_env(home, **PORTS), capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+def _triton_state(model: str) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{PORTS['RECSYS_TRITON_HTTP_PORT']}/v2/repository/index",
+                                 data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return next((row.get("state", "") for row in json.loads(r.read()) if row["name"] == model), "")
+
+
+def test_the_bench_floor_answers_zeros_beside_the_platform_and_leaves_with_its_model(served):
+    """The floor graph `make bench` measures the platform against (issue 30): deployed as a second app on the same
+    proxy and Triton, it answers k zero scores through its hops; taken down, it is gone and the platform stayed."""
+    assert _bench_floor(served, "up") == f"{URL}/floor/recommend"
+    status, body = post("/floor/recommend", {"user_id": 3, "k": 10, "include_copy": False})
+    assert status == 200, body
+    assert len(body["items"]) == 10 and {it["score"] for it in body["items"]} == {0.0}
+    assert body["degraded"] == [] and _triton_state("floor_zeros") == "READY"
+    assert recommend(3)["model_versions"]["ranker"]  # the platform's app answers beside it, ranked
+    _bench_floor(served, "down")
+    assert post("/floor/recommend", {"user_id": 3, "k": 10})[0] == 404
+    assert _triton_state("floor_zeros") == "UNAVAILABLE"
+    assert recommend(3)["model_versions"]["ranker"]

@@ -64,3 +64,48 @@ def test_concurrent_fills_give_every_item_its_own_row(feature_home: Path, use_ho
     assert got.title == direct.title and got.genres == direct.genres
     np.testing.assert_array_equal(got.content, direct.content)
     np.testing.assert_array_equal(got.year, direct.year)
+
+
+def test_derived_rows_are_computed_once_per_read_and_again_after_an_invalidation(feature_home: Path,
+                                                                                  use_home) -> None:
+    """What the ranking stage derives per item (dense features, projected content) is kept per cache slot: a
+    request computes only rows read from the store since their last computation, and gets what a full
+    computation gives."""
+    use_home(feature_home)
+    from core.settings import load_settings
+    from serving.features import FeatureReader, ItemCache
+
+    reader = FeatureReader(load_settings())
+    cache = ItemCache(reader, ttl_s=3600)
+    computed: list[int] = []
+
+    def f(rows):
+        computed.append(len(rows.item_ids))
+        return np.stack([rows.year * 2.0, rows.content[:, 0]], axis=1)
+
+    ids = [4, 2, 9, 2]
+    first = cache.derived("k", cache.items(ids), f)
+    np.testing.assert_array_equal(first, f(reader.items(ids)))
+    computed.clear()
+    again = cache.derived("k", cache.fresh([9, 4, 7]) or cache.items([9, 4, 7]), f)
+    assert computed == [1]  # only item 7 was new to the cache
+    np.testing.assert_array_equal(again, f(reader.items([9, 4, 7])))
+    computed.clear()
+    cache.invalidate([4])  # a catalogue upsert changed item 4: its row is read again, and derived again
+    assert cache.fresh([4, 9]) is None
+    cache.derived("k", cache.items([4, 9]), f)
+    assert computed == [1]
+    computed.clear()
+    cache.derived("other", cache.items([4, 9]), f)  # another key (another ranker version) has its own rows
+    assert computed == [2]
+
+
+def test_id_lookup_maps_whole_lists_including_ids_past_the_table() -> None:
+    from serving.id_lookup import DENSE_LIMIT, IdLookup
+
+    big = DENSE_LIMIT + 5  # catalogue ids go up to 2^62: kept beside the table
+    lookup = IdLookup({3: 0, 7: 1, big: 2})
+    lookup.set([5000], [3])  # grows the table
+    assert lookup.rows([7, 3, 4, big, 5000, -1, 2**62]).tolist() == [1, 0, -1, 2, 3, -1, -1]
+    assert lookup.rows([4, 7], missing=0).tolist() == [0, 1]
+    assert 5000 in lookup and big in lookup and 4 not in lookup

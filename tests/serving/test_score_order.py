@@ -13,6 +13,7 @@ from core.settings import Settings
 from serving.breaker import Breaker
 from serving.contracts import Candidates, UserContext
 from serving.features import ItemRows
+from serving.id_lookup import IdLookup
 from serving.ranking import RankerVersion, RankingStage
 
 GENRES = [["Drama"], ["Drama"], ["Drama"], ["Comedy"], ["Action"], ["Drama"]]
@@ -24,6 +25,9 @@ class _Rows:
         return ItemRows(item_ids=np.asarray(ids), found=np.ones(n, bool), title=[f"t{i}" for i in ids],
                         genres=[GENRES[i - 1] for i in ids], year=np.full(n, 2000), popularity=np.ones(n, np.int64),
                         item_mean_rating=np.full(n, 3.5, np.float32), content=np.zeros((n, 4), np.float32))
+
+    def derived(self, key: object, rows: ItemRows, compute) -> np.ndarray:
+        return compute(rows)
 
 
 class _Triton:
@@ -39,7 +43,7 @@ class _Triton:
 def _stage(tmp_path: Path, p: np.ndarray | None) -> RankingStage:
     stage = object.__new__(RankingStage)  # the stage's rules without Feast, Triton or an export
     stage.settings = Settings(home=tmp_path, max_per_genre_share=0.25, explore_share=0.0)
-    stage.items, stage.client, stage.index_of = _Rows(), _Triton(p), {}
+    stage.items, stage.client, stage.index_of, stage.positions = _Rows(), _Triton(p), {}, IdLookup()
     stage._active = (Route("1"), {"1": RankerVersion("1", ["Drama", "Comedy", "Action"], 5, 0.0)})
     stage.timeout_s, stage.retired = 1.0, frozenset()
     stage.breaker = Breaker("ranking", 5, 2.0)

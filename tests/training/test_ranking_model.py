@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,9 +10,10 @@ from training.models.ranking import Ranker, RankingConfig, ServingRanker
 from training.onnx_export import export_ranker, parity, ranker_example, serving_example
 
 
-def _model(seed: int = 0) -> Ranker:
+def _model(seed: int = 0, content: str = "projected") -> Ranker:
     torch.manual_seed(seed)
-    model = Ranker(RankingConfig(n_items=300, genres=["Action", "Comedy", "Drama"], content_dim=16))
+    model = Ranker(RankingConfig(n_items=300, genres=["Action", "Comedy", "Drama"], content_dim=16,
+                                 serving_content=content))
     with torch.no_grad():  # non-trivial weights everywhere, biases included
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -25,13 +27,15 @@ def _one_user(model: Ranker, n: int, seed: int, history: torch.Tensor | None = N
         rows[0][0] = history
     rows[0][:] = rows[0][0]
     rows[4][:] = rows[4][0]
-    return rows, [rows[0][:1], rows[1], rows[2], rows[3], rows[4][:1], rows[5]]
+    content = ServingRanker(model).content_input(rows[3])
+    return rows, [rows[0][:1], rows[1], rows[2], content, rows[4][:1], rows[5]]
 
 
+@pytest.mark.parametrize("content", ["projected", "raw"])
 @pytest.mark.parametrize("case", ["full", "short", "empty"])
 @torch.no_grad()
-def test_serving_graph_matches_the_training_forward_pass(case):
-    model = _model()
+def test_serving_graph_matches_the_training_forward_pass(case, content):
+    model = _model(content=content)
     history = None
     if case != "full":
         history = torch.randint(1, 300, (model.cfg.max_len,))
@@ -55,8 +59,34 @@ def test_the_served_history_changes_the_scores():
     assert (a[0] - b[0]).abs().min() > 0  # every candidate's score moved
 
 
-def test_exported_onnx_matches_torch_for_any_number_of_candidates_and_any_history(tmp_path):
-    model = _model(1)
+@torch.no_grad()
+def test_serving_projects_content_as_the_projected_graph_expects():
+    """A "projected" graph takes the content layer's output: serving applies the exported projection in numpy
+    (`RankerVersion.content`), and the scores equal the training forward pass on raw content."""
+    from serving.features import ItemRows
+    from serving.ranking import RankerVersion
+    from training.models.ranking import content_projection
+
+    model = _model(2)
+    rows, request = _one_user(model, 24, seed=6)
+    n = len(rows[1])
+    items = ItemRows(item_ids=np.arange(n), found=np.ones(n, bool), title=[""] * n, genres=[[]] * n,
+                     year=np.zeros(n), popularity=np.zeros(n), item_mean_rating=np.zeros(n),
+                     content=rows[3].numpy())
+    served = RankerVersion("1", model.cfg.genres, model.cfg.max_len, 0.0, True, content_projection(model))
+    sent = served.content(items)
+    assert sent.shape == (n, model.cfg.d_model)  # d floats per candidate (384 raw ones on real data)
+    assert np.allclose(sent, request[3].numpy(), atol=1e-5)
+    request[3] = torch.from_numpy(sent)
+    p, _ = ServingRanker(model)(*request)
+    assert torch.allclose(p, torch.sigmoid(model.logits(*rows)[0]), atol=1e-5)
+    raw = RankerVersion("0", model.cfg.genres, model.cfg.max_len, 0.0, True, None)  # an older graph: raw rows
+    assert np.array_equal(raw.content(items), rows[3].numpy())
+
+
+@pytest.mark.parametrize("content", ["projected", "raw"])
+def test_exported_onnx_matches_torch_for_any_number_of_candidates_and_any_history(tmp_path, content):
+    model = _model(1, content)
     path = export_ranker(model, tmp_path / "ranker.onnx")
     for n in (1, 32, 200):
         assert parity(ServingRanker(model), serving_example(model, n, seed=4), path) < 1e-4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +39,10 @@ class RankingConfig:
     # Layout of the exported graph's inputs: "user_once" = history and user_dense as one row per request, the
     # rest one row per candidate. Configs written before this field existed lack it: serving reads "per_row".
     serving_inputs: str = "user_once"
+    # What the exported graph's `item_content` input holds: "projected" = the content layer already applied, d_model
+    # floats per candidate (serving keeps each item's projection; 384 floats a candidate were most of a request's
+    # bytes and of Triton's per-request CPU). Configs written before this field existed lack it: serving reads "raw".
+    serving_content: str = "projected"
 
     @property
     def item_dense_dim(self) -> int:
@@ -116,12 +121,21 @@ class Ranker(nn.Module):
         return (torch.sigmoid(logit), r), loss
 
 
+def content_projection(model: Ranker) -> np.ndarray:
+    """The content layer as one (d, content_dim + 1) array, weight then bias column: what serving applies to an
+    item's content embedding to make a "projected" graph's `item_content` row."""
+    w, b = model.content.weight.detach(), model.content.bias.detach()
+    return torch.cat([w, b[:, None]], dim=1).numpy().astype(np.float32)
+
+
 class ServingRanker(nn.Module):
     """The exported graph: one request = one user's N candidates → (p_click, rating), the function of
     `Ranker.logits` with the user's rows repeated, at a third of its cost.
 
     Inputs: history (1, L) and user_dense (1, 2) once per request; item (N, 1), item_dense, item_content and
-    recall_score one row per candidate. Sending the history once also drops N·L ids from every request.
+    recall_score one row per candidate; item_content is the content layer's output (`content_input`) in graphs
+    exported "projected", the raw embedding in older ones. Sending the history once also drops N·L ids from every
+    request.
     The attention MLP's first layer is linear, so W·[h; c; h⊙c; h−c] + b = (W_h+W_d)·h + (W_c−W_d)·c
     + W_p·(h⊙c) + b. For one user, every history-side term folds into a (d+1, L·32) matrix built once per
     request, and the first layer for all N×L (candidate, position) pairs is one GEMM, [c, 1] @ that matrix,
@@ -139,11 +153,16 @@ class ServingRanker(nn.Module):
         self.register_buffer("w_cand", (wc - wd).T.contiguous())  # (d, 32)
         self.register_buffer("w_prod", wp.T.contiguous())  # (d, 32)
         self.register_buffer("w_score", model.att[2].weight.detach().T.contiguous())  # (32, 1)
+        self.projected = model.cfg.serving_content == "projected"
+
+    def content_input(self, raw: torch.Tensor) -> torch.Tensor:
+        """What the graph's `item_content` takes for raw content embeddings (N, content_dim)."""
+        return self.model.content(raw) if self.projected else raw
 
     def forward(self, history, item, item_dense, item_content, user_dense, recall_score):
         m = self.model
         hist = history[0]  # (L,): the request's one user
-        content = m.content(item_content)
+        content = item_content if self.projected else m.content(item_content)
         c = m.item_emb(item[:, 0]) + content  # (N, d)
         h = m.item_emb(hist)  # (L, d)
         # pre[n, l] = c[n] @ (diag(h[l]) W_p + W_c') + hist_table[hist[l]]: the l-th (d+1, 32) block of `per_user`
