@@ -240,7 +240,8 @@ def floor_report(sv: dict[str, Any]) -> list[str]:
     lines = ["## Serving against its framework floor (same run, same client, interleaved)", "",
              "Floor: the same hops as `/recommend` without copy (HTTP → ingress replica → one Serve hop to a recall "
              f"replica → one gRPC call to a tritonserver model returning zeros for {fl['candidates']} candidates), "
-             "doing no work (`recsys/bench/floor.py`). Each row is one run; rows alternate platform, floor.", "",
+             "doing no work (`recsys/bench/floor.py`). Both warmed first (one request per bench user each, not "
+             "measured); each row is one run; rows alternate platform, floor.", "",
              "| graph | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     for c in ("8", "1"):
         for pair in zip(fl["runs"]["platform"][c], fl["runs"]["floor"][c], strict=True):

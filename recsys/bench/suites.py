@@ -222,9 +222,9 @@ def retrain_cycle(s: Settings, console: Console, retrieval_epochs: int = 2, rank
 def against_floor(s: Settings, console: Console, users: list[int], seconds: float,
                   repeats: int = 2) -> dict[str, Any]:
     """The platform's `/recommend` (no copy) and the floor graph (`recsys.bench.floor`: the same hops doing no
-    work), same client, interleaved `repeats` times at concurrency 8 and 1: this VM's speed drifts between days,
-    so the platform's speed is reported as a share of the floor's measured beside it. The first pair at
-    concurrency 8 also attributes CPU per request to processes, for both."""
+    work), same client, interleaved `repeats` times at concurrency 8 and 1, after one warm-up request per user
+    for each: this VM's speed drifts between days, so the platform's speed is reported as a share of the floor's
+    measured beside it. The first pair at concurrency 8 also attributes CPU per request to processes, for both."""
     from core.endpoints import http_url
     from recsys.bench import floor
 
@@ -232,6 +232,8 @@ def against_floor(s: Settings, console: Console, users: list[int], seconds: floa
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {8: [], 1: []} for name in urls}
     cpu: dict[str, dict[str, float]] = {}
     try:
+        for url in urls.values():  # warm both: every user once (caches, lazily built rows), not measured
+            load(url, users, 8, seconds, False, max_requests=len(users))
         for c in (8, 1):
             for rep in range(repeats):
                 for name, url in urls.items():
