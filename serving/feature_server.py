@@ -6,6 +6,8 @@ Selected by `feature_read: server` (settings); `FeatureReader` calls it exactly 
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 from core.errors import RecsysError
@@ -62,11 +64,30 @@ class FeatureServerClient:
         self._post("/push", {"push_source_name": push_source_name, "df": frame.to_dict(orient="list"), "to": mode})
 
 
+def defer_feast_torch() -> None:
+    """Feast imports torch as it is imported (feast/torch_wrapper.py runs `_import_torch()` at module level) for
+    its tensor conversions (`to_tensor`), which serving never calls: each replica reading through the SDK carried
+    torch, ~150 MB, for nothing. Registered before feast is first imported, this stand-in imports torch only if
+    `get_torch` is ever called (the three feast modules that use it import only that name)."""
+    if "feast" in sys.modules or "feast.torch_wrapper" in sys.modules:
+        return
+    shim = types.ModuleType("feast.torch_wrapper", "recsys stand-in: torch imported on first use")
+
+    def get_torch():
+        import torch
+
+        return torch
+
+    shim.get_torch = get_torch
+    sys.modules["feast.torch_wrapper"] = shim
+
+
 def online_store(settings):
     """What serving reads and pushes through: the SDK on the store itself (`feature_read: sdk`, the local
     default) or the Feast feature server over HTTP (`feature_read: server`, the chart's default)."""
     if settings.feature_read == "server":
         return FeatureServerClient(settings.feature_server_url, settings.feature_server_timeout_s)
+    defer_feast_torch()
     from core.feature_store import feature_store
 
     return feature_store(settings)

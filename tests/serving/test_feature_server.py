@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import cli_env
+
 PORT = 26566
 FEAST = str(Path(sys.executable).parent / "feast")
 REPO = Path(__file__).resolve().parents[2] / "feature_repo"
@@ -92,3 +94,15 @@ def test_an_unreachable_server_is_one_readable_error(use_home, feature_home):
     s = load_settings().model_copy(update={"feature_read": "server", "feature_server_url": "http://127.0.0.1:1"})
     with pytest.raises(FeatureServerError, match=r"no feature server at http://127\.0\.0\.1:1 "):
         FeatureReader(s).user(1)
+
+
+def test_a_replica_reading_through_the_sdk_does_not_carry_torch(feature_home: Path) -> None:
+    """Feast imports torch as it is imported; serving's reads never use it (`defer_feast_torch`): a fresh process
+    reads users and items through the SDK without torch loaded, and Feast still gets torch if it ever asks."""
+    code = ("import sys\nfrom core.settings import load_settings\nfrom serving.features import FeatureReader\n"
+            "r = FeatureReader(load_settings())\nu, items = r.user(3), r.items([1, 2])\n"
+            "assert u.known and items.found.all(), (u, items.found)\nassert 'torch' not in sys.modules\n"
+            "from feast.torch_wrapper import get_torch\nassert get_torch().tensor([1.0]).sum() == 1.0\nprint('ok')")
+    env = cli_env(feature_home)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
