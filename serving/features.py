@@ -117,8 +117,8 @@ class ItemCache:
     def __init__(self, reader: FeatureReader, ttl_s: float) -> None:
         self.reader = reader
         self.ttl_s = ttl_s
-        self._slot: dict[int, int] = {}  # item id → row in the column arrays
-        self._slots = IdLookup()  # the same, for whole candidate lists at once
+        self._slots = IdLookup()  # item id → row in the column arrays, for whole candidate lists at once
+        self._size = 0  # rows taken
         self._derived: dict[object, tuple[np.ndarray, np.ndarray]] = {}  # key → (rows per slot, load time of each)
         self._loaded = np.zeros(0)  # monotonic time each slot was read
         self._cols: dict[str, np.ndarray] = {}
@@ -132,12 +132,11 @@ class ItemCache:
         with self._lock:
             new: dict[int, int] = {}
             slots = []
-            for i in map(int, rows.item_ids):
-                slot = self._slot.get(i)
-                if slot is None:
-                    slot = new.setdefault(i, len(self._slot) + len(new))
+            for i, slot in zip(rows.item_ids.tolist(), self._slots.rows(rows.item_ids).tolist(), strict=True):
+                if slot < 0:
+                    slot = new.setdefault(i, self._size + len(new))
                 slots.append(slot)
-            size = len(self._slot) + len(new)
+            size = self._size + len(new)
             if size > len(self._loaded):  # grow every column (doubling) before writing the new slots
                 cap = max(size, 2 * len(self._loaded), 256)
                 for name in _ARRAY_COLUMNS:
@@ -159,15 +158,14 @@ class ItemCache:
                 self._title[slot] = rows.title[j]
                 self._genres[slot] = rows.genres[j]
             self._loaded[idx] = now
-            self._slot.update(new)
             self._slots.set(new.keys(), new.values())
+            self._size = size
 
     def invalidate(self, item_ids: set[int] | list[int]) -> None:
         """Read these rows again at their next use (their catalogue upsert changed them)."""
         with self._lock:
-            slots = [self._slot[i] for i in item_ids if i in self._slot]
-            if slots:
-                self._loaded[np.asarray(slots, dtype=np.int64)] = -np.inf
+            slots = self._slots.rows(list(item_ids))
+            self._loaded[slots[slots >= 0]] = -np.inf
 
     def _stale(self, item_ids: list[int], now: float) -> tuple[np.ndarray, np.ndarray]:
         slots = self._slots.rows(item_ids)

@@ -107,10 +107,10 @@ def build(settings: Settings):
         FloorRecall.options(ray_actor_options=opts).bind(candidate_count(settings)), settings.triton_grpc_url)
 
 
-def app_config(settings: Settings, settings_file: str) -> dict:
-    """The floor as one more application of the platform's Serve deploy config."""
+def app_config(runtime_env: dict) -> dict:
+    """The floor as one more application of the platform's Serve deploy config, with the platform's env."""
     return {"name": FLOOR_APP, "route_prefix": FLOOR_PREFIX, "import_path": "recsys.bench.floor:app",
-            "runtime_env": {"env_vars": {"RECSYS_SETTINGS_FILE": settings_file, "RAY_AUTH_MODE": "disabled"}}}
+            "runtime_env": runtime_env}
 
 
 def up(settings: Settings) -> str:
@@ -122,8 +122,7 @@ def up(settings: Settings) -> str:
     write_zero_model(settings.model_repo)
     triton_server.load_model(settings, FLOOR_MODEL)
     cfg = launcher.serve_config(settings)
-    settings_file = cfg["applications"][0]["runtime_env"]["env_vars"]["RECSYS_SETTINGS_FILE"]
-    cfg["applications"].append(app_config(settings, settings_file))
+    cfg["applications"].append(app_config(cfg["applications"][0]["runtime_env"]))
     launcher.apply(settings, cfg, FLOOR_APP)
     return f"{http_url(settings)}{FLOOR_PREFIX}/recommend"
 
