@@ -190,8 +190,13 @@ def load_model(settings: Settings, name: str) -> None:
     _http(settings, f"/v2/repository/models/{name}/load", {})
 
 
-def unload_model(settings: Settings, name: str) -> None:
+def unload_model(settings: Settings, name: str, wait_s: float = 0.0) -> None:
+    """Unload `name`; with `wait_s`, return once Triton no longer lists it as loaded or unloading (the unload call
+    answers before a python-backend stub has exited, so its process would still be measured)."""
     _http(settings, f"/v2/repository/models/{name}/unload", {})
+    deadline = time.monotonic() + wait_s
+    while model_states(settings).get(name) in {"READY", "UNLOADING"} and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def loaded_versions(settings: Settings, name: str) -> list[str]:

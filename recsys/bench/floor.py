@@ -138,7 +138,7 @@ def down(settings: Settings) -> None:
     deadline = time.monotonic() + 60
     while FLOOR_APP in {st.name for st in client.list_serve_statuses()} and time.monotonic() < deadline:
         time.sleep(0.5)  # its replicas shut down after the deploy returns: gone before anything else is measured
-    triton_server.unload_model(settings, FLOOR_MODEL)
+    triton_server.unload_model(settings, FLOOR_MODEL, wait_s=30)
 
 
 app = build(load_settings())

@@ -457,7 +457,8 @@ def test_no_plaintext_credentials_in_rendered_output(helm: Path, profile: str) -
     objs = docs(render(helm, profile))
     secrets = [d for d in objs if d["kind"] == "Secret"]
     assert {s["metadata"]["name"] for s in secrets} == {f"{RELEASE}-object-store", f"{RELEASE}-postgres",
-                                                       f"{RELEASE}-api-keys", f"{RELEASE}-redis"}
+                                                       f"{RELEASE}-api-keys", f"{RELEASE}-redis",
+                                                       *(f"{RELEASE}-object-store-{c}" for c in COMPONENTS)}
     others = yaml.safe_dump_all([d for d in objs if d["kind"] != "Secret"])
     for s in secrets:
         assert "stringData" not in s
@@ -493,10 +494,120 @@ def secret_files(objs: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 def test_existing_secrets_are_used_and_nothing_is_generated(helm: Path) -> None:
     objs = docs(render(helm, "default", "--set", "objectStore.existingSecret=s3-creds",
+                       *(f"--set=objectStore.components.{c}.existingSecret=s3-{c}" for c in COMPONENTS),
                        "--set", "postgres.existingSecret=pg-creds", "--set", "apiKeys.existingSecret=keys",
                        "--set", "redis.existingSecret=redis-creds"))
     assert not [d for d in objs if d["kind"] == "Secret"]
-    assert {secret for _, secret in secret_files(objs)} == {"s3-creds", "pg-creds", "redis-creds"}
+    assert {secret for _, secret in secret_files(objs)} == {"pg-creds", "redis-creds", "s3-creds",  # s3: MLflow init
+                                                            *(f"s3-{c}" for c in ("mlflow", "pipeline", "serving"))}
+    assert object_store_keys(objs)["ServiceAccount/r-ranker"] == "s3-ranker"  # the ranker's key: KServe reads it
+
+
+# ---- object-store credentials: one key per component, scoped to its prefixes ----
+
+COMPONENTS = ("mlflow", "pipeline", "ranker", "serving")
+
+
+def object_store_keys(objs: list[dict[str, Any]]) -> dict[str, str]:
+    """{pod or ServiceAccount: the Secret its object-store keys come from}: the AWS_* files platform containers read,
+    the root Secret MinIO reads, the Secret the ranker's ServiceAccount hands KServe's storage initializer."""
+    keys = {where: secret for where, spec in pod_specs(objs)
+            for v in spec.get("volumes", []) if v["name"] in {"object-store", "root"}
+            for secret in [v["secret"]["secretName"]]}
+    for sa in (d for d in objs if d["kind"] == "ServiceAccount" and d.get("secrets")):
+        (keys[f"ServiceAccount/{sa['metadata']['name']}"],) = (s["name"] for s in sa["secrets"])
+    return keys
+
+
+def _allows(policy: dict[str, Any], action: str, resource: str) -> bool:
+    """IAM evaluation for Allow-only policies without conditions (what the chart writes): some statement names the
+    action and a resource pattern (`*` any run of characters) matching the ARN."""
+    def match(pattern: str, value: str) -> bool:
+        return re.fullmatch(".*".join(map(re.escape, pattern.split("*"))), value) is not None
+    return any(st["Effect"] == "Allow" and any(match(a, action) for a in st["Action"])
+               and any(match(r, resource) for r in st["Resource"]) for st in policy["Statement"])
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_each_component_reads_its_own_object_store_key_and_the_root_key_stays_with_minio(helm: Path,
+                                                                                        profile: str) -> None:
+    objs = docs(render(helm, profile))
+    keys = object_store_keys(objs)
+    root = f"{RELEASE}-object-store"
+    assert {w for w, s in keys.items() if s == root} == {f"StatefulSet/{RELEASE}-minio", f"Job/{RELEASE}-minio-users",
+                                                          f"Job/{RELEASE}-mlflow-init"}
+    expected = {"mlflow": ("Deployment/r-mlflow",), "serving": ("RayService/", "Deployment/r-feature-server"),
+                "pipeline": ("RayJob/", "CronJob/"), "ranker": ("ServiceAccount/r-ranker",)}
+    for where, secret in keys.items():
+        if secret != root:
+            owner = secret.removeprefix(f"{root}-")
+            assert where.startswith(expected[owner]), f"{where} reads the {owner} key"
+    assert {s.removeprefix(f"{root}-") for s in keys.values()} == {*COMPONENTS, root}
+    job = one(objs, "Job", f"{RELEASE}-minio-users")["spec"]["template"]["spec"]
+    mounted = {v["name"]: v["secret"]["secretName"] for v in job["volumes"] if "secret" in v}
+    assert mounted == {"root": root, **{c: f"{root}-{c}" for c in COMPONENTS}}
+    script = job["containers"][0]["args"][0]
+    assert f"for c in {' '.join(COMPONENTS)}; do" in script
+    assert re.search(r"\| mc --quiet admin user add store\n", script)  # the user's key on stdin, not in argv
+    weight = {d["metadata"]["name"]: int(d["metadata"]["annotations"]["helm.sh/hook-weight"])
+              for d in objs if d["kind"] == "Job" and "helm.sh/hook" in d["metadata"].get("annotations", {})}
+    assert weight[f"{RELEASE}-minio-users"] < weight[f"{RELEASE}-mlflow-init"]  # users exist before MLflow starts
+
+
+def test_each_component_may_touch_only_the_prefixes_its_code_uses(helm: Path) -> None:
+    """The prefixes come from what the code and servers are told (the rendered settings, MLflow's artifact
+    destination, the ranker's storageUri), so moving one without its policy fails here."""
+    objs = docs(render(helm, "default"))
+    policies = {name.removesuffix(".json"): json.loads(text)
+                for name, text in one(objs, "ConfigMap", f"{RELEASE}-minio-users")["data"].items()}
+    assert set(policies) == set(COMPONENTS)
+    settings = settings_file(objs)
+    args = one(objs, "Deployment", f"{RELEASE}-mlflow")["spec"]["template"]["spec"]["containers"][0]["args"]
+    artifacts = next(a.split("=", 1)[1] for a in args if a.startswith("--artifacts-destination="))
+    storage_uri = one(objs, "InferenceService")["spec"]["predictor"]["model"]["storageUri"]
+
+    def arn(uri: str, key: str = "x") -> str:
+        return "arn:aws:s3:::" + uri.removeprefix("s3://").rstrip("/") + "/" + key
+
+    registry = "arn:aws:s3:::" + settings["feast_registry"].removeprefix("s3://")
+    published = arn(settings["kserve_publish_uri"], "ranker-v3/ranker/1/model.onnx")
+    loaded, artifact = arn(storage_uri, "ranker/1/model.onnx"), arn(artifacts, "1/abc/artifacts/model.onnx")
+    writes = {"s3:PutObject", "s3:DeleteObject"}
+    can = {c: {(a, r) for a in ("s3:GetObject", *writes) for r in (registry, published, loaded, artifact)
+               if _allows(p, a, r)} for c, p in policies.items()}
+    assert can["serving"] == {("s3:GetObject", registry)}
+    assert can["ranker"] == {("s3:GetObject", loaded), ("s3:GetObject", published)}  # a rollout loads ranker-v<N>
+    assert can["mlflow"] == {(a, artifact) for a in ("s3:GetObject", *writes)}
+    assert can["pipeline"] == {(a, r) for a in ("s3:GetObject", *writes) for r in (registry, published, loaded)}
+    bucket = "arn:aws:s3:::" + settings["feast_registry"].removeprefix("s3://").split("/")[0]
+    for c, p in policies.items():
+        assert _allows(p, "s3:ListBucket", bucket)  # Feast's registry read starts with HeadBucket (= ListBucket)
+        assert not _allows(p, "s3:CreateBucket", bucket) and not _allows(p, "s3:PutBucketPolicy", bucket)
+        assert not _allows(p, "admin:CreateUser", "arn:aws:s3:::*"), c
+
+
+def test_the_permission_check_itself_refuses_what_it_should() -> None:
+    """_allows must not say yes to a neighbouring prefix, a bucket of a similar name or another action."""
+    p = {"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject"], "Resource": ["arn:aws:s3:::recsys/feast/*"]}]}
+    assert _allows(p, "s3:GetObject", "arn:aws:s3:::recsys/feast/registry.db")
+    assert not _allows(p, "s3:GetObject", "arn:aws:s3:::recsys/feast-old/registry.db")
+    assert not _allows(p, "s3:GetObject", "arn:aws:s3:::recsys2/feast/registry.db")
+    assert not _allows(p, "s3:PutObject", "arn:aws:s3:::recsys/feast/registry.db")
+    assert not _allows({"Statement": [{**p["Statement"][0], "Effect": "Deny"}]}, "s3:GetObject",
+                       "arn:aws:s3:::recsys/feast/registry.db")
+
+
+def test_an_external_store_uses_the_keys_named_per_component_else_the_shared_one(helm: Path) -> None:
+    objs = docs(render(helm, "default", "--set", "objectStore.minio.enabled=false",
+                       "--set", "objectStore.externalEndpoint=https://s3.eu-west-1.amazonaws.com",
+                       "--set", "objectStore.existingSecret=s3-shared",
+                       "--set", "objectStore.components.serving.existingSecret=s3-serving"))
+    assert not [d for d in objs if d["kind"] == "Secret" and "object-store" in d["metadata"]["name"]]
+    assert not [d for d in objs if "minio" in d["metadata"]["name"]]  # no MinIO, no users Job, no policies
+    keys = object_store_keys(objs)
+    assert {w for w, s in keys.items() if s == "s3-serving"} == {
+        w for w, _ in pod_specs(objs) if w.startswith(("RayService/", "Deployment/r-feature-server"))}
+    assert set(keys.values()) == {"s3-serving", "s3-shared"}
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -98,8 +98,68 @@ http://{{ include "recsys.fullname" . }}-minio:9000
 {{- end -}}
 {{- end -}}
 
+{{/* The admin credentials' Secret (MinIO's root user; an external store's shared key). */}}
 {{- define "recsys.objectStoreSecret" -}}
 {{ .Values.objectStore.existingSecret | default (printf "%s-object-store" (include "recsys.fullname" .)) }}
+{{- end -}}
+
+{{/* Read by KServe's storage initializer from the Secret the ranker's ServiceAccount lists (KServe
+pkg/credentials/s3/s3_secret.go: s3-endpoint, s3-usehttps, s3-region). */}}
+{{- define "recsys.kserveS3Annotations" -}}
+serving.kserve.io/s3-endpoint: {{ include "recsys.s3Endpoint" . | trimPrefix "http://" | trimPrefix "https://" | quote }}
+serving.kserve.io/s3-usehttps: {{ ternary "1" "0" (hasPrefix "https://" (include "recsys.s3Endpoint" .)) | quote }}
+serving.kserve.io/s3-region: {{ .Values.objectStore.region | quote }}
+{{- end -}}
+
+{{/* "true" when the chart runs the object store (its MinIO), and so creates a user per component. */}}
+{{- define "recsys.bundledMinio" -}}
+{{- and .Values.objectStore.minio.enabled (not .Values.objectStore.externalEndpoint) -}}
+{{- end -}}
+
+{{/* What each component may do in the bucket: prefixes it reads, and reads and writes. The prefixes are the ones
+the rendered settings and servers name (feast_registry, kserve_publish_uri, MLflow's artifacts-destination);
+tests/charts/test_chart.py checks they stay in step. */}}
+{{- define "recsys.objectStoreGrants" -}}
+mlflow: {readWrite: [mlflow/]}
+pipeline: {readWrite: [feast/, rankers/]}
+serving: {read: [feast/]}
+ranker: {read: [rankers/]}
+{{- end -}}
+
+{{/* The Secret a component's pods read object-store keys from: include "recsys.objectStoreSecretFor" (list . c).
+Its own existingSecret; else, with the bundled MinIO, the chart's generated key of that component's user; else the
+shared admin Secret (an external store without per-component keys). */}}
+{{- define "recsys.objectStoreSecretFor" -}}
+{{- $ := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $own := (index $.Values.objectStore.components $c).existingSecret -}}
+{{- if $own -}}
+{{ $own }}
+{{- else if eq (include "recsys.bundledMinio" $) "true" -}}
+{{ printf "%s-object-store-%s" (include "recsys.fullname" $) $c }}
+{{- else -}}
+{{ include "recsys.objectStoreSecret" $ }}
+{{- end -}}
+{{- end -}}
+
+{{/* An IAM policy (JSON) granting one component's prefixes: include "recsys.objectStorePolicy" (list . grants). */}}
+{{- define "recsys.objectStorePolicy" -}}
+{{- $ := index . 0 -}}
+{{- $g := index . 1 -}}
+{{- $bucket := printf "arn:aws:s3:::%s" $.Values.objectStore.bucket -}}
+{{- /* HeadBucket (Feast's registry read) is authorised as s3:ListBucket with no prefix: no prefix condition */ -}}
+{{- $statements := list (dict "Effect" "Allow" "Action" (list "s3:GetBucketLocation" "s3:ListBucket") "Resource" (list $bucket)) -}}
+{{- $read := list -}}
+{{- range $g.read }}{{ $read = append $read (printf "%s/%s*" $bucket .) }}{{ end -}}
+{{- with $read }}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (list "s3:GetObject") "Resource" .) -}}
+{{- end -}}
+{{- $rw := list -}}
+{{- range $g.readWrite }}{{ $rw = append $rw (printf "%s/%s*" $bucket .) }}{{ end -}}
+{{- with $rw }}
+{{- $statements = append $statements (dict "Effect" "Allow" "Action" (list "s3:GetObject" "s3:PutObject" "s3:DeleteObject" "s3:AbortMultipartUpload" "s3:ListMultipartUploadParts") "Resource" .) -}}
+{{- end -}}
+{{- dict "Version" "2012-10-17" "Statement" $statements | toJson -}}
 {{- end -}}
 
 {{/* The Redis password's Secret, or "" when Redis takes no password (an external one without existingSecret). */}}
@@ -246,12 +306,15 @@ settings' Redis URLs name. Each renders nothing when Redis takes no password. */
     defaultMode: 0440
 {{- end -}}
 
-{{/* Volumes of platform pods: settings, object-store credentials, state, /tmp. */}}
+{{/* Volumes of platform pods: settings, the component's object-store credentials, state, /tmp:
+include "recsys.volumes" (list . component). */}}
 {{- define "recsys.volumes" -}}
+{{- $component := index . 1 -}}
+{{- with index . 0 }}
 - name: settings
   configMap:
     name: {{ include "recsys.fullname" . }}-settings
-{{ include "recsys.secretVolume" (list "object-store" (include "recsys.objectStoreSecret" .)) }}
+{{ include "recsys.secretVolume" (list "object-store" (include "recsys.objectStoreSecretFor" (list . $component))) }}
 - name: tmp
   emptyDir: {}
 - name: state
@@ -260,6 +323,7 @@ settings' Redis URLs name. Each renders nothing when Redis takes no password. */
     claimName: {{ include "recsys.fullname" . }}-state
 {{- else }}
   emptyDir: {}
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -297,9 +361,11 @@ prometheus.io/path: {{ index . 2 | quote }}
 {{- end -}}
 {{- end -}}
 
-{{/* Ray pod template pieces shared by RayJob and RayService. */}}
+{{/* Ray pod template pieces shared by RayJob and RayService: include "recsys.rayVolumes" (list . component). */}}
 {{- define "recsys.rayVolumes" -}}
-{{ include "recsys.volumes" . }}
+{{- $component := index . 1 -}}
+{{- with index . 0 }}
+{{- include "recsys.volumes" (list . $component) }}
 {{- include "recsys.redisVolume" . }}
 - name: api-keys
   secret:
@@ -308,6 +374,7 @@ prometheus.io/path: {{ index . 2 | quote }}
 - name: dshm
   emptyDir:
     medium: Memory
+{{- end }}
 {{- end -}}
 
 {{- define "recsys.rayVolumeMounts" -}}

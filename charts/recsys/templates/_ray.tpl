@@ -68,7 +68,7 @@ spec:
       volumeMounts:
         {{- include "recsys.rayVolumeMounts" $ | nindent 8 }}
   volumes:
-    {{- include "recsys.rayVolumes" $ | nindent 4 }}
+    {{- include "recsys.rayVolumes" (list $ (ternary "serving" "pipeline" (eq .component "serving"))) | nindent 4 }}
 {{- end -}}
 
 {{/* rayStartParams of a worker group: num-gpus from its nvidia.com/gpu limit. */}}
