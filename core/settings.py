@@ -116,6 +116,9 @@ class Settings(BaseModel):
     copy_timeout_ms: float = 800.0  # past it: the grounded template copy, flagged degraded
     breaker_failures: int = 5  # a stage failing this many times in a row is skipped (0: never skipped)...
     breaker_cooldown_s: float = 2.0  # ...for this long, then one request tries it again
+    admission_limit: int = 16  # /recommend requests in progress per Ingress replica; more wait (0: no limit)...
+    admission_queue: int = 32  # ...at most this many; past it HTTP 503 / gRPC UNAVAILABLE at once (Retry-After)
+    admission_wait_ms: float = 100.0  # a waiting request that gets no slot within this long is refused the same way
     copy_budget_ms: float = 600.0  # inside the copy stage: past it, template now and the model copy cached later
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
     max_catalogue_request_bytes: int = 1_048_576  # POST /items (catalogue upserts) bodies over it get HTTP 413

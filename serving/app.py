@@ -30,7 +30,11 @@ def build(settings: Settings) -> Application:
     def o(deployment):
         return deployment.options(ray_actor_options=opts)
 
-    return o(Ingress).bind(
+    # Serve queues what a replica will not take; let the Ingress take every request its admission may hold, so
+    # the excess gets admission's fast 503 (serving.admission) instead of an unbounded wait in Serve's router.
+    ingress = o(Ingress).options(max_ongoing_requests=max(64, settings.admission_limit + settings.admission_queue
+                                                          + 16))  # + health checks and writes
+    return ingress.bind(
         recall=o(Recall).bind(),  # 1-2. the user's features (Feast) → candidates (encoder + ANN + popularity)
         ranking=RankingStage,  # 3. item rows → Triton ranker → blend and rules, in the Ingress replica
         copy=o(CopyStage).bind(),  # 4. copy per item: fine-tuned LM, guard, cache, budget

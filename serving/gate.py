@@ -1,6 +1,8 @@
-"""The API's gate: which keys may read and write, the body size limit, and write admission (key + rate).
+"""The API's gate: which keys may read and write, the body size limit, write admission (key + rate) and read
+admission (load: `serving.admission`).
 
-The ASGI `Gate` answers 413 and 401 before FastAPI parses a body; `admit` is the writes' check (401 / 429).
+The ASGI `Gate` answers 413, 401 and 503 (overloaded) before FastAPI parses a body; `admit` is the writes' check
+(401 / 429).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import grpc
 from fastapi.responses import JSONResponse
 
 from core.settings import Settings, load_settings
+from serving.admission import Admission
 from serving.failures import Refusal
 from serving.ratelimit import RateLimiter, retry_after
 
@@ -20,6 +23,16 @@ from serving.ratelimit import RateLimiter, retry_after
 def replica_settings() -> Settings:
     """This replica's settings, read once (not per request); the keys file is re-read at each check."""
     return load_settings()
+
+
+@functools.cache
+def replica_admission() -> Admission:
+    """The replica's one read admission, shared by HTTP (`Gate`) and gRPC (`Ingress.Recommend`)."""
+    from ray.util import metrics
+
+    s = replica_settings()
+    refused = metrics.Counter("recsys_overload_refused_total", "Reads refused by admission control (503).")
+    return Admission(s.admission_limit, s.admission_queue, s.admission_wait_ms, on_refuse=refused.inc)
 
 
 CATALOGUE_PATH = "/items"  # catalogue upserts: many items with free text, so a larger body limit
@@ -59,7 +72,7 @@ async def read_bounded(receive, limit: int) -> bytes | None:
 
 class Gate:
     """413 when the body is over the limit: at once from Content-Length, or while a chunked body streams in; 401
-    on a read without a required key.
+    on a read without a required key; 503 with Retry-After on a read the replica has no room for (admission).
 
     Pure ASGI, so both answer before FastAPI parses (a bad body without a key is a 401, not a 422), and
     Starlette's `@app.middleware("http")` would wrap every request in an extra task and stream.
@@ -90,6 +103,18 @@ class Gate:
                         scope, receive, send)
                     return
                 receive = _replay(body, receive)
+            if scope["path"] in READ_PATHS:
+                admission = replica_admission()
+                try:
+                    await admission.acquire()
+                except Refusal as r:
+                    await r.response()(scope, receive, send)
+                    return
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    admission.release()
+                return
         await self.app(scope, receive, send)
 
 

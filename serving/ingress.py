@@ -51,7 +51,7 @@ from serving.feedback_api import (
     refuse_unknown_items,
     unavailable_json,
 )
-from serving.gate import Gate, admit, admit_read, replica_settings
+from serving.gate import Gate, admit, admit_read, replica_admission, replica_settings
 from serving.grpc_api import (
     InvalidRequest,
     feedback_from_proto,
@@ -346,7 +346,8 @@ class Ingress:
         try:
             admit_read(metadata.get("authorization"))
             decoded(request)
-            return response_to_proto(await self._recommend(request_from_proto(request), rid))
+            async with replica_admission().slot():  # HTTP reads are admitted in the `Gate`
+                return response_to_proto(await self._recommend(request_from_proto(request), rid))
         except Exception as e:
             grpc_status(grpc_context, e)
         return pb.RecommendResponse()

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 CDF_POINTS = list(range(0, 101, 5))  # percentiles kept per stage for the latency CDF plot
+OVERLOADED = "503 overloaded"  # how `_status_kind` reads an admission refusal (serving.admission)
 
 
 class KeepAlive:
@@ -27,6 +28,7 @@ class KeepAlive:
         self.host, self.port, self.path = u.hostname or "127.0.0.1", u.port or 80, u.path or "/"
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.conn: http.client.HTTPConnection | None = None
+        self.retry_after = 0.0  # the last answer's Retry-After (s), 0 without one
 
     def close(self) -> None:
         if self.conn is not None:
@@ -38,6 +40,7 @@ class KeepAlive:
             self.conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
         self.conn.request("POST", self.path, body, self.headers)
         r = self.conn.getresponse()
+        self.retry_after = float(r.getheader("Retry-After") or 0)
         return r.status, r.read()
 
     def post(self, body: bytes) -> tuple[float, dict | str]:
@@ -81,14 +84,16 @@ def _status_kind(status: int, data: bytes) -> str:
 
 
 def load(url: str, users: list[int], concurrency: int, seconds: float, include_copy: bool,
-         max_requests: int = 5_000) -> dict[str, Any]:
-    """Closed loop: `concurrency` clients, each sends its next request when the last one answered."""
+         max_requests: int = 5_000, honour_retry_after: bool = False) -> dict[str, Any]:
+    """Closed loop: `concurrency` clients, each sends its next request when the last one answered (or, with
+    `honour_retry_after`, after a refusal's Retry-After, as the API asks of its clients)."""
     deadline = time.monotonic() + seconds
     lat: list[float] = []
     stages: dict[str, list[float]] = {}
     done: list[float] = []  # when each answer came back (monotonic), for the per-window spread
     errors = degraded = 0
     kinds: dict[str, int] = {}
+    refused: list[float] = []  # ms to each admission refusal (503 overloaded): it must come fast to be any use
     lock = threading.Lock()
 
     def client(c: int) -> None:
@@ -103,12 +108,18 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
                 if isinstance(payload, str):
                     errors += 1
                     kinds[payload] = kinds.get(payload, 0) + 1
-                    continue
-                lat.append(ms)
-                done.append(time.monotonic())
-                degraded += bool(payload["degraded"])
-                for k, v in payload["timings_ms"].items():
-                    stages.setdefault(k, []).append(v)
+                    if payload.startswith(OVERLOADED):
+                        refused.append(ms)
+                    backoff = conn.retry_after if honour_retry_after else 0.0
+                else:
+                    backoff = 0.0
+                    lat.append(ms)
+                    done.append(time.monotonic())
+                    degraded += bool(payload["degraded"])
+                    for k, v in payload["timings_ms"].items():
+                        stages.setdefault(k, []).append(v)
+            if backoff:
+                time.sleep(max(0.0, min(backoff, deadline - time.monotonic())))
 
     t0, start = time.perf_counter(), time.monotonic()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -117,7 +128,9 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
     q = np.percentile(lat, [50, 95, 99]) if lat else [float("nan")] * 3
     return {"concurrency": concurrency, "include_copy": include_copy, "requests": len(lat), "errors": errors,
             "windows": window_spread(start, wall, done, lat),
-            "error_kinds": kinds, "degraded": degraded, "rps": round(len(lat) / wall, 1), "p50_ms": round(q[0], 1),
+            "error_kinds": kinds, "refused": len(refused),
+            "refused_p99_ms": round(float(np.percentile(refused, 99)), 1) if refused else None,
+            "degraded": degraded, "rps": round(len(lat) / wall, 1), "p50_ms": round(q[0], 1),
             "p95_ms": round(q[1], 1), "p99_ms": round(q[2], 1),
             "stage_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()},
             "stage_cdf_ms": {k: [round(float(x), 2) for x in np.percentile(v, CDF_POINTS)] for k, v in stages.items()}}

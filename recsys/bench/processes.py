@@ -97,6 +97,19 @@ def _label(cmd: str) -> str:
     return Path(words[0]).name if words else "?"
 
 
+def rss_mib(labels: tuple[str, ...]) -> dict[str, float]:
+    """Current RSS (MiB) by label, summed over the processes carrying each of `labels` (see `_label`)."""
+    import psutil
+
+    out = dict.fromkeys(labels, 0.0)
+    for p in psutil.process_iter(["cmdline", "name"]):
+        with contextlib.suppress(psutil.Error):
+            label = _label(" ".join(p.info["cmdline"] or [p.info["name"] or ""]))
+            if label in out:
+                out[label] += p.memory_info().rss / 2**20
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def _process_cpu() -> dict[int, tuple[float, str]]:
     """CPU seconds so far of every process on the machine, with a short label."""
     import psutil

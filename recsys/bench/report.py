@@ -182,6 +182,7 @@ def report(r: dict[str, Any], path: Path) -> str:
                   + ("; by process (GiB, each at its own peak): " + ", ".join(f"{k} {v}" for k, v in by_proc.items())
                      if by_proc else "") + ".", ""]
         lines += floor_report(sv)
+        lines += overload_report(sv)
         if sv.get("feedback"):
             fb = sv["feedback"]
             lines += ["## Feedback (`POST /feedback`, closed loop on 127.0.0.1, while the graph serves)", "",
@@ -255,6 +256,35 @@ def floor_report(sv: dict[str, Any]) -> list[str]:
         lines.append(f"CPU per request, {name}, concurrency 8 (ms, by process): "
                      + ", ".join(f"{k} {v}" for k, v in cpu.items()) + f"; sum {sum(cpu.values()):.2f}.")
     return [*lines, ""]
+
+
+def overload_report(sv: dict[str, Any]) -> list[str]:
+    """`/recommend` past capacity with admission control (`suites.overload`)."""
+    ov = sv.get("overload")
+    if not ov:
+        return []
+    a = ov["admission"]
+    lines = ["## Overload: admission control (`serving.admission`)", "",
+             f"Each Ingress replica runs at most {a['limit']} requests, lets {a['queue']} more wait up to "
+             f"{a['wait_ms']:g} ms for a slot, and answers the rest 503 with Retry-After. Admitted answers are "
+             f"within the stage budgets when their p99 ≤ {ov['budget_ms']:g} ms (features + recall + ranking "
+             "timeouts) with at most 1 % degraded.", "",
+             "| clients | on a 503 | admitted req/s | p50 ms | p99 ms | degraded | refused | refusal p99 ms | "
+             "within budget |", "|---|---|---|---|---|---|---|---|---|"]
+    for x in ov["runs"]:
+        lines.append(f"| {x['concurrency']} | {'wait Retry-After' if x['honour_retry_after'] else 'retry at once'} "
+                     f"| {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['degraded']} | {x['refused']} | "
+                     f"{x['refused_p99_ms'] if x['refused_p99_ms'] is not None else '–'} | "
+                     f"{'yes' if x['within_budget'] else 'no'} |")
+    lines += ["", f"Load held within the stage budgets: **{ov['held_rps_within_budget']} req/s** admitted.", ""]
+    sk = sv.get("soak")
+    if sk:
+        series = "; ".join(f"{label} {' → '.join(f'{v:g}' for v in vals)}" for label, vals in sk["rss_mib"].items())
+        lines += [f"Triton memory under sustained load ({sk['rounds']} × {sk['seconds_per_round']:g} s at concurrency "
+                  f"8, {sk['requests']} requests; RSS MiB before and after each round): {series}. "
+                  + ("Levelled off (the last round added ≤ 2 %)." if sk["levelled_off"]
+                     else "**Still rising** in the last round (> 2 %)."), ""]
+    return lines
 
 
 def with_spread(v: float | list[float]) -> str:

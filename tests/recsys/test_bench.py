@@ -33,6 +33,14 @@ class _Fake(BaseHTTPRequestHandler):
             if self.headers.get("Authorization") != "Bearer k":
                 return self._send(401, {"error": "missing or invalid API key"})
             return self._send(200, {"accepted": len(body["events"])})
+        if body["user_id"] == 21:  # admission control's refusal (serving.admission)
+            out = json.dumps({"error": "overloaded: 16 requests in progress; retry after 1 s"}).encode()
+            self.send_response(503)
+            self.send_header("Retry-After", "0.2")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         if body["user_id"] in (13, 14):
             out = json.dumps({"error": "internal error (KeyError)"}).encode() if body["user_id"] == 14 else \
                 b"Internal Server Error"
@@ -81,6 +89,43 @@ def test_load_counts_errors_and_degraded_answers_separately(fake_graph):
     assert 0 < r["degraded"] < r["requests"]
     assert r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert r["stage_p50_ms"] == {"recall": 1.0, "total": 2.0}
+
+
+def test_refusals_are_timed_apart_and_a_client_that_honours_retry_after_waits_it_out(fake_graph):
+    eager = load(fake_graph, users=[21], concurrency=1, seconds=1.0, include_copy=False)
+    patient = load(fake_graph, users=[21], concurrency=1, seconds=1.0, include_copy=False, honour_retry_after=True)
+    assert eager["refused"] == eager["errors"] and eager["requests"] == 0 and eager["refused_p99_ms"] is not None
+    assert 1 <= patient["refused"] <= 5  # each refusal is followed by its 0.2 s Retry-After
+    assert eager["refused"] >= 3 * patient["refused"]
+    mixed = load(fake_graph, users=[21, 1], concurrency=1, seconds=0.3, include_copy=False)
+    assert mixed["requests"] > 0 and mixed["refused"] > 0 and mixed["error_kinds"] == {
+        "503 overloaded: 16 requests in progress; retry after 1 s": mixed["refused"]}
+    assert load(fake_graph, users=[1], concurrency=1, seconds=0.1, include_copy=False)["refused_p99_ms"] is None
+
+
+def test_the_overload_section_says_which_rows_held_within_the_budgets():
+    from recsys.bench.report import overload_report
+
+    def run(c: int, honour: bool, rps: float, p99: float, within: bool) -> dict:
+        return {"concurrency": c, "honour_retry_after": honour, "rps": rps, "p50_ms": p99 / 2, "p99_ms": p99,
+                "degraded": 0, "refused": 40, "refused_p99_ms": 120.0, "within_budget": within, "requests": 900}
+
+    ov = {"runs": [run(32, True, 200.0, 210.0, True), run(64, False, 90.0, 900.0, False)], "budget_ms": 800.0,
+          "held_rps_within_budget": 200.0, "admission": {"limit": 16, "queue": 32, "wait_ms": 100.0}}
+    text = "\n".join(overload_report({"overload": ov}))
+    assert "| 32 | wait Retry-After | 200.0 | 105.0 | 210.0 | 0 | 40 | 120.0 | yes |" in text
+    assert "| 64 | retry at once | 90.0 | 450.0 | 900.0 | 0 | 40 | 120.0 | no |" in text
+    assert "**200.0 req/s** admitted" in text and "p99 ≤ 800 ms" in text
+    assert overload_report({}) == []
+    soak = {"rounds": 2, "seconds_per_round": 30.0, "requests": 9000, "levelled_off": False,
+            "rss_mib": {"tritonserver": [58.0, 88.0, 103.0], "triton python model ranker": [150.0, 151.0, 151.0]}}
+    text = "\n".join(overload_report({"overload": ov, "soak": soak}))
+    assert "tritonserver 58 → 88 → 103; triton python model ranker 150 → 151 → 151. **Still rising**" in text
+    from recsys.bench.suites import levelled_off
+
+    assert not levelled_off([58.0, 88.0, 103.0]) and levelled_off([58.0, 88.0, 89.5]) and levelled_off([500, 509])
+    assert not levelled_off([500.0, 511.0]) and not levelled_off([100.0])
+    assert "Levelled off" in "\n".join(overload_report({"overload": ov, "soak": {**soak, "levelled_off": True}}))
 
 
 def test_report_has_one_table_row_per_measurement():

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.slow  # the live stack: Triton, a Ray head and the Serv
 
 PORTS = {"RECSYS_SERVE_HTTP_PORT": "28000", "RECSYS_TRITON_HTTP_PORT": "28100", "RECSYS_TRITON_GRPC_PORT": "28101",
          "RECSYS_TRITON_METRICS_PORT": "28102", "RECSYS_RAY_HEAD_PORT": "26379", "RECSYS_SERVE_GRPC_PORT": "28200",
-         "RECSYS_WRITE_RATE_PER_S": "30", "RECSYS_WRITE_BURST": "60"}  # low enough for the 429 test to reach
+         "RECSYS_WRITE_RATE_PER_S": "30", "RECSYS_WRITE_BURST": "60",  # low enough for the 429 test to reach
+         "RECSYS_ADMISSION_LIMIT": "4", "RECSYS_ADMISSION_QUEUE": "4"}  # ...and the overload test (Load has 3)
 URL = "http://127.0.0.1:28000"  # ports outside the local Ray worker range (10002-19999)
 GRPC = "127.0.0.1:28200"
 
@@ -692,6 +693,47 @@ def test_grpc_answers_the_same_contract_as_http(served):
     assert all(it.copy == "" and it.copy_source == "none" for it in got.items)
     default = grpc_recommend(pb.RecommendRequest(user_id=7))  # proto3 defaults: k 10, copy on
     assert len(default.items) == 10 and all(it.copy_source == "template" for it in default.items)
+
+
+def test_past_its_admission_bounds_the_graph_refuses_at_once_with_retry_after_over_http_and_grpc(served):
+    """A burst far over the Ingress's admission (4 in progress, 4 waiting here): the excess gets 503 with
+    Retry-After / UNAVAILABLE saying "overloaded" (not a slow or degraded answer), the rest is answered, and the
+    slots all come back afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from serving.proto import recsys_pb2 as pb
+
+    def http_once(user: int) -> tuple[int, str | None, dict]:
+        req = urllib.request.Request(URL + "/recommend", method="POST", headers={"Content-Type": "application/json"},
+                                     data=json.dumps({"user_id": user % 50, "k": 5, "include_copy": False}).encode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, None, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Retry-After"), json.loads(e.read() or b"{}")
+
+    with ThreadPoolExecutor(48) as pool:
+        answers = list(pool.map(http_once, range(96)))
+    codes = Counter(code for code, _, _ in answers)
+    assert set(codes) == {200, 503} and codes[200] >= 4, codes
+    refused = [(retry, body) for code, retry, body in answers if code == 503]
+    assert all(retry == "1" and body["error"].startswith("overloaded: ") for retry, body in refused), refused[:3]
+
+    def grpc_once(user: int) -> str:
+        try:
+            grpc_recommend(pb.RecommendRequest(user_id=user % 50, k=5, include_copy=False))
+            return "OK"
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE and e.details().startswith("overloaded: "), e.details()
+            return "UNAVAILABLE"
+
+    with ThreadPoolExecutor(48) as pool:
+        outcomes = Counter(pool.map(grpc_once, range(96)))
+    assert outcomes["UNAVAILABLE"] > 0 and outcomes["OK"] >= 4, outcomes
+    for user in range(8):  # every slot came back: sequential requests are all admitted
+        assert recommend(user, k=5)["items"]
 
 
 def test_request_filters_apply_before_top_k_on_http_and_grpc(served):
