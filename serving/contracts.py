@@ -157,6 +157,7 @@ class CopyResult(BaseModel):
     version: str  # copy model version, or "template" (no model loaded)
     late: int = 0  # copies that missed the stage's budget: template now, model copy cached for next time
     rejected: int = 0  # generated copies the guard replaced with the template
+    busy: int = 0  # misses not generated at all: the model had `copy_max_pending` copies in progress (template)
     error: str = ""  # generation failed for some items (they carry the template)
     budget_ms: float = 0.0
 

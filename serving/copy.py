@@ -56,7 +56,7 @@ class CopyStage:
                           if ok}
         self.popular = [ids[j] for j in sorted(range(len(ids)), key=lambda j: -int(rows.popularity[j]))]
         self.guard = guard_from_catalogue(rows.title, rows.genres)
-        self.writer = CopyWriter(None, self.guard, self.s.copy_cache_size, self._generate)
+        self.writer = CopyWriter(None, self.guard, self.s.copy_cache_size, self._generate, self.s.copy_max_pending)
         self.loading: asyncio.Task | None = None
         self.warmed = 0
         self.follower = CatalogueFollower(self.s)  # upserted titles: what "liked" names and the guard knows
@@ -100,7 +100,8 @@ class CopyStage:
         except Exception as e:  # the stage keeps answering (template, flagged) rather than failing requests
             log.error("copy model v%s did not load: %s", version, e)
             return
-        old, self.writer = self.writer.model, CopyWriter(model, self.guard, self.s.copy_cache_size, self._generate)
+        old, self.writer = self.writer.model, CopyWriter(model, self.guard, self.s.copy_cache_size, self._generate,
+                                                         self.s.copy_max_pending)
         if old is not None:
             old.close()  # generations already queued on it finish; new ones go to the new model
         warm = [CopyFacts(self.catalogue[i]) for i in self.popular[: self.s.copy_warm_items] if i in self.catalogue]

@@ -138,10 +138,13 @@ class CopyCache:
 
 class CopyWriter:
     def __init__(self, model: CopyModel | None, guard: Guard, cache_size: int,
-                 generate: Callable[[list[CopyFacts]], Awaitable[list[str]]] | None = None) -> None:
+                 generate: Callable[[list[CopyFacts]], Awaitable[list[str]]] | None = None,
+                 max_pending: int = 0) -> None:
         """`generate`: how texts are produced; the Serve deployment passes its `@serve.batch` method, which
-        joins concurrent requests' misses into one call; by default one call per request."""
-        self.model = model
+        joins concurrent requests' misses into one call; by default one call per request. `max_pending`: copies
+        generated at once at most (0: no bound); a miss past it gets the template and is not queued, so a burst
+        of new users cannot queue minutes of generation that would hold the CPU long after they left."""
+        self.model, self.max_pending = model, max_pending
         self.guard = guard
         self.generate_texts = generate or self._direct
         self.cache = CopyCache(cache_size)
@@ -176,10 +179,19 @@ class CopyWriter:
                 copies[i] = Copy(text=text, source="model")
             else:
                 keys[i] = (f.item.item_id, f.taste.bucket())
-        late = rejected = 0
+        late = rejected = busy = 0
         error = ""
+        new = list({k: i for i, k in keys.items() if k not in self.pending}.values())
+        if new and self.max_pending > 0:
+            room = max(0, self.max_pending - len(self.pending))
+            dropped = {keys[i] for i in new[room:]}
+            new = new[:room]
+            for i, k in list(keys.items()):
+                if k in dropped:  # not generated at all: the template, said as such (not late: nothing follows)
+                    copies[i] = Copy(text=template_text(facts[i]), source="template")
+                    del keys[i]
+                    busy += 1
         if keys:
-            new = list({k: i for i, k in keys.items() if k not in self.pending}.values())
             if new:  # one generation per (item, taste), shared by every request waiting for it
                 task = asyncio.ensure_future(self._generate([facts[i] for i in new]))
                 for j, i in enumerate(new):
@@ -201,7 +213,7 @@ class CopyWriter:
                 else:  # late: the template now, the cache later
                     late += 1
         return CopyResult(copies=[c for c in copies if c is not None], version=self.model.version, late=late,
-                          rejected=rejected, error=error, budget_ms=budget_s * 1e3)
+                          rejected=rejected, busy=busy, error=error, budget_ms=budget_s * 1e3)
 
     def _clear(self, keys: list[tuple[int, str]]) -> None:
         for k in keys:

@@ -413,6 +413,10 @@ class Ingress:
                     degraded.append(Degradation(
                         stage="copy", reason=f"{res.late} of {len(copies)} copies missed the {res.budget_ms:.0f} ms "
                         "budget", fallback="template copy for those; their model copy is being cached"))
+                if res.busy:
+                    degraded.append(Degradation(
+                        stage="copy", reason=f"{res.busy} of {len(copies)} copies not generated: the copy model has "
+                        "its most copies in progress", fallback="template copy for those"))
                 if res.error:
                     degraded.append(Degradation(stage="copy", reason=res.error, fallback="template copy for those"))
             except StageFailed as e:

@@ -85,6 +85,15 @@ def readme_block(r: dict[str, Any], path: Path) -> str:
             q = r["serving"]["floor"]["floor_ratio"]
             lines.append(f"| `/recommend` against its floor graph (same run, interleaved) | {q['rps_c8']} of the "
                          f"floor's req/s at concurrency 8, p99 {q['p99_c8']}×, concurrency-1 p50 {q['p50_c1']}× |")
+        if r["serving"].get("overload"):
+            ov = r["serving"]["overload"]
+            lines.append(f"| `/recommend` past capacity (admission control, up to 128 clients) | "
+                         f"{ov['held_rps_within_budget']} req/s admitted with p99 within the {ov['budget_ms']:g} ms "
+                         "stage budgets |")
+        if r["serving"].get("copy_lm") and "error" not in r["serving"]["copy_lm"]:
+            cl = r["serving"]["copy_lm"]
+            lines.append(f"| `/recommend` with the copy LM loaded: warm p99 / no-copy p99; cold copy stage max | "
+                         f"{cl['warm_p99_ratio']}×; {cl['cold_copy_max_ms']} ms (timeout {cl['copy_timeout_ms']:g}) |")
     if "scaling" in r:
         sc = r["scaling"]
         lines.append(f"| Ray Train retrieval, 1 → 2 workers | {sc['speedup']}× samples/s |")
@@ -183,6 +192,7 @@ def report(r: dict[str, Any], path: Path) -> str:
                      if by_proc else "") + ".", ""]
         lines += floor_report(sv)
         lines += overload_report(sv)
+        lines += copy_lm_serving_report(sv)
         if sv.get("feedback"):
             fb = sv["feedback"]
             lines += ["## Feedback (`POST /feedback`, closed loop on 127.0.0.1, while the graph serves)", "",
@@ -284,6 +294,32 @@ def overload_report(sv: dict[str, Any]) -> list[str]:
                   f"8, {sk['requests']} requests; RSS MiB before and after each round): {series}. "
                   + ("Levelled off (the last round added ≤ 2 %)." if sk["levelled_off"]
                      else "**Still rising** in the last round (> 2 %)."), ""]
+    return lines
+
+
+def copy_lm_serving_report(sv: dict[str, Any]) -> list[str]:
+    """`/recommend` with the copy LM loaded (`suites.with_copy_lm`)."""
+    cl = sv.get("copy_lm")
+    if not cl:
+        return []
+    if "error" in cl:
+        return ["## Serving with the copy LM loaded", "", f"Not measured: {cl['error']}", ""]
+    warm = ", ".join(f"{w['degraded']}/{w['requests']}" for w in cl["warm_up"])
+    lines = [f"## Serving with the copy LM loaded (v{cl['version']})", "",
+             f"The Copy replica loaded the model and warmed its cache in {cl['ready_s']} s. Warm: a Zipf stream over "
+             f"20 users, warmed until at most 1 % of answers had a late copy (degraded / answered per warm-up round: "
+             f"{warm}); then without and with copy, interleaved, concurrency 8.", "",
+             "| copy | req/s | p50 ms | p99 ms | degraded |", "|---|---|---|---|---|"]
+    for pair in zip(cl["runs"]["no_copy"], cl["runs"]["copy"], strict=True):
+        for name, x in zip(("off", "model copy"), pair, strict=True):
+            lines.append(f"| {name} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['degraded']} |")
+    c = cl["cold"]
+    lines += ["", f"Warm p99 with copy / without: **{cl['warm_p99_ratio']}×** (target ≤ 1.2).", "",
+              f"Cold (users never asked for, one at a time, every copy a miss): {c['requests']} answers, p50 "
+              f"{c['p50_ms']} / p99 {c['p99_ms']} ms; copy stage p95 {cl['cold_copy_p95_ms']} / max "
+              f"{cl['cold_copy_max_ms']} ms against the budget {cl['copy_budget_ms']:g} ms (templates now, model copy "
+              f"filled in the background) and the stage timeout {cl['copy_timeout_ms']:g} ms"
+              + (" (**over it**)" if (cl["cold_copy_max_ms"] or 0) > cl["copy_timeout_ms"] else "") + ".", ""]
     return lines
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from core.errors import one_line
 from core.settings import Settings, load_settings
 from recsys.bench.lifecycle import catalogue_lifecycle
 from recsys.bench.load import feedback_load, load, post, post_feedback, spread
@@ -308,6 +309,81 @@ def levelled_off(mib: list[float]) -> bool:
     return len(mib) >= 2 and mib[-1] - mib[-2] <= max(2.0, 0.02 * mib[-2])
 
 
+def _copy_adapter(s: Settings, console: Console) -> str:
+    """The exported copy LM version of the bench home: the copy suite's when it ran first, else a short LoRA run
+    (latency does not depend on how well it was tuned: a copy the guard rejects costs the same generation)."""
+    from core.artifacts import exported_copy_version
+    from core.names import COPY_MODEL
+    from training.copy_steps import export_copy, train_copy_step
+    from training.promotion import promote
+
+    version = exported_copy_version(s.model_repo)
+    if version is None:
+        t0 = time.perf_counter()
+        train_copy_step(s.model_copy(update={"copy_steps": 8, "copy_eval_items": 4}))
+        promote(s, COPY_MODEL, force=True)
+        version = str(export_copy(s))
+        console.print(f"copy LM v{version} for the serving rows: {time.perf_counter() - t0:.0f} s (8 LoRA steps)")
+    return version
+
+
+def _wait_copy_ready(s: Settings, timeout_s: float = 600.0) -> float:
+    """Seconds until /readyz/copy says the copy model is loaded and its cache warmed."""
+    from core.endpoints import http_url
+    from core.http_json import HttpError, request_json
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        try:
+            if request_json(f"{http_url(s)}/readyz/copy", None, 5).get("ready"):
+                return round(time.monotonic() - t0, 1)
+        except (HttpError, ValueError):
+            pass  # 503 while it loads
+        time.sleep(1.0)
+    raise RuntimeError(f"the copy model was not ready {timeout_s:.0f} s after it was deployed")
+
+
+def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: list[int], seconds: float,
+                 repeats: int = 2, warm_rounds: int = 8) -> dict[str, Any]:
+    """`/recommend` with the copy LM loaded. Warm: a Zipf stream over 20 users (the steady state of repeat
+    traffic: their copies cached after a warm-up), copy on vs off interleaved at concurrency 8 (target: p99 with
+    copy ≤ 1.2× without). Cold: users never asked for, one at a time: every copy misses, so each answer should
+    come at the copy budget with templates (background fill), never past the copy stage's timeout."""
+    from core.endpoints import http_url
+    from ops import launcher
+
+    url, version = f"{http_url(s)}/recommend", _copy_adapter(s, console)
+    launcher.deploy(s)  # the Copy replica is reconfigured with the exported version and loads it
+    ready_s = _wait_copy_ready(s)
+    rng = np.random.default_rng(0)
+    zipf = 1 / np.arange(1, 21)
+    stream = [int(u) for u in rng.choice(users[:20], size=3000, p=zipf / zipf.sum())]
+    warm = []
+    for _ in range(warm_rounds):  # until the hot users' copies are cached: answers no longer degraded
+        r = load(url, stream, 8, seconds, True, honour_retry_after=True)
+        warm.append({"requests": r["requests"], "degraded": r["degraded"]})
+        if r["degraded"] <= 0.01 * max(1, r["requests"]):
+            break
+    runs: dict[str, list[dict[str, Any]]] = {"copy": [], "no_copy": []}
+    for _ in range(repeats):
+        for name in ("no_copy", "copy"):
+            r = load(url, stream, 8, seconds, name == "copy", honour_retry_after=True)
+            runs[name].append(r)
+            console.print(f"copy LM v{version} warm, {name} c=8: {r['rps']} req/s, p99 {r['p99_ms']} ms, degraded "
+                          f"{r['degraded']}")
+    cold = load(url, cold_users, 1, seconds, True)
+    ratio = round(float(np.median([r["p99_ms"] for r in runs["copy"]]))
+                  / float(np.median([r["p99_ms"] for r in runs["no_copy"]])), 3)
+    copy_cdf = cold["stage_cdf_ms"].get("copy", [])
+    out = {"version": version, "ready_s": ready_s, "warm_up": warm, "runs": runs, "warm_p99_ratio": ratio,
+           "cold": cold, "cold_copy_p95_ms": copy_cdf[-2] if copy_cdf else None,
+           "cold_copy_max_ms": copy_cdf[-1] if copy_cdf else None, "copy_budget_ms": s.copy_budget_ms,
+           "copy_timeout_ms": s.copy_timeout_ms}
+    console.print(f"copy LM warm p99 {ratio}× no-copy (target ≤ 1.2); cold copy stage p95 {out['cold_copy_p95_ms']} "
+                  f"/ max {out['cold_copy_max_ms']} ms (budget {s.copy_budget_ms:g}, timeout {s.copy_timeout_ms:g})")
+    return out
+
+
 def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, Any]:
     from core.endpoints import http_url
     from ops import launcher
@@ -334,12 +410,17 @@ def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, An
         events = feedback(s, console, seconds)
         deleted = deletions(s, console, sorted(prepare(s).train)[900:910])
         catalogue = catalogue_lifecycle(s, console, sorted(prepare(s).train)[920:940])
+        try:  # last: its background fills would load the rows after it; a failure keeps the rest of the suite
+            copy_lm = with_copy_lm(s, console, users, sorted(prepare(s).train)[600:640], seconds)
+        except Exception as e:
+            console.print(f"[red]copy LM rows failed: {one_line(e)}[/red]")
+            copy_lm = {"error": one_line(e)}
     cycle = retrain_cycle(s, console)  # outside the RSS window: its Ray Train workers are not the serving stack
     launcher.down(s)
     c1 = next(r for r in runs if r["concurrency"] == 1 and not r["include_copy"])
     return {"runs": runs, "in_process": baseline, "graph_over_in_process_p50": round(c1["p50_ms"] /
             baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "peak_rss_gib_by_process": mem.by_process(),
-            "floor": floor, "overload": overloaded, "soak": soaked, "seconds_per_run": seconds,
+            "floor": floor, "overload": overloaded, "soak": soaked, "copy_lm": copy_lm, "seconds_per_run": seconds,
             "cpu_ms_per_request_c8": cpu_ms, "feedback": events, "deletions": deleted, "catalogue": catalogue,
             "retrain": cycle}
 

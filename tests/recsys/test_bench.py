@@ -128,6 +128,26 @@ def test_the_overload_section_says_which_rows_held_within_the_budgets():
     assert "Levelled off" in "\n".join(overload_report({"overload": ov, "soak": {**soak, "levelled_off": True}}))
 
 
+def test_the_copy_lm_section_pairs_the_warm_runs_and_flags_a_cold_copy_past_its_timeout():
+    from recsys.bench.report import copy_lm_serving_report
+
+    def run(p99: float) -> dict:
+        return {"rps": 100.0, "p50_ms": p99 / 2, "p99_ms": p99, "degraded": 0}
+
+    cl = {"version": "3", "ready_s": 41.0, "warm_up": [{"requests": 800, "degraded": 300},
+                                                       {"requests": 900, "degraded": 5}],
+          "runs": {"no_copy": [run(80.0), run(84.0)], "copy": [run(90.0), run(92.0)]}, "warm_p99_ratio": 1.1,
+          "cold": {"requests": 12, "p50_ms": 640.0, "p99_ms": 700.0}, "cold_copy_p95_ms": 610.0,
+          "cold_copy_max_ms": 615.0, "copy_budget_ms": 600.0, "copy_timeout_ms": 800.0}
+    text = "\n".join(copy_lm_serving_report({"copy_lm": cl}))
+    rows = [ln for ln in text.splitlines() if ln.startswith(("| off", "| model copy"))]
+    assert rows == ["| off | 100.0 | 40.0 | 80.0 | 0 |", "| model copy | 100.0 | 45.0 | 90.0 | 0 |",
+                    "| off | 100.0 | 42.0 | 84.0 | 0 |", "| model copy | 100.0 | 46.0 | 92.0 | 0 |"]
+    assert "round: 300/800, 5/900" in text and "**1.1×** (target ≤ 1.2)" in text and "over it" not in text
+    assert "(**over it**)" in "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "cold_copy_max_ms": 801.0}}))
+    assert copy_lm_serving_report({}) == []
+
+
 def test_report_has_one_table_row_per_measurement():
     result = {
         "started": "2026-11-25T00:00:00+00:00",

@@ -81,6 +81,31 @@ def test_late_copy_is_a_flagged_template_and_fills_the_cache_for_next_time() -> 
     assert next_time.late == 0 and next_time.copies[0].source == "model" and len(p.calls) == 1
 
 
+def test_misses_past_the_pending_bound_get_the_template_and_queue_nothing() -> None:
+    """At most `max_pending` copies in generation: a request whose misses would go past it is answered with the
+    template for the rest at once, said as "busy" (not late: no model copy follows), and only what fits is queued;
+    once the generations finish there is room again. A miss already in generation is shared, not counted twice."""
+    p = Planted(delay_s=0.2)
+    other = [CopyFacts(ItemFacts.from_row(i, f"Movie {i} (1990)", 1990, ["Drama"]), TASTE) for i in range(11, 14)]
+
+    async def run():
+        w = CopyWriter(p.model, GUARD, cache_size=100, generate=p, max_pending=3)
+        first = asyncio.ensure_future(w.write(ITEMS[:3], budget_s=5))  # 3 misses: exactly the bound
+        await asyncio.sleep(0.01)
+        shared = asyncio.ensure_future(w.write(ITEMS[:1], budget_s=5))  # waits on item 1's generation
+        full = await w.write(other + ITEMS[1:2], budget_s=5)  # no room: templates now (item 2 is shared)
+        first_done, shared_done = await first, await shared
+        return first_done, shared_done, full, await w.write(other[:2], budget_s=5), w
+
+    first, shared, full, later, w = asyncio.run(run())
+    assert [c.source for c in first.copies] == ["model", "template_guard", "model"] and first.busy == 0
+    assert shared.copies[0].source == "model" and shared.busy == 0
+    assert full.busy == 3 and [c.source for c in full.copies] == ["template"] * 3 + ["template_guard"]
+    assert full.late == 0 and full.copies[0].text == template_text(other[0])
+    assert later.busy == 0 and [c.source for c in later.copies] == ["model", "template_guard"]  # 12: false year
+    assert p.calls == [[1, 2, 3], [11, 12]] and not w.pending
+
+
 def test_failed_generation_is_reported_as_failed_not_late() -> None:
     ans = asyncio.run(writer(Planted(fail=True)).write(ITEMS[:2], budget_s=5))
     assert ans.error == "copy generation failed: RuntimeError" and ans.late == 0
