@@ -111,26 +111,28 @@ class CopyModel:
 
 
 class CopyCache:
-    """LRU of served model copy by (item, taste bucket); only guard-passed text is stored."""
+    """LRU of what a generation served, by (item, taste bucket): the model copy, or the template the guard put in
+    its place. Decoding is greedy, so generating a rejected copy again would write the same rejected text: under
+    load that was a miss on every request for the same items, and generation never caught up."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.rows: OrderedDict[tuple[int, str], str] = OrderedDict()
+        self.rows: OrderedDict[tuple[int, str], Copy] = OrderedDict()
         self.hits = self.misses = 0
 
-    def get(self, facts: CopyFacts) -> str | None:
+    def get(self, facts: CopyFacts) -> Copy | None:
         key = (facts.item.item_id, facts.taste.bucket())
-        text = self.rows.get(key)
-        if text is None:
+        copy = self.rows.get(key)
+        if copy is None:
             self.misses += 1
             return None
         self.hits += 1
         self.rows.move_to_end(key)
-        return text
+        return copy
 
-    def put(self, facts: CopyFacts, text: str) -> None:
+    def put(self, facts: CopyFacts, copy: Copy) -> None:
         key = (facts.item.item_id, facts.taste.bucket())
-        self.rows[key] = text
+        self.rows[key] = copy
         self.rows.move_to_end(key)
         while len(self.rows) > self.size:
             self.rows.popitem(last=False)
@@ -153,11 +155,10 @@ class CopyWriter:
     def _finish(self, facts: list[CopyFacts], texts: list[str]) -> list[Copy]:
         out = []
         for f, text in zip(facts, texts, strict=True):
-            if self.guard.factual(text, f):
-                self.cache.put(f, text)
-                out.append(Copy(text=text, source="model"))
-            else:
-                out.append(Copy(text=template_text(f), source="template_guard"))
+            copy = (Copy(text=text, source="model") if self.guard.factual(text, f)
+                    else Copy(text=template_text(f), source="template_guard"))
+            self.cache.put(f, copy)
+            out.append(copy)
         return out
 
     async def _direct(self, facts: list[CopyFacts]) -> list[str]:
@@ -173,13 +174,15 @@ class CopyWriter:
                               version="template", budget_ms=budget_s * 1e3)
         copies: list[Copy | None] = [None] * len(facts)
         keys: dict[int, tuple[int, str]] = {}
+        rejected = 0
         for i, f in enumerate(facts):
-            text = self.cache.get(f)
-            if text is not None:
-                copies[i] = Copy(text=text, source="model")
+            cached = self.cache.get(f)
+            if cached is not None:
+                copies[i] = cached
+                rejected += cached.source == "template_guard"
             else:
                 keys[i] = (f.item.item_id, f.taste.bucket())
-        late = rejected = busy = 0
+        late = busy = 0
         error = ""
         new = list({k: i for i, k in keys.items() if k not in self.pending}.values())
         if new and self.max_pending > 0:

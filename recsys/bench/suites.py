@@ -309,22 +309,21 @@ def levelled_off(mib: list[float]) -> bool:
     return len(mib) >= 2 and mib[-1] - mib[-2] <= max(2.0, 0.02 * mib[-2])
 
 
-def _copy_adapter(s: Settings, console: Console) -> str:
-    """The exported copy LM version of the bench home: the copy suite's when it ran first, else a short LoRA run
-    (latency does not depend on how well it was tuned: a copy the guard rejects costs the same generation)."""
+def _copy_champion(s: Settings, console: Console) -> None:
+    """A copy LM champion for the serving rows: the copy suite's when it ran first, else a short LoRA run (trained
+    before the serving stack's RSS window, exported only for its rows). Latency hardly depends on how well it is
+    tuned: a copy the guard rejects costs the same generation and is cached the same way."""
     from core.artifacts import exported_copy_version
     from core.names import COPY_MODEL
-    from training.copy_steps import export_copy, train_copy_step
+    from training.copy_steps import train_copy_step
     from training.promotion import promote
 
-    version = exported_copy_version(s.model_repo)
-    if version is None:
+    if exported_copy_version(s.model_repo) is None:
         t0 = time.perf_counter()
-        train_copy_step(s.model_copy(update={"copy_steps": 8, "copy_eval_items": 4}))
+        r = train_copy_step(s.model_copy(update={"copy_steps": 8, "copy_eval_items": 4}))
         promote(s, COPY_MODEL, force=True)
-        version = str(export_copy(s))
-        console.print(f"copy LM v{version} for the serving rows: {time.perf_counter() - t0:.0f} s (8 LoRA steps)")
-    return version
+        console.print(f"copy LM v{r['version']} for the serving rows: {time.perf_counter() - t0:.0f} s (8 LoRA "
+                      "steps)")
 
 
 def _wait_copy_ready(s: Settings, timeout_s: float = 600.0) -> float:
@@ -349,10 +348,12 @@ def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: li
     traffic: their copies cached after a warm-up), copy on vs off interleaved at concurrency 8 (target: p99 with
     copy ≤ 1.2× without). Cold: users never asked for, one at a time: every copy misses, so each answer should
     come at the copy budget with templates (background fill), never past the copy stage's timeout."""
+    from core.artifacts import exported_copy_version
     from core.endpoints import http_url
     from ops import launcher
+    from training.copy_steps import export_copy
 
-    url, version = f"{http_url(s)}/recommend", _copy_adapter(s, console)
+    url, version = f"{http_url(s)}/recommend", exported_copy_version(s.model_repo) or str(export_copy(s))
     launcher.deploy(s)  # the Copy replica is reconfigured with the exported version and loads it
     ready_s = _wait_copy_ready(s)
     rng = np.random.default_rng(0)
@@ -393,6 +394,7 @@ def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, An
     url = f"{http_url(s)}/recommend"
     launcher.up(s)
     floor = against_floor(s, console, users, seconds)  # before the RSS window: the floor is not the serving stack
+    _copy_champion(s, console)  # its Ray Train workers are not the serving stack either
     with PeakRSS(own=False) as mem:  # the serving stack, not this driver (load generator, in-process baseline)
         runs = []
         for include_copy in (False, True):
