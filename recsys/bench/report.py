@@ -307,8 +307,8 @@ def copy_lm_serving_report(sv: dict[str, Any]) -> list[str]:
     warm = ", ".join(f"{w['degraded']}/{w['requests']}" for w in cl["warm_up"])
     lines = [f"## Serving with the copy LM loaded (v{cl['version']})", "",
              f"The Copy replica loaded the model and warmed its cache in {cl['ready_s']} s. Warm: a Zipf stream over "
-             f"20 users, warmed until at most 1 % of answers had a late copy (degraded / answered per warm-up round: "
-             f"{warm}); then without and with copy, interleaved, concurrency 8.", "",
+             f"20 users, warmed at 2 clients until at most 1 % of answers had a late copy (degraded / answered per "
+             f"warm-up round: {warm}); then without and with copy, interleaved, concurrency 8.", "",
              "| copy | req/s | p50 ms | p99 ms | degraded |", "|---|---|---|---|---|"]
     for pair in zip(cl["runs"]["no_copy"], cl["runs"]["copy"], strict=True):
         for name, x in zip(("off", "model copy"), pair, strict=True):
