@@ -35,6 +35,9 @@ def _auth(settings: Settings, required: bool = True) -> dict[str, str]:
     return {"Authorization": f"Bearer {settings.api_key}"}
 
 
+OWN_UNAVAILABLE = ("overloaded:",)  # how the graph's own UNAVAILABLE answers begin (serving.admission)
+
+
 def _grpc_metadata(settings: Settings, required: bool) -> list[tuple[str, str]]:
     """Serve's application name and the key (gRPC metadata keys are lower case)."""
     return [("application", settings.serve_app_name),
@@ -71,11 +74,20 @@ def recommend_grpc(settings: Settings, user_id: int, k: int = 10, include_copy: 
             resp = RecommenderStub(channel).Recommend(request_to_proto(req), timeout=timeout,
                                                       metadata=_grpc_metadata(settings, required=False))
         except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE and "unavailable:" not in (e.details() or ""):
-                raise ServingError(f"no graph at grpc://{target} ({e.details()}): start it with `recsys serve`"
-                                   ) from None
-            raise ServingError(f"grpc://{target} answered {e.code().name}: {e.details()}") from None
+            raise grpc_failure(target, e) from None
     return response_from_proto(resp).model_dump(by_alias=True)
+
+
+def grpc_failure(target: str, e) -> ServingError:
+    """One line for a failed call: the graph's own UNAVAILABLE (a lost stage, or overloaded: retry later) as it
+    said it; gRPC's own UNAVAILABLE (nothing listening) as "start it"."""
+    import grpc
+
+    details = e.details() or ""
+    if e.code() == grpc.StatusCode.UNAVAILABLE and not details.startswith(OWN_UNAVAILABLE) \
+            and "unavailable:" not in details:
+        return ServingError(f"no graph at grpc://{target} ({details}): start it with `recsys serve`")
+    return ServingError(f"grpc://{target} answered {e.code().name}: {details}")
 
 
 def feedback_grpc(settings: Settings, events: list[dict[str, Any]], timeout: float = 10.0) -> dict[str, Any]:

@@ -305,7 +305,8 @@ def copy_lm_serving_report(sv: dict[str, Any]) -> list[str]:
     if "error" in cl:
         return ["## Serving with the copy LM loaded", "", f"Not measured: {cl['error']}", ""]
     warm = ", ".join(f"{w['degraded']}/{w['requests']}" for w in cl["warm_up"])
-    lines = [f"## Serving with the copy LM loaded (v{cl['version']})", "",
+    sitting = f" (measured in a sitting of its own at commit {cl['measured_at']})" if cl.get("measured_at") else ""
+    lines = [f"## Serving with the copy LM loaded (v{cl['version']}){sitting}", "",
              f"The Copy replica loaded the model and warmed its cache in {cl['ready_s']} s. Warm: a Zipf stream over "
              f"20 users, warmed at 2 clients until at most 1 % of answers had a late copy (degraded / answered per "
              f"warm-up round: {warm}); then without and with copy, interleaved, concurrency 8.", "",
@@ -320,6 +321,9 @@ def copy_lm_serving_report(sv: dict[str, Any]) -> list[str]:
               f"{cl['cold_copy_max_ms']} ms against the budget {cl['copy_budget_ms']:g} ms (templates now, model copy "
               f"filled in the background) and the stage timeout {cl['copy_timeout_ms']:g} ms"
               + (" (**over it**)" if (cl["cold_copy_max_ms"] or 0) > cl["copy_timeout_ms"] else "") + ".", ""]
+    if cl.get("peak_rss_gib") is not None:
+        lines += [f"Serving stack peak RSS with the copy LM loaded: {cl['peak_rss_gib']} GiB (target ≤ 3); by process "
+                  "(GiB): " + ", ".join(f"{k} {v}" for k, v in cl["peak_rss_gib_by_process"].items()) + ".", ""]
     return lines
 
 

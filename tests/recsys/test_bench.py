@@ -146,6 +146,10 @@ def test_the_copy_lm_section_pairs_the_warm_runs_and_flags_a_cold_copy_past_its_
     assert "round: 300/800, 5/900" in text and "**1.1×** (target ≤ 1.2)" in text and "over it" not in text
     assert "(**over it**)" in "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "cold_copy_max_ms": 801.0}}))
     assert copy_lm_serving_report({}) == []
+    alone = "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "measured_at": "abc1234", "peak_rss_gib": 3.4,
+                                                            "peak_rss_gib_by_process": {"Copy": 1.2}}}))
+    assert "(measured in a sitting of its own at commit abc1234)" in alone
+    assert "copy LM loaded: 3.4 GiB (target ≤ 3); by process (GiB): Copy 1.2." in alone
 
 
 def test_report_has_one_table_row_per_measurement():

@@ -164,3 +164,24 @@ def test_the_http_gate_answers_503_with_retry_after_while_the_graph_is_full(smal
         assert (await call("/recommend"))[0] == 200  # the slot came back
 
     asyncio.run(main())
+
+
+def test_the_cli_says_overloaded_as_the_graph_said_it_and_nothing_listening_as_start_it() -> None:
+    from serving.client import grpc_failure
+
+    class Failed(grpc.RpcError):
+        def __init__(self, code: grpc.StatusCode, details: str) -> None:
+            self._code, self._details = code, details
+
+        def code(self) -> grpc.StatusCode:
+            return self._code
+
+        def details(self) -> str:
+            return self._details
+
+    busy = str(grpc_failure("h:1", Failed(grpc.StatusCode.UNAVAILABLE, "overloaded: no request slot freed")))
+    assert busy == "grpc://h:1 answered UNAVAILABLE: overloaded: no request slot freed"
+    lost = str(grpc_failure("h:1", Failed(grpc.StatusCode.UNAVAILABLE, "recall unavailable: timeout")))
+    assert lost.startswith("grpc://h:1 answered UNAVAILABLE")
+    down = str(grpc_failure("h:1", Failed(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")))
+    assert down.startswith("no graph at grpc://h:1") and "recsys serve" in down
