@@ -249,6 +249,18 @@ def warm_up(settings: Settings, requests: int = 3) -> None:
             return  # the caller's own requests will say what is wrong
 
 
+def wait_copy_ready(settings: Settings, timeout_s: float, poll_s: float = 2.0) -> dict | None:
+    """The copy stage's readiness (`GET /readyz/copy` answering 200: its model loaded and cache warmed, or no
+    model to load) once it comes, else None after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            return request_json(f"{http_url(settings)}/readyz/copy", timeout=10)
+        except (HttpError, OSError, ValueError):  # 503 while it loads
+            time.sleep(poll_s)
+    return None
+
+
 def down(settings: Settings) -> list[str]:
     """Stop the Serve app, the local Ray head and Triton; returns what was stopped."""
     stopped = []

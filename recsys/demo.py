@@ -72,18 +72,11 @@ def run_demo(settings: Settings, console: Console) -> dict[str, float]:
 def copy_ready(settings: Settings, console: Console, timeout_s: float = 900.0) -> str:
     """Wait for the copy stage's readiness (`GET /readyz/copy`: the copy model loaded, its cache warmed), so the
     tables below show model-written copy; say how long it took. Returns the copy version ("template": none)."""
-    from core.endpoints import http_url
-    from core.http_json import HttpError, request_json
+    from ops.launcher import wait_copy_ready
 
     t0 = time.perf_counter()
-    body: dict = {}
     with console.status("waiting for the copy model to load and warm its cache…"):
-        while time.perf_counter() - t0 < timeout_s:
-            try:
-                body = request_json(f"{http_url(settings)}/readyz/copy", timeout=10)
-                break
-            except (HttpError, OSError):
-                time.sleep(2)
+        body = wait_copy_ready(settings, timeout_s) or {}
     version = body.get("copy", "template")
     waited = time.perf_counter() - t0
     if version == "template":

@@ -326,22 +326,6 @@ def _copy_champion(s: Settings, console: Console) -> None:
                       "steps)")
 
 
-def _wait_copy_ready(s: Settings, timeout_s: float = 600.0) -> float:
-    """Seconds until /readyz/copy says the copy model is loaded and its cache warmed."""
-    from core.endpoints import http_url
-    from core.http_json import HttpError, request_json
-
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        try:
-            if request_json(f"{http_url(s)}/readyz/copy", None, 5).get("ready"):
-                return round(time.monotonic() - t0, 1)
-        except (HttpError, ValueError):
-            pass  # 503 while it loads
-        time.sleep(1.0)
-    raise RuntimeError(f"the copy model was not ready {timeout_s:.0f} s after it was deployed")
-
-
 def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: list[int], seconds: float,
                  repeats: int = 2, warm_rounds: int = 20) -> dict[str, Any]:
     """`/recommend` with the copy LM loaded. Warm: a Zipf stream over 20 users (the steady state of repeat
@@ -355,7 +339,10 @@ def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: li
 
     url, version = f"{http_url(s)}/recommend", exported_copy_version(s.model_repo) or str(export_copy(s))
     launcher.deploy(s)  # the Copy replica is reconfigured with the exported version and loads it
-    ready_s = _wait_copy_ready(s)
+    t0 = time.monotonic()
+    if launcher.wait_copy_ready(s, 600.0, poll_s=1.0) is None:
+        raise RuntimeError("the copy model was not ready 600 s after it was deployed")
+    ready_s = round(time.monotonic() - t0, 1)
     rng = np.random.default_rng(0)
     zipf = 1 / np.arange(1, 21)
     stream = [int(u) for u in rng.choice(users[:20], size=3000, p=zipf / zipf.sum())]
