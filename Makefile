@@ -9,7 +9,7 @@ CHECKOV_STAMP := .tools/checkov/.installed
 HELM := .tools/bin/helm
 PIP := -m pip install -q --disable-pip-version-check
 
-.PHONY: install tools demo test test-fast bench bench-factuality lint serve serve-down proto clean
+.PHONY: install tools demo test test-fast bench bench-sasrec bench-factuality lint serve serve-down proto clean
 
 install: $(STAMP) $(TRITON_STAMP)
 
@@ -51,6 +51,9 @@ test-fast: install tools  ## the quick loop (~3 min): everything but the tests t
 
 bench: install  ## benchmarks; results in bench/results/ and BENCHMARKS.md
 	$(VENV)/bin/recsys bench
+
+bench-sasrec: install  ## opt-in: the plain SASRec baseline row of the quality table (~20 min)
+	$(VENV)/bin/recsys bench --suite sasrec
 
 bench-factuality: install  ## opt-in: copy factuality on 1,000 held-out copies, base vs fine-tuned (~27 min)
 	$(VENV)/bin/recsys bench --suite factuality

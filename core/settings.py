@@ -64,6 +64,7 @@ class Settings(BaseModel):
     retrieval_patience: int = 10  # stop after this many epochs without a better validation NDCG@10 (0: never)
     retrieval_plateau: int = 0  # halve the learning rate after this many epochs without one (0: never)
     retrieval_budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: none)
+    retrieval_refit_epochs: int = 2  # then this many epochs from the kept weights over the validation interactions too
     ranking_epochs: int = 4  # epochs of the ranking model
     seed: int = 0  # seed for data splits, sampling and initialisation
 

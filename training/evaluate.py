@@ -16,10 +16,12 @@ def evaluation_table(settings: Settings, alias: str = "challenger", baselines: b
     from training.jobs.retrieval import evaluate
     from training.ranking_data import item_table
     from training.registry import load_torch
-    from training.steps import baselines_step, load_retrieval
+    from training.steps import baselines_step, load_retrieval, selected_retrieval
 
     prepared = prepare(settings)
     recall, rv = load_retrieval(settings, alias)
+    if stage == "valid":  # the weights validation chose: their refit learned the validation targets
+        recall = selected_retrieval(settings, recall, rv)
     rows: list[dict[str, Any]] = [
         {"model": f"retrieval v{rv}", **evaluate(recall, prepared, stage, settings.seed).as_dict()}
     ]

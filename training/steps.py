@@ -87,19 +87,27 @@ def _data_params(settings: Settings, prepared: Prepared) -> dict[str, Any]:
 def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -> RetrievalConfig:
     cfg = RetrievalConfig(n_items=prepared.n_items + 1, max_len=settings.sequence_length,
                           epochs=settings.retrieval_epochs, patience=settings.retrieval_patience,
-                          plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s, seed=settings.seed)
+                          plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s,
+                          refit_epochs=settings.retrieval_refit_epochs, seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
 
 
+SELECTED_FILE = "selected_state.pt"  # the kept epoch's weights before the refit: what validation judged
+
+
 def register_retrieval(settings: Settings, prepared: Prepared, model: SASRec,
-                       metrics: dict[str, float]) -> str:
-    """Inside an active MLflow run: ONNX + parity + latency + index artifacts, pytorch flavour, challenger."""
+                       metrics: dict[str, float], selected: SASRec | None = None) -> str:
+    """Inside an active MLflow run: ONNX + parity + latency + index artifacts, pytorch flavour, challenger; with a
+    refit, the weights validation chose too (the ranking job tunes its blend against those)."""
     import mlflow
 
     model.eval()
     with tempfile.TemporaryDirectory() as d:
+        if selected is not None:
+            torch.save(selected.state_dict(), Path(d) / SELECTED_FILE)
+            log_artifacts({SELECTED_FILE: Path(d) / SELECTED_FILE})
         onnx_path = export_user_encoder(model, Path(d) / "user_encoder.onnx")
         enc = UserEncoder(model)
         checks = {"onnx_parity_max_abs_diff": parity(enc, user_encoder_example(model, 32, seed=1), onnx_path),
@@ -175,8 +183,9 @@ def train_retrieval_step(settings: Settings, resume: bool = False, warm_start: b
                            "stopped": out.stopped or "epoch cap"})
         metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
                    "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
-                   "epochs_completed": out.epochs, "kept_epoch": out.best_epoch}
-        version = register_retrieval(settings, prepared, out.model, metrics)
+                   "epochs_completed": out.epochs, "kept_epoch": out.best_epoch,
+                   "refit_epochs": cfg.refit_epochs if out.selected is not None else 0}
+        version = register_retrieval(settings, prepared, out.model, metrics, out.selected)
     return {"model": RETRIEVAL_MODEL, "version": version, "run_id": run.info.run_id, **metrics}
 
 
@@ -186,6 +195,28 @@ def load_retrieval(settings: Settings, alias: str = CHALLENGER) -> tuple[SASRec,
     mv = version_by_alias(settings, RETRIEVAL_MODEL, alias)
     enc = load_torch(settings, RETRIEVAL_MODEL, mv.version)
     return enc.model, str(mv.version)
+
+
+def selected_retrieval(settings: Settings, model: SASRec, version: str) -> SASRec:
+    """The weights validation chose for retrieval `version` (before its refit over the validation interactions),
+    else `model` itself: whatever is tuned on validation downstream must not see a recall that learned its
+    targets."""
+    import copy
+
+    from mlflow.exceptions import MlflowException
+
+    from training.registry import client, download_artifacts
+
+    mv = client(settings).get_model_version(RETRIEVAL_MODEL, version)
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            art = download_artifacts(settings, mv.run_id, Path(d), f"artifacts/{SELECTED_FILE}")
+        except (MlflowException, OSError):
+            return model  # no refit ran for this version
+        state = torch.load(art, map_location="cpu", weights_only=True)
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    return out.eval()
 
 
 def train_ranking_step(settings: Settings, resume: bool = False, warm_start: bool = False,
@@ -211,7 +242,7 @@ def train_ranking_step(settings: Settings, resume: bool = False, warm_start: boo
         mlflow.log_params({**params, **_data_params(settings, prepared), "retrieval_version": recall_version})
         warm, warm_version = champion_state(settings, RANKER_MODEL, prepared.item_ids) if warm_start else (None, "")
         out = train_ranking(settings, prepared, recall, cfg, resume=resume, mlflow_run=_run_spec(settings, run),
-                            warm=warm)
+                            warm=warm, recall_valid=selected_retrieval(settings, recall, recall_version))
         mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")
         metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
                    **out.recall_valid.as_dict("recall_val_"), **out.recall_test.as_dict("recall_test_"),

@@ -19,7 +19,7 @@ REPORT = Path("BENCHMARKS.md")
 README = Path("README.md")
 
 
-SECTIONS = ("offline", "quality", "serving", "scaling", "copy", "factuality")
+SECTIONS = ("offline", "quality", "sasrec", "serving", "scaling", "copy", "factuality")
 
 
 def latest_results(folder: Path = RESULTS) -> dict[str, Any] | None:
@@ -62,6 +62,16 @@ def _mrr(q: dict[str, Any]) -> str:
     return "–" if q.get("mrr") is None else f"{q['mrr']:.4f}"
 
 
+def quality_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The quality table: the platform's models and served list, the plain SASRec (its own opt-in suite, maybe
+    carried over from an earlier run), then the classic baselines."""
+    rows = list(r.get("quality", []))
+    if "sasrec" in r and rows:
+        at = next((i for i, q in enumerate(rows) if "already_had_share" in q), len(rows) - 1) + 1
+        rows.insert(at, r["sasrec"])
+    return rows
+
+
 def readme_block(r: dict[str, Any], path: Path) -> str:
     """The README's summary of the latest run: the headline numbers and the plots, nothing typed by hand."""
     m = r["machine"]
@@ -73,7 +83,7 @@ def readme_block(r: dict[str, Any], path: Path) -> str:
         steps = ", ".join(f"{k} {v}" for k, v in o["steps_s"].items())
         lines.append(f"| offline pipeline on {o['counts'].get('interactions', '?')} interactions | {o['total_s']} s "
                      f"({steps}); peak RSS {o['peak_rss_gib']} GiB |")
-    for q in r.get("quality", []):
+    for q in quality_rows(r):
         lines.append(f"| test HR@10 / NDCG@10, {q['model']} | {q['hr_at_10']:.3f} ± {q['hr_at_10_se']:.3f} / "
                      f"{q['ndcg_at_10']:.3f} ± {q['ndcg_at_10_se']:.3f} |")
     if "serving" in r:
@@ -157,10 +167,16 @@ def report(r: dict[str, Any], path: Path) -> str:
                   "leave-last-out by time; the user's earlier items excluded, never the target; seeded ties.", "",
                   "| model | HR@10 | NDCG@10 | MRR | coverage@10 |", "|---|---|---|---|---|"]
         lines += [f"| {q['model']} | {q['hr_at_10']:.4f} ± {q['hr_at_10_se']:.4f} | {q['ndcg_at_10']:.4f} ± "
-                  f"{q['ndcg_at_10_se']:.4f} | {_mrr(q)} | {q['coverage_at_10']:.3f} |" for q in r["quality"]]
+                  f"{q['ndcg_at_10_se']:.4f} | {_mrr(q)} | {q['coverage_at_10']:.3f} |" for q in quality_rows(r)]
         lines += [f"\nServed list: {q['already_had_share']:.1%} of the answered slots were items the user already "
                   f"had; {q['short_lists']} of {q['n_users']} lists shorter than 10." for q in r["quality"]
                   if "already_had_share" in q]
+        if "sasrec" in r:
+            b = r["sasrec"]
+            lines += [f"\nPlain SASRec (`--suite sasrec`, trained in the bench's process on the same split): "
+                      f"validation NDCG@10 by dropout {b['valid_ndcg_by_dropout']}, kept epoch {b['kept_epoch']}, "
+                      f"{b['train_seconds']:.0f} s for the grid; stopped by "
+                      f"{b.get('stopped_by_dropout', 'not recorded (an earlier run)')}."]
         lines += ["", "Published reference points (not run here): RecBole GRU4Rec on ML-100K HR@10 0.110 / "
                   "NDCG@10 0.051; on ML-1M SASRec NDCG@10 0.134 (BCE), 0.182 (full-softmax CE, Klenitskiy & Vasilev, "
                   "RecSys'23), gSASRec 0.173 (Petrov & Macdonald, RecSys'23); rating RMSE of SVD on ML-100K 0.934 "

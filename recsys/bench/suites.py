@@ -103,6 +103,28 @@ def quality(s: Settings) -> list[dict[str, Any]]:
     return rows
 
 
+def plain_sasrec_suite(s: Settings, console: Console) -> dict[str, Any]:
+    """The plain SASRec row of the quality table (`training.evaluation.sasrec`): opt-in, it trains one model per
+    dropout of its grid (at most 400 s each). Prepares the data itself when the offline suite did not run."""
+    import torch
+
+    from training.datasets import prepare
+    from training.evaluation.sasrec import plain_sasrec
+    from training.steps import prepare_data
+
+    if not (s.data_dir / "manifest.json").exists():
+        prepare_data(s)
+    torch.set_num_threads(os.cpu_count() or 1)
+    out = plain_sasrec(prepare(s), seed=s.seed)
+    console.print(f"plain SASRec: dropout {out.dropout} (validation NDCG@10 {out.valid_ndcg}), test HR@10 "
+                  f"{out.test.hr:.4f} / NDCG@10 {out.test.ndcg:.4f}, {out.seconds:.0f} s")
+    return {"model": f"plain SASRec (item ids only, last 200, full-softmax CE; dropout {out.dropout} on validation)",
+            **out.test.as_dict(), "dropout": out.dropout, "kept_epoch": out.kept_epoch,
+            "valid_ndcg_by_dropout": {str(k): v for k, v in out.valid_ndcg.items()},
+            "stopped_by_dropout": {str(k): v for k, v in out.stopped.items()},
+            "train_seconds": round(out.seconds, 1)}
+
+
 def in_process(s: Settings, users: list[int], n: int = 200) -> dict[str, float]:
     """Features → recall → ranking (Triton over gRPC) in one process, no Serve hops: the baseline for the
     graph's overhead, compared with the graph's concurrency-1 run without copy."""
@@ -433,6 +455,8 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
         run("offline", lambda: offline(s, console))
     if "quality" in suites:
         run("quality", lambda: quality(s))
+    if "sasrec" in suites:
+        run("sasrec", lambda: plain_sasrec_suite(s, console))
     if "serving" in suites:
         run("serving", lambda: serving(s, console))
     if "scaling" in suites:

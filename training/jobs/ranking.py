@@ -209,8 +209,13 @@ class RankingOutcome:
 
 def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: RankingConfig,
                   per_user: int = 30, resume: bool = False, mlflow_run: dict[str, str] | None = None,
-                  warm: dict[str, torch.Tensor] | None = None) -> RankingOutcome:
-    """Examples (Feast point-in-time user features, protocol histories, recall) → Ray Train → pipeline evaluation."""
+                  warm: dict[str, torch.Tensor] | None = None, recall_valid: SASRec | None = None) -> RankingOutcome:
+    """Examples (Feast point-in-time user features, protocol histories, recall) → Ray Train → pipeline evaluation.
+    `recall_valid`: the recall weights validation chose (before their refit over the validation interactions,
+    `training.jobs.retrieval._refit`). The ranker learns from their scores and hard negatives, and its blend is
+    tuned and validation reported against them, so training and validation see one recall that has not learned
+    the validation targets; test and serving pair it with the refit recall, which has not learned the test ones."""
+    recall_valid = recall if recall_valid is None else recall_valid
     cfg.genres = genre_vocab(prepared)
     cfg.n_items = prepared.n_items + 1
     cfg.max_len = recall.cfg.max_len
@@ -218,8 +223,8 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     pos = training_positives(prepared, per_user)
     from training.features import training_entities
 
-    users = user_rows(settings, training_entities(pos), recall, training_histories(prepared, pos))
-    item_vectors = recall.items.all_items().detach().numpy()
+    users = user_rows(settings, training_entities(pos), recall_valid, training_histories(prepared, pos))
+    item_vectors = recall_valid.items.all_items().detach().numpy()
     positives = pos["item_id"].map(prepared.item_index).to_numpy(dtype=np.int64)
     ex: Examples = sample_examples(users, positives, pos["rating"].to_numpy(np.float32), item_vectors, cfg,
                                    cfg.seed)
@@ -233,16 +238,16 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     model = Ranker(RankingConfig(**state["config"]))
     model.load_state_dict(state["model"])
     model.eval()
-    valid = stage_data(settings, prepared, recall, "valid")
+    valid = stage_data(settings, prepared, recall_valid, "valid")
     test = stage_data(settings, prepared, recall, "test")
     n = prepared.n_items
-    model.cfg.recall_weight, _ = tune_recall_weight(model, recall, valid, items, n, cfg.seed)
+    model.cfg.recall_weight, _ = tune_recall_weight(model, recall_valid, valid, items, n, cfg.seed)
     return RankingOutcome(
         model, items,
-        evaluate_pipeline(model, recall, valid, items, n, cfg.seed),
+        evaluate_pipeline(model, recall_valid, valid, items, n, cfg.seed),
         evaluate_pipeline(model, recall, test, items, n, cfg.seed),
-        evaluate_pipeline(None, recall, valid, items, n, cfg.seed),
+        evaluate_pipeline(None, recall_valid, valid, items, n, cfg.seed),
         evaluate_pipeline(None, recall, test, items, n, cfg.seed),
-        classification_metrics(model, recall, valid, items, cfg),
+        classification_metrics(model, recall_valid, valid, items, cfg),
         seconds, len(ex.item) * cfg.epochs / seconds, state["epoch"], config["init"] is not None,
     )

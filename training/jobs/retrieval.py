@@ -73,9 +73,36 @@ def _agree(flag: float, device: torch.device, world: int) -> float:
     return float(t.item())
 
 
+def _refit(model: SASRec, ddp: torch.nn.Module, opt: torch.optim.Optimizer, best: dict[str, Any] | None,
+           config: dict[str, Any], device: torch.device, rank: int, world: int) -> dict[str, torch.Tensor]:
+    """`refit_epochs` epochs from the kept weights over every interaction before the test target (the validation
+    targets too: each user's most recent interaction, which the chosen epoch never learned from). Rank 0's kept
+    weights go to every rank first. Measured on ML-100K (in-process, seed 0): test HR@10 0.159 → 0.191 after 2
+    such epochs; 2 more epochs over the training interactions alone: 0.156 (README, measurement log)."""
+    cfg = model.cfg
+    if rank == 0 and best is not None:
+        model.load_state_dict(best["model"])
+    if world > 1:
+        import torch.distributed as dist
+
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
+    inputs, targets = config["refit_inputs"], config["refit_targets"]
+    per_worker, n_per = max(1, cfg.batch_size // world), len(inputs) // world
+    for epoch in range(cfg.refit_epochs):
+        perm = np.random.default_rng(cfg.seed * 1_000 + 999 - epoch).permutation(len(inputs))
+        shard = perm[rank * n_per : (rank + 1) * n_per]
+        ddp.train()
+        run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in (shard[i : i + per_worker]
+                                                              for i in range(0, n_per, per_worker))), device)
+    model.eval()
+    return on_cpu(model.state_dict())
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. Resumes from the run's latest checkpoint if Ray restored one. Rank 0
-    evaluates every epoch, keeps the best weights, and decides the learning rate and when to stop."""
+    evaluates every epoch, keeps the best weights, and decides the learning rate and when to stop; then every
+    rank refits from the kept weights (`_refit`) and rank 0 reports the refit weights beside the kept ones."""
     quiet_third_party()  # this worker's own warnings filter (core.quiet)
     import ray.train
     import ray.train.torch
@@ -96,7 +123,8 @@ def train_loop(config: dict[str, Any]) -> None:
     n_per = len(inputs) // world  # equal shards: every DDP rank takes the same number of steps
     valid = config["valid"]
     spent = restored.get("spent", 0.0) if restored else 0.0
-    for epoch in range(start, cfg.epochs):
+    stopped, last = (restored or {}).get("stopped", ""), start  # a restored run that had stopped trains no more
+    for epoch in range(start, cfg.epochs if not stopped else start):
         t0 = time.perf_counter()
         perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(inputs))
         shard = perm[rank * n_per : (rank + 1) * n_per]
@@ -122,6 +150,7 @@ def train_loop(config: dict[str, Any]) -> None:
         for g in opt.param_groups:
             g["lr"] *= code if code > 0 else 1.0
         metrics["lr"] = opt.param_groups[0]["lr"]
+        stopped, last = why, epoch + 1
         if rank == 0:
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
             save_and_report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -131,6 +160,16 @@ def train_loop(config: dict[str, Any]) -> None:
             save_and_report(metrics, None)
         if code < 0:
             break
+    if cfg.refit_epochs and not (restored or {}).get("refit_done"):
+        refit = _refit(model, ddp, opt, best, config, device, rank, world)
+        done = {"refit_epochs": cfg.refit_epochs, "refit_samples": len(config["refit_inputs"])}
+        if rank == 0:
+            best = {**best, "selected": best["model"], "model": refit}  # the refit weights are what is registered
+            save_and_report(done, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": last,
+                                   "config": cfg.to_dict(), "best": best, "spent": spent, "refit_done": True,
+                                   "stopped": stopped})
+        else:
+            save_and_report(done, None)
 
 
 @dataclass
@@ -144,6 +183,7 @@ class RetrievalOutcome:
     warm_started: bool = False  # began from the champion's weights
     best_epoch: int = 0  # the epoch whose weights were kept (best validation NDCG@10)
     stopped: str = ""  # why training ended before the epoch cap ("" when it ran them all)
+    selected: SASRec | None = None  # the kept epoch's weights before the refit (None: no refit ran)
 
 
 def train_retrieval(
@@ -158,6 +198,8 @@ def train_retrieval(
     """config → data → Ray Train loop → final evaluation on valid and test (full ranking)."""
     seqs = [prepared.train[u] for u in sorted(prepared.train)]
     inputs, targets = training_windows(seqs, cfg.max_len)
+    _, before_test, _ = prepared.eval_set("test")  # every interaction before each user's test target
+    refit_inputs, refit_targets = training_windows(before_test, cfg.max_len)
     _, vh, vt = prepared.eval_set("valid")
     content_full = np.zeros((prepared.n_items + 1, content.shape[1]), dtype=np.float32)
     content_full[1:] = content
@@ -167,6 +209,8 @@ def train_retrieval(
         "content": content_full,
         "inputs": inputs,
         "targets": targets,
+        "refit_inputs": refit_inputs,
+        "refit_targets": refit_targets,
         "valid": {"seqs": left_pad(vh, cfg.max_len), "histories": vh, "targets": vt},
         "mlflow": mlflow_run,
         "init": warm if warm is not None and fits(SASRec(cfg, torch.from_numpy(content_full)), warm) else None,
@@ -179,10 +223,15 @@ def train_retrieval(
     state = load_result_state(result)
     model = SASRec(RetrievalConfig(**state["config"]), torch.from_numpy(content_full))
     best = state.get("best") or {"model": state["model"], "epoch": state["epoch"]}
-    model.load_state_dict(best["model"])  # the epoch with the best validation NDCG@10 (early stopping)
+    model.load_state_dict(best["model"])  # the best validation epoch's weights, refit (`_refit`) when it ran
     model.eval()
-    samples = len(inputs) * state["epoch"]  # the epochs run (early stopping may end before cfg.epochs)
-    return RetrievalOutcome(model, evaluate(model, prepared, "valid", cfg.seed),
+    selected = model
+    if "selected" in best:  # validation is reported for the weights it chose: the refit ones learned its targets
+        selected = SASRec(model.cfg, torch.from_numpy(content_full))
+        selected.load_state_dict(best["selected"])
+        selected.eval()
+    samples = len(inputs) * state["epoch"] + len(refit_inputs) * int(state.get("refit_done", False)) * cfg.refit_epochs
+    return RetrievalOutcome(model, evaluate(selected, prepared, "valid", cfg.seed),
                             evaluate(model, prepared, "test", cfg.seed), seconds, samples / seconds,
                             state["epoch"], config["init"] is not None, int(best["epoch"]),
-                            state.get("stopped", ""))
+                            state.get("stopped", ""), selected if selected is not model else None)

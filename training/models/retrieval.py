@@ -24,6 +24,7 @@ class RetrievalConfig:
     n_layers: int = 2  # transformer blocks
     dropout: float = 0.2  # dropout in blocks and on input embeddings
     content_dim: int = 384  # size of the item content embedding (0 = id embeddings only)
+    id_init_std: float = 0.02  # std of the initial id embeddings (the output layer too: the item vectors are tied)
     lr: float = 6e-3  # AdamW learning rate (ML-100K validation NDCG@10 ~0.11 after 25 epochs; 3e-3 needs ~65)
     weight_decay: float = 0.0  # AdamW weight decay
     batch_size: int = 32  # global batch size (split across workers); ML-100K has ~2.4K windows, so small
@@ -32,6 +33,7 @@ class RetrievalConfig:
     patience: int = 0  # stop after this many epochs without a better validation NDCG@10 (0: run every epoch)
     plateau: int = 0  # halve the learning rate after this many epochs without one (0: constant)
     budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: no budget)
+    refit_epochs: int = 0  # epochs from the kept weights over every interaction before the test target
     seed: int = 0  # initialisation and shuffling seed
 
     def to_dict(self) -> dict:
@@ -44,7 +46,7 @@ class ItemTower(nn.Module):
     def __init__(self, cfg: RetrievalConfig, content: torch.Tensor | None) -> None:
         super().__init__()
         self.id_emb = nn.Embedding(cfg.n_items, cfg.d_model, padding_idx=0)
-        nn.init.normal_(self.id_emb.weight, std=0.02)
+        nn.init.normal_(self.id_emb.weight, std=cfg.id_init_std)
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
         if content is None:
