@@ -16,6 +16,7 @@ import torch
 
 from training.datasets import Prepared
 from training.evaluation.protocol import RankingReport
+from training.jobs.common import run_epoch
 from training.models.retrieval import RetrievalConfig, SASRec
 from training.sequences import training_windows
 
@@ -52,12 +53,8 @@ def fit_plain(prepared: Prepared, dropout: float, seed: int = 0, epochs: int = 2
     for epoch in range(1, epochs + 1):
         model.train()
         perm = rng.permutation(len(inputs))
-        for i in range(0, len(perm), cfg.batch_size):
-            b = perm[i : i + cfg.batch_size]
-            _, loss = model(torch.from_numpy(inputs[b]), torch.from_numpy(targets[b]))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        batches = (perm[i : i + cfg.batch_size] for i in range(0, len(perm), cfg.batch_size))
+        run_epoch(model, opt, ((inputs[b], targets[b]) for b in batches), torch.device("cpu"))
         ndcg = evaluate(model, prepared, "valid", seed).ndcg
         if ndcg > best[0]:
             best = (ndcg, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,14 @@ def _agree(flag: float, device: torch.device, world: int) -> float:
     return float(t.item())
 
 
+def _batches(n_rows: int, seed: int, rank: int, world: int, per_worker: int) -> Iterator[np.ndarray]:
+    """This rank's row batches of one epoch: a seeded permutation cut into equal shards (every DDP rank takes the
+    same number of steps), then into batches of `per_worker`."""
+    n_per = n_rows // world
+    shard = np.random.default_rng(seed).permutation(n_rows)[rank * n_per : (rank + 1) * n_per]
+    return (shard[i : i + per_worker] for i in range(0, n_per, per_worker))
+
+
 def _refit(model: SASRec, ddp: torch.nn.Module, opt: torch.optim.Optimizer, best: dict[str, Any] | None,
            config: dict[str, Any], device: torch.device, rank: int, world: int) -> dict[str, torch.Tensor]:
     """`refit_epochs` epochs from the kept weights over every interaction before the test target (the validation
@@ -88,13 +97,11 @@ def _refit(model: SASRec, ddp: torch.nn.Module, opt: torch.optim.Optimizer, best
         for t in model.state_dict().values():
             dist.broadcast(t, src=0)
     inputs, targets = config["refit_inputs"], config["refit_targets"]
-    per_worker, n_per = max(1, cfg.batch_size // world), len(inputs) // world
+    per_worker = max(1, cfg.batch_size // world)
     for epoch in range(cfg.refit_epochs):
-        perm = np.random.default_rng(cfg.seed * 1_000 + 999 - epoch).permutation(len(inputs))
-        shard = perm[rank * n_per : (rank + 1) * n_per]
         ddp.train()
-        run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in (shard[i : i + per_worker]
-                                                              for i in range(0, n_per, per_worker))), device)
+        batches = _batches(len(inputs), cfg.seed * 1_000 + 999 - epoch, rank, world, per_worker)
+        run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device)
     model.eval()
     return on_cpu(model.state_dict())
 
@@ -126,10 +133,8 @@ def train_loop(config: dict[str, Any]) -> None:
     stopped, last = (restored or {}).get("stopped", ""), start  # a restored run that had stopped trains no more
     for epoch in range(start, cfg.epochs if not stopped else start):
         t0 = time.perf_counter()
-        perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(inputs))
-        shard = perm[rank * n_per : (rank + 1) * n_per]
         ddp.train()
-        batches = (shard[i : i + per_worker] for i in range(0, n_per, per_worker))
+        batches = _batches(len(inputs), cfg.seed * 1_000 + epoch, rank, world, per_worker)
         train_loss = run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "start_epoch": start,
                    "epoch_seconds": time.perf_counter() - t0, "samples": int(n_per * world)}
