@@ -9,7 +9,7 @@ CHECKOV_STAMP := .tools/checkov/.installed
 HELM := .tools/bin/helm
 PIP := -m pip install -q --disable-pip-version-check
 
-.PHONY: install tools demo test test-fast bench bench-sasrec bench-factuality lint serve serve-down proto clean
+.PHONY: install tools demo test test-fast bench bench-sasrec bench-transfer bench-factuality lint serve serve-down proto clean
 
 install: $(STAMP) $(TRITON_STAMP)
 
@@ -54,6 +54,9 @@ bench: install  ## benchmarks; results in bench/results/ and BENCHMARKS.md
 
 bench-sasrec: install  ## opt-in: the plain SASRec baseline row of the quality table (~20 min)
 	$(VENV)/bin/recsys bench --suite sasrec
+
+bench-transfer: install  ## opt-in: the pipeline, untuned, on two derived data sets vs EASE and a plain SASRec (~35 min)
+	$(VENV)/bin/recsys bench --suite transfer
 
 bench-factuality: install  ## opt-in: copy factuality on 1,000 held-out copies, base vs fine-tuned (~27 min)
 	$(VENV)/bin/recsys bench --suite factuality

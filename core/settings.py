@@ -66,6 +66,7 @@ class Settings(BaseModel):
     retrieval_budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: none)
     retrieval_refit_epochs: int = 2  # then this many epochs from the kept weights over the validation interactions too
     ranking_epochs: int = 4  # epochs of the ranking model
+    ranking_refit_epochs: int = 2  # then this many epochs over examples through the validation interactions
     seed: int = 0  # seed for data splits, sampling and initialisation
 
     copy_base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"  # any hub causal LM; SmolLM2 also offline (GGUF)

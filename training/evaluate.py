@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.names import RANKER_MODEL
+from core.names import RANKER_MODEL, RETRIEVAL_MODEL
 from core.settings import Settings
 from training.datasets import prepare
 from training.registry import version_by_alias
@@ -16,17 +16,19 @@ def evaluation_table(settings: Settings, alias: str = "challenger", baselines: b
     from training.jobs.retrieval import evaluate
     from training.ranking_data import item_table
     from training.registry import load_torch
-    from training.steps import baselines_step, load_retrieval, selected_retrieval
+    from training.steps import baselines_step, load_retrieval, selected_weights
 
     prepared = prepare(settings)
     recall, rv = load_retrieval(settings, alias)
-    if stage == "valid":  # the weights validation chose: their refit learned the validation targets
-        recall = selected_retrieval(settings, recall, rv)
+    if stage == "valid":  # the weights validation judged: their refit learned the validation targets
+        recall = selected_weights(settings, RETRIEVAL_MODEL, recall, rv)
     rows: list[dict[str, Any]] = [
         {"model": f"retrieval v{rv}", **evaluate(recall, prepared, stage, settings.seed).as_dict()}
     ]
     mv = version_by_alias(settings, RANKER_MODEL, alias)
     ranker = load_torch(settings, RANKER_MODEL, str(mv.version)).model
+    if stage == "valid":
+        ranker = selected_weights(settings, RANKER_MODEL, ranker, str(mv.version))
     data = stage_data(settings, prepared, recall, stage)
     items = item_table(settings, prepared, ranker.cfg.genres)
     rep = evaluate_pipeline(ranker, recall, data, items, prepared.n_items, settings.seed)

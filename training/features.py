@@ -6,7 +6,9 @@ that moment, so a point-in-time join at `t - 1s` gives a training example exactl
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -134,7 +136,8 @@ def build_features(settings: Settings, ds: Dataset, split: Split) -> dict[str, i
                defs.item_features, defs.retrieval_v1, defs.ranking_v1, defs.serving_v1]
     store.apply(objects)
     end = datetime.now(UTC) + timedelta(days=1)
-    store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
+    with contextlib.redirect_stdout(io.StringIO()):  # Feast prints colour codes per view; we report the counts
+        store.materialize(start_date=datetime(1970, 1, 1, tzinfo=UTC), end_date=end)
     repush_catalogue_rows(settings, store, items)
     return {"user_profile_rows": len(profiles), "item_rows": len(items), "users": profiles["user_id"].nunique()}
 

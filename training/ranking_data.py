@@ -110,19 +110,26 @@ def sample_examples(
     return Examples(user_row, item, np.asarray(clicks, np.float32), np.asarray(rates, np.float32), recall)
 
 
-def training_positives(prepared: Prepared, per_user: int) -> pd.DataFrame:
+def training_positives(prepared: Prepared, per_user: int, through_valid: bool = False) -> pd.DataFrame:
     """Each user's most recent training interactions (the ones closest to serving time); `position` is the
-    interaction's index in the user's training sequence (the protocol's (timestamp, item_id) order)."""
-    train = prepared.split.train.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
-    train = train.assign(position=train.groupby("user_id", sort=False).cumcount())
-    return train.groupby("user_id", sort=False).tail(per_user).reset_index(drop=True)
+    interaction's index in the user's sequence (the protocol's (timestamp, item_id) order). `through_valid`: the
+    validation interaction counts as the latest one (the refit's examples; it sorts after every training one)."""
+    frame = prepared.split.train
+    if through_valid:
+        frame = pd.concat([frame, prepared.split.valid], ignore_index=True)
+    frame = frame.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
+    frame = frame.assign(position=frame.groupby("user_id", sort=False).cumcount())
+    return frame.groupby("user_id", sort=False).tail(per_user).reset_index(drop=True)
 
 
-def training_histories(prepared: Prepared, positives: pd.DataFrame) -> list[np.ndarray]:
-    """Each positive's history: the user's training items before it in the protocol's order, as evaluation
-    and the served profile see them (Feast's point-in-time row, a second earlier, drops the same-second items)."""
-    return [prepared.train[int(u)][: int(k)] for u, k in zip(positives["user_id"], positives["position"],
-                                                             strict=True)]
+def training_histories(prepared: Prepared, positives: pd.DataFrame, through_valid: bool = False) -> list[np.ndarray]:
+    """Each positive's history: the user's items before it in the protocol's order, as evaluation and the served
+    profile see them (Feast's point-in-time row, a second earlier, drops the same-second items)."""
+    seqs = prepared.train
+    if through_valid:
+        users, before_test, _ = prepared.eval_set("test")
+        seqs = dict(zip(users.tolist(), before_test, strict=True))
+    return [seqs[int(u)][: int(k)] for u, k in zip(positives["user_id"], positives["position"], strict=True)]
 
 
 def target_rows(prepared: Prepared, stage: str) -> pd.DataFrame:

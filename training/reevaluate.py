@@ -27,11 +27,11 @@ class Reevaluation:
 def champion_on_current_data(settings: Settings, model: str, version: str, metric: str,
                              ranker_retrieval: str | None = None) -> Reevaluation | str:
     """The champion `version`'s `metric` on the current data's validation split, or why it cannot be computed.
-    Retrieval is scored with the weights its validation chose, not their refit: the refit learned the validation
-    targets of its own data, which for users without new events are still the current ones."""
+    Both models are scored with the weights their validation judged, not their refits: a refit learned the
+    validation targets of its own data, which for users without new events are still the current ones."""
     from training.datasets import prepare
     from training.registry import load_torch
-    from training.steps import selected_retrieval
+    from training.steps import selected_weights
 
     if model not in (RETRIEVAL_MODEL, RANKER_MODEL) or metric not in SUPPORTED_METRICS:
         return f"no re-evaluation of {model} on {metric}"
@@ -43,7 +43,7 @@ def champion_on_current_data(settings: Settings, model: str, version: str, metri
         recall = load_torch(settings, RETRIEVAL_MODEL, version).model
         if (why := _vocabulary(recall.cfg.n_items, prepared.n_items, version)) is not None:
             return why
-        rep = evaluate(selected_retrieval(settings, recall, version), prepared, "valid", settings.seed)
+        rep = evaluate(selected_weights(settings, RETRIEVAL_MODEL, recall, version), prepared, "valid", settings.seed)
         return Reevaluation(rep.hr if hr else rep.ndcg, prepared.digest)
     from training.jobs.ranking import evaluate_pipeline, stage_data
     from training.ranking_data import item_table
@@ -54,7 +54,8 @@ def champion_on_current_data(settings: Settings, model: str, version: str, metri
     recall = load_torch(settings, RETRIEVAL_MODEL, ranker_retrieval).model
     if (why := _vocabulary(recall.cfg.n_items, prepared.n_items, ranker_retrieval)) is not None:
         return why
-    recall = selected_retrieval(settings, recall, ranker_retrieval)
+    recall = selected_weights(settings, RETRIEVAL_MODEL, recall, ranker_retrieval)
+    ranker = selected_weights(settings, RANKER_MODEL, ranker, version)
     valid = stage_data(settings, prepared, recall, "valid")
     items = item_table(settings, prepared, ranker.cfg.genres)
     rep = evaluate_pipeline(ranker, recall, valid, items, prepared.n_items, settings.seed)

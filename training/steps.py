@@ -94,7 +94,16 @@ def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -
     return cfg
 
 
-SELECTED_FILE = "selected_state.pt"  # the kept epoch's weights before the refit: what validation judged
+SELECTED_FILE = "selected_state.pt"  # the weights before the refit: what validation judged
+
+
+def log_selected(selected: torch.nn.Module | None) -> None:
+    """Inside an active MLflow run: the weights validation judged, beside the refit ones registered."""
+    if selected is None:
+        return
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(selected.state_dict(), Path(d) / SELECTED_FILE)
+        log_artifacts({SELECTED_FILE: Path(d) / SELECTED_FILE})
 
 
 def register_retrieval(settings: Settings, prepared: Prepared, model: SASRec,
@@ -104,10 +113,8 @@ def register_retrieval(settings: Settings, prepared: Prepared, model: SASRec,
     import mlflow
 
     model.eval()
+    log_selected(selected)
     with tempfile.TemporaryDirectory() as d:
-        if selected is not None:
-            torch.save(selected.state_dict(), Path(d) / SELECTED_FILE)
-            log_artifacts({SELECTED_FILE: Path(d) / SELECTED_FILE})
         onnx_path = export_user_encoder(model, Path(d) / "user_encoder.onnx")
         enc = UserEncoder(model)
         checks = {"onnx_parity_max_abs_diff": parity(enc, user_encoder_example(model, 32, seed=1), onnx_path),
@@ -125,10 +132,13 @@ def register_retrieval(settings: Settings, prepared: Prepared, model: SASRec,
 
 
 def register_ranker(settings: Settings, prepared: Prepared, model: Ranker, metrics: dict[str, float],
-                    retrieval_version: str) -> str:
+                    retrieval_version: str, selected: Ranker | None = None) -> str:
+    """Inside an active MLflow run: ONNX + parity + latency artifacts, pytorch flavour, challenger; with a refit,
+    the weights validation judged too (the gate re-evaluates a champion with those)."""
     import mlflow
 
     model.eval()
+    log_selected(selected)
     with tempfile.TemporaryDirectory() as d:
         onnx_path = export_ranker(model, Path(d) / "ranker.onnx")
         serving = ServingRanker(model)
@@ -197,17 +207,17 @@ def load_retrieval(settings: Settings, alias: str = CHALLENGER) -> tuple[SASRec,
     return enc.model, str(mv.version)
 
 
-def selected_retrieval(settings: Settings, model: SASRec, version: str) -> SASRec:
-    """The weights validation chose for retrieval `version` (before its refit over the validation interactions),
-    else `model` itself: whatever is tuned on validation downstream must not see a recall that learned its
-    targets."""
+def selected_weights(settings: Settings, name: str, model: torch.nn.Module, version: str) -> torch.nn.Module:
+    """The weights validation judged for model `name` `version` (before its refit over the validation
+    interactions), else `model` itself: whatever is tuned or compared on validation must not see a model that
+    learned its targets."""
     import copy
 
     from mlflow.exceptions import MlflowException
 
     from training.registry import client, download_artifacts
 
-    mv = client(settings).get_model_version(RETRIEVAL_MODEL, version)
+    mv = client(settings).get_model_version(name, version)
     with tempfile.TemporaryDirectory() as d:
         try:
             art = download_artifacts(settings, mv.run_id, Path(d), f"artifacts/{SELECTED_FILE}")
@@ -231,7 +241,8 @@ def train_ranking_step(settings: Settings, resume: bool = False, warm_start: boo
             f"the catalogue has {prepared.n_items} items and retrieval v{recall_version} knows "
             f"{recall.cfg.n_items - 1} (items were upserted since): run `recsys train retrieval` first, or "
             "`recsys retrain`, which trains both")
-    cfg = RankingConfig(epochs=settings.ranking_epochs, seed=settings.seed)
+    cfg = RankingConfig(epochs=settings.ranking_epochs, refit_epochs=settings.ranking_refit_epochs,
+                        seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     setup_mlflow(settings)
@@ -242,14 +253,15 @@ def train_ranking_step(settings: Settings, resume: bool = False, warm_start: boo
         mlflow.log_params({**params, **_data_params(settings, prepared), "retrieval_version": recall_version})
         warm, warm_version = champion_state(settings, RANKER_MODEL, prepared.item_ids) if warm_start else (None, "")
         out = train_ranking(settings, prepared, recall, cfg, resume=resume, mlflow_run=_run_spec(settings, run),
-                            warm=warm, recall_valid=selected_retrieval(settings, recall, recall_version))
+                            warm=warm, recall_valid=selected_weights(settings, RETRIEVAL_MODEL, recall, recall_version))
         mlflow.log_param("warm_start_from", warm_version if out.warm_started else "none")
         metrics = {**out.valid.as_dict("val_"), **out.test.as_dict("test_"),
                    **out.recall_valid.as_dict("recall_val_"), **out.recall_test.as_dict("recall_test_"),
                    **{f"val_{k}": v for k, v in out.classification.items()},
                    "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
-                   "epochs_completed": out.epochs, "recall_weight": out.model.cfg.recall_weight}
-        version = register_ranker(settings, prepared, out.model, metrics, recall_version)
+                   "epochs_completed": out.epochs, "recall_weight": out.model.cfg.recall_weight,
+                   "refit_epochs": cfg.refit_epochs if out.selected is not None else 0}
+        version = register_ranker(settings, prepared, out.model, metrics, recall_version, out.selected)
     return {"model": RANKER_MODEL, "version": version, "run_id": run.info.run_id, **metrics}
 
 

@@ -19,7 +19,7 @@ REPORT = Path("BENCHMARKS.md")
 README = Path("README.md")
 
 
-SECTIONS = ("offline", "quality", "sasrec", "serving", "scaling", "copy", "factuality")
+SECTIONS = ("offline", "quality", "sasrec", "transfer", "serving", "scaling", "copy", "factuality")
 
 
 def latest_results(folder: Path = RESULTS) -> dict[str, Any] | None:
@@ -181,6 +181,8 @@ def report(r: dict[str, Any], path: Path) -> str:
                   "NDCG@10 0.051; on ML-1M SASRec NDCG@10 0.134 (BCE), 0.182 (full-softmax CE, Klenitskiy & Vasilev, "
                   "RecSys'23), gSASRec 0.173 (Petrov & Macdonald, RecSys'23); rating RMSE of SVD on ML-100K 0.934 "
                   "(Surprise).", ""]
+    if "transfer" in r:
+        lines += transfer_report(r["transfer"])
     if "serving" in r:
         sv = r["serving"]
         lines += ["## Serving (`POST /recommend`, k=10, closed loop on 127.0.0.1)", "",
@@ -257,6 +259,34 @@ def report(r: dict[str, Any], path: Path) -> str:
     if r.get("plots"):
         lines += ["## Plots", ""] + [f"![{name}]({Path(p).as_posix()})" for name, p in r["plots"].items()] + [""]
     return "\n".join(lines)
+
+
+def transfer_report(t: dict[str, Any]) -> list[str]:
+    """The transfer suite's table: per derived data set, the served list beside EASE and the plain SASRec."""
+    from recsys.bench.transfer import DERIVED
+
+    lines = ["## Transfer: the same code, untuned, on derived data sets (`--suite transfer`, opt-in)", "",
+             "Each set is derived from the configured MovieLens data, written as ml-latest CSVs and run through "
+             "`recsys data --data DIR` → features → retrieval → ranking → promote → export with the defaults; "
+             "test split, same protocol (`recsys/bench/transfer.py`).", "",
+             "| data set | users / items / interactions | model | HR@10 | NDCG@10 |", "|---|---|---|---|---|"]
+    for kind, x in t.items():
+        d = x["derived"]
+        size = f"{d['users']} / {d['items']} / {d['interactions']}"
+        rows = [("served list", x["served"]), ("retrieval", x["retrieval"]), ("→ ranker", x["ranker"]),
+                (f"plain SASRec (dropout {x['plain_sasrec']['dropout']})", x["plain_sasrec"]), ("EASE", x["ease"]),
+                ("mostpop", x["mostpop"])]
+        for i, (name, q) in enumerate(rows):
+            lines.append(f"| {kind if i == 0 else ''} | {size if i == 0 else ''} | {name} | {q['hr_at_10']:.4f} ± "
+                         f"{q['hr_at_10_se']:.4f} | {q['ndcg_at_10']:.4f} ± {q['ndcg_at_10_se']:.4f} |")
+    for kind, x in t.items():
+        s = x["served"]
+        beat = all(s["ndcg_at_10"] > x[b]["ndcg_at_10"] for b in ("ease", "plain_sasrec"))
+        lines.append(f"\n{kind} ({DERIVED.get(kind, x.get('rule'))}): served list {'above' if beat else 'NOT above'} "
+                     f"EASE and the plain SASRec on NDCG@10; {s['already_had_share']:.1%} of its slots were items the "
+                     f"user already had; pipeline {x['pipeline_s']} s; plain SASRec stopped by "
+                     f"{x['plain_sasrec']['stopped_by_dropout']}.")
+    return [*lines, ""]
 
 
 def floor_report(sv: dict[str, Any]) -> list[str]:

@@ -457,6 +457,10 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
         run("quality", lambda: quality(s))
     if "sasrec" in suites:
         run("sasrec", lambda: plain_sasrec_suite(s, console))
+    if "transfer" in suites:
+        from recsys.bench.transfer import transfer_suite
+
+        run("transfer", lambda: transfer_suite(s, console))
     if "serving" in suites:
         run("serving", lambda: serving(s, console))
     if "scaling" in suites:

@@ -124,15 +124,16 @@ def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_pa
     # registry keeps beside them (fooled: validation scored on the refit weights would not match).
     import torch
 
+    from core.names import RETRIEVAL_MODEL
     from core.settings import load_settings
     from training.datasets import prepare
     from training.jobs.retrieval import evaluate
-    from training.steps import load_retrieval, selected_retrieval
+    from training.steps import load_retrieval, selected_weights
 
     assert m["refit_epochs"] == 2
     s = load_settings(environ=cli_env(home))
     recall, version = load_retrieval(s, "challenger")
-    kept = selected_retrieval(s, recall, version)
+    kept = selected_weights(s, RETRIEVAL_MODEL, recall, version)
     assert not torch.equal(kept.items.id_emb.weight, recall.items.id_emb.weight)
     assert evaluate(kept, prepare(s), "valid", s.seed).ndcg == pytest.approx(m["val_ndcg_at_10"], abs=1e-9)
     assert evaluate(recall, prepare(s), "valid", s.seed).ndcg != pytest.approx(m["val_ndcg_at_10"], abs=1e-9)
@@ -190,3 +191,30 @@ def test_whole_offline_pipeline_through_the_cli(feature_home, tmp_path, use_home
 
     mostpop = baselines_step(load_settings())["mostpop"]
     assert ranker["test_hr_at_10"] > mostpop["hr_at_10"] + 2 * mostpop["hr_at_10_se"]
+
+    # The ranker's refit (2 epochs on examples through each user's validation interaction, scored by the refit
+    # recall): the registered weights are the refit ones; validation is reported, and a champion re-evaluated by
+    # the gate, with the weights before it, which the registry keeps (fooled: the refit ranker scores otherwise).
+    import torch
+
+    from core.names import RANKER_MODEL, RETRIEVAL_MODEL
+    from training.datasets import prepare
+    from training.jobs.ranking import evaluate_pipeline, stage_data
+    from training.ranking_data import item_table
+    from training.reevaluate import champion_on_current_data
+    from training.registry import load_torch
+    from training.steps import selected_weights
+
+    assert ranker["refit_epochs"] == 2
+    s = load_settings()
+    refit = load_torch(s, RANKER_MODEL, "1").model
+    before = selected_weights(s, RANKER_MODEL, refit, "1")
+    assert before is not refit and not torch.equal(before.item_emb.weight, refit.item_emb.weight)
+    again = champion_on_current_data(s, RANKER_MODEL, "1", "val_ndcg@10", ranker_retrieval="1")
+    assert again.value == pytest.approx(ranker["val_ndcg_at_10"], abs=1e-9)
+    prepared = prepare(s)
+    recall = selected_weights(s, RETRIEVAL_MODEL, load_torch(s, RETRIEVAL_MODEL, "1").model, "1")
+    valid = stage_data(s, prepared, recall, "valid")
+    with_refit = evaluate_pipeline(refit, recall, valid, item_table(s, prepared, refit.cfg.genres), prepared.n_items,
+                                   s.seed)
+    assert with_refit.ndcg != pytest.approx(ranker["val_ndcg_at_10"], abs=1e-9)

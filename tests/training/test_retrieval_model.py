@@ -48,3 +48,19 @@ def test_epoch_lines_show_each_new_epoch_once_with_metric_and_eta() -> None:
     p.show({"epoch": 40, "train_loss": 5.1, "epoch_seconds": 4.0})
     assert lines == ["retrieval epoch 3/40: val NDCG@10 0.1012, loss 5.5000, 4.0 s/epoch, ETA ≤ 2.5 min",
                      "retrieval epoch 40/40: loss 5.1000, 4.0 s/epoch"]
+
+
+def test_the_user_encoder_exports_to_onnx_without_tracer_warnings(tmp_path) -> None:
+    """The attention scale was `math.sqrt` of a traced shape: every export warned, from our layer, that a tensor
+    became a constant. (torch's own tracer notices, raised in torch's files, are torch's default filter's.)"""
+    import warnings
+
+    from training.onnx_export import export_user_encoder
+
+    model = SASRec(RetrievalConfig(n_items=20, max_len=6, d_model=16, n_heads=2, content_dim=8), torch.zeros(20, 8))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        export_user_encoder(model, tmp_path / "user_encoder.onnx")
+    assert (tmp_path / "user_encoder.onnx").exists()
+    ours = [w for w in seen if issubclass(w.category, torch.jit.TracerWarning) and "site-packages" not in w.filename]
+    assert not ours, [f"{w.filename}:{w.lineno} {w.message}" for w in ours]

@@ -22,6 +22,7 @@ from training.jobs.common import (
     initial_state,
     load_result_state,
     log_epoch_metrics,
+    on_cpu,
     run_epoch,
     save_and_report,
     worker_threads,
@@ -56,8 +57,22 @@ def batch_inputs(users: UserRows, items: ItemTable, user_row: np.ndarray, item: 
     return tuple(torch.from_numpy(a) for a in batch_arrays(users, items, user_row, item, recall))
 
 
+def _epoch(ddp: torch.nn.Module, opt: torch.optim.Optimizer, users: UserRows, items: ItemTable, ex: Examples,
+           seed: int, rank: int, world: int, per_worker: int, device: torch.device) -> tuple[float, int]:
+    """One pass over this rank's equal shard of `ex` in a seeded order: (mean loss, samples over all ranks)."""
+    n_per = len(ex.item) // world
+    shard = np.random.default_rng(seed).permutation(len(ex.item))[rank * n_per : (rank + 1) * n_per]
+    ddp.train()
+    batches = (shard[i : i + per_worker] for i in range(0, n_per, per_worker))
+    loss = run_epoch(ddp, opt, ((*batch_arrays(users, items, ex.user_row[b], ex.item[b], ex.recall[b]),
+                                 ex.click[b, None], ex.rating[b, None]) for b in batches), device)
+    return loss, n_per * world
+
+
 def train_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker; resumes from the run's latest checkpoint if Ray restored one."""
+    """Runs on every Ray Train worker; resumes from the run's latest checkpoint if Ray restored one. After
+    `epochs` over the training examples, `refit_epochs` more over the refit examples (through each user's
+    validation interaction); rank 0 reports the weights before the refit beside the refit ones."""
     quiet_third_party()  # this worker's own warnings filter (core.quiet)
     import ray.train
     import ray.train.torch
@@ -67,30 +82,35 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     model = Ranker(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    start, _ = initial_state(model, opt, config)
+    start, restored = initial_state(model, opt, config)
     ddp = ray.train.torch.prepare_model(model)  # moves the model to the worker's device (and wraps it in DDP)
     device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     users, items, ex = config["users"], config["items"], config["examples"]
     per_worker = max(1, cfg.batch_size // world)
-    n_per = len(ex.item) // world
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        perm = np.random.default_rng(cfg.seed * 1_000 + epoch).permutation(len(ex.item))
-        shard = perm[rank * n_per : (rank + 1) * n_per]
-        ddp.train()
-        batches = (shard[i : i + per_worker] for i in range(0, n_per, per_worker))
-        train_loss = run_epoch(ddp, opt, ((*batch_arrays(users, items, ex.user_row[b], ex.item[b], ex.recall[b]),
-                                           ex.click[b, None], ex.rating[b, None]) for b in batches), device)
+        train_loss, samples = _epoch(ddp, opt, users, items, ex, cfg.seed * 1_000 + epoch, rank, world, per_worker,
+                                     device)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "start_epoch": start,
-                   "epoch_seconds": time.perf_counter() - t0, "samples": int(n_per * world)}
+                   "epoch_seconds": time.perf_counter() - t0, "samples": samples}
         state = None
         if rank == 0:
             state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                      "config": cfg.to_dict()}
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
         save_and_report(metrics, state)
+    if not cfg.refit_epochs or (restored or {}).get("refit_done"):
+        return
+    selected = on_cpu(model.state_dict())  # every rank holds the same weights (DDP), so no broadcast is needed
+    rusers, rex = config["refit_users"], config["refit_examples"]
+    for epoch in range(cfg.refit_epochs):
+        loss, samples = _epoch(ddp, opt, rusers, items, rex, cfg.seed * 1_000 + 999 - epoch, rank, world,
+                               per_worker, device)
+    done = {"refit_epochs": cfg.refit_epochs, "refit_samples": samples, "refit_loss": loss}
+    save_and_report(done, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": cfg.epochs,
+                           "config": cfg.to_dict(), "selected": selected, "refit_done": True} if rank == 0 else None)
 
 
 @torch.no_grad()
@@ -205,6 +225,20 @@ class RankingOutcome:
     samples_per_second: float
     epochs: int
     warm_started: bool = False  # began from the champion's weights
+    selected: Ranker | None = None  # the weights before the refit, which validation judged (None: no refit ran)
+
+
+def _examples(settings: Settings, prepared: Prepared, recall: SASRec, cfg: RankingConfig, per_user: int,
+              through_valid: bool, seed: int) -> tuple[UserRows, Examples]:
+    """Each user's latest `per_user` interactions (through the validation one with `through_valid`) as positives,
+    with their point-in-time user rows and negatives, scored by `recall`."""
+    from training.features import training_entities
+
+    pos = training_positives(prepared, per_user, through_valid)
+    users = user_rows(settings, training_entities(pos), recall, training_histories(prepared, pos, through_valid))
+    positives = pos["item_id"].map(prepared.item_index).to_numpy(dtype=np.int64)
+    return users, sample_examples(users, positives, pos["rating"].to_numpy(np.float32),
+                                  recall.items.all_items().detach().numpy(), cfg, seed)
 
 
 def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: RankingConfig,
@@ -214,23 +248,21 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     `recall_valid`: the recall weights validation chose (before their refit over the validation interactions,
     `training.jobs.retrieval._refit`). The ranker learns from their scores and hard negatives, and its blend is
     tuned and validation reported against them, so training and validation see one recall that has not learned
-    the validation targets; test and serving pair it with the refit recall, which has not learned the test ones."""
+    the validation targets. Then, like retrieval, the ranker is refit (`refit_epochs`) on examples through each
+    user's validation interaction, scored by the refit recall it will serve with; test pairs the two refits,
+    neither of which has learned the test targets."""
     recall_valid = recall if recall_valid is None else recall_valid
     cfg.genres = genre_vocab(prepared)
     cfg.n_items = prepared.n_items + 1
     cfg.max_len = recall.cfg.max_len
     items = item_table(settings, prepared, cfg.genres)
-    pos = training_positives(prepared, per_user)
-    from training.features import training_entities
-
-    users = user_rows(settings, training_entities(pos), recall_valid, training_histories(prepared, pos))
-    item_vectors = recall_valid.items.all_items().detach().numpy()
-    positives = pos["item_id"].map(prepared.item_index).to_numpy(dtype=np.int64)
-    ex: Examples = sample_examples(users, positives, pos["rating"].to_numpy(np.float32), item_vectors, cfg,
-                                   cfg.seed)
+    users, ex = _examples(settings, prepared, recall_valid, cfg, per_user, False, cfg.seed)
     config = {"model": cfg.to_dict(), "threads": worker_threads(settings), "users": users, "items": items,
               "examples": ex, "mlflow": mlflow_run,
               "init": warm if warm is not None and fits(Ranker(cfg), warm) else None}
+    if cfg.refit_epochs:
+        config["refit_users"], config["refit_examples"] = _examples(settings, prepared, recall, cfg, per_user, True,
+                                                                    cfg.seed + 1)
     t0 = time.perf_counter()
     result = fit(settings, "ranking", train_loop, config, resume, cfg.epochs)
     seconds = time.perf_counter() - t0
@@ -238,16 +270,24 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     model = Ranker(RankingConfig(**state["config"]))
     model.load_state_dict(state["model"])
     model.eval()
+    selected = model
+    if "selected" in state:  # validation judges the weights before the refit: the refit learned its targets
+        selected = Ranker(model.cfg)
+        selected.load_state_dict(state["selected"])
+        selected.eval()
     valid = stage_data(settings, prepared, recall_valid, "valid")
     test = stage_data(settings, prepared, recall, "test")
     n = prepared.n_items
-    model.cfg.recall_weight, _ = tune_recall_weight(model, recall_valid, valid, items, n, cfg.seed)
+    model.cfg.recall_weight, _ = tune_recall_weight(selected, recall_valid, valid, items, n, cfg.seed)
+    samples = len(ex.item) * cfg.epochs + (len(config["refit_examples"].item) * cfg.refit_epochs
+                                           if state.get("refit_done") else 0)
     return RankingOutcome(
         model, items,
-        evaluate_pipeline(model, recall_valid, valid, items, n, cfg.seed),
+        evaluate_pipeline(selected, recall_valid, valid, items, n, cfg.seed),
         evaluate_pipeline(model, recall, test, items, n, cfg.seed),
         evaluate_pipeline(None, recall_valid, valid, items, n, cfg.seed),
         evaluate_pipeline(None, recall, test, items, n, cfg.seed),
-        classification_metrics(model, recall_valid, valid, items, cfg),
-        seconds, len(ex.item) * cfg.epochs / seconds, state["epoch"], config["init"] is not None,
+        classification_metrics(selected, recall_valid, valid, items, cfg),
+        seconds, samples / seconds, state["epoch"], config["init"] is not None,
+        selected if selected is not model else None,
     )

@@ -16,6 +16,7 @@ class SelfAttention(nn.Module):
         super().__init__()
         assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
         self.n_heads = n_heads
+        self.scale = math.sqrt(d_model // n_heads)  # a Python float: ONNX tracing keeps it a constant
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
         self.drop = nn.Dropout(dropout)
@@ -25,7 +26,7 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(d, dim=-1)
         h, hd = self.n_heads, d // self.n_heads
         q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, h, T, hd)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, h, T, T)
+        att = (q @ k.transpose(-2, -1)) / self.scale  # (B, h, T, T)
         att = att.masked_fill(~mask, -1e9).softmax(dim=-1)
         y = (self.drop(att) @ v).transpose(1, 2).reshape(b, t, d)
         return self.out(y)

@@ -33,6 +33,7 @@ class RankingConfig:
     lr: float = 2e-3  # AdamW learning rate
     batch_size: int = 512  # global batch size
     epochs: int = 4  # passes over the training examples
+    refit_epochs: int = 0  # then passes over examples through each user's validation interaction (`refit_examples`)
     negatives: int = 4  # sampled negatives per positive (half hard from recall, half uniform)
     seed: int = 0  # initialisation and sampling seed
     recall_weight: float = 0.0  # serving order = z(logit p_click) + w·z(recall score); tuned on validation
