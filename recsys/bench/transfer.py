@@ -3,7 +3,7 @@ plain SASRec under the same protocol (opt-in: `make bench-transfer`).
 
 The data sets are derived from the configured MovieLens data and written in the ml-latest layout (`ratings.csv`,
 `movies.csv`), so they go through `recsys data --data DIR` as a user's own export would:
-- `heavy`: only users with at least 150 ratings (long histories: most of the sequence lies beyond the
+- `heavy`: only users with at least 100 ratings (long histories: most of the sequence lies beyond the
   model's 50 most recent items);
 - `sparse`: each user keeps a seeded 40 % of their ratings, in time order (a sparser catalogue: fewer
   ratings per item and per user).
@@ -23,7 +23,7 @@ from rich.console import Console
 
 from core.settings import Settings
 
-DERIVED = {"heavy": {"min_ratings": 150}, "sparse": {"keep": 0.4}}
+DERIVED = {"heavy": {"min_ratings": 100}, "sparse": {"keep": 0.4}}
 SASREC_BUDGET_S = 200.0  # per dropout of the plain SASRec's grid on each derived set
 
 

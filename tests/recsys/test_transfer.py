@@ -71,6 +71,6 @@ def test_the_report_says_whether_the_served_list_beat_both_baselines() -> None:
                 "plain_sasrec": {**q(0.045), "dropout": 0.2, "stopped_by_dropout": {"0.2": "patience"}}}
 
     text = "\n".join(transfer_report({"heavy": one(0.05), "sparse": one(0.042)}))
-    assert "heavy ({'min_ratings': 150}): served list above EASE and the plain SASRec" in text
+    assert "heavy ({'min_ratings': 100}): served list above EASE and the plain SASRec" in text
     assert "sparse ({'keep': 0.4}): served list NOT above" in text  # above EASE, below the plain SASRec
     assert text.count("| served list |") == 2
