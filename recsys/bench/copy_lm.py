@@ -86,12 +86,15 @@ def generation_here(s: Settings, version: str, repeats: int = 10, shapes: int = 
 
     async def run() -> dict[str, Any]:
         writer = CopyWriter(model, guard, s.copy_cache_size)
-        miss, hit, tokens, served = [], [], 0, 0
+        miss, hit, hf, tokens, served = [], [], [], 0, 0
         for _ in range(repeats):
             batch = request()
             t0 = time.perf_counter()
             ans = await writer.write(batch, budget_s=120)
             miss.append((time.perf_counter() - t0) * 1e3)
+            t0 = time.perf_counter()  # the reference, interleaved: the same ten prompts through HF `generate`
+            await asyncio.wrap_future(model.worker.submit(hf_greedy, model, batch))
+            hf.append((time.perf_counter() - t0) * 1e3)
             tokens += sum(len(model.tok(c.text, add_special_tokens=False)["input_ids"]) for c in ans.copies)
             served += sum(guard.factual(c.text, f) or c.source != "model" for c, f in zip(ans.copies, batch,
                                                                                            strict=True))
@@ -109,6 +112,8 @@ def generation_here(s: Settings, version: str, repeats: int = 10, shapes: int = 
             await writer2.write(rng.choices(pool, weights)[0], budget_s=120)
         c = writer2.cache
         return {"miss_p50_ms": _pct(miss, 50), "miss_p99_ms": _pct(miss, 99), "miss_ms": spread(miss),
+                "hf_generate_p50_ms": _pct(hf, 50), "hf_generate_ms": spread(hf),
+                "miss_vs_hf_generate_ratio": round(_pct(miss, 50) / _pct(hf, 50), 3),
                 "hit_ms": spread(hit, 2), "hit_p50_ms": _pct(hit, 50),
                 "hit_p99_ms": _pct(hit, 99), "tokens_per_s": round(tokens / (sum(miss) / 1e3), 1),
                 "repeat_hit_rate": round(c.hits / max(1, c.hits + c.misses), 3), "dtype": str(model.dtype),
@@ -117,6 +122,27 @@ def generation_here(s: Settings, version: str, repeats: int = 10, shapes: int = 
                 "shapes": shapes}
 
     return asyncio.run(run())
+
+
+def hf_greedy(model, facts: list) -> list[str]:
+    """The speed reference for a cache miss: the same merged model and prompts through plain Hugging Face greedy
+    `generate` (one left-padded batch, no shared prefix, no drafts), on the model's own thread."""
+    import torch
+
+    from core.copy_decoding import first_line, prompt_text
+
+    tok = model.tok
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        enc = tok([prompt_text(tok, f) for f in facts], return_tensors="pt", padding=True,
+                  add_special_tokens=False).to(model.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        with torch.inference_mode():
+            out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, do_sample=False,
+                                       pad_token_id=pad)
+    finally:
+        tok.padding_side = side
+    return [first_line(t) for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
 
 
 def copy_suite(s: Settings, console: Console, eval_items: int = 100) -> dict[str, Any]:

@@ -416,7 +416,11 @@ def copy_report(c: dict[str, Any]) -> list[str]:
             f"| cache miss (one batched generate, {g.get('decoding', 'plain greedy')}, {g['dtype']}) | "
             f"{g['miss_p50_ms']} | {g['miss_p99_ms']} | "
             f"{' / '.join(map(str, g.get('miss_ms', [])))} |",
-            f"| cache hit | {g['hit_p50_ms']} | {g['hit_p99_ms']} | {' / '.join(map(str, g.get('hit_ms', [])))} |", "",
+            f"| cache hit | {g['hit_p50_ms']} | {g['hit_p99_ms']} | {' / '.join(map(str, g.get('hit_ms', [])))} |",
+            *([f"| reference: the same prompts through Hugging Face greedy `generate` (interleaved) | "
+               f"{g['hf_generate_p50_ms']} | – | {' / '.join(map(str, g['hf_generate_ms']))} |", "",
+               f"Cache miss p50 / the reference's: **{g['miss_vs_hf_generate_ratio']}×** (target ≤ 0.3)."]
+              if "hf_generate_p50_ms" in g else []), "",
             f"Generation {g['tokens_per_s']} tokens/s; cache hit rate under a repeat-heavy stream ({g['stream']} "
             f"requests over {g['shapes']} request shapes, Zipf-like): {g['repeat_hit_rate']}. Targets here: miss p50 "
             "≤ 1500 ms, hit ≤ 5 ms.",

@@ -203,3 +203,27 @@ def test_a_copy_model_runs_all_its_torch_work_on_its_one_thread(cache: Path, tmp
         model.generate([FACTS])
     model.worker.shutdown(wait=True)
     assert not any(t.name.startswith("copy-lm-v3") for t in threading.enumerate())
+
+
+def test_the_bench_reference_is_plain_greedy_generate_and_writes_what_the_served_decoder_writes(
+        cache: Path, tmp_path: Path) -> None:
+    """The copy bench times a cache miss against HF `generate` on the same prompts: the same work only if both are
+    greedy over the same prompt, so the served decoder (shared prefix, verified drafts) writes the same copy."""
+    from core.copy_lm import write_copy_folder
+    from recsys.bench.copy_lm import hf_greedy
+    from serving.copy_lm import CopyModel
+
+    cfg = CopyLMConfig(base_model=TINY, max_new_tokens=8)
+    torch.manual_seed(1)
+    lora = add_lora(load_base(TINY, cache)[0], cfg)
+    for n, p in lora.named_parameters():  # an adapter that moves the random model off its one repeated token
+        if "lora_" in n:
+            torch.nn.init.normal_(p, std=1.0)
+    model = CopyModel(write_copy_folder(tmp_path / "1", lora_state(lora), cfg, {}), cache, "float32")
+    facts = [CopyFacts(ItemFacts.from_row(i, t, y, g), FACTS.taste)
+             for i, (t, y, g) in enumerate([("Fargo (1996)", 1996, ["Crime", "Drama"]), ("Heat (1995)", 1995,
+                                            ["Action"]), ("Toy Story (1995)", 1995, ["Animation", "Comedy"])], 1)]
+    reference = model.worker.submit(hf_greedy, model, facts).result(timeout=120)
+    assert reference == model.generate(facts) and all(reference) and len(set(reference)) > 1, reference
+    assert model.tok.padding_side == "left"  # restored
+    model.close()
