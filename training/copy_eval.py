@@ -1,13 +1,13 @@
 """Copy LM evaluation on held-out items: perplexity, factuality (the guard's checks, grounding included, before
-the guard replaces anything), distinct-1/2 diversity, and the share of copies that only repeat a training
-phrasing verbatim. The base model and the adapter are measured the same way."""
+the guard replaces anything), distinct-1/2 diversity, the share of copies that only repeat a training phrasing
+verbatim, and fluency under the base model. The base model and the adapter are measured the same way."""
 
 from __future__ import annotations
 
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.copy_decoding import generate
 from core.copy_guard import CopyFacts, Guard
@@ -32,11 +32,14 @@ class CopyReport:
     samples: list[dict]  # a few (facts, copy, violations) for the MLflow artifact and the reader
     violations: dict[str, int]  # what failed, by kind, over all copies
     verbatim: float = 0.0  # share of copies that are exactly one of the training phrasings for their facts
+    texts: list[str] = field(default_factory=list)  # every generated copy, in the pairs' order
+    fluency: float = math.nan  # median perplexity of the copies under the base model (`training.copy_fluency`)
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}perplexity": self.perplexity, f"{prefix}factuality": self.factuality,
                 f"{prefix}distinct_1": self.distinct_1, f"{prefix}distinct_2": self.distinct_2,
-                f"{prefix}verbatim_share": self.verbatim}
+                f"{prefix}verbatim_share": self.verbatim,
+                **({f"{prefix}fluency_ppl": self.fluency} if math.isfinite(self.fluency) else {})}
 
 
 def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, max_new_tokens: int) -> CopyReport:
@@ -59,4 +62,5 @@ def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, 
             samples.append({"facts": f.document(), "copy": text, "violations": v})
     verbatim = sum(text in target_forms(f) for f, text in zip(facts, texts, strict=True))
     return CopyReport(math.exp(nll / max(1, count)), ok / max(1, len(texts)), distinct_n(texts, 1),
-                      distinct_n(texts, 2), len(texts), seconds, samples, kinds, verbatim / max(1, len(texts)))
+                      distinct_n(texts, 2), len(texts), seconds, samples, kinds, verbatim / max(1, len(texts)),
+                      texts)

@@ -200,6 +200,8 @@ def factuality_suite(s: Settings, console: Console, copies: int = 1000) -> dict[
            "tuned_distinct_1": round(float(r["val_distinct_1"]), 4),
            "base_verbatim_share": round(float(r.get("base_val_verbatim_share", float("nan"))), 4),
            "tuned_verbatim_share": round(float(r.get("val_verbatim_share", float("nan"))), 4),
+           "base_fluency_ppl": round(float(r.get("base_val_fluency_ppl", float("nan"))), 2),
+           "tuned_fluency_ppl": round(float(r.get("val_fluency_ppl", float("nan"))), 2),
            "templates_factual": templates / max(1, len(held)),
            "served_factuality": 1.0 if templates == len(held) else None,  # None: some template fails the guard
            "version": r["version"], "run_id": r["run_id"], "seconds": round(seconds, 1),

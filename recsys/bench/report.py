@@ -86,6 +86,10 @@ def readme_block(r: dict[str, Any], path: Path) -> str:
     for q in quality_rows(r):
         lines.append(f"| test HR@10 / NDCG@10, {q['model']} | {q['hr_at_10']:.3f} ± {q['hr_at_10_se']:.3f} / "
                      f"{q['ndcg_at_10']:.3f} ± {q['ndcg_at_10_se']:.3f} |")
+    for kind, x in r.get("transfer", {}).items():
+        lines.append(f"| test NDCG@10 on the derived `{kind}` set (opt-in transfer suite): served list / plain SASRec "
+                     f"/ EASE | {x['served']['ndcg_at_10']:.3f} / {x['plain_sasrec']['ndcg_at_10']:.3f} / "
+                     f"{x['ease']['ndcg_at_10']:.3f} |")
     if "serving" in r:
         for x in r["serving"]["runs"]:
             if not x["include_copy"]:
@@ -387,9 +391,10 @@ def factuality_report(f: dict[str, Any]) -> list[str]:
             "every failing copy is served as its grounded template, and those templates are checked by the same "
             "guard.", "",
             "| model | factuality (grounding check, before the guard) | distinct-1 | distinct-2 | verbatim training "
-            "phrasing |", "|---|---|---|---|---|",
+            "phrasing | fluency (base-model perplexity, median; lower reads better) |", "|---|---|---|---|---|---|",
             *[f"| {name} | {f[f'{key}_factuality']:.3f} | {f.get(f'{key}_distinct_1', float('nan')):.3f} | "
-              f"{f[f'{key}_distinct_2']:.3f} | {f.get(f'{key}_verbatim_share', float('nan')):.3f} |"
+              f"{f[f'{key}_distinct_2']:.3f} | {f.get(f'{key}_verbatim_share', float('nan')):.3f} | "
+              f"{f.get(f'{key}_fluency_ppl', '–')} |"
               for name, key in (("base", "base"), ("fine-tuned", "tuned"))], "",
             f"Served (after the guard): {served}; templates passing the guard {f['templates_factual']:.3f}. "
             f"Suite time {f['seconds'] / 60:.1f} min (training + both evaluations, "

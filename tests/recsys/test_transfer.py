@@ -70,7 +70,15 @@ def test_the_report_says_whether_the_served_list_beat_both_baselines() -> None:
                 "ease": q(0.04), "mostpop": q(0.02),
                 "plain_sasrec": {**q(0.045), "dropout": 0.2, "stopped_by_dropout": {"0.2": "patience"}}}
 
-    text = "\n".join(transfer_report({"heavy": one(0.05), "sparse": one(0.042)}))
+    result = {"heavy": one(0.05), "sparse": one(0.042)}
+    text = "\n".join(transfer_report(result))
     assert "heavy ({'min_ratings': 100}): served list above EASE and the plain SASRec" in text
     assert "sparse ({'keep': 0.4}): served list NOT above" in text  # above EASE, below the plain SASRec
     assert text.count("| served list |") == 2
+
+    from recsys.bench.report import readme_block
+
+    block = readme_block({"started": "2026-12-02T12:00:00", "transfer": result,
+                          "machine": {"commit": "abc", "cpu": "x", "cores": 2}}, Path("r.json"))
+    assert "derived `sparse` set (opt-in transfer suite): served list / plain SASRec / EASE | 0.042 / 0.045 / 0.040" \
+        in block

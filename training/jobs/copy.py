@@ -17,6 +17,7 @@ from core.copy_lm import CopyLMConfig, add_lora, load_base, load_lora, load_toke
 from core.quiet import quiet_third_party
 from core.settings import Settings
 from training.copy_eval import CopyReport, evaluate_copy
+from training.copy_fluency import fluency
 from training.copy_text import collate, encode_pairs, lm_loss
 from training.jobs.common import (
     fit,
@@ -174,8 +175,10 @@ def train_copy(settings: Settings, cfg: CopyLMConfig, train: list[tuple[CopyFact
                            warm is not None, per_epoch)
     base, tok = load_base(base_dir, cache)
     base_report = evaluate_copy(base.eval(), tok, held_out, guard, cfg.max_new_tokens)
-    del base
     tuned, tok = merged(base_dir, cache, cfg, state["adapter"])
     tuned_report = evaluate_copy(tuned, tok, held_out, guard, cfg.max_new_tokens)
+    for report in (base_report, tuned_report):  # both read by the untuned base model
+        report.fluency = fluency(base, tok, report.texts)
+    del base
     return CopyOutcome(state["adapter"], cfg, base_report, tuned_report, losses, first, seconds, tps,
                        int(state["epoch"]), warm is not None, per_epoch)
