@@ -8,11 +8,15 @@ then runs the shared prefix through the model once and decodes all k items from 
 
 from __future__ import annotations
 
+import copy
+import random
+import zlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from core.copy_guard import CopyFacts, messages
+from core.copy_guard import CopyFacts, ItemFacts, Taste, messages
 
 
 def prompt_text(tok, facts: CopyFacts) -> str:
@@ -43,15 +47,24 @@ def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].strip()
 
 
+def copy_key(facts: CopyFacts) -> int:
+    """The seed of one copy's sampling: its (item, taste bucket), the copy cache's key, so the same facts get
+    the same copy in every replica, run and batch."""
+    return zlib.crc32(f"{facts.item.item_id}/{facts.taste.bucket()}".encode())
+
+
 @torch.inference_mode()
 def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size: int = 16,
-             drafts: Callable[[CopyFacts], list[str]] | None = None, lookahead: int = 12) -> list[str]:
-    """Greedy copy for each facts; the first line, stripped, of what was generated. Items of one viewer (the
+             drafts: Callable[[CopyFacts], list[str]] | None = None, lookahead: int = 12,
+             min_p: float = 0.0) -> list[str]:
+    """A copy for each facts; the first line, stripped, of what was generated. Items of one viewer (the
     same prompt prefix) are batched together; each batch computes the prefix its rows share once.
+    `min_p` 0: greedy. Above 0: min-p sampling (`pick`), seeded per copy (`copy_key`) and per position.
     `drafts(facts)`: texts the copy is likely to follow (e.g. the training phrasings of these facts); the
-    decoder verifies up to `lookahead` of their tokens per forward pass and keeps only what greedy decoding
+    decoder verifies up to `lookahead` of their tokens per forward pass and keeps only what the decoder
     itself picks, so they change the speed, never the copy."""
     parts = [prompt_ids(tok, f) for f in facts]
+    system = system_length(tok)
     full = [shared + item for shared, item in parts]
     order = sorted(range(len(facts)), key=lambda i: parts[i][0])  # one viewer's items side by side
     out = [""] * len(facts)
@@ -61,7 +74,8 @@ def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size
         # Drafts: the phrasings, then the prompt itself (copy repeats its facts: a title's tokens follow on).
         cands = [[*answer_ids(tok, drafts(facts[r])), full[r]] for r in chunk] if drafts else None
         new = greedy(model, full[chunk[0]][:common], [full[r][common:] for r in chunk], max_new_tokens,
-                     tok.eos_token_id, tok.pad_token_id, cands, lookahead)
+                     tok.eos_token_id, tok.pad_token_id, cands, lookahead,
+                     [copy_key(facts[r]) for r in chunk] if min_p > 0 else None, min_p, system)
         for r, ids in zip(chunk, new, strict=True):
             out[r] = first_line(tok.decode(ids, skip_special_tokens=True))
     return out
@@ -98,6 +112,56 @@ def propose(cands: list[list[int]], seq: list[int], k: int) -> list[int]:
     return []
 
 
+def _uniform(key: int, position: int) -> float:
+    return random.Random(key * 4099 + position).random()
+
+
+def pick(logits: torch.Tensor, keys: list[int] | None, starts: list[int], min_p: float) -> list[list[int]]:
+    """Next tokens for (rows, positions, vocabulary) logits: the argmax without `keys`; else min-p sampling
+    (Nguyen et al., 2024): among the tokens at least `min_p` × as likely as the likeliest, drawn in proportion
+    to their probability by a uniform fixed by (row's key, position in its copy) — `starts[row]` is the copy
+    position of the first column. Where the model is sure (a title, a year) only its argmax is left; where
+    its training targets branched (which opening, which reason) each branch keeps its share, so copy varies
+    from movie to movie instead of every copy taking the likeliest branch. One uniform per position: drafts
+    and batching change how many positions a pass verifies, never the tokens."""
+    if keys is None:
+        return logits.argmax(-1).tolist()
+    top = logits.float().topk(min(8, logits.shape[-1]), dim=-1)
+    rel = (top.values - top.values[..., :1]).exp()  # p_i / p_max: the partition function cancels
+    rel = torch.where(rel >= min_p, rel, torch.zeros_like(rel))
+    cum = rel.cumsum(-1) / rel.sum(-1, keepdim=True)
+    u = torch.tensor([[_uniform(k, s + j) for j in range(logits.shape[1])] for k, s in zip(keys, starts,
+                                                                                          strict=True)])
+    idx = (cum < u[..., None].to(cum.device)).sum(-1).clamp(max=top.indices.shape[-1] - 1)
+    return top.indices.gather(-1, idx[..., None]).squeeze(-1).tolist()
+
+
+def system_length(tok) -> int:
+    """Tokens every prompt starts with (the chat template's system turn and the user turn's opening): the
+    common prefix of two prompts whose viewers share nothing."""
+    a = prompt_ids(tok, CopyFacts(ItemFacts(1, "A", -1, ()), Taste(("Drama",), ("B",))))[0]
+    b = prompt_ids(tok, CopyFacts(ItemFacts(2, "C", -1, ()), Taste((), ())))[0]
+    return shared_length([a, b])
+
+
+def _system_cache(model, shared: list[int], system: int) -> tuple[Any, int]:
+    """(KV cache, tokens it holds): a copy of the model's cache of the first `system` tokens (run once, on
+    their own, and kept on the model: a model's decoding runs on one thread), so a viewer's prefix runs only
+    its own lines. Always the same split, so a copy never depends on which viewer came first."""
+    from transformers import DynamicCache
+
+    if system < 1 or system >= len(shared):
+        return DynamicCache(config=model.config), 0
+    key = tuple(shared[:system])
+    stored = getattr(model, "_copy_prefix", None)
+    if stored is None or stored[0] != key:
+        kv = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([list(key)], device=model.device), past_key_values=kv, use_cache=True,
+              logits_to_keep=_last(system, model.device))
+        stored = model._copy_prefix = (key, kv)
+    return copy.deepcopy(stored[1]), system
+
+
 def _last(n: int, dev: torch.device) -> torch.Tensor:
     """Logits of the last position only, asked for by index: an integer `logits_to_keep` slices the hidden
     states into a strided view, and for a frozen model torch's matmul then expands the vocabulary projection
@@ -106,8 +170,11 @@ def _last(n: int, dev: torch.device) -> torch.Tensor:
 
 
 def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: int, eos_id: int,
-           pad_id: int | None, cands: list[list[list[int]]] | None = None, lookahead: int = 12) -> list[list[int]]:
-    """Greedy decoding of len(suffixes) rows that all start with `shared`.
+           pad_id: int | None, cands: list[list[list[int]]] | None = None, lookahead: int = 12,
+           keys: list[int] | None = None, min_p: float = 0.0, system: int = 0) -> list[list[int]]:
+    """Decoding of len(suffixes) rows that all start with `shared`: greedy, or with `keys` (one per row)
+    seeded min-p sampling (`pick`). `system`: how many of `shared`'s tokens every prompt starts with; their KV
+    cache is computed once per model (`_system_cache`).
 
     The shared prefix runs once (batch 1) and its KV cache is repeated per row; suffixes are left-padded *after*
     the prefix (masked out, positions continuing the prefix's); a row leaves the batch when it ends. With
@@ -118,14 +185,13 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     decoding, one token per pass. Either way the tokens are those of `generate` on the concatenated prompts
     (exactly in fp32; in bf16 up to near-ties, the arithmetic differs). Full-attention decoders only: rejected
     draft slots stay in the cache, masked, which a sliding-window or recurrent layer would not ignore."""
-    from transformers import DynamicCache
 
     dev = model.device
     n, p = len(suffixes), len(shared)
     width = max(len(s) for s in suffixes)
-    cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([shared], device=dev), past_key_values=cache, use_cache=True,
-          logits_to_keep=_last(p, dev))
+    cache, done = _system_cache(model, shared, system)
+    model(input_ids=torch.tensor([shared[done:]], device=dev), past_key_values=cache, use_cache=True,
+          logits_to_keep=_last(p - done, dev))
     cache.batch_repeat_interleave(n)
     pad = pad_id if pad_id is not None else eos_id
     ids = torch.full((n, width), pad, dtype=torch.long, device=dev)
@@ -137,7 +203,8 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     pos = p + (mask[:, p:].cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                    logits_to_keep=_last(width, dev)).logits[:, -1]
-    out: list[list[int]] = [[t] for t in logits.argmax(-1).tolist()]  # last token of each row: not yet in cache
+    first = pick(logits[:, None], keys, [0] * n, min_p)
+    out: list[list[int]] = [[row[0]] for row in first]  # last token of each row: not yet in cache
     nxt = pos[:, -1] + 1  # position of that pending token
     alive = list(range(n))  # original row of each batch row
     while True:
@@ -160,7 +227,7 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
         mask = torch.cat([mask, new_mask], dim=1)
         logits = model(input_ids=step, attention_mask=mask, position_ids=nxt[:, None] + torch.arange(w, device=dev),
                        past_key_values=cache, use_cache=True, logits_to_keep=w).logits
-        picks = logits.argmax(-1).tolist()
+        picks = pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive], min_p)
         for b, (r, g) in enumerate(zip(alive, guesses, strict=True)):
             a = 0
             while a < len(g) and g[a] == picks[b][a] and g[a] != eos_id:

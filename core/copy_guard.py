@@ -19,8 +19,10 @@ _TITLE_YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 _ARTICLE = re.compile(r"^(?P<body>.+), (?P<art>The|A|An|Les|La|Le|Il|El|Das|Der|Die)$")
 _MARKUP = re.compile(r"https?://|www\.|<[a-zA-Z/!]|\]\(|\*\*|```|^#|\n|\{|\}|@[a-zA-Z]", re.MULTILINE)
 # Where copy speaks of the viewer's taste ("for fans of drama and action", "a viewer who enjoys comedy").
-_TASTE_PHRASE = re.compile(r"(fans of|who enjoys|who enjoy|your taste for|if you like|you love|you enjoy)"
+_TASTE_PHRASE = re.compile(r"(fans of|who enjoys|who enjoy|your taste for|if you like|you love|you enjoy|"
+                           r"in the mood for)"
                            r"\s+[\w' ,-]+?(?=[:.;!?]|$)", re.IGNORECASE)
+_FINISHED = re.compile(r"[.!?][\"'’”)]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f<>{}\[\]`*#]")
 _LINK = re.compile(r"(https?://|www\.)\S*", re.IGNORECASE)
 
@@ -137,6 +139,8 @@ class Guard:
             out.append(f"length {len(text)} outside {MIN_CHARS}-{MAX_CHARS}")
         if _MARKUP.search(text):
             out.append("link or markup")
+        if text and not _FINISHED.search(text):  # cut off by the token limit, or trailing off
+            out.append("unfinished: no full stop at the end")
         it = facts.item
         if it.title and it.title.lower() not in text.lower():
             out.append("item title missing")
@@ -152,6 +156,16 @@ class Guard:
             named = [g for g in self.genres if self._genre_re[g].search(m.group(0))]
             if named and all(g.lower() in taste for g in named):
                 genre_text = genre_text.replace(m.group(0), " ")
+        # A taste phrase must speak of the viewer's facts: with no genre ("for a viewer who enjoys none of the
+        # above", "who enjoys no particular sidescreen": what the tuned model wrote for a viewer with no genres)
+        # it addresses something the facts do not hold. Watched titles are marked so they end the phrase.
+        marked = text
+        for t in sorted({t for t in (it.title, *facts.taste.liked) if t}, key=len, reverse=True):
+            marked = re.sub(re.escape(t), " · ", marked, flags=re.IGNORECASE)
+        for m in _TASTE_PHRASE.finditer(marked):
+            if not any(re.search(rf"(?<![\w-]){re.escape(g)}s?(?![\w-])", m.group(0), re.IGNORECASE)
+                       for g in self.genres):
+                out.append(f"taste not in the facts: {m.group(0).strip()}")
         item_genres = {g.lower() for g in it.genres}
         for g in self.genres:  # longest first, blanking each match ("Film-Noir" is not read twice)
             if self._genre_re[g].search(genre_text):

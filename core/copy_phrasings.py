@@ -1,9 +1,12 @@
-"""The copy LM's training phrasings, written from the facts alone: training targets, and the drafts the decoder
-verifies at serving time (the tuned model's copy mostly follows one, so drafting them changes speed, not text).
+"""The copy LM's training phrasings, written from the facts alone: training targets, the drafts the decoder
+verifies at serving time (the tuned model's copy mostly follows one, so drafting them changes speed, not text),
+and the shape of a copy (its facts as slots), by which evaluation tells a copy that repeats a training target
+from one the model wrote.
 """
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
 
 from core.copy_guard import CopyFacts
@@ -44,8 +47,9 @@ def _a(word: str) -> str:
     return "an" if word[:1].lower() in _VOWEL else "a"
 
 
-def _taste_phrase(genres: tuple[str, ...]) -> str:
-    g = [x.lower() for x in genres]
+def taste_phrase(genres: tuple[str, ...]) -> str:
+    """The viewer's genres as words ('thriller and sci-fi'); a genre that is no genre ('unknown') is left out."""
+    g = [x.lower() for x in genres if x and x.lower() != "unknown"]
     return " and ".join(g[:2])
 
 
@@ -72,8 +76,8 @@ def _phrasings(facts: CopyFacts) -> list[str]:
                   f"If {last} was your kind of film, {t}{yp} should be too: {_a(g)} {g}."]
     if len(taste.liked) >= 2:
         forms.append(f"Liked {taste.liked[-2]} and {taste.liked[-1]}? Try {t}, {_a(g)} {g}{fy}.")
-    if taste.genres:
-        tg = _taste_phrase(taste.genres)
+    tg = taste_phrase(taste.genres)
+    if tg:
         forms += [f"For fans of {tg}: {t}, {_a(g)} {g}{fy}.",
                   f"{t}{yp} is {_a(g)} {g} for a viewer who enjoys {tg}."]
     return forms
@@ -83,3 +87,20 @@ def target_forms(facts: CopyFacts) -> list[str]:
     """Every phrasing `write_target` has for these facts: the fine-tuned model's copy mostly follows one, so
     generation uses them as drafts to verify (`core.copy_decoding.generate`), which changes speed, not text."""
     return list(dict.fromkeys(_phrasings(facts)))
+
+
+def shape(text: str, facts: CopyFacts) -> str:
+    """The text with its facts replaced by slots ({T} title, {Y} year, {L} a watched title, {G} genre phrase,
+    {V} the viewer's genres): two copies of one phrasing about different movies have the same shape."""
+    it, taste = facts.item, facts.taste
+    slots = [(x, "{L}") for x in taste.liked if x] + [(it.title, "{T}")]
+    slots += [(genre_phrase(it.genres), "{G}"), (taste_phrase(taste.genres), "{V}")]
+    if it.year > 0:
+        slots.append((str(it.year), "{Y}"))
+    for value, slot in sorted((s for s in slots if s[0]), key=lambda s: len(s[0]), reverse=True):
+        text = text.replace(value, slot)
+    words = {x.lower() for x in (*it.genres, *taste.genres)}
+    words |= {_MODIFIER.get(x, x) for x in words} | {_HEAD.get(x, x) for x in words}
+    for w in sorted(words, key=len, reverse=True):  # any other genre word: "fans of drama" when {V} is two
+        text = re.sub(rf"(?<![\w{{-]){re.escape(w)}(?![\w}}-])", "{g}", text)
+    return re.sub(r"\ban? (\{[GYg]\})", r"a \1", text)

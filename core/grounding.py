@@ -10,7 +10,8 @@ given facts from the text first (a title may hold a number, a name or a genre wo
 - vocabulary of claims the facts never hold: awards and ratings, superlatives, people and roles, plot,
   release and production, runtime;
 - echoes of the prompt (its field labels, "instructions", "ignore …"): what a prompt injection leaves behind;
-- repetition: a word, or the title, said again and again; a repeated three-word phrase.
+- repetition: a word, or the title, said again and again; a word twice in a row; a repeated three-word phrase;
+  "a" before a vowel or "an" before a consonant (a sampled token can break the grammar as well as the facts).
 The word lists come from reading the base model's copies (it invents plot, praise, studios, "a classic") and
 from an adversarial suite written to fool them (tests/core/test_grounding.py); the training phrasings
 (`core.copy_phrasings`) and the template pass.
@@ -63,6 +64,10 @@ STOPWORDS = frozenset((
     "a", "an", "the", "and", "or", "of", "for", "to", "in", "on", "at", "by", "with", "from", "is", "it", "its",
     "be", "this", "that", "your", "you", "who", "if", "was", "were", "too", "should", "try",
 ))
+_DOUBLED = re.compile(r"(?<![\w'-])([A-Za-z]+)\s+\1(?![\w'-])", re.IGNORECASE)  # "an action action comedy"
+# "a action thriller", "an comedy": a vowel sound after "a", a consonant after "an" (not h: "an hour"; "a one-",
+# "a European", "a unique" sound as consonants).
+_ARTICLE = re.compile(r"(?<![\w'-])(?:a\s+(?!one|once|eu|u)[aeiou]|an\s+[b-df-gj-np-tv-z])[a-z]*", re.IGNORECASE)
 MAX_WORD_REPEATS = 2  # a content word said more than twice (outside the facts) is degenerate
 
 
@@ -117,4 +122,7 @@ def repetition(text: str, title: str = "", rest: str | None = None) -> list[str]
             out.append(f"repeats a word: {w} ×{n}")
     grams = Counter(zip(words, words[1:], words[2:], strict=False))
     out += [f"repeats a phrase: {' '.join(g)}" for g, n in grams.items() if n > 1]
+    body = _blank(text, [title]) if rest is None else rest
+    out += [f"repeats a word: {m.group(0)}" for m in _DOUBLED.finditer(body)]
+    out += [f"wrong article: {m.group(0)}" for m in _ARTICLE.finditer(body)]
     return out

@@ -104,7 +104,7 @@ class CopyModel:
         out = [""] * len(facts)
         for rows in groups.values():
             texts = generate(self.model, self.tok, [facts[i] for i in rows], self.cfg.max_new_tokens,
-                             batch_size=len(rows), drafts=target_forms)
+                             batch_size=len(rows), drafts=target_forms, min_p=self.cfg.min_p)
             for i, text in zip(rows, texts, strict=True):
                 out[i] = text
         return out
@@ -112,7 +112,8 @@ class CopyModel:
 
 class CopyCache:
     """LRU of what a generation served, by (item, taste bucket): the model copy, or the template the guard put in
-    its place. Decoding is greedy, so generating a rejected copy again would write the same rejected text: under
+    its place. Decoding is fixed by the facts (greedy, or sampling seeded by this key), so generating a rejected
+    copy again would write the same rejected text: under
     load that was a miss on every request for the same items, and generation never caught up."""
 
     def __init__(self, size: int) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from core.copy_guard import CopyFacts, ItemFacts, Taste
+from core.copy_guard import CopyFacts, Guard, ItemFacts, Taste
 from core.copy_phrasings import write_target
 
 
@@ -38,8 +38,11 @@ def item_facts(items: pd.DataFrame) -> dict[int, ItemFacts]:
 
 def build_pairs(interactions: pd.DataFrame, items: pd.DataFrame, n_train: int, n_held_out: int,
                 held_out_fraction: float = 0.1, seed: int = 0) -> CopyPairs:
-    """Sample (user, position) from the interactions; taste = the history before that position."""
+    """Sample (user, position) from the interactions; taste = the history before that position. A target is
+    held to the guard the model's copy is held to, with this catalogue's titles (a sign-off tried in session 31,
+    "Enjoy the show.", named ML-100K's *The Show*); a phrasing that fails it is drawn again."""
     facts_of = item_facts(items)
+    guard = Guard(items["title"].astype(str).tolist(), sorted({g for gs in items["genres"] for g in gs}))
     rng = random.Random(seed)
     df = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     histories = [g["item_id"].to_numpy() for _, g in df.groupby("user_id", sort=False)]
@@ -58,7 +61,11 @@ def build_pairs(interactions: pd.DataFrame, items: pd.DataFrame, n_train: int, n
         top = tuple(name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2])
         liked = tuple(f.title for f in before[-2:] if f.title and f.item_id != item.item_id)
         facts = CopyFacts(item, Taste(top, liked))
-        pair = (facts, write_target(facts, rng.randrange(1000)))
+        text = next((t for t in (write_target(facts, rng.randrange(1 << 30)) for _ in range(8))
+                     if guard.factual(t, facts)), None)
+        if text is None:
+            continue
+        pair = (facts, text)
         target = held if held_out_item(item.item_id, held_out_fraction) else train
         if len(target) < (n_held_out if target is held else n_train):
             target.append(pair)

@@ -92,6 +92,9 @@ def train_copy_step(settings: Settings, resume: bool = False, warm_start: bool =
                                        {"samples.json": samples, "violations.json": {
                                            "base": out.base.violations, "tuned": out.tuned.violations}})
             mlflow.log_artifacts(str(folder), artifact_path=ARTIFACT_DIR)
+        # Every held-out copy, base beside tuned, for the reader (not part of the exported model).
+        mlflow.log_dict([{"facts": f.document(), "base": b, "tuned": t} for (f, _), b, t in zip(
+            pairs.held_out, out.base.texts, out.tuned.texts, strict=True)], "held_out_copies.json")
         version = register_artifacts(settings, COPY_MODEL, run.info.run_id, ARTIFACT_DIR)
         set_challenger(settings, COPY_MODEL, version, {"data_digest": prepared.digest, "base_model": cfg.base_model})
     return {"model": COPY_MODEL, "version": version, "run_id": run.info.run_id, **metrics,

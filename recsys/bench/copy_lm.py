@@ -93,7 +93,7 @@ def generation_here(s: Settings, version: str, repeats: int = 10, shapes: int = 
             ans = await writer.write(batch, budget_s=120)
             miss.append((time.perf_counter() - t0) * 1e3)
             t0 = time.perf_counter()  # the reference, interleaved: the same ten prompts through HF `generate`
-            await asyncio.wrap_future(model.worker.submit(hf_greedy, model, batch))
+            await asyncio.wrap_future(model.worker.submit(hf_generate, model, batch))
             hf.append((time.perf_counter() - t0) * 1e3)
             tokens += sum(len(model.tok(c.text, add_special_tokens=False)["input_ids"]) for c in ans.copies)
             served += sum(guard.factual(c.text, f) or c.source != "model" for c, f in zip(ans.copies, batch,
@@ -124,9 +124,11 @@ def generation_here(s: Settings, version: str, repeats: int = 10, shapes: int = 
     return asyncio.run(run())
 
 
-def hf_greedy(model, facts: list) -> list[str]:
-    """The speed reference for a cache miss: the same merged model and prompts through plain Hugging Face greedy
-    `generate` (one left-padded batch, no shared prefix, no drafts), on the model's own thread."""
+def hf_generate(model, facts: list) -> list[str]:
+    """The speed reference for a cache miss: the same merged model and prompts through plain Hugging Face
+    `generate` (one left-padded batch, no shared prefix, no drafts), on the model's own thread, decoding as the
+    model is served: greedy, or min-p sampling over the top 8 (its own random draws, so other texts of the same
+    kind and about the same length)."""
     import torch
 
     from core.copy_decoding import first_line, prompt_text
@@ -138,8 +140,9 @@ def hf_greedy(model, facts: list) -> list[str]:
                   add_special_tokens=False).to(model.device)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.inference_mode():
-            out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, do_sample=False,
-                                       pad_token_id=pad)
+            sampling = {"do_sample": True, "min_p": model.cfg.min_p, "top_k": 8, "top_p": 1.0,
+                        "temperature": 1.0} if model.cfg.min_p > 0 else {"do_sample": False}
+            out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad, **sampling)
     finally:
         tok.padding_side = side
     return [first_line(t) for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
@@ -200,6 +203,8 @@ def factuality_suite(s: Settings, console: Console, copies: int = 1000) -> dict[
            "tuned_distinct_1": round(float(r["val_distinct_1"]), 4),
            "base_verbatim_share": round(float(r.get("base_val_verbatim_share", float("nan"))), 4),
            "tuned_verbatim_share": round(float(r.get("val_verbatim_share", float("nan"))), 4),
+           "base_in_grammar_share": round(float(r.get("base_val_in_grammar_share", float("nan"))), 4),
+           "tuned_in_grammar_share": round(float(r.get("val_in_grammar_share", float("nan"))), 4),
            "base_fluency_ppl": round(float(r.get("base_val_fluency_ppl", float("nan"))), 2),
            "tuned_fluency_ppl": round(float(r.get("val_fluency_ppl", float("nan"))), 2),
            "templates_factual": templates / max(1, len(held)),

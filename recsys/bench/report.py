@@ -391,10 +391,11 @@ def factuality_report(f: dict[str, Any]) -> list[str]:
             "every failing copy is served as its grounded template, and those templates are checked by the same "
             "guard.", "",
             "| model | factuality (grounding check, before the guard) | distinct-1 | distinct-2 | verbatim training "
-            "phrasing | fluency (base-model perplexity, median; lower reads better) |", "|---|---|---|---|---|---|",
+            "target (same shape) | one of its facts' phrasings | fluency (base-model perplexity, median; "
+            "lower reads better) |", "|---|---|---|---|---|---|---|",
             *[f"| {name} | {f[f'{key}_factuality']:.3f} | {f.get(f'{key}_distinct_1', float('nan')):.3f} | "
               f"{f[f'{key}_distinct_2']:.3f} | {f.get(f'{key}_verbatim_share', float('nan')):.3f} | "
-              f"{f.get(f'{key}_fluency_ppl', '–')} |"
+              f"{f.get(f'{key}_in_grammar_share', float('nan')):.3f} | {f.get(f'{key}_fluency_ppl', '–')} |"
               for name, key in (("base", "base"), ("fine-tuned", "tuned"))], "",
             f"Served (after the guard): {served}; templates passing the guard {f['templates_factual']:.3f}. "
             f"Suite time {f['seconds'] / 60:.1f} min (training + both evaluations, "
@@ -422,7 +423,7 @@ def copy_report(c: dict[str, Any]) -> list[str]:
             f"{g['miss_p50_ms']} | {g['miss_p99_ms']} | "
             f"{' / '.join(map(str, g.get('miss_ms', [])))} |",
             f"| cache hit | {g['hit_p50_ms']} | {g['hit_p99_ms']} | {' / '.join(map(str, g.get('hit_ms', [])))} |",
-            *([f"| reference: the same prompts through Hugging Face greedy `generate` (interleaved) | "
+            *([f"| reference: the same prompts through Hugging Face `generate`, decoding as served (interleaved) | "
                f"{g['hf_generate_p50_ms']} | – | {' / '.join(map(str, g['hf_generate_ms']))} |", "",
                f"Cache miss p50 / the reference's: **{g['miss_vs_hf_generate_ratio']}×** (target ≤ 0.3)."]
               if "hf_generate_p50_ms" in g else []), "",

@@ -53,6 +53,7 @@ def test_a_year_or_title_inside_a_given_title_is_not_a_claim() -> None:
     ("Fargo.", "length 6 outside"),
     ("Fargo (1996), a crime drama. " * 12, "length"),
     ("Fargo (1996), a crime drama,\nand a war film.", "link or markup"),
+    ("Meet Fargo (1996), a crime drama. You watched Heat, so this is a natural", "unfinished"),
 ])
 def test_planted_false_fact_or_bad_format_is_caught(guard: Guard, text: str, reason: str) -> None:
     assert any(v.startswith(reason) for v in guard.violations(text, FARGO)), guard.violations(text, FARGO)

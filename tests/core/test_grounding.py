@@ -163,6 +163,14 @@ INVENTED = [
     "**Fargo** (1996) is a crime drama worth your evening.",
     "Fargo (1996) is a crime drama. Watch at https://example.com now.",
     "A crime drama from 1996 that you will enjoy tonight.",
+    # a taste the facts do not hold (what the tuned model wrote for a viewer with no genres)
+    "Fargo (1996) is a crime drama for a viewer who enjoys none of the above.",
+    "Fargo (1996) is a crime drama for a viewer who enjoys no particular sidescreen.",
+    "Made for fans of slow evenings: Fargo (1996), a crime drama.",
+    # broken grammar a sampled token can leave
+    "Fargo (1996) is a crime crime drama.",
+    "Up next: Fargo (1996), an crime drama.",
+    "Up next: Fargo (1996), a crime drama. A excellent pick.",
 ]
 
 
@@ -173,6 +181,14 @@ def test_the_adversarial_suite_is_large_and_distinct() -> None:
 @pytest.mark.parametrize("text", INVENTED)
 def test_an_invented_fact_or_degenerate_copy_fails(guard: Guard, text: str) -> None:
     assert not guard.factual(text, FARGO), f"passed: {text!r}"
+
+
+def test_a_taste_phrase_must_name_the_viewers_genres(guard: Guard) -> None:
+    stranger = CopyFacts(FARGO.item, Taste((), ()))
+    assert guard.violations("Fargo (1996) is a crime drama for a viewer who enjoys no particular sidescreen.",
+                            stranger) == ["taste not in the facts: who enjoys no particular sidescreen"]
+    assert guard.factual("Fargo (1996) is a crime drama for fans of dramas and romance.", FARGO)  # plural reads
+    assert guard.factual("Fans of Heat may like Fargo (1996), a crime drama.", FARGO)  # a watched title
 
 
 FACTS = [

@@ -56,6 +56,17 @@ def test_shared_prefixes_and_drafts_decode_exactly_what_generate_does(smollm2) -
     assert generate(model, tok, batch, MAX_NEW, batch_size=16, drafts=target_forms) == want
 
 
+def test_sampled_copy_is_fixed_by_its_facts_whatever_the_drafts_and_batches(smollm2) -> None:
+    """Min-p sampling draws one uniform per (copy, position): drafts and batch sizes change how a pass is laid
+    out, never the text; the same facts always get the same copy; and it is not just greedy decoding."""
+    model, tok = smollm2
+    batch = facts()
+    sampled = generate(model, tok, batch, MAX_NEW, batch_size=16, min_p=0.05)
+    assert generate(model, tok, batch, MAX_NEW, batch_size=5, drafts=target_forms, min_p=0.05) == sampled
+    assert generate(model, tok, batch[::-1], MAX_NEW, batch_size=3, min_p=0.05) == sampled[::-1]
+    assert sampled != reference(model, tok, batch)
+
+
 def test_drafts_the_model_agrees_with_save_forward_passes(smollm2) -> None:
     model, tok = smollm2
     parts = [prompt_ids(tok, f) for f in facts()[:4]]  # one viewer's items: one shared prefix
@@ -90,7 +101,7 @@ def test_joined_requests_decode_one_viewer_at_a_time_in_their_order(smollm2, tmp
     from training.models.lora_shards import lora_state
 
     model, tok = smollm2
-    cfg = CopyLMConfig(base_model=BASE, max_new_tokens=MAX_NEW)
+    cfg = CopyLMConfig(base_model=BASE, max_new_tokens=MAX_NEW, min_p=0.0)  # greedy: comparable to `reference`
     cache = load_settings().model_cache
     adapter = {k: v * 0 for k, v in lora_state(add_lora(load_base(BASE, cache)[0], cfg)).items()}  # = the base
     copy = CopyModel(write_copy_folder(tmp_path / "1", adapter, cfg, {}), cache, "float32")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from core.copy_decoding import generate, prompt_ids, prompt_parts, prompt_text, propose, shared_length
+from core.copy_decoding import generate, prompt_ids, prompt_parts, prompt_text, propose, shared_length, system_length
 from core.copy_guard import CopyFacts, ItemFacts, Taste
 from core.copy_lm import TINY, CopyLMConfig, add_lora, load_base, load_lora, merged
 from core.copy_phrasings import target_forms
@@ -119,6 +120,22 @@ def test_one_viewers_items_share_the_prompt_up_to_the_movie(tiny) -> None:
     assert shared_length([rows[0], rows[0]]) == len(rows[0]) - 1  # identical prompts: one token left to run
 
 
+def test_min_p_sampling_keeps_the_sure_tokens_and_shares_out_the_branches() -> None:
+    from core.copy_decoding import pick
+
+    logits = torch.full((200, 3, 10), -20.0)
+    logits[:, 0, 4] = 5.0  # sure: one token
+    logits[:, 1, 2] = logits[:, 1, 7] = 3.0  # a branch: two tokens equally likely
+    logits[:, 1, 5] = 3.0 + float(np.log(0.05))  # 20x less likely than them: below min_p 0.2
+    logits[:, 2, 1], logits[:, 2, 3] = 2.0, 2.0 + float(np.log(0.5))  # 2 : 1
+    keys = list(range(200))
+    picks = np.array(pick(logits, keys, [0] * 200, 0.2))
+    assert (picks[:, 0] == 4).all() and set(picks[:, 1]) == {2, 7} and 70 < (picks[:, 1] == 2).sum() < 130
+    assert set(picks[:, 2]) == {1, 3} and 105 < (picks[:, 2] == 1).sum() < 160
+    assert pick(logits, keys, [0] * 200, 0.2) == picks.tolist()  # fixed by (key, position)
+    assert pick(logits, None, [0] * 200, 0.2) == logits.argmax(-1).tolist()  # no keys: greedy
+
+
 def test_drafts_come_from_the_training_phrasings() -> None:
     forms = target_forms(FACTS)
     assert len(forms) == len(set(forms)) >= 5 and all("Fargo" in f for f in forms)
@@ -210,10 +227,10 @@ def test_the_bench_reference_is_plain_greedy_generate_and_writes_what_the_served
     """The copy bench times a cache miss against HF `generate` on the same prompts: the same work only if both are
     greedy over the same prompt, so the served decoder (shared prefix, verified drafts) writes the same copy."""
     from core.copy_lm import write_copy_folder
-    from recsys.bench.copy_lm import hf_greedy
+    from recsys.bench.copy_lm import hf_generate
     from serving.copy_lm import CopyModel
 
-    cfg = CopyLMConfig(base_model=TINY, max_new_tokens=8)
+    cfg = CopyLMConfig(base_model=TINY, max_new_tokens=8, min_p=0.0)  # greedy: the texts must be equal
     torch.manual_seed(1)
     lora = add_lora(load_base(TINY, cache)[0], cfg)
     for n, p in lora.named_parameters():  # an adapter that moves the random model off its one repeated token
@@ -223,7 +240,35 @@ def test_the_bench_reference_is_plain_greedy_generate_and_writes_what_the_served
     facts = [CopyFacts(ItemFacts.from_row(i, t, y, g), FACTS.taste)
              for i, (t, y, g) in enumerate([("Fargo (1996)", 1996, ["Crime", "Drama"]), ("Heat (1995)", 1995,
                                             ["Action"]), ("Toy Story (1995)", 1995, ["Animation", "Comedy"])], 1)]
-    reference = model.worker.submit(hf_greedy, model, facts).result(timeout=120)
+    reference = model.worker.submit(hf_generate, model, facts).result(timeout=120)
     assert reference == model.generate(facts) and all(reference) and len(set(reference)) > 1, reference
     assert model.tok.padding_side == "left"  # restored
+    model.close()
+
+
+def test_a_stored_system_prefix_changes_no_copy(cache: Path, tmp_path: Path) -> None:
+    """Every prompt opens with the same system line: the model keeps its KV cache and each viewer's prefix runs
+    only its own lines. The copy is what a model without it writes, whichever viewer came first."""
+    from core.copy_lm import write_copy_folder
+    from serving.copy_lm import CopyModel
+
+    cfg = CopyLMConfig(base_model=TINY, max_new_tokens=8, min_p=0.0)
+    torch.manual_seed(2)
+    lora = add_lora(load_base(TINY, cache)[0], cfg)
+    for n, p in lora.named_parameters():  # varied text from the random model
+        if "lora_" in n:
+            torch.nn.init.normal_(p, std=1.0)
+    model = CopyModel(write_copy_folder(tmp_path / "1", lora_state(lora), cfg, {}), cache, "float32")
+    items = [("Fargo (1996)", 1996, ["Crime", "Drama"]), ("Heat (1995)", 1995, ["Action"])]
+    viewers = [Taste(("Drama",), ("Heat",)), Taste(("Comedy", "Action"), ("Toy Story", "Se7en"))]
+    batches = [[CopyFacts(ItemFacts.from_row(i, *it), v) for i, it in enumerate(items, 1)] for v in viewers]
+    fresh = []
+    for batch in batches:
+        model.model.__dict__.pop("_copy_prefix", None)
+        fresh.append(model.generate(batch))
+    stored = list(model.model._copy_prefix[0])
+    heads = [prompt_ids(model.tok, b[0])[0] for b in batches]
+    assert len(stored) == system_length(model.tok) > 8 and all(h[: len(stored)] == stored for h in heads)
+    assert all(len(h) > len(stored) for h in heads)  # each viewer's own lines still run
+    assert [model.generate(b) for b in batches[::-1]][::-1] == fresh and len({t for f in fresh for t in f}) > 1
     model.close()

@@ -174,9 +174,9 @@ def train_copy(settings: Settings, cfg: CopyLMConfig, train: list[tuple[CopyFact
         return CopyOutcome(state["adapter"], cfg, None, None, losses, first, seconds, tps, int(state["epoch"]),
                            warm is not None, per_epoch)
     base, tok = load_base(base_dir, cache)
-    base_report = evaluate_copy(base.eval(), tok, held_out, guard, cfg.max_new_tokens)
+    base_report = evaluate_copy(base.eval(), tok, held_out, guard, cfg.max_new_tokens, train, cfg.min_p)
     tuned, tok = merged(base_dir, cache, cfg, state["adapter"])
-    tuned_report = evaluate_copy(tuned, tok, held_out, guard, cfg.max_new_tokens)
+    tuned_report = evaluate_copy(tuned, tok, held_out, guard, cfg.max_new_tokens, train, cfg.min_p)
     for report in (base_report, tuned_report):  # both read by the untuned base model
         report.fluency = fluency(base, tok, report.texts)
     del base
