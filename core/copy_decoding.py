@@ -9,6 +9,7 @@ then runs the shared prefix through the model once and decodes all k items from 
 from __future__ import annotations
 
 import copy
+import functools
 import random
 import zlib
 from collections.abc import Callable
@@ -136,9 +137,10 @@ def pick(logits: torch.Tensor, keys: list[int] | None, starts: list[int], min_p:
     return top.indices.gather(-1, idx[..., None]).squeeze(-1).tolist()
 
 
+@functools.lru_cache(maxsize=4)  # a few: each hot-swapped model version loads its own tokenizer
 def system_length(tok) -> int:
     """Tokens every prompt starts with (the chat template's system turn and the user turn's opening): the
-    common prefix of two prompts whose viewers share nothing."""
+    common prefix of two prompts whose viewers share nothing. Once per tokenizer, not on every miss."""
     a = prompt_ids(tok, CopyFacts(ItemFacts(1, "A", -1, ()), Taste(("Drama",), ("B",))))[0]
     b = prompt_ids(tok, CopyFacts(ItemFacts(2, "C", -1, ()), Taste((), ())))[0]
     return shared_length([a, b])

@@ -146,8 +146,9 @@ class Guard:
             out.append("item title missing")
         # The given titles are facts as written ("2001: A Space Odyssey" holds a year, "Aliens" holds "Alien"):
         # the genre and other-title checks read the text without them.
+        given = sorted({t for t in (it.title, *facts.taste.liked) if t}, key=len, reverse=True)
         rest = text
-        for t in sorted({t for t in (it.title, *facts.taste.liked) if t}, key=len, reverse=True):
+        for t in given:
             rest = re.sub(re.escape(t), " ", rest, flags=re.IGNORECASE)
         # The viewer's genres may be named only where the copy speaks of the viewer's taste.
         genre_text = rest
@@ -160,7 +161,7 @@ class Guard:
         # above", "who enjoys no particular sidescreen": what the tuned model wrote for a viewer with no genres)
         # it addresses something the facts do not hold. Watched titles are marked so they end the phrase.
         marked = text
-        for t in sorted({t for t in (it.title, *facts.taste.liked) if t}, key=len, reverse=True):
+        for t in given:
             marked = re.sub(re.escape(t), " · ", marked, flags=re.IGNORECASE)
         for m in _TASTE_PHRASE.finditer(marked):
             if not any(re.search(rf"(?<![\w-]){re.escape(g)}s?(?![\w-])", m.group(0), re.IGNORECASE)

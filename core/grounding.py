@@ -116,13 +116,13 @@ def repetition(text: str, title: str = "", rest: str | None = None) -> list[str]
     out = []
     if title and len(re.findall(r"(?<!\w)" + re.escape(title) + r"(?!\w)", text, re.IGNORECASE)) > 2:
         out.append(f"repeats the title: {title}")
-    words = [w.lower() for w in _WORD.findall(_blank(text, [title]) if rest is None else rest)]
+    body = _blank(text, [title]) if rest is None else rest
+    words = [w.lower() for w in _WORD.findall(body)]
     for w, n in Counter(words).items():
         if n > MAX_WORD_REPEATS and w not in STOPWORDS:
             out.append(f"repeats a word: {w} ×{n}")
     grams = Counter(zip(words, words[1:], words[2:], strict=False))
     out += [f"repeats a phrase: {' '.join(g)}" for g, n in grams.items() if n > 1]
-    body = _blank(text, [title]) if rest is None else rest
     out += [f"repeats a word: {m.group(0)}" for m in _DOUBLED.finditer(body)]
     out += [f"wrong article: {m.group(0)}" for m in _ARTICLE.finditer(body)]
     return out

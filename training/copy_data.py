@@ -36,13 +36,18 @@ def item_facts(items: pd.DataFrame) -> dict[int, ItemFacts]:
             for r in items.itertuples(index=False)}
 
 
+def catalogue_guard(items: pd.DataFrame) -> Guard:
+    """The guard over this catalogue's titles and genres (training targets and evaluation use the same one)."""
+    return Guard(items["title"].astype(str).tolist(), sorted({g for gs in items["genres"] for g in gs}))
+
+
 def build_pairs(interactions: pd.DataFrame, items: pd.DataFrame, n_train: int, n_held_out: int,
                 held_out_fraction: float = 0.1, seed: int = 0) -> CopyPairs:
     """Sample (user, position) from the interactions; taste = the history before that position. A target is
     held to the guard the model's copy is held to, with this catalogue's titles (a sign-off tried in session 31,
     "Enjoy the show.", named ML-100K's *The Show*); a phrasing that fails it is drawn again."""
     facts_of = item_facts(items)
-    guard = Guard(items["title"].astype(str).tolist(), sorted({g for gs in items["genres"] for g in gs}))
+    guard = catalogue_guard(items)
     rng = random.Random(seed)
     df = interactions.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
     histories = [g["item_id"].to_numpy() for _, g in df.groupby("user_id", sort=False)]

@@ -20,15 +20,14 @@ from core.copy_lm import ARTIFACT_DIR, CopyLMConfig, read_copy_folder, write_cop
 from core.errors import MissingStepError
 from core.names import CHAMPION, COPY_MODEL
 from core.settings import Settings
-from training.copy_data import build_pairs
+from training.copy_data import build_pairs, catalogue_guard
 from training.datasets import Prepared, prepare
 from training.registry import download_artifacts, register_artifacts, set_challenger, version_by_alias
 from training.tracking import setup_mlflow
 
 
 def guard_for(prepared: Prepared) -> Guard:
-    items = prepared.ds.items
-    return Guard(items["title"].astype(str).tolist(), sorted({g for gs in items["genres"] for g in gs}))
+    return catalogue_guard(prepared.ds.items)
 
 
 def copy_config(settings: Settings, **overrides: Any) -> CopyLMConfig:
