@@ -28,6 +28,7 @@ CONTENT_PROJECTION_FILE = "content_projection.npy"  # (d, content_dim + 1) a "pr
 ANN_FILE = "items.hnsw.faiss"  # faiss HNSW, inner product; row i is item index i + 1 (no padding row)
 RECALL_INDEX_DIR = "recall_index"  # under settings.home
 COPY_DIR = "copy"  # under the model repository: <v>/ adapter folders + CURRENT
+COPY_AHEAD_FILE = "ahead.jsonl"  # in a copy version's folder: its copy written ahead (serving.copy_ahead)
 
 
 def _atomic_write(path: Path, text: str) -> None:

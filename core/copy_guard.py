@@ -10,7 +10,7 @@ what a title says, so a title holding "ignore previous instructions…" cannot c
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core.grounding import claims
 
@@ -40,7 +40,8 @@ def display_title(raw: str) -> str:
 
 def clean(text: str) -> str:
     """Catalogue text made safe to print inside copy: no links, control characters or markup; one line, bounded."""
-    return re.sub(r"\s+", " ", _CONTROL.sub(" ", _LINK.sub(" ", text or ""))).strip()[:120]
+    text = _TEMPLATE_MARK.sub(" ", _LINK.sub(" ", text or ""))  # a chat-template marker whole, before its "<"
+    return re.sub(r"\s+", " ", _CONTROL.sub(" ", text)).strip()[:120]
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class ItemFacts:
 
     @classmethod
     def from_row(cls, item_id: int, raw_title: str, year: int, genres: list[str] | tuple[str, ...]) -> ItemFacts:
-        return cls(int(item_id), display_title(raw_title), int(year), tuple(genres))
+        """The title as copy prints it (`clean`): the prompt, the phrasings and the template all say the same."""
+        return cls(int(item_id), clean(display_title(raw_title)), int(year), tuple(genres))
 
 
 @dataclass(frozen=True)
@@ -133,8 +135,11 @@ class Guard:
     def violations(self, text: str, facts: CopyFacts) -> list[str]:
         """Format (length, markup), the item's title present, then every claim checked against the facts
         (`core.grounding.claims`): the genres named must be the item's (the viewer's only where the copy speaks
-        of the viewer's taste), no other catalogue title, and nothing the facts do not hold."""
+        of the viewer's taste), no other catalogue title, and nothing the facts do not hold. Titles are checked as
+        copy may print them (`clean`: "M*A*S*H" is printed "M A S H", markup being refused in copy)."""
         out: list[str] = []
+        facts = CopyFacts(replace(facts.item, title=clean(facts.item.title)),
+                          replace(facts.taste, liked=tuple(clean(t) for t in facts.taste.liked)))
         if not MIN_CHARS <= len(text) <= MAX_CHARS:
             out.append(f"length {len(text)} outside {MIN_CHARS}-{MAX_CHARS}")
         if _MARKUP.search(text):

@@ -82,6 +82,8 @@ class Settings(BaseModel):
     copy_cache_size: int = 50_000  # generated copies kept per replica, by (item, taste bucket)
     copy_max_pending: int = 40  # copies a copy replica generates at once; a miss past it gets the template (0: no cap)
     copy_warm_items: int = 100  # after a copy model loads, the most popular items get copy in the background
+    copy_ahead_users: int = 50  # after a copy export, the most active users' lists get copy written ahead (0: none)
+    copy_ahead_actors: int = 1  # copy models the copy-ahead job runs at once (one GPU each if use_gpu or copy_use_gpu)
 
     promotion_policy: Path = Path("mlflow/promotion_policy.yaml")  # the promotion gate, as data
     kserve_inference_service: str | None = None  # set (cluster): promoting the ranker repoints this InferenceService

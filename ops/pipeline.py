@@ -17,7 +17,7 @@ from core.settings import Settings
 # (key, label): the key names the step in results files, the label is what a person reads.
 STEPS = (("data", "data"), ("features", "features"), ("train_retrieval", "train retrieval"),
          ("train_ranking", "train ranking"), ("train_copy", "train copy LM"), ("promote", "promote"),
-         ("export", "export"))
+         ("export", "export"), ("copy_ahead", "write copy ahead"))
 
 
 class Progress:
@@ -38,6 +38,7 @@ class OfflineRun:
     copy: dict[str, Any] | None = None
     decisions: list[str] = field(default_factory=list)  # one line per model the gate judged
     export: Any = None  # training.export.ExportResult
+    ahead: Any = None  # serving.copy_ahead.AheadSummary, when a copy model was exported
     seconds: dict[str, float] = field(default_factory=dict)  # step key → wall seconds
 
 
@@ -99,7 +100,25 @@ def run_offline(settings: Settings, *, copy: bool = True, force: bool = False,
     run.export = step("export", export, lambda ex: (
         f"Triton repository {ex.repository} {ex.versions}; recall index {ex.index_dir}"
         + (f"; ranker published to {live_uri(settings.kserve_publish_uri)}" if settings.kserve_publish_uri else "")))
+    if copy and settings.copy_ahead_users > 0 and "copy" in run.export.versions:
+        run.ahead = step("copy_ahead", lambda: write_copy_ahead(settings, settings.copy_ahead_users), lambda a: (
+            f"copy LM v{a.version}: {a.copies} copies written ahead for the {a.users} most active users' lists "
+            f"({a.model_copies} pass the guard) in {a.seconds:.0f} s → {a.path}"))
     return run
+
+
+def write_copy_ahead(settings: Settings, users: int | list[int], k: int = 10) -> Any:
+    """`serving.copy_ahead` for these users, or for the `users` most active users of the training data (the
+    likeliest to ask next), on the training Ray cluster (in a cluster: the RayJob's, with its GPU workers)."""
+    from serving.copy_ahead import copy_ahead
+    from training.datasets import prepare
+    from training.ray_cluster import ensure_ray
+
+    if isinstance(users, int):
+        counts = prepare(settings).ds.interactions["user_id"].value_counts(sort=True)
+        users = [int(u) for u in counts.index[:users]]
+    ensure_ray(settings)
+    return copy_ahead(settings, users, k)
 
 
 @dataclass

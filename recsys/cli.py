@@ -447,6 +447,26 @@ def recommend(
     console.print(f"request {resp['request_id']}; timings (ms): {stages}")
 
 
+@app.command("copy-ahead")
+def copy_ahead(
+    users: Annotated[int | None, typer.Option(min=1, help="The N most active users of the training data "
+                                              "(default: the copy_ahead_users setting).")] = None,
+    users_file: Annotated[Path | None, typer.Option(help="Users file (one id per line), instead of --users.")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=100, help="Items per user.")] = 10,
+) -> None:
+    """Write the copy of these users' top-k lists ahead with the exported copy model (a Ray Data job); a Copy
+    replica loading that version starts with them in its cache. `recsys pipeline` runs it after the export."""
+    from ops.pipeline import write_copy_ahead
+    from serving.batch import read_users
+
+    s = settings()
+    who: int | list[int] = read_users(users_file) if users_file is not None else (users or s.copy_ahead_users)
+    with console.status("writing copy ahead"):
+        a = write_copy_ahead(s, who, k)
+    console.print(f"copy LM v{a.version}: {a.copies} copies for {a.users} users' top {k} ({a.model_copies} pass the "
+                  f"guard; the rest are served as their template) in {a.seconds:.0f} s → {a.path}")
+
+
 @app.command()
 def feedback(
     user_id: Annotated[int, typer.Argument(help="The user who acted.")],

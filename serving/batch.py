@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from core.artifacts import ONNX_FILE, onnx_session
 from core.errors import DataFormatError, MissingStepError
 from core.ranking_inputs import INPUTS
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.contracts import Candidates, RankedItems, UserContext
 
 
 class LocalRanker:
@@ -78,26 +82,40 @@ class BatchSummary:
     out: Path
 
 
-async def _score(settings: Settings, users: list[int], k: int, out: Path) -> BatchSummary:
-    from core.catalogue import read_state
-    from serving.features import FeatureReader
-    from serving.ranking import RankingStage
-    from serving.recall import Recaller
+class BatchPath:
+    """The graph's stage objects in this process (Feast online features → `Recaller` → `RankingStage` over
+    `LocalRanker`), for jobs that walk users through the serving path offline: batch scoring, copy ahead."""
 
-    reader = FeatureReader(settings)
-    recaller = Recaller(settings, reader, read_state(settings))  # retired items out, new ones in
-    client = LocalRanker(settings)
-    ranker = RankingStage(settings, reader, client=client)
-    ranker.timeout_s = 60.0  # offline: no latency budget, only a guard against a hung call
+    def __init__(self, settings: Settings) -> None:
+        from core.catalogue import read_state
+        from serving.features import FeatureReader
+        from serving.ranking import RankingStage
+        from serving.recall import Recaller
+
+        self.reader = FeatureReader(settings)
+        self.recaller = Recaller(settings, self.reader, read_state(settings))  # retired items out, new ones in
+        self.client = LocalRanker(settings)
+        self.ranker = RankingStage(settings, self.reader, client=self.client)
+        self.ranker.timeout_s = 60.0  # offline: no latency budget, only a guard against a hung call
+
+    async def rank(self, user_id: int, k: int) -> tuple[UserContext, Candidates, RankedItems]:
+        user = self.reader.user(user_id)
+        cands = self.recaller.candidates(user)
+        return user, cands, await self.ranker.rank(user, cands, k)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def _score(settings: Settings, users: list[int], k: int, out: Path) -> BatchSummary:
+    path = BatchPath(settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     cold = degraded = 0
     t0 = time.perf_counter()
     with tmp.open("w", encoding="utf-8") as f:
         for uid in users:
-            user = reader.user(uid)
-            cands = recaller.candidates(user)
-            ranked = await ranker.rank(user, cands, k)
+            user, cands, ranked = await path.rank(uid, k)
             flags = [ranked.degraded.model_dump()] if ranked.degraded else []
             cold += not user.known
             degraded += bool(flags)
@@ -108,7 +126,7 @@ async def _score(settings: Settings, users: list[int], k: int, out: Path) -> Bat
                                 "explore": [it.explore for it in ranked.items],
                                 "model_versions": {"retrieval": cands.model_version, "ranker": ranked.model_version},
                                 "cold_start": not user.known, "degraded": flags}) + "\n")
-    await client.close()
+    await path.close()
     tmp.replace(out)
     return BatchSummary(len(users), cold, degraded, time.perf_counter() - t0, out)
 

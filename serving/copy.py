@@ -13,20 +13,18 @@ import logging
 
 from ray import serve
 
-from core.artifacts import load_item_ids
+from core.artifacts import COPY_DIR, load_item_ids
 from core.copy_guard import CopyFacts, ItemFacts, Taste, template_text
 from core.settings import load_settings
 from serving.catalogue import CatalogueFollower
 from serving.contracts import Copy, CopyResult, RankedItem, RankedItems, UserContext
-from serving.copy_lm import CopyModel, CopyWriter, guard_from_catalogue
+from serving.copy_ahead import AHEAD_FILE, read_ahead
+from serving.copy_facts import CopyCatalogue, guard_from_catalogue, item_facts
+from serving.copy_lm import CopyModel, CopyWriter
 from serving.features import FeatureReader
 from serving.loopback import bind_loopback
 
 log = logging.getLogger("ray.serve")
-
-
-def item_facts(item: RankedItem) -> ItemFacts:
-    return ItemFacts.from_row(item.item_id, item.title, item.year, item.genres)
 
 
 def template_copy(item: RankedItem, because: str | None = None) -> Copy:
@@ -43,22 +41,18 @@ def _close_loaded(loading: asyncio.Future) -> None:
 @serve.deployment(name="Copy", max_ongoing_requests=16)
 class CopyStage:
     """`user_config` = {"copy": version}: that exported copy model loads off the event loop (requests get the
-    template meanwhile), replaces the old one with an empty cache, then warms the cache for popular items."""
+    template meanwhile), replaces the old one with a cache holding the copies written ahead for that version
+    (`serving.copy_ahead`), then warms the cache for popular items."""
 
     def __init__(self) -> None:
         bind_loopback()
         self.s = load_settings()
-        reader = FeatureReader(self.s)
-        ids = [int(i) for i in load_item_ids(self.s)[1:]]
-        rows = reader.items(ids, fields=("title", "genres", "year", "popularity"))
-        self.catalogue = {i: ItemFacts.from_row(i, t, int(y), g)
-                          for i, t, y, g, ok in zip(ids, rows.title, rows.year, rows.genres, rows.found, strict=True)
-                          if ok}
-        self.popular = [ids[j] for j in sorted(range(len(ids)), key=lambda j: -int(rows.popularity[j]))]
-        self.guard = guard_from_catalogue(rows.title, rows.genres)
-        self.writer = CopyWriter(None, self.guard, self.s.copy_cache_size, self._generate, self.s.copy_max_pending)
+        self.catalogue = CopyCatalogue.read(FeatureReader(self.s), [int(i) for i in load_item_ids(self.s)[1:]])
+        self.writer = CopyWriter(None, self.catalogue.guard, self.s.copy_cache_size, self._generate,
+                                 self.s.copy_max_pending)
         self.loading: asyncio.Task | None = None
-        self.warmed = 0
+        self.warmed = self.ahead = 0  # copies warmed; copies written ahead in the cache
+        self._ahead_read: tuple[str, int] = ("", 0)  # (version, file mtime) of the copy written ahead last read
         self.follower = CatalogueFollower(self.s)  # upserted titles: what "liked" names and the guard knows
         self._following: asyncio.Task | None = None
 
@@ -70,15 +64,37 @@ class CopyStage:
         for i, op in self.follower.state.items.items():
             it = op.item
             if it is not None:
-                self.catalogue[i] = ItemFacts.from_row(i, it.title, -1 if it.year is None else it.year, it.genres)
-        facts = list(self.catalogue.values())
-        self.guard = guard_from_catalogue([f.title for f in facts], [list(f.genres) for f in facts])
-        self.writer.guard = self.guard
+                self.catalogue.facts[i] = ItemFacts.from_row(i, it.title, -1 if it.year is None else it.year,
+                                                             it.genres)
+        facts = list(self.catalogue.facts.values())
+        self.catalogue.guard = guard_from_catalogue([f.title for f in facts], [list(f.genres) for f in facts])
+        self.writer.guard = self.catalogue.guard
 
     async def _follow(self) -> None:
         while True:
             await asyncio.to_thread(self.follow_catalogue)
+            if self.writer.model is not None:
+                await self._take_ahead(self.writer)
             await asyncio.sleep(self.s.catalogue_poll_s * 5)
+
+    def _read_ahead(self, version: str) -> tuple[int, list[tuple[CopyFacts, str]]] | None:
+        """This version's copy written ahead, if its file changed since it was last read (blocking)."""
+        path = self.s.model_repo / COPY_DIR / version / AHEAD_FILE
+        try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        return None if self._ahead_read == (version, stamp) else (stamp, read_ahead(path))
+
+    async def _take_ahead(self, writer: CopyWriter) -> None:
+        """Seed the writer's cache with its version's copy written ahead: at load, and whenever the file changes
+        (in a cluster the job writes it after the export, often after the replica loaded the version)."""
+        assert writer.model is not None
+        version = writer.model.version
+        got = await asyncio.to_thread(self._read_ahead, version)
+        if got is not None:
+            self._ahead_read = (version, got[0])
+            self.ahead = writer.seed(got[1])
 
     async def reconfigure(self, config: dict) -> None:
         wanted = str((config or {}).get("copy") or "")
@@ -100,11 +116,15 @@ class CopyStage:
         except Exception as e:  # the stage keeps answering (template, flagged) rather than failing requests
             log.error("copy model v%s did not load: %s", version, e)
             return
-        old, self.writer = self.writer.model, CopyWriter(model, self.guard, self.s.copy_cache_size, self._generate,
-                                                         self.s.copy_max_pending)
+        writer = CopyWriter(model, self.catalogue.guard, self.s.copy_cache_size, self._generate,
+                            self.s.copy_max_pending)
+        self.ahead = 0
+        await self._take_ahead(writer)
+        old, self.writer = self.writer.model, writer
         if old is not None:
             old.close()  # generations already queued on it finish; new ones go to the new model
-        warm = [CopyFacts(self.catalogue[i]) for i in self.popular[: self.s.copy_warm_items] if i in self.catalogue]
+        facts = self.catalogue.facts
+        warm = [CopyFacts(facts[i]) for i in self.catalogue.popular[: self.s.copy_warm_items] if i in facts]
         self.warmed = await self.writer.warm(warm)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
@@ -119,19 +139,14 @@ class CopyStage:
             start += len(g)
         return out
 
-    def facts(self, user: UserContext, ranked: RankedItems) -> list[CopyFacts]:
-        liked = tuple(self.catalogue[i].title for i in user.recent_items[-2:] if i in self.catalogue)
-        taste = Taste(tuple(user.favourite_genres[:2]), liked)
-        return [CopyFacts(item_facts(it), taste) for it in ranked.items]
-
     async def write(self, user: UserContext, ranked: RankedItems) -> CopyResult:
         if self._following is None or self._following.done():
             self._following = asyncio.create_task(self._follow())
-        return await self.writer.write(self.facts(user, ranked), self.s.copy_budget_ms / 1e3)
+        return await self.writer.write(self.catalogue.request_facts(user, ranked), self.s.copy_budget_ms / 1e3)
 
     async def stats(self) -> dict:
         """Cache counters and the loaded version (benchmarks and tests read them)."""
         c = self.writer.cache
         return {"version": self.writer.model.version if self.writer.model else "template", "hits": c.hits,
-                "misses": c.misses, "size": len(c.rows), "warmed": self.warmed,
+                "misses": c.misses, "size": len(c.rows), "warmed": self.warmed, "ahead": self.ahead,
                 "loading": bool(self.loading and not self.loading.done())}

@@ -223,6 +223,14 @@ class CopyWriter:
         for k in keys:
             self.pending.pop(k, None)
 
+    def seed(self, written: list[tuple[CopyFacts, str]]) -> int:
+        """Copies written ahead (`serving.copy_ahead`) into the cache, each through this writer's guard (the
+        catalogue may have grown since they were written): a failing one is cached as its template, as a
+        generated one would be. Returns how many were cached."""
+        if self.model is None:
+            return 0
+        return len(self._finish([f for f, _ in written], [t for _, t in written]))
+
     async def warm(self, facts: list[CopyFacts], chunk: int = 10) -> int:
         """Fill the cache for these (e.g. the most popular items, no taste) in small background batches."""
         done = 0
@@ -250,7 +258,3 @@ def _resolver(fut: asyncio.Future, j: int):
             fut.set_result(task.result()[j])
 
     return resolve
-
-
-def guard_from_catalogue(titles: list[str], genres: list[list[str]]) -> Guard:
-    return Guard(titles, sorted({g for gs in genres for g in gs}))

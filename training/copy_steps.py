@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from core.artifacts import COPY_DIR, set_current
+from core.artifacts import COPY_AHEAD_FILE, COPY_DIR, set_current
 from core.copy_guard import PROMPT_FORMAT, Guard
 from core.copy_lm import ARTIFACT_DIR, CopyLMConfig, read_copy_folder, write_copy_folder
 from core.errors import MissingStepError
@@ -124,9 +124,14 @@ def export_copy(settings: Settings) -> str | None:
     target = root / str(mv.version)
     with tempfile.TemporaryDirectory() as d:
         folder = download_artifacts(settings, mv.run_id, Path(d), ARTIFACT_DIR)
+        ahead = target / COPY_AHEAD_FILE  # copy written ahead by this same version: still its copy, kept
+        if ahead.exists():
+            shutil.move(ahead, Path(d) / COPY_AHEAD_FILE)
         if target.exists():
             shutil.rmtree(target)
         root.mkdir(parents=True, exist_ok=True)
         shutil.copytree(folder, target)
+        if (Path(d) / COPY_AHEAD_FILE).exists():
+            shutil.move(Path(d) / COPY_AHEAD_FILE, ahead)
     set_current(root, str(mv.version))
     return str(mv.version)

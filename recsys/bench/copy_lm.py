@@ -166,11 +166,69 @@ def copy_suite(s: Settings, console: Console, eval_items: int = 100) -> dict[str
     promote(s, COPY_MODEL, force=True)
     version = export_copy(s)
     gen = generation(s, console, str(version))
+    ahead = ahead_hit_rate(s, console)
     keys = ("val_factuality", "base_val_factuality", "val_perplexity", "base_val_perplexity", "val_distinct_1",
             "val_distinct_2", "base_val_distinct_2", "train_seconds", "tokens_per_second", "first_loss",
             "final_train_loss")
     return {"scaling": scaling, "quality": {k: round(float(r[k]), 4) for k in keys}, "eval_items": eval_items,
-            "steps": s.copy_steps, "base_model": s.copy_base_model, "generation": gen}
+            "steps": s.copy_steps, "base_model": s.copy_base_model, "generation": gen, "ahead": ahead}
+
+
+def ahead_hit_rate(s: Settings, console: Console, requests: int = 5000, zipf_s: float = 1.0,
+                   k: int = 10) -> dict[str, Any]:
+    """Copy written ahead for the `copy_ahead_users` most active users (`ops.pipeline.write_copy_ahead`, the Ray
+    Data job `recsys pipeline` runs after the export), then a seeded Zipf request stream over every user in that
+    activity order (the user ranked r asks with weight 1/r^s): the share of a request's k copies found in the
+    Copy replica's cache, with only what was written ahead, and as served (each miss generated once and cached,
+    `CopyCache` at the replica's size). Lists are the graph's (`BatchPath`), taken once per user: no feedback
+    moves them during the stream, so this is the hit rate of a steady catalogue and steady profiles."""
+    from ops.pipeline import write_copy_ahead
+    from serving.batch import BatchPath
+    from serving.contracts import Copy
+    from serving.copy_ahead import read_ahead
+    from serving.copy_facts import CopyCatalogue
+    from serving.copy_lm import CopyCache
+    from training.datasets import prepare
+
+    users = [int(u) for u in prepare(s).ds.interactions["user_id"].value_counts(sort=True).index]
+    a = write_copy_ahead(s, users[: s.copy_ahead_users], k)
+    ahead = read_ahead(a.path)
+    written = {(f.item.item_id, f.taste.bucket()) for f, _ in ahead}
+    weights = 1.0 / np.arange(1, len(users) + 1) ** zipf_s
+    stream = np.random.default_rng(s.seed).choice(len(users), size=requests, p=weights / weights.sum())
+
+    async def lists() -> dict[int, list]:
+        from core.artifacts import load_item_ids
+
+        path = BatchPath(s)
+        catalogue = CopyCatalogue.read(path.reader, [int(i) for i in load_item_ids(s)[1:]])
+        out = {}
+        for j in sorted({int(j) for j in stream}):
+            user, _, ranked = await path.rank(users[j], k)
+            out[j] = catalogue.request_facts(user, ranked)
+        await path.close()
+        return out
+
+    facts = asyncio.run(lists())
+    cache = CopyCache(s.copy_cache_size)
+    for f, _ in ahead:
+        cache.put(f, Copy(text="", source="model"))
+    found = total = 0
+    for j in stream:
+        for f in facts[int(j)]:
+            total += 1
+            found += (f.item.item_id, f.taste.bucket()) in written
+            if cache.get(f) is None:
+                cache.put(f, Copy(text="", source="model"))
+    out = {"k": k, "users": a.users, "copies": a.copies, "model_copies": a.model_copies, "seconds": a.seconds,
+           "seconds_per_copy": round(a.seconds / max(1, a.copies), 3), "requests": requests, "zipf_s": zipf_s,
+           "users_asked": len(facts), "stream_share_of_ahead_users": round(float(np.mean(stream < a.users)), 3),
+           "hit_rate_ahead_only": round(found / max(1, total), 3),
+           "hit_rate_served": round(cache.hits / max(1, cache.hits + cache.misses), 3)}
+    console.print(f"copy ahead: {a.copies} copies for the {a.users} most active users in {a.seconds:.0f} s; Zipf "
+                  f"stream of {requests} requests: hit rate {out['hit_rate_ahead_only']} from what was written ahead, "
+                  f"{out['hit_rate_served']} with the cache's own fill")
+    return out
 
 
 def factuality_suite(s: Settings, console: Console, copies: int = 1000) -> dict[str, Any]:

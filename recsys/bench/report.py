@@ -23,21 +23,45 @@ SECTIONS = ("offline", "quality", "sasrec", "transfer", "serving", "scaling", "c
 
 
 def latest_results(folder: Path = RESULTS) -> dict[str, Any] | None:
-    files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
-    return json.loads(files[-1].read_text()) if files else None
+    """The most recently started run's results (by their own `started`: a fresh clone's file times say nothing)."""
+    runs = []
+    for f in folder.glob("*.json"):
+        try:
+            runs.append(json.loads(f.read_text()))
+        except ValueError:
+            continue
+    runs = [r for r in runs if isinstance(r, dict) and "started" in r]
+    return max(runs, key=lambda r: r["started"]) if runs else None
+
+
+def results_path(folder: Path, started: str, node: str, cpu: str) -> Path:
+    """`<date>-<node>.json`, or `-2`, `-3`… when that name holds another machine's run of the same day (a VM's
+    host name stays when its CPU changes): one machine's runs of a day share a file, another's is never
+    overwritten."""
+    for n in range(1, 100):
+        path = folder / f"{started[:10]}-{node}{'' if n == 1 else f'-{n}'}.json"
+        try:
+            held = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return path
+        if held.get("machine", {}).get("cpu") == cpu:
+            return path
+    raise RuntimeError(f"no free results file name for {started[:10]} in {folder}")
 
 
 def carry_over(result: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
-    """Sections this run did not measure, kept from the previous results file of the same machine and
-    labelled with that run, so re-running one suite does not drop the report's other tables."""
-    if not previous or previous.get("machine", {}).get("cpu") != result["machine"]["cpu"]:
+    """Sections this run did not measure, kept from the previous results file and labelled with that run (and its
+    machine's CPU when it was another: this VM's host changes between days; the speed rows compare within
+    their own run, as ratios), so re-running one suite does not drop the report's other tables."""
+    if not previous:
         return result
     origin = previous.get("carried_from", {})
+    cpu = previous["machine"].get("cpu", "")
     for key in SECTIONS:
         if key not in result and key in previous:
             result[key] = previous[key]
-            result.setdefault("carried_from", {})[key] = origin.get(key) or {
-                "started": previous["started"], "commit": previous["machine"]["commit"]}
+            result.setdefault("carried_from", {})[key] = {"cpu": cpu, **origin.get(key, {
+                "started": previous["started"], "commit": previous["machine"]["commit"]})}  # older: same machine
     return result
 
 
@@ -45,8 +69,13 @@ def _carried_note(r: dict[str, Any]) -> list[str]:
     carried = r.get("carried_from", {})
     if not carried:
         return []
-    parts = [f"{k} ({v['started'][:16]}, commit {v['commit']})" for k, v in carried.items()]
-    return [f"Not re-measured in this run, carried over from earlier runs on this machine: {'; '.join(parts)}.", ""]
+    cpu = r.get("machine", {}).get("cpu", "")
+
+    def where(v: dict[str, Any]) -> str:
+        return "" if v.get("cpu", cpu) == cpu else f", on another machine: {v['cpu']}"
+
+    parts = [f"{k} ({v['started'][:16]}, commit {v['commit']}{where(v)})" for k, v in carried.items()]
+    return [f"Not re-measured in this run, carried over from earlier runs: {'; '.join(parts)}.", ""]
 
 
 def with_readme_block(text: str, block: str, begin: str = README_BEGIN, end_marker: str = README_END) -> str:
@@ -117,6 +146,11 @@ def readme_block(r: dict[str, Any], path: Path) -> str:
         lines.append(f"| copy LM factuality, base → fine-tuned ({r['copy']['eval_items']} held-out items) | "
                      f"{q['base_val_factuality']:.3f} → {q['val_factuality']:.3f} |")
         lines.append(f"| copy k=10, cache miss / hit p50 | {g['miss_p50_ms']} / {g['hit_p50_ms']} ms |")
+        if r["copy"].get("ahead"):
+            a = r["copy"]["ahead"]
+            lines.append(f"| copy cache hit rate, Zipf stream ({a['users']} most active users' copy written ahead; "
+                         f"ahead only → with the cache's own fill) | {a['hit_rate_ahead_only']:.3f} → "
+                         f"{a['hit_rate_served']:.3f} |")
     if "factuality" in r:
         f = r["factuality"]
         served = "1.000" if f["served_factuality"] == 1.0 else "< 1"
@@ -430,4 +464,18 @@ def copy_report(c: dict[str, Any]) -> list[str]:
             f"Generation {g['tokens_per_s']} tokens/s; cache hit rate under a repeat-heavy stream ({g['stream']} "
             f"requests over {g['shapes']} request shapes, Zipf-like): {g['repeat_hit_rate']}. Targets here: miss p50 "
             "≤ 1500 ms, hit ≤ 5 ms.",
-            ""]
+            "", *ahead_report(c.get("ahead"))]
+
+
+def ahead_report(a: dict[str, Any] | None) -> list[str]:
+    if not a:
+        return []
+    return [f"Copy written ahead (`recsys copy-ahead`, the Ray Data job `recsys pipeline` runs after the export): "
+            f"{a['copies']} copies for the top-{a['k']} lists of the {a['users']} most active users in "
+            f"{a['seconds']} s "
+            f"({a['seconds_per_copy']} s a copy; {a['model_copies']} pass the guard). A Zipf stream of "
+            f"{a['requests']} requests over all users in activity order (s = {a['zipf_s']}; {a['users_asked']} "
+            f"distinct users asked, {a['stream_share_of_ahead_users']:.0%} of requests from users written ahead): "
+            f"**{a['hit_rate_ahead_only']:.3f}** of the copies asked for were written ahead; "
+            f"**{a['hit_rate_served']:.3f}** were cache hits once each miss is generated once and cached.", ""]
+

@@ -29,6 +29,7 @@ from recsys.bench.report import (
     latest_results,
     readme_block,
     report,
+    results_path,
     with_readme_block,
 )
 
@@ -489,7 +490,7 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
         run("factuality", lambda: factuality_suite(s, console))
     result["suite_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}  # `make bench` target: < 1800
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{started:%Y-%m-%d}-{platform.node()}.json"
+    path = results_path(RESULTS, started.isoformat(), platform.node(), result["machine"]["cpu"])
     result = carry_over(result, latest_results())
     from recsys.bench.plots import draw
 

@@ -183,6 +183,15 @@ def test_an_invented_fact_or_degenerate_copy_fails(guard: Guard, text: str) -> N
     assert not guard.factual(text, FARGO), f"passed: {text!r}"
 
 
+def test_a_title_with_markup_is_checked_as_printed(guard: Guard) -> None:
+    """The template prints a watched title cleaned ("M A S H"); the guard reads the facts the same way, so the
+    fallback passes even when the facts hold the raw title, and copy printing the raw one fails as markup."""
+    raw = CopyFacts(ItemFacts.from_row(1172, "Trust (1990)", 1990, ["Comedy", "Drama"]), Taste((), ("M*A*S*H",)))
+    text = template_text(raw)
+    assert text.endswith("Because you watched M A S H.") and guard.violations(text, raw) == []
+    assert not guard.factual("Because you watched M*A*S*H, try Trust (1990), a comedy.", raw)
+
+
 def test_a_taste_phrase_must_name_the_viewers_genres(guard: Guard) -> None:
     stranger = CopyFacts(FARGO.item, Taste((), ()))
     assert guard.violations("Fargo (1996) is a crime drama for a viewer who enjoys no particular sidescreen.",
@@ -207,6 +216,10 @@ FACTS = [
     CopyFacts(ItemFacts.from_row(900_001, "Quiet Harbour", -1, []), Taste((), ())),
     CopyFacts(ItemFacts.from_row(28, "Apollo 13 (1995)", 1995, ["Action", "Drama", "Thriller"]),
               Taste(("War", "Film-Noir"), ("Schindler's List", "Terminator 2: Judgment Day"))),
+    # Markup characters in a title: printed cleaned ("M A S H"), checked as printed (2 of 1,000 templates failed).
+    CopyFacts(ItemFacts.from_row(97, "M*A*S*H (1970)", 1970, ["Comedy", "War"]), Taste(("Comedy",), ("Heat",))),
+    CopyFacts(ItemFacts.from_row(1172, "Trust (1990)", 1990, ["Comedy", "Drama"]),
+              Taste((), (ItemFacts.from_row(97, "M*A*S*H (1970)", 1970, []).title,))),
 ]
 GROUNDED = [(f, text) for f in FACTS for text in [*target_forms(f), template_text(f)]]
 

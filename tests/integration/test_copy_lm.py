@@ -103,6 +103,22 @@ def test_served_copy_is_guarded_within_budget_then_from_the_cache(copy_home: Pat
     samples = json.loads((s.model_repo / "copy" / version / "samples.json").read_text())
     assert samples and {"base", "tuned", "facts"} <= set(samples[0])
 
+    # Copy written ahead by a Ray Data job is the copy this model writes for the same viewer and items (one
+    # decode group per viewer, as served); a re-export of the same version keeps it (still that model's copy).
+    from core.artifacts import COPY_AHEAD_FILE
+    from serving.copy_ahead import generate_ahead, read_ahead, write_ahead
+    from training.copy_steps import export_copy
+    from training.ray_cluster import ensure_ray
+
+    groups = [facts[:3], [CopyFacts(f.item, Taste((), ("Heat",))) for f in facts[3:]]]
+    ensure_ray(s)
+    ahead = generate_ahead(s, s.model_repo / "copy" / version, groups)
+    assert ahead == [model.generate(g) for g in groups]
+    path = s.model_repo / "copy" / version / COPY_AHEAD_FILE
+    write_ahead(path, [(f, t) for g, ts in zip(groups, ahead, strict=True) for f, t in zip(g, ts, strict=True)])
+    assert export_copy(s) == version and len(read_ahead(path)) == len(facts)
+    assert (s.model_repo / "copy" / version / "adapter.safetensors").exists()
+
 
 def test_throughput_run_trains_per_epoch_and_tracks_nothing(feature_home: Path, use_home) -> None:
     """The bench's 1-worker copy run: real Ray Train steps (tiny Llama, same code path), no evaluation, no

@@ -244,14 +244,33 @@ def test_a_partial_run_keeps_the_other_sections_labelled_with_their_run():
     merged = carry_over(dict(new), old)
     assert merged["quality"][0]["model"] == "ease"  # measured now: never replaced
     assert merged["copy"] == {"x": 1} and merged["serving"] == old["serving"]
-    assert merged["carried_from"]["copy"] == {"started": "2026-11-25T10:00:00+00:00", "commit": "old"}
+    assert merged["carried_from"]["copy"] == {"started": "2026-11-25T10:00:00+00:00", "commit": "old", "cpu": "cpu"}
     again = carry_over({"started": "2026-11-27T00:00:00+00:00", "machine": new["machine"]}, merged)
     assert again["carried_from"]["copy"]["commit"] == "old"  # still the run that measured it
-    other = {**new, "machine": {**new["machine"], "cpu": "another cpu"}}
-    assert "copy" not in carry_over(dict(other), old)  # another machine's numbers are not mixed in
     shown = {k: v for k, v in merged.items() if k != "copy"}
     text = readme_block(shown, Path("x.json"))
-    assert "carried over from earlier runs on this machine: serving (2026-11-25T10:00, commit old); copy" in text
+    assert "carried over from earlier runs: serving (2026-11-25T10:00, commit old); copy" in text
+    # Another machine's sections are carried too, and said to be: this VM's host changes between days.
+    other = carry_over({**new, "machine": {**new["machine"], "cpu": "another cpu"}}, old)
+    assert other["copy"] == {"x": 1} and "serving (2026-11-25T10:00, commit old, on another machine: cpu)" in \
+        readme_block({k: v for k, v in other.items() if k != "copy"}, Path("x.json"))
+
+
+def test_a_run_on_another_machine_never_overwrites_that_days_file_and_the_latest_run_is_by_its_start(tmp_path):
+    from recsys.bench.report import latest_results, results_path
+
+    first = results_path(tmp_path, "2026-12-02T11:00:00", "vm", "AMD")
+    assert first.name == "2026-12-02-vm.json"
+    first.write_text(json.dumps({"started": "2026-12-02T11:00:00", "machine": {"cpu": "AMD"}}))
+    assert results_path(tmp_path, "2026-12-02T15:00:00", "vm", "AMD") == first  # the same machine's day
+    second = results_path(tmp_path, "2026-12-02T21:00:00", "vm", "Xeon")
+    assert second.name == "2026-12-02-vm-2.json"
+    second.write_text(json.dumps({"started": "2026-12-02T21:00:00", "machine": {"cpu": "Xeon"}}))
+    (tmp_path / "2026-12-03-vm.json").write_text("{not json")
+    import os
+
+    os.utime(first, (2e9, 2e9))  # the newest file time, the older run: a fresh clone's times say nothing
+    assert latest_results(tmp_path)["machine"]["cpu"] == "Xeon"
 
 
 def test_suite_groups_expand_in_run_order_and_unknown_names_are_refused() -> None:
@@ -345,3 +364,16 @@ def test_the_floor_section_shows_each_interleaved_run_and_the_share_of_the_floor
     assert "**0.37 of its req/s at concurrency 8** (target ≥ 0.6" in text
     assert "CPU per request, platform, concurrency 8 (ms, by process): Ingress 4.0, Recall 2.5; sum 6.50." in text
     assert floor_report({}) == []  # a serving run without the floor (older results) renders nothing
+
+
+def test_the_copy_ahead_line_states_both_hit_rates_and_is_absent_from_older_results():
+    from recsys.bench.report import ahead_report
+
+    a = {"k": 10, "users": 50, "copies": 500, "model_copies": 496, "seconds": 61.0, "seconds_per_copy": 0.122,
+         "requests": 5000, "zipf_s": 1.0, "users_asked": 700, "stream_share_of_ahead_users": 0.61,
+         "hit_rate_ahead_only": 0.598, "hit_rate_served": 0.87}
+    text = "\n".join(ahead_report(a))
+    assert "500 copies for the top-10 lists of the 50 most active users in 61.0 s" in text
+    assert "61% of requests from users written ahead" in text
+    assert "**0.598** of the copies asked for were written ahead; **0.870** were cache hits" in text
+    assert ahead_report(None) == [] and ahead_report({}) == []  # results from before the copy-ahead job

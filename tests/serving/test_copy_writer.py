@@ -138,3 +138,32 @@ def test_warm_up_goes_on_past_a_failed_batch() -> None:
     assert warmed == 2 and calls == 2
     assert w.cache.get(ITEMS[2]).source == "model" and w.cache.get(ITEMS[3]).source == "template_guard"
     assert w.cache.get(ITEMS[0]) is None  # its batch failed: nothing was decided for it
+
+
+def test_copy_written_ahead_is_served_from_the_cache_through_the_guard(tmp_path) -> None:
+    """A file of copies written ahead round-trips its facts (so its cache keys are the request's), a line that
+    does not parse is left out, and seeding puts each copy in the cache through the writer's guard: the false
+    year becomes its template, the true copy is served as model copy, and neither is generated again."""
+    from serving.copy_ahead import read_ahead, write_ahead
+
+    p = Planted()
+    texts = asyncio.run(p(ITEMS[:2]))  # item 1 true, item 2 a false year
+    path = tmp_path / "ahead.jsonl"
+    write_ahead(path, list(zip(ITEMS[:2], texts, strict=True)))
+    with path.open("a", encoding="utf-8") as f:
+        f.write('{"item_id": 9, "title": "x"}\nnot json\n')
+    back = read_ahead(path)
+    assert [f for f, _ in back] == ITEMS[:2] and [t for _, t in back] == texts
+    assert [f.taste.bucket() for f, _ in back] == [TASTE.bucket()] * 2
+    assert read_ahead(tmp_path / "missing.jsonl") == []
+
+    async def run():
+        w = writer(p)
+        p.calls.clear()
+        assert w.seed(back) == 2
+        return await w.write(ITEMS[:2], budget_s=5), w
+
+    res, w = asyncio.run(run())
+    assert [c.source for c in res.copies] == ["model", "template_guard"] and res.copies[0].text == texts[0]
+    assert p.calls == [] and w.cache.hits == 2 and res.late == 0
+    assert CopyWriter(None, GUARD, 10).seed(back) == 0  # no model: template copy, nothing to seed

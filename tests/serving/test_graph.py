@@ -1180,7 +1180,7 @@ def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home
     """`train copy` (the tiny random LM in ci) → `promote copy --force` → the running graph loads it. Its copy
     fails the guard, so every item carries the grounded template flagged `template_guard`, never unflagged."""
     with urllib.request.urlopen(URL + "/readyz/copy", timeout=10) as r:
-        assert json.loads(r.read()) == {"ready": True, "copy": "template", "warmed": 0}  # nothing to load
+        assert json.loads(r.read()) == {"ready": True, "copy": "template", "warmed": 0, "ahead": 0}  # nothing
     res = run_cli(served, "train", "copy", timeout=900, **PORTS)
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli(served, "promote", "copy", "--force", **PORTS)
@@ -1205,6 +1205,38 @@ def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home
     assert body["model_versions"]["copy"] == "1", body
     assert [it["copy_source"] for it in body["items"]] == ["template_guard"] * 5
     assert all(it["copy"].startswith(it["title"].rsplit(" (", 1)[0].split(",")[0]) for it in body["items"])
+    assert not body["degraded"]
+
+
+def test_copy_written_ahead_reaches_the_live_replica_and_answers_the_first_request(served, tmp_path):
+    """`recsys copy-ahead` (a Ray Data job on the running cluster) writes a user's top-k copy for the live copy
+    version; the replica, which loaded that version before the file existed, takes it into its cache. Planted:
+    each written text replaced by its facts' grounded template, which the tiny random LM never writes and the
+    guard passes, so a `model` copy with exactly that text can only have come from the file."""
+    from core.copy_guard import template_text
+    from serving.copy_ahead import read_ahead, write_ahead
+
+    users = tmp_path / "users.txt"
+    users.write_text("7\n")
+    res = run_cli(served, "copy-ahead", "--users-file", str(users), "-k", "5", timeout=600, **PORTS)
+    assert res.returncode == 0, res.stderr[-3000:]
+    path = served / "model_repository" / "copy" / "1" / "ahead.jsonl"
+    rows = read_ahead(path)
+    assert "5 copies for 1 users" in res.stdout and len(rows) == 5, res.stdout
+    planted = [(f, template_text(f)) for f, _ in rows]
+    write_ahead(path, planted)
+    deadline, ready = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(URL + "/readyz/copy", timeout=10) as r:
+            ready = json.loads(r.read())
+        if ready["ahead"] == 5 and ready["copy"] == "1":
+            break
+        time.sleep(1)
+    assert ready["ahead"] == 5, ready
+    body = recommend(7, k=5, include_copy=True)
+    written = {f.item.item_id: text for f, text in planted}
+    assert [it["item_id"] for it in body["items"]] == list(written), body  # the job ranked as the graph does
+    assert [(it["copy_source"], it["copy"]) for it in body["items"]] == [("model", t) for t in written.values()]
     assert not body["degraded"]
 
 
