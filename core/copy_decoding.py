@@ -76,7 +76,8 @@ def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size
         cands = [[*answer_ids(tok, drafts(facts[r])), full[r]] for r in chunk] if drafts else None
         new = greedy(model, full[chunk[0]][:common], [full[r][common:] for r in chunk], max_new_tokens,
                      tok.eos_token_id, tok.pad_token_id, cands, lookahead,
-                     [copy_key(facts[r]) for r in chunk] if min_p > 0 else None, min_p, system)
+                     [copy_key(facts[r]) for r in chunk] if min_p > 0 else None, min_p, system,
+                     [title_ids(tok, facts[r]) for r in chunk])
         for r, ids in zip(chunk, new, strict=True):
             out[r] = first_line(tok.decode(ids, skip_special_tokens=True))
     return out
@@ -95,6 +96,51 @@ def shared_length(rows: list[list[int]]) -> int:
 def answer_ids(tok, texts: list[str]) -> list[list[int]]:
     """Texts as the model would write them: tokenized like training targets, turn end included."""
     return [tok(t + end_text(tok), add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def title_ids(tok, facts: CopyFacts) -> list[list[int]]:
+    """The facts' titles (the movie's, the watched ones) as copy writes them, token ids: after a space, and
+    opening the copy."""
+    titles = [t for t in (facts.item.title, *facts.taste.liked) if t]
+    return [tok(v, add_special_tokens=False)["input_ids"] for t in titles for v in (" " + t, t)]
+
+
+def forced(seq: list[int], titles: list[list[int]], least: int = 2) -> int | None:
+    """The next token of a title the copy is in the middle of: where its last tokens (at least `least`) are the
+    start of one of its facts' titles, that title's next token, so a title is copied whole. A 135 M model
+    copies a title it never saw loosely ("Some Like It For You" for *Some Like It Hot*, "My Life as a Dog" for
+    *My Life as a Dog (Mitt liv som hund)*), and a broken title is an invented one. Nothing is forced where a
+    title ends (the copy goes on as the model likes: "The Godfather" may be the item and start a watched
+    title) or where the titles under way disagree on the next token."""
+    best, nxt = 0, set()
+    for t in titles:
+        for n in range(min(len(t), len(seq)), least - 1, -1):  # the longest match of this title first
+            if seq[len(seq) - n :] == t[:n]:
+                if n == len(t):
+                    return None
+                if n > best:
+                    best, nxt = n, {t[n]}
+                elif n == best:
+                    nxt.add(t[n])
+                break
+    return next(iter(nxt)) if len(nxt) == 1 else None
+
+
+class TitleCopy:
+    """`forced` as a Hugging Face logits processor (one list of title ids per row), so the reference decoding
+    (`generate` on the whole prompts) copies titles as the served decoder does."""
+
+    def __init__(self, titles: list[list[list[int]]], prompt_length: int) -> None:
+        self.titles, self.start = titles, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for r, row in enumerate(input_ids[:, self.start :].tolist()):
+            f = forced(row, self.titles[r])
+            if f is not None:
+                keep = scores[r, f].clone()
+                scores[r] = float("-inf")
+                scores[r, f] = keep
+        return scores
 
 
 def propose(cands: list[list[int]], seq: list[int], k: int) -> list[int]:
@@ -164,6 +210,12 @@ def _system_cache(model, shared: list[int], system: int) -> tuple[Any, int]:
     return copy.deepcopy(stored[1]), system
 
 
+def _choice(picked: list[int], seq: list[int], draft: list[int], j: int, titles: list[list[int]] | None) -> int:
+    """The token at draft position j: the decoder's pick, unless a title under way forces its next token."""
+    f = forced([*seq, *draft[:j]], titles) if titles else None
+    return picked[j] if f is None else f
+
+
 def _last(n: int, dev: torch.device) -> torch.Tensor:
     """Logits of the last position only, asked for by index: an integer `logits_to_keep` slices the hidden
     states into a strided view, and for a frozen model torch's matmul then expands the vocabulary projection
@@ -173,10 +225,12 @@ def _last(n: int, dev: torch.device) -> torch.Tensor:
 
 def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: int, eos_id: int,
            pad_id: int | None, cands: list[list[list[int]]] | None = None, lookahead: int = 12,
-           keys: list[int] | None = None, min_p: float = 0.0, system: int = 0) -> list[list[int]]:
+           keys: list[int] | None = None, min_p: float = 0.0, system: int = 0,
+           titles: list[list[list[int]]] | None = None) -> list[list[int]]:
     """Decoding of len(suffixes) rows that all start with `shared`: greedy, or with `keys` (one per row)
     seeded min-p sampling (`pick`). `system`: how many of `shared`'s tokens every prompt starts with; their KV
-    cache is computed once per model (`_system_cache`).
+    cache is computed once per model (`_system_cache`). `titles` (per row, `title_ids`): a title under way is
+    copied whole (`forced`), whatever the model would pick instead.
 
     The shared prefix runs once (batch 1) and its KV cache is repeated per row; suffixes are left-padded *after*
     the prefix (masked out, positions continuing the prefix's); a row leaves the batch when it ends. With
@@ -231,10 +285,11 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
                        past_key_values=cache, use_cache=True, logits_to_keep=w).logits
         picks = pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive], min_p)
         for b, (r, g) in enumerate(zip(alive, guesses, strict=True)):
+            rt = titles[r] if titles else None
             a = 0
-            while a < len(g) and g[a] == picks[b][a] and g[a] != eos_id:
+            while a < len(g) and g[a] == _choice(picks[b], out[r], g, a, rt) and g[a] != eos_id:
                 a += 1
-            out[r] += [*g[:a], picks[b][a]][: max_new_tokens - len(out[r])]
+            out[r] += [*g[:a], _choice(picks[b], out[r], g, a, rt)][: max_new_tokens - len(out[r])]
             mask[b, mask.shape[1] - w + a + 1 :] = 0  # slots of rejected draft tokens: never attended again
             nxt[b] += a + 1
     return [o[:-1] if o and o[-1] == eos_id else o for o in out]

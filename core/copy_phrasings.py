@@ -74,8 +74,8 @@ def _phrasings(facts: CopyFacts) -> list[str]:
         # if "Judgment Day" were the movie (every such copy failed the guard at 120 steps; 11 of 1,000).
         forms += [f"Because you watched {last}, try {t}{yp}, {_a(g)} {g}.",
                   f"If {last} was your kind of film, {t}{yp} should be too: {_a(g)} {g}."]
-    if len(taste.liked) >= 2:
-        forms.append(f"Liked {taste.liked[-2]} and {taste.liked[-1]}? Try {t}, {_a(g)} {g}{fy}.")
+    # No "Liked {two watched titles}? Try …": the longest copies, and 14 of the 18 that failed the guard at 120
+    # steps (genres written for the titles, a copy cut at the token limit), session 32.
     tg = taste_phrase(taste.genres)
     if tg:
         forms += [f"For fans of {tg}: {t}, {_a(g)} {g}{fy}.",

@@ -130,8 +130,9 @@ def hf_generate(model, facts: list) -> list[str]:
     model is served: greedy, or min-p sampling over the top 8 (its own random draws, so other texts of the same
     kind and about the same length)."""
     import torch
+    from transformers import LogitsProcessorList
 
-    from core.copy_decoding import first_line, prompt_text
+    from core.copy_decoding import TitleCopy, first_line, prompt_text, title_ids
 
     tok = model.tok
     side, tok.padding_side = tok.padding_side, "left"
@@ -142,7 +143,9 @@ def hf_generate(model, facts: list) -> list[str]:
         with torch.inference_mode():
             sampling = {"do_sample": True, "min_p": model.cfg.min_p, "top_k": 8, "top_p": 1.0,
                         "temperature": 1.0} if model.cfg.min_p > 0 else {"do_sample": False}
-            out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad, **sampling)
+            titles = TitleCopy([title_ids(tok, f) for f in facts], enc["input_ids"].shape[1])  # as served
+            out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad,
+                                       logits_processor=LogitsProcessorList([titles]), **sampling)
     finally:
         tok.padding_side = side
     return [first_line(t) for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]

@@ -272,3 +272,30 @@ def test_a_stored_system_prefix_changes_no_copy(cache: Path, tmp_path: Path) -> 
     assert all(len(h) > len(stored) for h in heads)  # each viewer's own lines still run
     assert [model.generate(b) for b in batches[::-1]][::-1] == fresh and len({t for f in fresh for t in f}) > 1
     model.close()
+
+
+def test_a_title_under_way_is_copied_whole(tiny) -> None:
+    """Where the copy has begun one of its facts' titles (two tokens or more), the decoder takes the title's next
+    token whatever the model picks: the tuned model wrote "Some Like It For You" for *Some Like It Hot*. Nothing
+    is forced where a title ends (the item may be the start of a watched title) or where titles disagree."""
+    from core.copy_decoding import _choice, forced, title_ids
+
+    _, tok = tiny
+
+    def ids(text: str) -> list[int]:
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    hot = CopyFacts(ItemFacts.from_row(9, "Some Like It Hot (1959)", 1959, ["Comedy"]), Taste((), ("Heat",)))
+    seq = ids("Because you watched Heat, try Some Like It")
+    model_pick = ids(" For")[0]
+    assert _choice([model_pick], seq, [], 0, None) == model_pick  # fooled: without the titles, the model's word
+    assert _choice([model_pick], seq, [], 0, title_ids(tok, hot)) == ids(" Some Like It Hot")[len(ids(" Some Like It"))]
+    assert forced(ids("Some Like It"), title_ids(tok, hot)) is not None  # a title opening the copy
+    assert forced(ids("Because you watched Heat"), title_ids(tok, hot)) is None  # done: the model goes on
+    assert forced(ids("worth your evening. Some"), title_ids(tok, hot)) is None  # one token is not a title yet
+    godfather = CopyFacts(ItemFacts.from_row(1, "Godfather, The (1972)", 1972, ["Crime"]),
+                          Taste((), ("The Godfather: Part II",)))
+    assert forced(ids("Try The Godfather"), title_ids(tok, godfather)) is None  # the item's title ends there
+    treks = CopyFacts(ItemFacts.from_row(2, "Heat (1995)", 1995, ["Action"]),
+                      Taste((), ("Star Trek: Generations", "Star Trek: First Contact")))
+    assert forced(ids("Fans of Star Trek:"), title_ids(tok, treks)) is None  # two titles, two next tokens
