@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.artifacts import ONNX_FILE, onnx_session
-from core.errors import DataFormatError, MissingStepError
+from core.errors import DataFormatError, MissingStepError, one_line
+from core.events import has_event_log, open_event_log
 from core.ranking_inputs import INPUTS
 from core.settings import Settings
 
 if TYPE_CHECKING:
     from serving.contracts import Candidates, RankedItems, UserContext
+
+log = logging.getLogger(__name__)
 
 
 class LocalRanker:
@@ -94,6 +98,15 @@ class BatchPath:
 
         self.reader = FeatureReader(settings)
         self.recaller = Recaller(settings, self.reader, read_state(settings))  # retired items out, new ones in
+        if has_event_log(settings):  # the events logged since the rebuild, counted as the live Recall counts them
+            try:
+                events = open_event_log(settings)
+                try:
+                    self.recaller.follow_events(events)
+                finally:
+                    events.close()
+            except Exception as e:
+                log.warning("batch: event stream unreadable (%s); popularity as of the rebuild", one_line(e))
         self.client = LocalRanker(settings)
         self.ranker = RankingStage(settings, self.reader, client=self.client)
         self.ranker.timeout_s = 60.0  # offline: no latency budget, only a guard against a hung call

@@ -118,7 +118,7 @@ class CopyStage:
             return
         writer = CopyWriter(model, self.catalogue.guard, self.s.copy_cache_size, self._generate,
                             self.s.copy_max_pending)
-        self.ahead = 0
+        self.ahead, self._ahead_read = 0, (version, 0)
         await self._take_ahead(writer)
         old, self.writer = self.writer.model, writer
         if old is not None:
@@ -149,4 +149,5 @@ class CopyStage:
         c = self.writer.cache
         return {"version": self.writer.model.version if self.writer.model else "template", "hits": c.hits,
                 "misses": c.misses, "size": len(c.rows), "warmed": self.warmed, "ahead": self.ahead,
+                "ahead_mtime_ns": self._ahead_read[1],
                 "loading": bool(self.loading and not self.loading.done())}

@@ -92,6 +92,7 @@ def generate_ahead(settings: Settings, folder: Path, groups: list[list[CopyFacts
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = ctx.print_on_execution_start = False  # a job's log, not a terminal's
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # "progress bars disabled", per-stage timings
     rows = [{"i": i, "facts": json.dumps([record(f, "") for f in g])} for i, g in enumerate(groups)]
     gpu = settings.copy_use_gpu or settings.use_gpu  # a GPU serving replica, or the GPU training cluster's workers
     ds = ray.data.from_items(rows).map_batches(

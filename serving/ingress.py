@@ -450,7 +450,8 @@ class Ingress:
             st = await call_stage("copy", self.copy.stats.remote(), 2000)
         except StageFailed as e:
             return JSONResponse({"ready": False, "error": f"copy unavailable: {e.reason}"}, status_code=503)
-        body = {"ready": not st["loading"], "copy": st["version"], "warmed": st["warmed"], "ahead": st["ahead"]}
+        body = {"ready": not st["loading"], "copy": st["version"], "warmed": st["warmed"], "ahead": st["ahead"],
+                "ahead_mtime_ns": st["ahead_mtime_ns"]}  # which file of copy written ahead the cache holds
         return JSONResponse(body, status_code=503 if st["loading"] else 200)
 
     @api.get("/readyz")

@@ -83,6 +83,12 @@ class Recaller:
         order = np.argsort(-pop, kind="stable")
         self._pop_order = (order + 1, pop[order] / max(1e-9, float(pop.max(initial=0.0))))
 
+    def follow_events(self, events) -> None:
+        """The events logged since the last call (an `EventLog`) into the popular channel's order. The live Recall
+        calls it every `catalogue_poll_s`; a batch job once, so its lists use the popularity the graph uses."""
+        if self.heat.poll(events):
+            self.set_popularity(time.time())
+
     @property
     def popular(self) -> np.ndarray:
         return self._pop_order[0]
@@ -230,8 +236,7 @@ class Recall:
         try:
             if self._events is None:
                 self._events = open_event_log(self.settings)
-            if recaller.heat.poll(self._events):
-                recaller.set_popularity(time.time())
+            recaller.follow_events(self._events)
         except Exception as e:  # the event log unreachable: the popular channel keeps its last order
             log.warning("recall: event stream unreadable (%s); popularity not refreshed", one_line(e))
 

@@ -652,6 +652,8 @@ def test_batch_scoring_follows_the_served_path_and_refuses_a_bad_users_file(serv
         assert not seen_items(served, use_home, x["user_id"]) & set(x["items"])
     cold = lines[3]  # unknown user: popular items, said so; no user vector, so no retrieval version
     assert cold["cold_start"] and len(cold["items"]) == 5 and cold["model_versions"]["retrieval"] == ""
+    # its popular items as the live graph orders them: the rebuild's counts and the events logged since
+    assert cold["items"] == [it["item_id"] for it in recommend(987_654, k=5)["items"]]
     assert "4 users" in res.stdout and "1 cold-start" in res.stdout
 
     bad = tmp_path / "bad.txt"
@@ -1180,7 +1182,8 @@ def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home
     """`train copy` (the tiny random LM in ci) → `promote copy --force` → the running graph loads it. Its copy
     fails the guard, so every item carries the grounded template flagged `template_guard`, never unflagged."""
     with urllib.request.urlopen(URL + "/readyz/copy", timeout=10) as r:
-        assert json.loads(r.read()) == {"ready": True, "copy": "template", "warmed": 0, "ahead": 0}  # nothing
+        assert json.loads(r.read()) == {"ready": True, "copy": "template", "warmed": 0, "ahead": 0,
+                                          "ahead_mtime_ns": 0}  # nothing
     res = run_cli(served, "train", "copy", timeout=900, **PORTS)
     assert res.returncode == 0, res.stderr[-3000:]
     res = run_cli(served, "promote", "copy", "--force", **PORTS)
@@ -1225,14 +1228,15 @@ def test_copy_written_ahead_reaches_the_live_replica_and_answers_the_first_reque
     assert "5 copies for 1 users" in res.stdout and len(rows) == 5, res.stdout
     planted = [(f, template_text(f)) for f, _ in rows]
     write_ahead(path, planted)
+    stamp = path.stat().st_mtime_ns  # the replica may have taken the job's own file first: wait for this one
     deadline, ready = time.monotonic() + 60, {}
     while time.monotonic() < deadline:
         with urllib.request.urlopen(URL + "/readyz/copy", timeout=10) as r:
             ready = json.loads(r.read())
-        if ready["ahead"] == 5 and ready["copy"] == "1":
+        if ready["ahead_mtime_ns"] == stamp and ready["copy"] == "1":
             break
         time.sleep(1)
-    assert ready["ahead"] == 5, ready
+    assert ready["ahead"] == 5 and ready["ahead_mtime_ns"] == stamp, ready
     body = recommend(7, k=5, include_copy=True)
     written = {f.item.item_id: text for f, text in planted}
     assert [it["item_id"] for it in body["items"]] == list(written), body  # the job ranked as the graph does
