@@ -109,6 +109,7 @@ class Settings(BaseModel):
     serve_start_timeout_s: float = 300.0  # how long `recsys serve` waits for every replica of the graph to run
     serve_throughput_optimized: bool = True  # Ray's HAProxy ingress + direct gRPC between replicas (≈5× here)
     recall_candidates: int = 200  # N candidates recall hands to ranking
+    exact_recall_max_items: int = 20_000  # up to this many items recall scores them all (exact, cheaper than HNSW)
     popular_candidates: int = 50  # popularity channel merged into recall (all of it for unknown users)
     popularity_half_life_h: float = 72.0  # the popular channel's counts halve this often (events since the rebuild add)
     new_item_candidates: int = 10  # items upserted since the last retrain that recall adds as their own channel

@@ -237,7 +237,8 @@ async def read_user(reader: FeatureReader, user_id: int,
     """
     t0 = time.perf_counter()
     try:
-        user = await asyncio.wait_for(asyncio.to_thread(reader.user, user_id), timeout_ms / 1e3)
+        async with asyncio.timeout(timeout_ms / 1e3):  # not wait_for: that wraps the call in a task of its own
+            user = await asyncio.to_thread(reader.user, user_id)
         return user, None, (time.perf_counter() - t0) * 1e3
     except TimeoutError:
         reason = f"timeout after {timeout_ms:.0f} ms"

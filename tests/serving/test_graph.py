@@ -1132,12 +1132,22 @@ def test_recall_candidates_leave_out_what_the_user_has_and_retired_items_and_fil
     available = len(set(recaller.index_of) - left_out)  # the synthetic catalogue is smaller than 250 items
     assert len(ids) == len(set(ids)) == min(s.recall_candidates + s.popular_candidates, available)
     assert not set(ids) & left_out
-    n_model = cands.channels.count("ann")
+    n_model = cands.channels.count("exact")  # a catalogue under `exact_recall_max_items`: every item scored
     assert 0 < n_model <= s.recall_candidates and cands.channels[n_model:] == ["popular"] * (len(ids) - n_model)
     assert cands.scores[:n_model] == sorted(cands.scores[:n_model], reverse=True)  # the model's order: u·v
     u = recaller.user_vector(recaller.history(user.recent_items))
     rows = [recaller.index_of[i] for i in ids]
     assert np.allclose(cands.scores, recaller.index.embeddings[rows] @ u, atol=1e-4)  # popular ones scored u·v
+    everyone = {i: float(recaller.index.embeddings[recaller.index_of[i]] @ u) for i in recaller.index_of
+                if i not in left_out and recaller.index_of[i] > 0}
+    recaller.n = 10  # fewer than the synthetic catalogue holds, so "the best ten" is a claim that can fail
+    top = recaller.candidates(user, [excluded])
+    best = sorted(everyone, key=lambda i: -everyone[i])[:10]
+    assert top.channels[:10] == ["exact"] * 10 and top.item_ids[:10] == best
+    recaller.exact_max = 0  # past the threshold: the HNSW index answers, the same items but for the approximation
+    approx = recaller.candidates(user, [excluded])
+    assert approx.channels[:10] == ["ann"] * 10 and len(set(approx.item_ids[:10]) & set(top.item_ids[:10])) >= 9
+    recaller.n = s.recall_candidates
     cold = recaller.candidates(UserContext(user_id=10**9, known=False))
     assert cold.model_version == "" and set(cold.channels) == {"popular"} and retired not in cold.item_ids
     assert len(cold.item_ids) == min(s.recall_candidates, len(recaller.index_of) - 1)
