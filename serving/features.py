@@ -56,14 +56,63 @@ def take_rows(rows: ItemRows, keep: np.ndarray | list[int]) -> ItemRows:
                     loaded=None if rows.loaded is None else rows.loaded[idx])
 
 
+class DirectUserRead:
+    """The user's two views read through the store's provider (`online_read`), as `get_online_features` ends up
+    reading them: 0.04 ms a user here against 0.23 ms for the SDK call, whose request building and response
+    conversion are most of it. Only on the SDK's own store (`feature_read: sdk`); the feature server is HTTP."""
+
+    def __init__(self, store, views: dict[str, object]) -> None:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.type_map import feast_value_type_to_python_type
+
+        self.store, self.views, self.provider = store, views, store._get_provider()
+        self._key, self._value, self._python = EntityKey, Value, feast_value_type_to_python_type
+
+    @classmethod
+    def of(cls, store) -> DirectUserRead | None:
+        if not hasattr(store, "_get_provider"):
+            return None
+        try:
+            fvs = {fv.name: fv for fv in store.list_feature_views()}
+            views = {name: fvs[name] for name in {ref.split(":")[0] for ref in USER_REFS}}
+        except Exception:  # no registry yet, or other views: the SDK call answers (or says what is missing)
+            return None
+        return cls(store, views)
+
+    def read(self, user_id: int) -> dict[str, list]:
+        """`get_online_features(USER_REFS, [{"user_id": id}]).to_dict()`'s shape: one value per feature."""
+        key = [self._key(join_keys=["user_id"], entity_values=[self._value(int64_val=user_id)])]
+        out: dict[str, list] = {}
+        for ref in USER_REFS:
+            out.setdefault(ref.split(":")[1], [None])
+        for name, fv in self.views.items():
+            feats = [ref.split(":")[1] for ref in USER_REFS if ref.startswith(name + ":")]
+            _, vals = self.provider.online_read(config=self.store.config, table=fv, entity_keys=key,
+                                                requested_features=feats)[0]
+            for f in feats:
+                if vals and f in vals:
+                    out[f] = [self._python(vals[f])]
+        return out
+
+
 class FeatureReader:
     """Synchronous Feast online reads; the stages call them off the event loop (`read_user`, `ItemCache`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.store = online_store(settings)  # a FeatureStore, or the feature server behind the same calls
+        self._direct = DirectUserRead.of(self.store)
 
     def user(self, user_id: int) -> UserContext:
-        row = self.store.get_online_features(features=USER_REFS, entity_rows=[{"user_id": int(user_id)}]).to_dict()
+        if self._direct is not None:
+            try:
+                row = self._direct.read(int(user_id))
+            except Exception:  # e.g. the views re-applied: the SDK path, which finds them again
+                self._direct = None
+                raise
+        else:
+            row = self.store.get_online_features(features=USER_REFS,
+                                                 entity_rows=[{"user_id": int(user_id)}]).to_dict()
         recent = row["recent_items"][0]
         if recent is None or (not recent and not row["n_interactions"][0]):  # no row, or a deleted user's blank
             return UserContext(user_id=user_id, known=False)
