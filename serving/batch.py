@@ -10,6 +10,7 @@ reader never sees half a file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -100,11 +101,8 @@ class BatchPath:
         self.recaller = Recaller(settings, self.reader, read_state(settings))  # retired items out, new ones in
         if has_event_log(settings):  # the events logged since the rebuild, counted as the live Recall counts them
             try:
-                events = open_event_log(settings)
-                try:
+                with contextlib.closing(open_event_log(settings)) as events:
                     self.recaller.follow_events(events)
-                finally:
-                    events.close()
             except Exception as e:
                 log.warning("batch: event stream unreadable (%s); popularity as of the rebuild", one_line(e))
         self.client = LocalRanker(settings)

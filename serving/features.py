@@ -66,7 +66,10 @@ class DirectUserRead:
         from feast.protos.feast.types.Value_pb2 import Value
         from feast.type_map import feast_value_type_to_python_type
 
-        self.store, self.views, self.provider = store, views, store._get_provider()
+        self.store, self.provider = store, store._get_provider()
+        self.groups = [(fv, [r.split(":")[1] for r in USER_REFS if r.startswith(name + ":")])
+                       for name, fv in views.items()]  # each view with its features, once
+        self.fields = [r.split(":")[1] for r in USER_REFS]
         self._key, self._value, self._python = EntityKey, Value, feast_value_type_to_python_type
 
     @classmethod
@@ -83,11 +86,8 @@ class DirectUserRead:
     def read(self, user_id: int) -> dict[str, list]:
         """`get_online_features(USER_REFS, [{"user_id": id}]).to_dict()`'s shape: one value per feature."""
         key = [self._key(join_keys=["user_id"], entity_values=[self._value(int64_val=user_id)])]
-        out: dict[str, list] = {}
-        for ref in USER_REFS:
-            out.setdefault(ref.split(":")[1], [None])
-        for name, fv in self.views.items():
-            feats = [ref.split(":")[1] for ref in USER_REFS if ref.startswith(name + ":")]
+        out: dict[str, list] = {f: [None] for f in self.fields}
+        for fv, feats in self.groups:
             _, vals = self.provider.online_read(config=self.store.config, table=fv, entity_keys=key,
                                                 requested_features=feats)[0]
             for f in feats:
@@ -105,11 +105,7 @@ class FeatureReader:
 
     def user(self, user_id: int) -> UserContext:
         if self._direct is not None:
-            try:
-                row = self._direct.read(int(user_id))
-            except Exception:  # e.g. the views re-applied: the SDK path, which finds them again
-                self._direct = None
-                raise
+            row = self._direct.read(int(user_id))
         else:
             row = self.store.get_online_features(features=USER_REFS,
                                                  entity_rows=[{"user_id": int(user_id)}]).to_dict()
