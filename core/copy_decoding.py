@@ -11,24 +11,26 @@ from __future__ import annotations
 import copy
 import functools
 import random
-import zlib
+import re
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from core.copy_guard import CopyFacts, ItemFacts, Taste, messages
+from core.copy_phrasings import style, style_words
 
 
 def prompt_text(tok, facts: CopyFacts) -> str:
-    return tok.apply_chat_template(messages(facts), tokenize=False, add_generation_prompt=True)
+    return tok.apply_chat_template(messages(facts, style_words(style(facts))), tokenize=False,
+                                   add_generation_prompt=True)
 
 
 def prompt_parts(tok, facts: CopyFacts) -> tuple[str, str]:
     """The prompt split where the movie starts: (everything up to and including the viewer, the movie and the
     turn's end). Every item recommended to one viewer shares the first part."""
     full = prompt_text(tok, facts)
-    head, tail = facts.document_parts()
+    head, tail = facts.document_parts(style_words(style(facts)))
     cut = full.index(head + tail) + len(head)
     return full[:cut], full[cut:]
 
@@ -49,9 +51,8 @@ def first_line(text: str) -> str:
 
 
 def copy_key(facts: CopyFacts) -> int:
-    """The seed of one copy's sampling: its (item, taste bucket), the copy cache's key, so the same facts get
-    the same copy in every replica, run and batch."""
-    return zlib.crc32(f"{facts.item.item_id}/{facts.taste.bucket()}".encode())
+    """The seed of one copy's sampling (`CopyFacts.key`)."""
+    return facts.key()
 
 
 @torch.inference_mode()
@@ -73,11 +74,11 @@ def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size
         chunk = order[i : i + batch_size]
         common = shared_length([full[r] for r in chunk])
         # Drafts: the phrasings, then the prompt itself (copy repeats its facts: a title's tokens follow on).
-        cands = [[*answer_ids(tok, drafts(facts[r])), full[r]] for r in chunk] if drafts else None
+        cands = [[*answer_ids(tok, drafts(facts[r]), facts[r]), full[r]] for r in chunk] if drafts else None
         new = greedy(model, full[chunk[0]][:common], [full[r][common:] for r in chunk], max_new_tokens,
                      tok.eos_token_id, tok.pad_token_id, cands, lookahead,
                      [copy_key(facts[r]) for r in chunk] if min_p > 0 else None, min_p, system,
-                     [title_ids(tok, facts[r]) for r in chunk])
+                     [title_ids(tok, facts[r]) for r in chunk], sentence_ends(tok))
         for r, ids in zip(chunk, new, strict=True):
             out[r] = first_line(tok.decode(ids, skip_special_tokens=True))
     return out
@@ -93,9 +94,32 @@ def shared_length(rows: list[list[int]]) -> int:
     return n
 
 
-def answer_ids(tok, texts: list[str]) -> list[list[int]]:
-    """Texts as the model would write them: tokenized like training targets, turn end included."""
-    return [tok(t + end_text(tok), add_special_tokens=False)["input_ids"] for t in texts]
+def answer_ids(tok, texts: list[str], facts: CopyFacts) -> list[list[int]]:
+    """Texts as the model would write them: tokenized like training targets (`copy_ids`), turn end included."""
+    end = tok(end_text(tok), add_special_tokens=False)["input_ids"]
+    return [copy_ids(tok, t, facts) + end for t in texts]
+
+
+def copy_ids(tok, text: str, facts: CopyFacts) -> list[int]:
+    """A copy's token ids with its facts' titles tokenized on their own (" " + title, as `title_ids`): the
+    decoder copies a title as exactly those tokens (`forced`), so training must see them too. Tokenized whole,
+    a title's last token can merge with what follows ("(Se7en)." ends in the one token ")."), and the model,
+    trained on the merged token and then handed ")" by the decoder, wrote past the end of the sentence ("Because
+    you watched Seven (Se7en) because you watched…": 6 of 14 failures in 1,000 copies, session 34)."""
+    titles = sorted({t for t in (facts.item.title, *facts.taste.liked) if t}, key=len, reverse=True)
+    if not titles:
+        return tok(text, add_special_tokens=False)["input_ids"]
+    pattern = re.compile("|".join(" ?" + re.escape(t) for t in titles))
+    ids: list[int] = []
+    pos = 0
+    for m in pattern.finditer(text):
+        for part in (text[pos : m.start()], m.group(0)):
+            if part:
+                ids += tok(part, add_special_tokens=False)["input_ids"]
+        pos = m.end()
+    if text[pos:]:
+        ids += tok(text[pos:], add_special_tokens=False)["input_ids"]
+    return ids
 
 
 def title_ids(tok, facts: CopyFacts) -> list[list[int]]:
@@ -105,25 +129,69 @@ def title_ids(tok, facts: CopyFacts) -> list[list[int]]:
     return [tok(v, add_special_tokens=False)["input_ids"] for t in titles for v in (" " + t, t)]
 
 
+_FINISHED = re.compile(r"[.!?][\"'’”)]*\s*$")
+
+
+@functools.lru_cache(maxsize=4)
+def sentence_ends(tok) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids whose text ends a sentence: "." "!" "?", a quote or bracket after them; token ids that end the
+    copy: the turn's end and any with a line break, as the copy is its first line). The copy may end only after
+    a sentence's end (`greedy`): one the model would stop unfinished, most often right after a title that ends
+    in a bracket ("… My Life as a Dog (Mitt liv som hund)"), gets the model's next likeliest token instead."""
+    text = [tok.decode([i]) for i in range(len(tok))]
+    ends = [i for i, t in enumerate(text) if _FINISHED.search(t)]
+    stops = sorted({tok.eos_token_id, *(i for i, t in enumerate(text) if "\n" in t)})
+    return torch.tensor(ends, dtype=torch.long), torch.tensor(stops, dtype=torch.long)
+
+
 def forced(seq: list[int], titles: list[list[int]], least: int = 2) -> int | None:
     """The next token of a title the copy is in the middle of: where its last tokens (at least `least`) are the
     start of one of its facts' titles, that title's next token, so a title is copied whole. A 135 M model
     copies a title it never saw loosely ("Some Like It For You" for *Some Like It Hot*, "My Life as a Dog" for
     *My Life as a Dog (Mitt liv som hund)*), and a broken title is an invented one. Nothing is forced where a
     title ends (the copy goes on as the model likes: "The Godfather" may be the item and start a watched
-    title) or where the titles under way disagree on the next token."""
-    best, nxt = 0, set()
-    for t in titles:
+    title) or where the titles under way disagree on the next token, except that the movie's own title wins
+    while the copy has not written it yet: every composition names the movie first, and the tuned model once
+    turned *Monty Python and the Holy Grail* into the watched *Monty Python's Life of Brian*. `titles`: as
+    `title_ids` lists them, the movie's two spellings first."""
+    best, nxt, mine = 0, set(), set()
+    for i, t in enumerate(titles):
         for n in range(min(len(t), len(seq)), least - 1, -1):  # the longest match of this title first
             if seq[len(seq) - n :] == t[:n]:
                 if n == len(t):
                     return None
                 if n > best:
-                    best, nxt = n, {t[n]}
+                    best, nxt, mine = n, {t[n]}, set()
                 elif n == best:
                     nxt.add(t[n])
+                if n == best and i < 2:
+                    mine.add(t[n])
                 break
-    return next(iter(nxt)) if len(nxt) == 1 else None
+    if len(nxt) == 1:
+        return next(iter(nxt))
+    if len(mine) == 1 and not any(_holds(seq[: len(seq) - best], t) for t in titles[:2]):
+        return next(iter(mine))
+    return None
+
+
+def _holds(seq: list[int], part: list[int]) -> bool:
+    return any(seq[i : i + len(part)] == part for i in range(len(seq) - len(part) + 1))
+
+
+class FinishedCopy:
+    """The end-of-turn rule of `greedy` (the turn ends only after a sentence's end) as a Hugging Face logits
+    processor, for the reference decoding."""
+
+    def __init__(self, ends: tuple[torch.Tensor, torch.Tensor], prompt_length: int) -> None:
+        (self.ends, self.stops), self.start = ends, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        open_ = torch.ones(len(scores), dtype=torch.bool, device=scores.device)
+        if input_ids.shape[1] > self.start:
+            open_ = ~torch.isin(input_ids[:, -1], self.ends.to(input_ids.device))
+        stops = self.stops.to(scores.device)
+        scores[:, stops] = torch.where(open_[:, None], float("-inf"), scores[:, stops])
+        return scores
 
 
 class TitleCopy:
@@ -226,11 +294,13 @@ def _last(n: int, dev: torch.device) -> torch.Tensor:
 def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: int, eos_id: int,
            pad_id: int | None, cands: list[list[list[int]]] | None = None, lookahead: int = 12,
            keys: list[int] | None = None, min_p: float = 0.0, system: int = 0,
-           titles: list[list[list[int]]] | None = None) -> list[list[int]]:
+           titles: list[list[list[int]]] | None = None,
+           ends: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[list[int]]:
     """Decoding of len(suffixes) rows that all start with `shared`: greedy, or with `keys` (one per row)
     seeded min-p sampling (`pick`). `system`: how many of `shared`'s tokens every prompt starts with; their KV
     cache is computed once per model (`_system_cache`). `titles` (per row, `title_ids`): a title under way is
-    copied whole (`forced`), whatever the model would pick instead.
+    copied whole (`forced`), whatever the model would pick instead. `ends` (`sentence_ends`): the copy may end
+    only after a sentence's end.
 
     The shared prefix runs once (batch 1) and its KV cache is repeated per row; suffixes are left-padded *after*
     the prefix (masked out, positions continuing the prefix's); a row leaves the batch when it ends. With
@@ -259,6 +329,9 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     pos = p + (mask[:, p:].cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                    logits_to_keep=_last(width, dev)).logits[:, -1]
+    if ends is not None:  # an empty copy is not a finished one
+        stops = ends[1].to(dev)
+        logits[:, stops] = float("-inf")
     first = pick(logits[:, None], keys, [0] * n, min_p)
     out: list[list[int]] = [[row[0]] for row in first]  # last token of each row: not yet in cache
     nxt = pos[:, -1] + 1  # position of that pending token
@@ -283,6 +356,9 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
         mask = torch.cat([mask, new_mask], dim=1)
         logits = model(input_ids=step, attention_mask=mask, position_ids=nxt[:, None] + torch.arange(w, device=dev),
                        past_key_values=cache, use_cache=True, logits_to_keep=w).logits
+        if ends is not None:  # logits[:, j] follow step[:, j]: the copy ends only after a sentence's end
+            open_ = ~torch.isin(step, ends[0].to(dev))[..., None]
+            logits[..., stops] = logits[..., stops].masked_fill(open_, float("-inf"))
         picks = pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive], min_p)
         for b, (r, g) in enumerate(zip(alive, guesses, strict=True)):
             rt = titles[r] if titles else None

@@ -36,9 +36,9 @@ class CopyLMConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     lr: float = 3e-3
     batch_size: int = 8  # examples per optimizer step, across workers
-    steps: int = 120
+    steps: int = 200
     steps_per_epoch: int = 20  # a checkpoint (and MLflow point) every this many steps
-    max_new_tokens: int = 40  # the longest phrasing is ~35 tokens; a copy cut here fails the guard (unfinished)
+    max_new_tokens: int = 56  # the longest composition is ~54 tokens; a copy cut here fails the guard (unfinished)
     min_p: float = 0.0  # decoding: 0 greedy; else min-p sampling seeded per copy (`core.copy_decoding.pick`)
     seed: int = 0
     parallel: str = "ddp"  # how Ray Train workers hold the model: "ddp" (replicas) or "fsdp" (shards)

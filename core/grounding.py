@@ -57,7 +57,7 @@ _VOCAB_RE = {kind: re.compile(r"(?<![\w-])(" + "|".join(
     re.escape(w[:-1]) + r"[\w'-]*" if w.endswith("*") else re.escape(w).replace(r"\ ", r"\s+")
     for w in words.split()) + r")(?![\w-])", re.IGNORECASE) for kind, words in _VOCABULARY.items()}
 _NUMBER_RE = re.compile(r"(?<![\w-])(" + "|".join(_NUMBER_WORDS) + r")(?![\w-])", re.IGNORECASE)
-_ECHO = re.compile(r"\b(viewer likes|viewer watched|movie:|genres?:|year:|facts?\b|instructions?|ignore\b|"
+_ECHO = re.compile(r"\b(viewer likes|viewer watched|movie:|genres?:|year:|style:|facts?\b|instructions?|ignore\b|"
                    r"system prompt|assistant|as an ai|prompt)", re.IGNORECASE)
 _SENTENCE_START = re.compile(r"(^|[.!?:;]\s+|\?\s*|\(\s*)$")
 STOPWORDS = frozenset((
@@ -72,9 +72,11 @@ MAX_WORD_REPEATS = 2  # a content word said more than twice (outside the facts) 
 
 
 def _blank(text: str, phrases: list[str]) -> str:
-    """`text` with each phrase (longest first, case-insensitive, as a whole) replaced by a neutral marker."""
+    """`text` with each phrase (longest first, case-insensitive, as a whole) replaced by a neutral marker; a
+    phrase's own sentence end stays ("You watched Sunset Blvd. Enjoy.": "Enjoy" starts a sentence)."""
     for p in sorted({p for p in phrases if p}, key=len, reverse=True):
-        text = re.sub(r"(?<!\w)" + re.escape(p) + r"(?!\w)", " · ", text, flags=re.IGNORECASE)
+        mark = " · " + (p[-1] + " " if p[-1] in ".!?" else "")
+        text = re.sub(r"(?<!\w)" + re.escape(p) + r"(?!\w)", mark, text, flags=re.IGNORECASE)
     return text
 
 

@@ -70,8 +70,8 @@ class Settings(BaseModel):
     seed: int = 0  # seed for data splits, sampling and initialisation
 
     copy_base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"  # any hub causal LM; SmolLM2 also offline (GGUF)
-    copy_steps: int = 120  # LoRA optimizer steps of the copy LM (batch 8)
-    copy_train_pairs: int = 2000  # (facts, copy) training pairs drawn from the interactions
+    copy_steps: int = 200  # LoRA optimizer steps of the copy LM (batch 8)
+    copy_train_pairs: int = 1000  # (facts, copy) training pairs drawn from the interactions (each step draws 8 of them)
     copy_eval_items: int = 100  # held-out (never trained on) items the copy LM is evaluated on
     copy_parallel: Literal["ddp", "fsdp"] = "ddp"  # ddp: each worker holds the model; fsdp: sharded (big bases)
     model_cache_dir: Path | None = None  # converted base models; None → ~/.cache/recsys-platform/models

@@ -2,7 +2,8 @@
 
 Each pair is one (user, item) interaction of the training split: the item's title, year and genres, and the
 user's taste as the feature store holds it at that moment (top genres, last watched titles). The target is
-one of several phrasings that use only those facts, so the model learns the phrasing, not the movies; items
+the composition its style names (`core.copy_phrasings`), using only those facts, so the model learns to write
+pieces and put them together, not the movies; items
 are held out by id for evaluation, so the held-out metrics measure writing about movies it never saw.
 """
 
@@ -45,7 +46,7 @@ def build_pairs(interactions: pd.DataFrame, items: pd.DataFrame, n_train: int, n
                 held_out_fraction: float = 0.1, seed: int = 0) -> CopyPairs:
     """Sample (user, position) from the interactions; taste = the history before that position. A target is
     held to the guard the model's copy is held to, with this catalogue's titles (a sign-off tried in session 31,
-    "Enjoy the show.", named ML-100K's *The Show*); a phrasing that fails it is drawn again."""
+    "Enjoy the show.", named ML-100K's *The Show*); a pair whose target fails it is left out."""
     facts_of = item_facts(items)
     guard = catalogue_guard(items)
     rng = random.Random(seed)
@@ -66,9 +67,8 @@ def build_pairs(interactions: pd.DataFrame, items: pd.DataFrame, n_train: int, n
         top = tuple(name for name, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:2])
         liked = tuple(f.title for f in before[-2:] if f.title and f.item_id != item.item_id)
         facts = CopyFacts(item, Taste(top, liked))
-        text = next((t for t in (write_target(facts, rng.randrange(1 << 30)) for _ in range(8))
-                     if guard.factual(t, facts)), None)
-        if text is None:
+        text = write_target(facts)
+        if not guard.factual(text, facts):
             continue
         pair = (facts, text)
         target = held if held_out_item(item.item_id, held_out_fraction) else train

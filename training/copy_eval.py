@@ -1,6 +1,6 @@
 """Copy LM evaluation on held-out items: perplexity, factuality (the guard's checks, grounding included, before
 the guard replaces anything), distinct-1/2 diversity, the share of copies that only repeat a training target
-verbatim (same shape, other facts), the share the target writer could have written for their facts, and fluency under
+verbatim (same shape, other facts), the share that are the composition their style names, and fluency under
 the base model. The base model and the adapter are measured the same way."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from core.copy_decoding import generate
 from core.copy_guard import CopyFacts, Guard
-from core.copy_phrasings import shape, target_forms
+from core.copy_phrasings import shape, style, style_words, target_forms
 from training.copy_text import target_nll
 
 
@@ -33,7 +33,7 @@ class CopyReport:
     samples: list[dict]  # a few (facts, copy, violations) for the MLflow artifact and the reader
     violations: dict[str, int]  # what failed, by kind, over all copies
     verbatim: float = 0.0  # share of copies with the shape of a target the model was trained on (facts as slots)
-    in_grammar: float = 0.0  # share of copies the target writer could have written for their facts
+    in_grammar: float = 0.0  # share of copies that are the composition their style names
     texts: list[str] = field(default_factory=list)  # every generated copy, in the pairs' order
     fluency: float = math.nan  # median perplexity of the copies under the base model (`training.copy_fluency`)
 
@@ -48,7 +48,7 @@ def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, 
                   trained: list[tuple[CopyFacts, str]] = (), min_p: float = 0.0) -> CopyReport:
     """Decoded as served (`min_p`). `trained`: the training pairs; a copy whose shape
     (`core.copy_phrasings.shape`) is one of their targets' counts as verbatim; `in_grammar`: the share that is
-    exactly one of the phrasings of its own facts."""
+    exactly the composition its style names (`core.copy_phrasings.style`)."""
     nll, count = target_nll(model, tok, pairs)
     facts = [f for f, _ in pairs]
     t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, 
             kind = re.split(r"[:\d]", reason)[0].strip()  # "wrong year 1994" → "wrong year"
             kinds[kind] = kinds.get(kind, 0) + 1
         if len(samples) < 20:
-            samples.append({"facts": f.document(), "copy": text, "violations": v})
+            samples.append({"facts": f.document(style_words(style(f))), "copy": text, "violations": v})
     seen = {shape(t, f) for f, t in trained}
     verbatim = sum(shape(text, f) in seen for f, text in zip(facts, texts, strict=True))
     composed = sum(text in target_forms(f) for f, text in zip(facts, texts, strict=True))

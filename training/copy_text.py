@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from core.copy_decoding import end_text, prompt_ids
+from core.copy_decoding import answer_ids, prompt_ids
 from core.copy_guard import CopyFacts
 
 
@@ -15,7 +15,7 @@ def encode_pairs(tok, pairs: list[tuple[CopyFacts, str]]) -> list[tuple[list[int
     for facts, target in pairs:
         shared, item = prompt_ids(tok, facts)
         prompt = shared + item
-        answer = tok(target + end_text(tok), add_special_tokens=False)["input_ids"]
+        answer = answer_ids(tok, [target], facts)[0]
         out.append((prompt + answer, [-100] * len(prompt) + answer))
     return out
 

@@ -425,7 +425,7 @@ def factuality_report(f: dict[str, Any]) -> list[str]:
             "every failing copy is served as its grounded template, and those templates are checked by the same "
             "guard.", "",
             "| model | factuality (grounding check, before the guard) | distinct-1 | distinct-2 | verbatim training "
-            "target (same shape) | one of its facts' phrasings | fluency (base-model perplexity, median; "
+            "target (same shape) | the composition its style names | fluency (base-model perplexity, median; "
             "lower reads better) |", "|---|---|---|---|---|---|---|",
             *[f"| {name} | {f[f'{key}_factuality']:.3f} | {f.get(f'{key}_distinct_1', float('nan')):.3f} | "
               f"{f[f'{key}_distinct_2']:.3f} | {f.get(f'{key}_verbatim_share', float('nan')):.3f} | "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from core.copy_guard import CopyFacts, Guard, ItemFacts, Taste, template_text
-from core.copy_phrasings import target_forms
+from core.copy_phrasings import compose, styles, target_forms
 
 CATALOGUE = ["Fargo (1996)", "Usual Suspects, The (1995)", "Star Wars (1977)", "Heat (1995)", "Twelve Monkeys (1995)",
              "Terminator 2: Judgment Day (1991)", "2001: A Space Odyssey (1968)", "Mr. Holland's Opus (1995)",
@@ -224,6 +224,21 @@ FACTS = [
 GROUNDED = [(f, text) for f in FACTS for text in [*target_forms(f), template_text(f)]]
 
 
+def test_every_composition_of_every_style_passes(guard: Guard) -> None:
+    """All ~2,500 compositions a style can name (`core.copy_phrasings.styles`), not only the ones drawn."""
+    failing = [(t, v) for f in FACTS for s in styles(f) for t in [compose(f, s)] for v in [guard.violations(t, f)]
+               if v]
+    assert sum(len(styles(f)) for f in FACTS) > 10_000 and failing == []
+
+
 @pytest.mark.parametrize(("facts", "text"), GROUNDED, ids=[t[:40] for _, t in GROUNDED])
 def test_every_grounded_phrasing_and_template_passes(guard: Guard, facts: CopyFacts, text: str) -> None:
     assert guard.violations(text, facts) == []
+
+
+def test_a_title_that_ends_a_sentence_lets_the_next_one_start(guard: Guard) -> None:
+    facts = CopyFacts(ItemFacts.from_row(1, "Some Like It Hot (1959)", 1959, ["Comedy"]), Taste((), ("Sunset Blvd.",)))
+    assert guard.factual("Coming up: Some Like It Hot (1959), a comedy. You watched Sunset Blvd. Enjoy.", facts)
+    assert not guard.factual("Coming up: Some Like It Hot (1959), a comedy. You watched Sunset Blvd. Billy Wilder.",
+                             facts)  # "Billy" starts a sentence, "Wilder" is still a name
+    assert not guard.factual("Some Like It Hot (1959), a comedy with Marilyn Monroe. You watched Sunset Blvd.", facts)

@@ -7,7 +7,16 @@ from collections import Counter
 import pytest
 
 from core.copy_guard import CopyFacts, Guard, ItemFacts, Taste
-from core.copy_phrasings import genre_phrase, target_forms
+from core.copy_phrasings import (
+    compose,
+    genre_phrase,
+    shape,
+    style,
+    style_words,
+    styles,
+    target_forms,
+    write_target,
+)
 from training.copy_data import build_pairs, held_out_item
 from training.data.synthetic import generate_synthetic
 
@@ -56,13 +65,55 @@ def test_genre_phrase_reads_as_english_not_a_list_of_labels() -> None:
     assert genre_phrase(("unknown",)) == "film"
 
 
-def test_no_phrasing_lets_a_watched_title_run_into_the_movie() -> None:
+def test_no_composition_lets_a_watched_title_run_into_the_movie() -> None:
     """A colon right after a watched title ("Because you watched Terminator 2: Judgment Day: …") reads as if
     the title's second half were the movie; the fine-tuned model then dropped the movie (11 of 1,000 copies)."""
-    facts = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime"]),
+    facts = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime", "Drama"]),
                       Taste(("Drama",), ("Mission: Impossible", "Terminator 2: Judgment Day")))
-    forms = target_forms(facts)
-    # two plain phrasings, two naming the last watched title, two naming the taste
-    assert len(forms) == 6 and all("Fargo" in f for f in forms)
-    assert sum("Terminator 2" in f for f in forms) == 2 and sum("drama" in f for f in forms) == 2
+    forms = [compose(facts, s) for s in styles(facts)]
+    assert len(forms) == len(set(forms)) == 10 * 5 * 10 * 5  # every style writes its own copy
+    assert all("Fargo" in f for f in forms) and any("Terminator 2" in f for f in forms)
     assert not [f for f in forms for w in facts.taste.liked if f"{w}:" in f]
+
+
+def test_the_style_is_fixed_by_the_copy_key_and_allowed_by_the_facts() -> None:
+    fargo = ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime", "Drama"])
+    plain = CopyFacts(fargo)  # no watched title, no taste: only the movie, no reason
+    assert {s[2] for s in styles(plain)} == {"9"}
+    horror = CopyFacts(fargo, Taste(("Horror",), ()))  # a taste the movie does not share: no taste reason
+    assert {s[2] for s in styles(horror)} == {"9"}
+    viewer = CopyFacts(fargo, Taste(("Drama",), ("Heat",)))
+    assert {s[2] for s in styles(viewer)} == set("0123456789")
+    assert style(viewer) == style(CopyFacts(fargo, Taste(("Drama",), ("Heat",)))) in styles(viewer)
+    drawn = {style(CopyFacts(ItemFacts.from_row(i, f"Movie {i} (1990)", 1990, ["Drama"]), viewer.taste))
+             for i in range(400)}
+    assert len(drawn) > 250  # movies get different compositions, not one favourite
+    assert write_target(viewer) == compose(viewer, style(viewer)) and target_forms(viewer) == [write_target(viewer)]
+
+
+def test_a_title_that_ends_a_sentence_gets_no_second_full_stop() -> None:
+    facts = CopyFacts(ItemFacts.from_row(2, "Airplane! (1980)", 1980, ["Comedy"]), Taste((), ("Sunset Blvd.",)))
+    texts = [compose(facts, s) for s in styles(facts)]
+    assert not [t for t in texts if "!." in t or "Blvd.." in t]
+    assert compose(facts, "9490") == "Coming up: the 1980 comedy Airplane!"
+
+
+def test_the_style_is_a_line_of_the_movie_part_of_the_prompt() -> None:
+    """The viewer's part (shared by every item of one request) holds no style: each item has its own."""
+    facts = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime"]), Taste(("Crime",), ("Heat",)))
+    viewer, movie = facts.document_parts(style_words(style(facts)))
+    assert "Style" not in viewer and movie.endswith(f"\nStyle: {style_words(style(facts))}")
+    assert facts.document() == viewer + movie[: movie.index("\nStyle")]
+
+
+def test_a_copy_is_verbatim_only_when_its_composition_was_trained_whole() -> None:
+    """The verbatim share compares shapes (facts as slots): the trained composition about another movie and
+    viewer is verbatim; the same pieces put together anew, or a copy the model wrote itself, are not."""
+    fargo = CopyFacts(ItemFacts.from_row(1, "Fargo (1996)", 1996, ["Crime", "Drama"]), Taste(("Drama",), ("Heat",)))
+    toy = CopyFacts(ItemFacts.from_row(2, "Toy Story (1995)", 1995, ["Animation", "Comedy"]),
+                    Taste(("Comedy", "Action"), ("Babe", "Casino")))
+    seen = {shape(compose(fargo, "3141"), fargo)}
+    assert shape(compose(toy, "3141"), toy) in seen  # another movie, another viewer: the same phrasing
+    assert shape(compose(toy, "3142"), toy) not in seen  # another sign-off: a composition not trained whole
+    assert shape(compose(toy, "3161"), toy) not in seen  # a taste reason in place of the watched one
+    assert shape("Toy Story (1995) is a comedy you may like.", toy) not in seen

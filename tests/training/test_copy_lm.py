@@ -12,7 +12,7 @@ import torch
 from core.copy_decoding import generate, prompt_ids, prompt_parts, prompt_text, propose, shared_length, system_length
 from core.copy_guard import CopyFacts, ItemFacts, Taste
 from core.copy_lm import TINY, CopyLMConfig, add_lora, load_base, load_lora, merged
-from core.copy_phrasings import target_forms
+from core.copy_phrasings import target_forms, write_target
 from training.copy_text import collate, encode_pairs, lm_loss, target_nll
 from training.models.lora_shards import lora_state
 
@@ -138,7 +138,7 @@ def test_min_p_sampling_keeps_the_sure_tokens_and_shares_out_the_branches() -> N
 
 def test_drafts_come_from_the_training_phrasings() -> None:
     forms = target_forms(FACTS)
-    assert len(forms) == len(set(forms)) >= 5 and all("Fargo" in f for f in forms)
+    assert forms == [write_target(FACTS)] and "Fargo" in forms[0]
     seq_a, seq_b = [5, 6, 7, 8, 9], [1, 2, 6, 7, 3, 4]
     assert propose([seq_a, seq_b], [5, 6], 2) == [7, 8]  # a candidate begins with what was generated
     assert propose([seq_a, seq_b], [9, 1, 2, 6, 7], 3) == [3, 4]  # else where the last tokens occur
@@ -299,3 +299,26 @@ def test_a_title_under_way_is_copied_whole(tiny) -> None:
     treks = CopyFacts(ItemFacts.from_row(2, "Heat (1995)", 1995, ["Action"]),
                       Taste((), ("Star Trek: Generations", "Star Trek: First Contact")))
     assert forced(ids("Fans of Star Trek:"), title_ids(tok, treks)) is None  # two titles, two next tokens
+    grail = CopyFacts(ItemFacts.from_row(3, "Monty Python and the Holy Grail (1974)", 1974, ["Comedy"]),
+                      Taste((), ("Monty Python's Life of Brian",)))
+    nxt = ids(" Monty Python and")[len(ids(" Monty Python")):][0]
+    assert forced(ids("Meet Monty Python"), title_ids(tok, grail)) == nxt  # the movie's own title comes first
+    done = "Meet Monty Python and the Holy Grail. A good next step after Monty Python"
+    assert forced(ids(done), title_ids(tok, grail)) is None  # written: the watched one may follow
+
+
+def test_a_target_holds_its_titles_as_the_decoder_copies_them(tiny) -> None:
+    """Tokenized whole, "(Se7en)." ends in the one token ")."; the decoder copies the title as its own tokens
+    (`title_ids`), ")" then ".", so training and drafts must hold those tokens too."""
+    from core.copy_decoding import answer_ids, copy_ids, title_ids
+
+    _, tok = tiny
+    facts = CopyFacts(ItemFacts.from_row(1, "Taxi Driver (1976)", 1976, ["Drama"]),
+                      Taste(("Drama",), ("Seven (Se7en)",)))
+    text = "Tonight's pick: Taxi Driver, a 1976 drama. Because you watched Seven (Se7en). Happy watching."
+    ids = copy_ids(tok, text, facts)
+    assert tok.decode(ids) == text and ids != tok(text, add_special_tokens=False)["input_ids"]  # not the whole text's
+    for title in title_ids(tok, facts)[::2]:  # " Taxi Driver", " Seven (Se7en)": each a run of the copy's tokens
+        assert any(ids[i : i + len(title)] == title for i in range(len(ids)))
+    assert answer_ids(tok, [text], facts)[0][:-1] == ids
+    assert encode_pairs(tok, [(facts, text)])[0][1][-len(ids) - 1 : -1] == ids  # the labels: the same tokens
