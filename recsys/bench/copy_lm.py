@@ -117,7 +117,7 @@ def generation_here(s: Settings, version: str, repeats: int = 10, shapes: int = 
                 "hit_ms": spread(hit, 2), "hit_p50_ms": _pct(hit, 50),
                 "hit_p99_ms": _pct(hit, 99), "tokens_per_s": round(tokens / (sum(miss) / 1e3), 1),
                 "repeat_hit_rate": round(c.hits / max(1, c.hits + c.misses), 3), "dtype": str(model.dtype),
-                "decoding": "viewer prefix shared, drafts from the training phrasings verified",
+                "decoding": "viewer prefix shared, the style's composition verified as the draft",
                 "served_factual": round(served / (10 * repeats), 3), "repeats": repeats, "stream": stream,
                 "shapes": shapes}
 
