@@ -21,16 +21,18 @@ from core.copy_guard import CopyFacts, ItemFacts, Taste, messages
 from core.copy_phrasings import style, style_words
 
 
-def prompt_text(tok, facts: CopyFacts) -> str:
-    return tok.apply_chat_template(messages(facts, style_words(style(facts))), tokenize=False,
-                                   add_generation_prompt=True)
+def prompt_text(tok, facts: CopyFacts, line: str | None = None) -> str:
+    """`line`: the facts' style line (`style_words`), when the caller has it already."""
+    line = style_words(style(facts)) if line is None else line
+    return tok.apply_chat_template(messages(facts, line), tokenize=False, add_generation_prompt=True)
 
 
 def prompt_parts(tok, facts: CopyFacts) -> tuple[str, str]:
     """The prompt split where the movie starts: (everything up to and including the viewer, the movie and the
     turn's end). Every item recommended to one viewer shares the first part."""
-    full = prompt_text(tok, facts)
-    head, tail = facts.document_parts(style_words(style(facts)))
+    line = style_words(style(facts))
+    full = prompt_text(tok, facts, line)
+    head, tail = facts.document_parts(line)
     cut = full.index(head + tail) + len(head)
     return full[:cut], full[cut:]
 
@@ -50,18 +52,13 @@ def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0].strip()
 
 
-def copy_key(facts: CopyFacts) -> int:
-    """The seed of one copy's sampling (`CopyFacts.key`)."""
-    return facts.key()
-
-
 @torch.inference_mode()
 def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size: int = 16,
              drafts: Callable[[CopyFacts], list[str]] | None = None, lookahead: int = 12,
              min_p: float = 0.0) -> list[str]:
     """A copy for each facts; the first line, stripped, of what was generated. Items of one viewer (the
     same prompt prefix) are batched together; each batch computes the prefix its rows share once.
-    `min_p` 0: greedy. Above 0: min-p sampling (`pick`), seeded per copy (`copy_key`) and per position.
+    `min_p` 0: greedy. Above 0: min-p sampling (`pick`), seeded per copy (`CopyFacts.key`) and per position.
     `drafts(facts)`: texts the copy is likely to follow (e.g. the training phrasings of these facts); the
     decoder verifies up to `lookahead` of their tokens per forward pass and keeps only what the decoder
     itself picks, so they change the speed, never the copy."""
@@ -77,7 +74,7 @@ def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size
         cands = [[*answer_ids(tok, drafts(facts[r]), facts[r]), full[r]] for r in chunk] if drafts else None
         new = greedy(model, full[chunk[0]][:common], [full[r][common:] for r in chunk], max_new_tokens,
                      tok.eos_token_id, tok.pad_token_id, cands, lookahead,
-                     [copy_key(facts[r]) for r in chunk] if min_p > 0 else None, min_p, system,
+                     [facts[r].key() for r in chunk] if min_p > 0 else None, min_p, system,
                      [title_ids(tok, facts[r]) for r in chunk], sentence_ends(tok))
         for r, ids in zip(chunk, new, strict=True):
             out[r] = first_line(tok.decode(ids, skip_special_tokens=True))
@@ -330,7 +327,7 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                    logits_to_keep=_last(width, dev)).logits[:, -1]
     if ends is not None:  # an empty copy is not a finished one
-        stops = ends[1].to(dev)
+        enders, stops = ends[0].to(dev), ends[1].to(dev)
         logits[:, stops] = float("-inf")
     first = pick(logits[:, None], keys, [0] * n, min_p)
     out: list[list[int]] = [[row[0]] for row in first]  # last token of each row: not yet in cache
@@ -357,7 +354,7 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
         logits = model(input_ids=step, attention_mask=mask, position_ids=nxt[:, None] + torch.arange(w, device=dev),
                        past_key_values=cache, use_cache=True, logits_to_keep=w).logits
         if ends is not None:  # logits[:, j] follow step[:, j]: the copy ends only after a sentence's end
-            open_ = ~torch.isin(step, ends[0].to(dev))[..., None]
+            open_ = ~torch.isin(step, enders)[..., None]
             logits[..., stops] = logits[..., stops].masked_fill(open_, float("-inf"))
         picks = pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive], min_p)
         for b, (r, g) in enumerate(zip(alive, guesses, strict=True)):
