@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from core.copy_claims import ClaimTokens, FactTokens, ban, claim_tokens, holds, title_ids
 from core.copy_guard import CopyFacts, ItemFacts, Taste, messages
 from core.copy_phrasings import style, style_words
 
@@ -75,7 +76,8 @@ def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size
         new = greedy(model, full[chunk[0]][:common], [full[r][common:] for r in chunk], max_new_tokens,
                      tok.eos_token_id, tok.pad_token_id, cands, lookahead,
                      [facts[r].key() for r in chunk] if min_p > 0 else None, min_p, system,
-                     [title_ids(tok, facts[r]) for r in chunk], sentence_ends(tok))
+                     [title_ids(tok, facts[r]) for r in chunk], sentence_ends(tok),
+                     (claim_tokens(tok), [FactTokens(tok, facts[r]) for r in chunk]))
         for r, ids in zip(chunk, new, strict=True):
             out[r] = first_line(tok.decode(ids, skip_special_tokens=True))
     return out
@@ -119,13 +121,6 @@ def copy_ids(tok, text: str, facts: CopyFacts) -> list[int]:
     return ids
 
 
-def title_ids(tok, facts: CopyFacts) -> list[list[int]]:
-    """The facts' titles (the movie's, the watched ones) as copy writes them, token ids: after a space, and
-    opening the copy."""
-    titles = [t for t in (facts.item.title, *facts.taste.liked) if t]
-    return [tok(v, add_special_tokens=False)["input_ids"] for t in titles for v in (" " + t, t)]
-
-
 _FINISHED = re.compile(r"[.!?][\"'’”)]*\s*$")
 
 
@@ -150,7 +145,10 @@ def forced(seq: list[int], titles: list[list[int]], least: int = 2) -> int | Non
     title) or where the titles under way disagree on the next token, except that the movie's own title wins
     while the copy has not written it yet: every composition names the movie first, and the tuned model once
     turned *Monty Python and the Holy Grail* into the watched *Monty Python's Life of Brian*. `titles`: as
-    `title_ids` lists them, the movie's two spellings first."""
+    `title_ids` lists them, the movie's two spellings first. Until the movie's title is written, only it is
+    copied (as `core.copy_claims` lets only it open): "the 1" is not forced on into a watched *101 Dalmatians*."""
+    if not any(holds(seq, t) for t in titles[:2]):
+        titles = titles[:2]
     best, nxt, mine = 0, set(), set()
     for i, t in enumerate(titles):
         for n in range(min(len(t), len(seq)), least - 1, -1):  # the longest match of this title first
@@ -166,13 +164,9 @@ def forced(seq: list[int], titles: list[list[int]], least: int = 2) -> int | Non
                 break
     if len(nxt) == 1:
         return next(iter(nxt))
-    if len(mine) == 1 and not any(_holds(seq[: len(seq) - best], t) for t in titles[:2]):
+    if len(mine) == 1 and not any(holds(seq[: len(seq) - best], t) for t in titles[:2]):
         return next(iter(mine))
     return None
-
-
-def _holds(seq: list[int], part: list[int]) -> bool:
-    return any(seq[i : i + len(part)] == part for i in range(len(seq) - len(part) + 1))
 
 
 class FinishedCopy:
@@ -292,12 +286,14 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
            pad_id: int | None, cands: list[list[list[int]]] | None = None, lookahead: int = 12,
            keys: list[int] | None = None, min_p: float = 0.0, system: int = 0,
            titles: list[list[list[int]]] | None = None,
-           ends: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[list[int]]:
+           ends: tuple[torch.Tensor, torch.Tensor] | None = None,
+           claims: tuple[ClaimTokens, list[FactTokens]] | None = None) -> list[list[int]]:
     """Decoding of len(suffixes) rows that all start with `shared`: greedy, or with `keys` (one per row)
     seeded min-p sampling (`pick`). `system`: how many of `shared`'s tokens every prompt starts with; their KV
     cache is computed once per model (`_system_cache`). `titles` (per row, `title_ids`): a title under way is
     copied whole (`forced`), whatever the model would pick instead. `ends` (`sentence_ends`): the copy may end
-    only after a sentence's end.
+    only after a sentence's end. `claims` (`core.copy_claims`; per row its facts): no name, number or doubled
+    word the facts do not hold.
 
     The shared prefix runs once (batch 1) and its KV cache is repeated per row; suffixes are left-padded *after*
     the prefix (masked out, positions continuing the prefix's); a row leaves the batch when it ends. With
@@ -329,6 +325,8 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     if ends is not None:  # an empty copy is not a finished one
         enders, stops = ends[0].to(dev), ends[1].to(dev)
         logits[:, stops] = float("-inf")
+    if claims is not None:
+        ban(logits[:, None], claims[0], claims[1], [[[]] for _ in range(n)])
     first = pick(logits[:, None], keys, [0] * n, min_p)
     out: list[list[int]] = [[row[0]] for row in first]  # last token of each row: not yet in cache
     nxt = pos[:, -1] + 1  # position of that pending token
@@ -356,6 +354,9 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
         if ends is not None:  # logits[:, j] follow step[:, j]: the copy ends only after a sentence's end
             open_ = ~torch.isin(step, enders)[..., None]
             logits[..., stops] = logits[..., stops].masked_fill(open_, float("-inf"))
+        if claims is not None:  # logits[:, j] follow the copy so far plus the draft's first j tokens
+            ban(logits, claims[0], [claims[1][r] for r in alive],
+                [[out[r] + g[:j] for j in range(len(g) + 1)] for r, g in zip(alive, guesses, strict=True)])
         picks = pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive], min_p)
         for b, (r, g) in enumerate(zip(alive, guesses, strict=True)):
             rt = titles[r] if titles else None

@@ -59,7 +59,7 @@ _VOCAB_RE = {kind: re.compile(r"(?<![\w-])(" + "|".join(
 _NUMBER_RE = re.compile(r"(?<![\w-])(" + "|".join(_NUMBER_WORDS) + r")(?![\w-])", re.IGNORECASE)
 _ECHO = re.compile(r"\b(viewer likes|viewer watched|movie:|genres?:|year:|style:|facts?\b|instructions?|ignore\b|"
                    r"system prompt|assistant|as an ai|prompt)", re.IGNORECASE)
-_SENTENCE_START = re.compile(r"(^|[.!?:;]\s+|\?\s*|\(\s*)$")
+SENTENCE_START = re.compile(r"(^|[.!?:;]\s+|\?\s*|\(\s*)$")
 STOPWORDS = frozenset((
     "a", "an", "the", "and", "or", "of", "for", "to", "in", "on", "at", "by", "with", "from", "is", "it", "its",
     "be", "this", "that", "your", "you", "who", "if", "was", "were", "too", "should", "try",
@@ -105,7 +105,7 @@ def claims(text: str, title: str, year: int, genres: list[str] | tuple[str, ...]
         out.append(f"prompt echo: {m.group(0)}")
     for m in _WORD.finditer(rest):
         word = m.group(0)
-        if word[0].isupper() and word != "I" and not _SENTENCE_START.search(rest[: m.start()]):
+        if word[0].isupper() and word != "I" and not SENTENCE_START.search(rest[: m.start()]):
             out.append(f"name not in the facts: {word}")
     out += repetition(text, title, _blank(text, facts))
     return list(dict.fromkeys(out))

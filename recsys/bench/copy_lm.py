@@ -132,7 +132,8 @@ def hf_generate(model, facts: list) -> list[str]:
     import torch
     from transformers import LogitsProcessorList
 
-    from core.copy_decoding import FinishedCopy, TitleCopy, first_line, prompt_text, sentence_ends, title_ids
+    from core.copy_claims import FactTokens, GroundedClaims, claim_tokens, title_ids
+    from core.copy_decoding import FinishedCopy, TitleCopy, first_line, prompt_text, sentence_ends
 
     tok = model.tok
     side, tok.padding_side = tok.padding_side, "left"
@@ -145,8 +146,9 @@ def hf_generate(model, facts: list) -> list[str]:
                         "temperature": 1.0} if model.cfg.min_p > 0 else {"do_sample": False}
             titles = TitleCopy([title_ids(tok, f) for f in facts], enc["input_ids"].shape[1])  # as served
             finished = FinishedCopy(sentence_ends(tok), enc["input_ids"].shape[1])
+            claims = GroundedClaims(claim_tokens(tok), [FactTokens(tok, f) for f in facts], enc["input_ids"].shape[1])
             out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad,
-                                       logits_processor=LogitsProcessorList([finished, titles]), **sampling)
+                                       logits_processor=LogitsProcessorList([finished, claims, titles]), **sampling)
     finally:
         tok.padding_side = side
     return [first_line(t) for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]

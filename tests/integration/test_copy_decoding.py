@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
+from core.copy_claims import FactTokens, GroundedClaims, claim_tokens, title_ids
 from core.copy_decoding import (
     FinishedCopy,
     TitleCopy,
@@ -16,7 +17,6 @@ from core.copy_decoding import (
     greedy,
     prompt_ids,
     sentence_ends,
-    title_ids,
 )
 from core.copy_guard import CopyFacts, ItemFacts, Taste
 from core.copy_phrasings import target_forms
@@ -54,9 +54,10 @@ def reference(model, tok, batch: list[CopyFacts]) -> list[str]:
     mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows])
     titles = TitleCopy([title_ids(tok, f) for f in batch], n)  # titles copied whole, as served
     finished = FinishedCopy(sentence_ends(tok), n)  # and no turn ending mid-sentence
+    claims = GroundedClaims(claim_tokens(tok), [FactTokens(tok, f) for f in batch], n)  # nor claim off the facts
     gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         logits_processor=LogitsProcessorList([finished, titles]))
+                         logits_processor=LogitsProcessorList([finished, claims, titles]))
     return [first_line(t) for t in tok.batch_decode(gen[:, n:], skip_special_tokens=True)]
 
 

@@ -278,7 +278,8 @@ def test_a_title_under_way_is_copied_whole(tiny) -> None:
     """Where the copy has begun one of its facts' titles (two tokens or more), the decoder takes the title's next
     token whatever the model picks: the tuned model wrote "Some Like It For You" for *Some Like It Hot*. Nothing
     is forced where a title ends (the item may be the start of a watched title) or where titles disagree."""
-    from core.copy_decoding import _choice, forced, title_ids
+    from core.copy_claims import title_ids
+    from core.copy_decoding import _choice, forced
 
     _, tok = tiny
 
@@ -298,7 +299,11 @@ def test_a_title_under_way_is_copied_whole(tiny) -> None:
     assert forced(ids("Try The Godfather"), title_ids(tok, godfather)) is None  # the item's title ends there
     treks = CopyFacts(ItemFacts.from_row(2, "Heat (1995)", 1995, ["Action"]),
                       Taste((), ("Star Trek: Generations", "Star Trek: First Contact")))
-    assert forced(ids("Fans of Star Trek:"), title_ids(tok, treks)) is None  # two titles, two next tokens
+    assert forced(ids("Try Heat. Fans of Star Trek:"), title_ids(tok, treks)) is None  # two titles, two next tokens
+    dalmatians = CopyFacts(ItemFacts.from_row(4, "My Fellow Americans (1996)", 1996, ["Comedy"]),
+                           Taste((), ("101 Dalmatians",)))
+    assert forced(ids("Here is the 1"), title_ids(tok, dalmatians)) is None  # the movie is named first
+    assert forced(ids("Try My Fellow Americans. Because you watched 1"), title_ids(tok, dalmatians)) is not None
     grail = CopyFacts(ItemFacts.from_row(3, "Monty Python and the Holy Grail (1974)", 1974, ["Comedy"]),
                       Taste((), ("Monty Python's Life of Brian",)))
     nxt = ids(" Monty Python and")[len(ids(" Monty Python")):][0]
@@ -310,7 +315,8 @@ def test_a_title_under_way_is_copied_whole(tiny) -> None:
 def test_a_target_holds_its_titles_as_the_decoder_copies_them(tiny) -> None:
     """Tokenized whole, "(Se7en)." ends in the one token ")."; the decoder copies the title as its own tokens
     (`title_ids`), ")" then ".", so training and drafts must hold those tokens too."""
-    from core.copy_decoding import answer_ids, copy_ids, title_ids
+    from core.copy_claims import title_ids
+    from core.copy_decoding import answer_ids, copy_ids
 
     _, tok = tiny
     facts = CopyFacts(ItemFacts.from_row(1, "Taxi Driver (1976)", 1976, ["Drama"]),
