@@ -58,7 +58,7 @@ bench-sasrec: install  ## opt-in: the plain SASRec baseline row of the quality t
 bench-transfer: install  ## opt-in: the pipeline, untuned, on two derived data sets vs EASE and a plain SASRec (~35 min)
 	$(VENV)/bin/recsys bench --suite transfer
 
-bench-factuality: install  ## opt-in: copy factuality on 1,000 held-out copies, base vs fine-tuned (over 30 min)
+bench-factuality: install  ## opt-in: copy factuality on 1,000 held-out copies, base vs fine-tuned (about an hour)
 	$(VENV)/bin/recsys bench --suite factuality
 
 serve: install  ## Triton + Ray Serve on the exported champions (after `make demo`)

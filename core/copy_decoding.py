@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from core.copy_claims import ClaimTokens, FactTokens, ban, claim_tokens, holds, title_ids
+from core.copy_claims import ClaimTokens, FactTokens, ban, claim_tokens, holds, title_ids, within
 from core.copy_guard import CopyFacts, ItemFacts, Taste, messages
 from core.copy_phrasings import style, style_words
 
@@ -146,13 +146,15 @@ def forced(seq: list[int], titles: list[list[int]], least: int = 2) -> int | Non
     while the copy has not written it yet: every composition names the movie first, and the tuned model once
     turned *Monty Python and the Holy Grail* into the watched *Monty Python's Life of Brian*. `titles`: as
     `title_ids` lists them, the movie's two spellings first. Until the movie's title is written, only it is
-    copied (as `core.copy_claims` lets only it open): "the 1" is not forced on into a watched *101 Dalmatians*."""
+    copied (as `core.copy_claims` lets only it open): "the 1" is not forced on into a watched *101 Dalmatians*.
+    A match that starts inside a title already written whole is none (the second "Niagara" of *Niagara,
+    Niagara*)."""
     if not any(holds(seq, t) for t in titles[:2]):
         titles = titles[:2]
     best, nxt, mine = 0, set(), set()
     for i, t in enumerate(titles):
         for n in range(min(len(t), len(seq)), least - 1, -1):  # the longest match of this title first
-            if seq[len(seq) - n :] == t[:n]:
+            if seq[len(seq) - n :] == t[:n] and not within(seq, len(seq) - n, titles):
                 if n == len(t):
                     return None
                 if n > best:

@@ -546,7 +546,7 @@ def report(
 def bench(
     suite: Annotated[list[str] | None, typer.Option(help="offline, scaling, quality, sasrec (opt-in: the "
                                                          "plain SASRec row, ~20 min), serving, copy, factuality "
-                                                         "(opt-in: 1,000 copies, over 30 min), or the groups "
+                                                         "(opt-in: 1,000 copies, about an hour), or the groups "
                                                          "training, freshness, all (repeatable); default "
                                                          "all.")] = None,
 ) -> None:

@@ -238,7 +238,7 @@ def ahead_hit_rate(s: Settings, console: Console, requests: int = 5000, zipf_s: 
 
 
 def factuality_suite(s: Settings, console: Console, copies: int = 1000) -> dict[str, Any]:
-    """Opt-in (`recsys bench --suite factuality`, over 30 min here, not in `all`): the issue's 1,000-copy
+    """Opt-in (`recsys bench --suite factuality`, about an hour here, not in `all`): the issue's 1,000-copy
     factuality, base vs fine-tuned, on held-out items (never trained on). The copy LM is trained as in the copy
     suite, but its own evaluation runs over `copies` held-out (item, taste) pairs instead of 100, so the numbers
     are the MLflow run's too. After the guard: a failing copy is served as its grounded template, so served copy

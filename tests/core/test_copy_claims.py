@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.copy_claims import FactTokens, banned, claim_tokens
+from core.copy_claims import FactTokens, banned, claim_tokens, title_ids
 from core.copy_guard import CopyFacts, Guard, ItemFacts, Taste
 
 SPEED = CopyFacts(ItemFacts.from_row(1, "Reservoir Dogs (1992)", 1992, ["Crime", "Thriller"]),
@@ -48,12 +48,53 @@ def test_a_name_opened_mid_sentence_must_be_the_title_it_opens(tok) -> None:
     ducks = CopyFacts(ItemFacts.from_row(8, "D3: The Mighty Ducks (1996)", 1996, ["Comedy"]), Taste())
     assert not allowed(tok, ducks, "Settle in with the D", "ucks") and allowed(tok, ducks, "Settle in with D", "3")
     victor = CopyFacts(ItemFacts.from_row(9, "Get Shorty (1995)", 1995, ["Comedy"]), Taste((), ("Victor/Victoria",)))
-    assert not allowed(tok, victor, "You watched Victor", "ia") and allowed(tok, victor, "You watched Victor", "/")
+    said = "Try Get Shorty. You watched Victor"
+    assert not allowed(tok, victor, said, "ia") and allowed(tok, victor, said, "/")
     assert not allowed(tok, SPEED, "Here is the 19", " crime")  # a year under way is finished
     godfather = CopyFacts(ItemFacts.from_row(10, "Godfather, The (1972)", 1972, ["Crime"]),
                           Taste((), ("The Godfather: Part II",)))
     assert allowed(tok, godfather, "Try The Godfather", ".")  # a whole title ends there: the copy goes on
     assert allowed(tok, SPEED, "Speed", " is")  # a title opening a sentence is not held to it
+
+
+def test_a_run_is_under_way_only_where_it_could_open(tok) -> None:
+    """Found in review: the second "Niagara" of *Niagara, Niagara* is not the title again; a watched title's or
+    the year's first token after a digit, or before the movie is named, opens nothing."""
+    from core.copy_decoding import forced
+
+    niagara = CopyFacts(ItemFacts.from_row(11, "Niagara, Niagara (1997)", 1997, ["Drama"]), Taste())
+    assert allowed(tok, niagara, "Here is Niagara, Niagara,", " a")
+    ids = tok("Here is Niagara, Niagara,", add_special_tokens=False)["input_ids"]
+    assert forced(ids, title_ids(tok, niagara)) is None
+    heat = CopyFacts(ItemFacts.from_row(12, "Heat (1995)", 1995, ["Action"]), Taste((), ("101 Dalmatians",)))
+    assert not allowed(tok, heat, "Here is the 1", "0")  # 101 Dalmatians may not open before Heat is named
+    assert allowed(tok, heat, "Here is Heat. Because you watched 1", "0")
+    y1991 = CopyFacts(ItemFacts.from_row(13, "JFK (1991)", 1991, ["Drama"]), Taste())
+    assert not allowed(tok, y1991, "JFK, a 1991", "9")  # "19919": the year does not open again after a digit
+    y1915 = CopyFacts(ItemFacts.from_row(14, "Birth of a Nation, The (1915)", 1915, ["Drama"]), Taste())
+    nation = "The Birth of a Nation, a 191"
+    assert not allowed(tok, y1915, nation, "9") and allowed(tok, y1915, nation, "5")
+    assert not allowed(tok, y1915, "The Birth of a Nation (19", ")")  # a number ends only as the year
+
+
+def test_a_movie_without_a_title_leaves_the_watched_titles_to_the_copy(tok) -> None:
+    from core.copy_decoding import forced
+
+    untitled = CopyFacts(ItemFacts(15, "", -1, ("Comedy",)), Taste((), ("Fargo", "Some Like It Hot")))
+    ids = tok("Because you watched Some Like It", add_special_tokens=False)["input_ids"]
+    assert forced(ids, title_ids(tok, untitled)) == tok(" Some Like It Hot", add_special_tokens=False)["input_ids"][-1]
+    assert allowed(tok, untitled, "Because you watched", " Some")
+
+
+def test_a_vocabulary_wider_than_the_tokenizer_is_masked_on_the_tokenizer_ids_only(tok) -> None:
+    import torch
+
+    from core.copy_claims import ban
+
+    n = len(tok)
+    logits = torch.zeros(1, 1, n + 64)
+    ban(logits, claim_tokens(tok), [FactTokens(tok, SPEED)], [[tok("Try the", add_special_tokens=False)["input_ids"]]])
+    assert torch.isinf(logits[0, 0, :n]).any() and not torch.isinf(logits[0, 0, n:]).any()
 
 
 def test_a_number_must_be_the_year(tok) -> None:
@@ -73,6 +114,7 @@ def test_a_word_is_not_said_twice_in_a_row(tok) -> None:
     assert not allowed(tok, SPEED, "Picked because you watched Much Ado About Nothing", " Nothing")
     assert not allowed(tok, war, "Tonight's pick: an", " drama") and allowed(tok, war, "Tonight's pick: a", " drama")
     assert not allowed(tok, war, "Tonight's pick: a", " action") and allowed(tok, war, "Tonight's pick: an", " action")
+    assert not allowed(tok, war, "Tonight's pick: an", " an")
     bye = CopyFacts(ItemFacts.from_row(4, "Bye Bye Love (1995)", 1995, ["Comedy"]), Taste())
     assert allowed(tok, bye, "Try Bye", " Bye")  # the facts' own title says it twice
 
