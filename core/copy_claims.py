@@ -51,8 +51,14 @@ _KINDS = [(where, article) for where in ("start", "dot", "mid") for article in (
 
 
 @functools.lru_cache(maxsize=4)  # a few: each hot-swapped model version loads its own tokenizer
+def token_texts(tok) -> tuple[str, ...]:
+    """Every token's text, decoded once per tokenizer (the claim rules and `sentence_ends` both read them)."""
+    return tuple(tok.decode([i]) for i in range(len(tok)))
+
+
+@functools.lru_cache(maxsize=4)
 def claim_tokens(tok) -> ClaimTokens:
-    texts = [tok.decode([i]) for i in range(len(tok))]
+    texts = token_texts(tok)
     first = [t.lstrip(" ")[:1] for t in texts]
     spaced = tuple(t[:1] == " " for t in texts)
     capital = torch.tensor([f.isupper() or f.isdigit() for f in first])
@@ -98,7 +104,7 @@ class FactTokens:
     which runs the copy is in the middle of without scanning them all."""
 
     def __init__(self, tok, facts: CopyFacts) -> None:
-        titles = title_ids(tok, facts)
+        self.titles = titles = title_ids(tok, facts)  # as `forced` takes them
         self.movie = titles[:2] if facts.item.title else []
         self.runs = [*self.movie, *titles[2:]]
         if facts.item.year > 0:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from core.copy_claims import ClaimTokens, FactTokens, ban, claim_tokens, holds, title_ids, within
+from core.copy_claims import ClaimTokens, FactTokens, ban, claim_tokens, holds, token_texts, within
 from core.copy_guard import CopyFacts, ItemFacts, Taste, messages
 from core.copy_phrasings import style, style_words
 
@@ -73,11 +73,11 @@ def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size
         common = shared_length([full[r] for r in chunk])
         # Drafts: the phrasings, then the prompt itself (copy repeats its facts: a title's tokens follow on).
         cands = [[*answer_ids(tok, drafts(facts[r]), facts[r]), full[r]] for r in chunk] if drafts else None
+        held = [FactTokens(tok, facts[r]) for r in chunk]  # the rows' titles and year, tokenized once
         new = greedy(model, full[chunk[0]][:common], [full[r][common:] for r in chunk], max_new_tokens,
                      tok.eos_token_id, tok.pad_token_id, cands, lookahead,
                      [facts[r].key() for r in chunk] if min_p > 0 else None, min_p, system,
-                     [title_ids(tok, facts[r]) for r in chunk], sentence_ends(tok),
-                     (claim_tokens(tok), [FactTokens(tok, facts[r]) for r in chunk]))
+                     [ft.titles for ft in held], sentence_ends(tok), (claim_tokens(tok), held))
         for r, ids in zip(chunk, new, strict=True):
             out[r] = first_line(tok.decode(ids, skip_special_tokens=True))
     return out
@@ -130,7 +130,7 @@ def sentence_ends(tok) -> tuple[torch.Tensor, torch.Tensor]:
     copy: the turn's end and any with a line break, as the copy is its first line). The copy may end only after
     a sentence's end (`greedy`): one the model would stop unfinished, most often right after a title that ends
     in a bracket ("… My Life as a Dog (Mitt liv som hund)"), gets the model's next likeliest token instead."""
-    text = [tok.decode([i]) for i in range(len(tok))]
+    text = token_texts(tok)
     ends = [i for i, t in enumerate(text) if _FINISHED.search(t)]
     stops = sorted({tok.eos_token_id, *(i for i, t in enumerate(text) if "\n" in t)})
     return torch.tensor(ends, dtype=torch.long), torch.tensor(stops, dtype=torch.long)
