@@ -343,6 +343,8 @@ def test_factuality_report_says_served_copy_is_factual_only_when_every_template_
     assert "| copy LM factuality on 1000 held-out copies (opt-in suite), base → fine-tuned → served after the " \
            "guard | 0.571 → 0.991 → 1.000 |" in readme_block(r, Path("x.json"))
     assert "total 5.0 min without the opt-in suites" in report(r, Path("x.json"))  # 300 s: factuality not counted
+    alone = report({**r, "suite_seconds": {"factuality": 1200.0, "total": 1200.0}}, Path("x.json"))
+    assert "factuality 1200.0; only opt-in suites ran." in alone and "total 0.0 min" not in alone
 
 
 def test_the_floor_section_shows_each_interleaved_run_and_the_share_of_the_floor():

@@ -35,7 +35,7 @@ def probe(module: torch.nn.Module) -> list[torch.device]:
 
 def retrieval() -> SASRec:
     cfg = RetrievalConfig(n_items=30, max_len=6)
-    return SASRec(cfg, torch.zeros(31, cfg.content_dim))
+    return SASRec(cfg, torch.zeros(30, cfg.content_dim))
 
 
 def ranker() -> Ranker:
@@ -81,7 +81,13 @@ def test_both_jobs_train_and_validate_on_the_workers_device() -> None:
 
 def test_validation_scores_users_on_the_models_device() -> None:
     model = retrieval().to(META)
-    seen = probe(model.items)
+    seen: list[torch.device] = []
+
+    def encode(seq, table=None):  # the users' sequences, as the model receives them
+        seen.append(seq.device)
+        raise Reached
+
+    model.encode = encode
     with pytest.raises(Reached):
         score_fn(model, np.ones((3, 6), dtype=np.int64), META)(np.arange(3))
     assert seen == [META]

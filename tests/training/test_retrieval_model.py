@@ -22,6 +22,30 @@ def test_loss_on_kept_positions_equals_the_padded_full_computation() -> None:
     assert torch.all(full[..., 0] < -1e8) and torch.all(kept_logits[:, 0] < -1e8)  # padding never predicted
 
 
+def test_training_reads_its_inputs_from_the_scored_table_with_the_same_loss_and_gradients() -> None:
+    """The training step projects the catalogue's content once and takes the sequence's inputs from that table;
+    the exported encoder gathers and projects the inputs row by row. Same user vectors, loss and gradients."""
+    torch.manual_seed(0)
+    cfg = RetrievalConfig(n_items=30, max_len=6, d_model=16, n_heads=2, n_layers=1, dropout=0.0, content_dim=8)
+    model = SASRec(cfg, torch.randn(30, 8).index_fill_(0, torch.tensor([0]), 0.0)).eval()
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    targets = torch.tensor([[0, 0, 4, 5, 6, 8], [2, 3, 4, 5, 6, 9]])
+    _, loss = model(seq, targets)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    rows = torch.arange(cfg.n_items)
+    table = model.items.id_emb(rows) + model.items.proj(model.items.content[rows])  # the tower row by row
+    torch.testing.assert_close(model.items.all_items(), table)
+    h = model.encode(seq)  # no table: the exported path
+    keep = targets != 0
+    logits = h[keep] @ table.T
+    logits[:, 0] = -1e9
+    expected = F.cross_entropy(logits, targets[keep])
+    torch.testing.assert_close(loss, expected)
+    for got, want in zip(grads, torch.autograd.grad(expected, list(model.parameters())), strict=True):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(model.user_vector(seq, model.items.all_items()), model.user_vector(seq))
+
+
 def test_training_stops_on_the_validation_signal_the_cap_or_the_budget() -> None:
     from training.jobs.retrieval import stopping
 

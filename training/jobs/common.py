@@ -47,6 +47,21 @@ def run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Itera
     return float(torch.stack(losses).float().mean()) if losses else float("nan")
 
 
+def adamw(params, lr: float, weight_decay: float = 0.01) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel (one pass over all parameters; CPU and GPU): a worker pays the optimizer's
+    step whole whatever its share of the batch, so its cost is what limits data-parallel scaling most."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
+def prepare_ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """The model on the worker's device, in DDP when there are several workers (`prepare_model`). Buffers are
+    synced once, at wrap time, not before every forward (DDP's default): the models' buffers are constant
+    inputs (the retrieval item tower's content table, 2.6 MB on ML-100K), the same on every rank."""
+    import ray.train.torch
+
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+
+
 def on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A copy of a state dict on the host (kept across epochs, loaded by the driver without a GPU)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}

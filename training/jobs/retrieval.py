@@ -15,12 +15,14 @@ from core.settings import Settings
 from training.datasets import Prepared
 from training.evaluation.protocol import RankingReport, evaluate_full_ranking
 from training.jobs.common import (
+    adamw,
     fit,
     fits,
     initial_state,
     load_result_state,
     log_epoch_metrics,
     on_cpu,
+    prepare_ddp,
     run_epoch,
     save_and_report,
     worker_threads,
@@ -36,8 +38,9 @@ def score_fn(model: SASRec, seqs: np.ndarray, device: torch.device | None = None
     @torch.no_grad()
     def score(rows: np.ndarray) -> np.ndarray:
         model.eval()
-        u = model.user_vector(torch.from_numpy(seqs[rows]).to(device))
-        return (u @ model.items.all_items().T).float().cpu().numpy()
+        table = model.items.all_items()
+        u = model.user_vector(torch.from_numpy(seqs[rows]).to(device), table)
+        return (u @ table.T).float().cpu().numpy()
 
     return score
 
@@ -74,12 +77,43 @@ def _agree(flag: float, device: torch.device, world: int) -> float:
     return float(t.item())
 
 
-def _batches(n_rows: int, seed: int, rank: int, world: int, per_worker: int) -> Iterator[np.ndarray]:
-    """This rank's row batches of one epoch: a seeded permutation cut into equal shards (every DDP rank takes the
-    same number of steps), then into batches of `per_worker`."""
-    n_per = n_rows // world
-    shard = np.random.default_rng(seed).permutation(n_rows)[rank * n_per : (rank + 1) * n_per]
-    return (shard[i : i + per_worker] for i in range(0, n_per, per_worker))
+def _batches(weights: np.ndarray, seed: int, rank: int, world: int, per_worker: int) -> Iterator[np.ndarray]:
+    """This rank's row batches of one epoch. A seeded permutation is cut into global batches of
+    `per_worker × world` rows, the batches one worker would take, and each global batch is split between the
+    ranks by `weights` (a row's target positions: its share of the full-softmax logits, most of a step's cost)
+    so that no rank waits for a heavier half at the step's all-reduce. Every rank takes the same number of steps
+    and rows; the global batches do not depend on the number of workers."""
+    size = per_worker * world
+    perm = np.random.default_rng(seed).permutation(len(weights))
+    for i in range(0, len(perm), size):
+        rows = perm[i : i + size]
+        take = len(rows) // world  # a last short batch: equal parts, the remainder left out
+        if take == 0:
+            return
+        yield _balanced_part(rows[: take * world], weights, rank, world)
+
+
+def _balanced_part(rows: np.ndarray, weights: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """`rank`'s part of `rows` cut into `world` equal-sized parts of near-equal weight: heaviest row first, each
+    to the lightest part that still has room (the same on every rank: a stable sort of the same rows)."""
+    if world == 1:
+        return rows
+    cap = len(rows) // world
+    load, size = np.zeros(world), np.zeros(world, dtype=np.int64)
+    mine = []
+    for r in rows[np.argsort(-weights[rows], kind="stable")]:
+        part = min((p for p in range(world) if size[p] < cap), key=lambda p: (load[p], p))
+        load[part] += weights[r]
+        size[part] += 1
+        if part == rank:
+            mine.append(r)
+    return np.sort(np.asarray(mine, dtype=np.int64))
+
+
+def _epoch_rows(n_rows: int, per_worker: int, world: int) -> int:
+    """Rows one epoch of `_batches` trains on, all ranks together."""
+    size = per_worker * world
+    return n_rows // size * size + n_rows % size // world * world
 
 
 def _refit(model: SASRec, ddp: torch.nn.Module, opt: torch.optim.Optimizer, best: dict[str, Any] | None,
@@ -97,10 +131,11 @@ def _refit(model: SASRec, ddp: torch.nn.Module, opt: torch.optim.Optimizer, best
         for t in model.state_dict().values():
             dist.broadcast(t, src=0)
     inputs, targets = config["refit_inputs"], config["refit_targets"]
+    weights = (targets != 0).sum(1)
     per_worker = max(1, cfg.batch_size // world)
     for epoch in range(cfg.refit_epochs):
         ddp.train()
-        batches = _batches(len(inputs), cfg.seed * 1_000 + 999 - epoch, rank, world, per_worker)
+        batches = _batches(weights, cfg.seed * 1_000 + 999 - epoch, rank, world, per_worker)
         run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device)
     model.eval()
     return on_cpu(model.state_dict())
@@ -118,26 +153,26 @@ def train_loop(config: dict[str, Any]) -> None:
     cfg = RetrievalConfig(**config["model"])
     torch.manual_seed(cfg.seed)
     model = SASRec(cfg, torch.from_numpy(config["content"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, restored = initial_state(model, opt, config)
     best = restored.get("best") if restored else None  # a resumed run keeps its best epoch (early stopping)
-    ddp = ray.train.torch.prepare_model(model)  # moves the model to the worker's device (and wraps it in DDP)
+    ddp = prepare_ddp(model)
     device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     inputs, targets = config["inputs"], config["targets"]
     per_worker = max(1, cfg.batch_size // world)
-    n_per = len(inputs) // world  # equal shards: every DDP rank takes the same number of steps
+    weights = (targets != 0).sum(1)  # a window's target positions (`_batches`)
     valid = config["valid"]
     spent = restored.get("spent", 0.0) if restored else 0.0
     stopped, last = (restored or {}).get("stopped", ""), start  # a restored run that had stopped trains no more
     for epoch in range(start, cfg.epochs if not stopped else start):
         t0 = time.perf_counter()
         ddp.train()
-        batches = _batches(len(inputs), cfg.seed * 1_000 + epoch, rank, world, per_worker)
+        batches = _batches(weights, cfg.seed * 1_000 + epoch, rank, world, per_worker)
         train_loss = run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "start_epoch": start,
-                   "epoch_seconds": time.perf_counter() - t0, "samples": int(n_per * world)}
+                   "epoch_seconds": time.perf_counter() - t0, "samples": _epoch_rows(len(inputs), per_worker, world)}
         if rank == 0:
             hists = [np.asarray(h) for h in valid["histories"]]
             rep = evaluate_full_ranking(

@@ -61,7 +61,9 @@ class ItemTower(nn.Module):
         return v
 
     def all_items(self) -> torch.Tensor:
-        return self.forward(torch.arange(self.id_emb.num_embeddings, device=self.id_emb.weight.device))
+        """Every item's vector, (n_items, d): the whole content table projected in one product, no gather."""
+        v = self.id_emb.weight
+        return v + self.proj(self.content) if self.proj is not None else v
 
 
 class SASRec(nn.Module):
@@ -74,29 +76,34 @@ class SASRec(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
         self.ln = nn.LayerNorm(cfg.d_model)
 
-    def encode(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq (B, T) left-padded item indices → hidden states (B, T, d)."""
+    def encode(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """seq (B, T) left-padded item indices → hidden states (B, T, d). `table`: `items.all_items()` when the
+        caller has it (training scores every item anyway): its rows are the inputs, so the content of the B·T
+        positions is neither gathered nor projected again. Without it (the exported encoder, one user a call) the
+        inputs come from the item tower row by row."""
         t = seq.shape[1]
-        x = self.items(seq) + self.pos.weight[-t:]  # right-aligned positions: the latest item is always last
+        x = self.items(seq) if table is None else table[seq]
+        x = x + self.pos.weight[-t:]  # right-aligned positions: the latest item is always last
         x = self.drop(x) * (seq != 0).unsqueeze(-1)
         mask = causal_padding_mask(seq)
         for block in self.blocks:
             x = block(x, mask)
         return self.ln(x)
 
-    def user_vector(self, seq: torch.Tensor) -> torch.Tensor:
+    def user_vector(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) → (B, d): the state after the most recent item; this is what the ONNX encoder exports."""
-        return self.encode(seq)[:, -1]
+        return self.encode(seq, table)[:, -1]
 
     def forward(self, seq: torch.Tensor, targets: torch.Tensor | None = None):
         """Without targets: (scores (B, T, n_items), None). With targets: (scores (N, n_items), loss) over the
         N non-padding target positions only: the full-softmax logits are most of a step's cost, and short
         histories leave many padded positions (ML-100K: 20% at length 50, 56% at 200)."""
-        h = self.encode(seq)  # (B, T, d)
+        table = self.items.all_items()  # (n_items, d): the inputs' rows and the output layer (tied)
+        h = self.encode(seq, table)  # (B, T, d)
         if targets is not None:
             keep = targets != 0
             h, targets = h[keep], targets[keep]
-        logits = h @ self.items.all_items().T
+        logits = h @ table.T
         logits[..., 0] = -1e9  # padding is never a prediction
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
