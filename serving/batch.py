@@ -111,7 +111,7 @@ class BatchPath:
 
     async def rank(self, user_id: int, k: int) -> tuple[UserContext, Candidates, RankedItems]:
         user = self.reader.user(user_id)
-        cands = self.recaller.candidates(user)
+        cands = self.recaller.candidates(user, n=self.ranker.pool(user_id))
         return user, cands, await self.ranker.rank(user, cands, k)
 
     async def close(self) -> None:

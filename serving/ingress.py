@@ -367,9 +367,11 @@ class Ingress:
         # even that yet (a replica that never reached Recall), said plainly.
         self._background()
         t = time.perf_counter()
+        n = self.ranker.pool(req.user_id, req.context) if self.ranker is not None else self.s.recall_candidates
         try:
             exclude = req.context.exclude_items if req.context else []
-            got: Recalled = await call_stage("recall", lambda: self.recall.recall.remote(req.user_id, exclude or None),
+            got: Recalled = await call_stage("recall",
+                                             lambda: self.recall.recall.remote(req.user_id, exclude or None, n),
                                              self.s.features_timeout_ms + self.s.recall_timeout_ms,
                                              self.breakers["recall"])
             user, cands, features_ms = got.user, got.candidates, got.features_ms
@@ -381,7 +383,7 @@ class Ingress:
             user, lost, features_ms = await read_user(self.reader, req.user_id, self.s.features_timeout_ms)
             if lost:
                 degraded.append(lost)
-            cands = _popular_order(self.popular, user, self.s.recall_candidates,
+            cands = _popular_order(self.popular, user, n,
                                    req.context.exclude_items if req.context else [], self.retired)
             degraded.append(Degradation(stage="recall", reason=e.reason, fallback="popular items"))
         timings["features"] = round(features_ms, 3)

@@ -106,6 +106,7 @@ class RankerVersion:
     # A "projected" graph's content layer, (d, content_dim + 1), weight then bias: applied here to each item once
     # (kept per item), so a request carries d floats per candidate; None: the graph takes raw content (older ones)
     content_projection: np.ndarray | None = None
+    candidates: int = 0  # how many of recall's model candidates it re-orders (chosen on validation); 0: all
 
     @classmethod
     def load(cls, settings: Settings, version: str) -> RankerVersion:
@@ -118,7 +119,7 @@ class RankerVersion:
                                        "`recsys export` again")
             projection = np.load(path).astype(np.float32)
         return cls(version, list(cfg["genres"]), int(cfg["max_len"]), float(cfg.get("recall_weight", 0.0)),
-                   cfg.get("serving_inputs", "per_row") == "user_once", projection)
+                   cfg.get("serving_inputs", "per_row") == "user_once", projection, int(cfg.get("candidates", 0)))
 
     def content(self, rows: ItemRows) -> np.ndarray:
         """The graph's `item_content` rows for these items."""
@@ -162,6 +163,16 @@ class RankingStage:
         if route.challenger and user_bucket(user_id) < route.percent:
             return models.get(route.challenger, models[route.champion])
         return models[route.champion]
+
+    def pool(self, user_id: int, context: RequestContext | None = None) -> int:
+        """How many model candidates to ask recall for: as many as this user's ranker version re-orders (chosen on
+        validation), or the whole `recall_candidates` pool for a request whose genre/year filters will drop some
+        (the ranker then re-orders its count of those that pass)."""
+        n = self.settings.recall_candidates
+        wanted = self.model_for(user_id).candidates
+        if wanted <= 0 or (context is not None and context.filters_items()):
+            return n
+        return min(n, wanted)
 
     def inputs(self, user: UserContext, cands: Candidates, items: ItemRows,
                model: RankerVersion | None = None) -> dict[str, np.ndarray]:
@@ -209,6 +220,8 @@ class RankingStage:
                 return RankedItems(items=[], model_version="")
         degraded = None
         model = self.model_for(user.user_id)
+        if model.candidates > 0:  # a larger pool (a filtered request's): the ranker re-orders its count of it
+            cands, items = _cap_model_channel(cands, items, model.candidates)
         version = model.version
         recall = np.asarray(cands.scores, dtype=np.float64)
         p_click: np.ndarray | None = None
@@ -247,6 +260,16 @@ class RankingStage:
 def _take(cands: Candidates, keep: list[int]) -> Candidates:
     return Candidates(item_ids=[cands.item_ids[j] for j in keep], scores=[cands.scores[j] for j in keep],
                       channels=[cands.channels[j] for j in keep], model_version=cands.model_version)
+
+
+def _cap_model_channel(cands: Candidates, items: ItemRows, n: int) -> tuple[Candidates, ItemRows]:
+    """The first n candidates of recall's model channel (it comes in recall order) and every other channel's."""
+    model = [j for j, c in enumerate(cands.channels) if c in ("ann", "exact")]
+    if len(model) <= n:
+        return cands, items
+    drop = set(model[n:])
+    keep = [j for j in range(len(cands.item_ids)) if j not in drop]
+    return _take(cands, keep), take_rows(items, keep)
 
 
 def _item_dense(genres: list[str], rows: ItemRows) -> np.ndarray:

@@ -137,20 +137,24 @@ class Recaller:
             self._vectors.popitem(last=False)
         return u
 
-    def candidates(self, user: UserContext, exclude: list[int] | tuple[int, ...] = ()) -> Candidates:
+    def candidates(self, user: UserContext, exclude: list[int] | tuple[int, ...] = (),
+                   n: int | None = None) -> Candidates:
         """The user's whole exclusion set (`UserContext.excluded`) is filtered, not only the model's window, and
-        the request's `exclude` (its context's `exclude_items`), and retired items."""
+        the request's `exclude` (its context's `exclude_items`), and retired items. `n`: the model channel's size
+        (the ranker version's, `RankingStage.pool`; default `recall_candidates`), also the popular answer's for a
+        user without history."""
+        n = self.n if n is None else max(1, min(int(n), self.n))
         hist = self.history(user.recent_items)
         seen = self._retired_mask.copy()  # over index positions; the user's own set can hold thousands of ids
         pos = self.positions.rows([*user.excluded(), *exclude])
         seen[pos[pos > 0]] = True
         if not hist[0].any():
-            cands = self._popular(seen, self.n, np.zeros(0, dtype=np.int64), np.zeros(0), vector=None)
+            cands = self._popular(seen, n, np.zeros(0, dtype=np.int64), np.zeros(0), vector=None)
             return self._add_new(cands, user, exclude, None)
         u = self.user_vector(hist)
-        idx, scores, channel = self._search(u, self.n + int(seen.sum()))
+        idx, scores, channel = self._search(u, n + int(seen.sum()))
         keep = ~seen[idx]
-        idx, scores = idx[keep][: self.n], scores[keep][: self.n]
+        idx, scores = idx[keep][:n], scores[keep][:n]
         cands = self._popular(seen, self.n_popular, idx, scores, vector=u, channel=channel)
         return self._add_new(cands, user, exclude, u)
 
@@ -244,12 +248,12 @@ class Recall:
         except Exception as e:  # the event log unreachable: the popular channel keeps its last order
             log.warning("recall: event stream unreadable (%s); popularity not refreshed", one_line(e))
 
-    async def recall(self, user_id: int, exclude: list[int] | None = None) -> Recalled:
-        """Features within their timeout (else cold start, flagged), then candidates: ~1 ms of numpy/faiss,
-        cheaper inline than a thread hop."""
+    async def recall(self, user_id: int, exclude: list[int] | None = None, n: int | None = None) -> Recalled:
+        """Features within their timeout (else cold start, flagged), then n candidates (the Ingress asks for as
+        many as the user's ranker re-orders): ~1 ms of numpy/faiss, cheaper inline than a thread hop."""
         self._ensure_refresh()
         user, degraded, features_ms = await read_user(self.reader, user_id, self.settings.features_timeout_ms)
-        cands = self.recaller.candidates(user, exclude or ())
+        cands = self.recaller.candidates(user, exclude or (), n)
         user.seen_items = None  # used; the later stages need only the profile
         return Recalled(user=user, candidates=cands, features_ms=features_ms, degraded=degraded)
 

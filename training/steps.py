@@ -260,6 +260,8 @@ def train_ranking_step(settings: Settings, resume: bool = False, warm_start: boo
                    **{f"val_{k}": v for k, v in out.classification.items()},
                    "train_seconds": out.train_seconds, "samples_per_second": out.samples_per_second,
                    "epochs_completed": out.epochs, "recall_weight": out.model.cfg.recall_weight,
+                   "ranking_candidates": out.model.cfg.candidates,
+                   **({f"val_ndcg_at_10_candidates_{c}": v for c, v in out.blend.ndcg.items()} if out.blend else {}),
                    "refit_epochs": cfg.refit_epochs if out.selected is not None else 0}
         version = register_ranker(settings, prepared, out.model, metrics, recall_version, out.selected)
     return {"model": RANKER_MODEL, "version": version, "run_id": run.info.run_id, **metrics}

@@ -60,8 +60,14 @@ def write_zero_model(repo: Path) -> Path:
 
 
 def candidate_count(settings: Settings) -> int:
-    """As many candidates as the platform's recall hands to ranking (model channel + popular channel)."""
-    return settings.recall_candidates + settings.popular_candidates
+    """As many candidates as the platform's recall hands to ranking for a known user: the champion ranker's model
+    channel (the count it re-orders, chosen on validation; `RankingStage.pool`) and the popular channel."""
+    from core.artifacts import model_info, read_route
+    from core.names import RANKER
+
+    chosen = int(model_info(settings, RANKER, read_route(settings).champion).config.get("candidates", 0))
+    n = min(chosen, settings.recall_candidates) if chosen > 0 else settings.recall_candidates
+    return n + settings.popular_candidates
 
 
 api = FastAPI(title="floor")

@@ -46,7 +46,7 @@ def served_lists(settings: Settings, stage: str = "test", k: int = 10) -> dict[s
             user = UserContext(user_id=uid, known=bool(ids), recent_items=ids[-settings.sequence_length:],
                                n_interactions=len(ids), mean_rating=float(np.mean(r)) if r else 0.0,
                                seen_items=ids)
-            ranked = await ranking.rank(user, recaller.candidates(user), k)
+            ranked = await ranking.rank(user, recaller.candidates(user, n=ranking.pool(uid)), k)
             out.append([it.item_id for it in ranked.items])
         return out
 

@@ -148,7 +148,7 @@ def in_process(s: Settings, users: list[int], n: int = 200) -> dict[str, float]:
         for i in range(n):
             t0 = time.perf_counter()
             user = reader.user(users[i % len(users)])
-            await ranker.rank(user, recaller.candidates(user), 10)
+            await ranker.rank(user, recaller.candidates(user, n=ranker.pool(user.user_id)), 10)
             out.append((time.perf_counter() - t0) * 1e3)
         await ranker.client.close()
         return out

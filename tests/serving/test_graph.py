@@ -1137,6 +1137,7 @@ def test_recall_candidates_leave_out_what_the_user_has_and_retired_items_and_fil
 
     s = load_settings()
     recaller = Recaller(s)
+    recaller.n_popular = 20  # the channel is off by default (`popular_candidates`); on, it fills after the model's
     user = FeatureReader(s).user(7)
     assert user.known and user.recent_items
     first = recaller.candidates(user)
@@ -1148,7 +1149,7 @@ def test_recall_candidates_leave_out_what_the_user_has_and_retired_items_and_fil
     ids = cands.item_ids
     left_out = set(user.excluded()) | {retired, excluded}
     available = len(set(recaller.index_of) - left_out)  # the synthetic catalogue is smaller than 250 items
-    assert len(ids) == len(set(ids)) == min(s.recall_candidates + s.popular_candidates, available)
+    assert len(ids) == len(set(ids)) == min(s.recall_candidates + recaller.n_popular, available)
     assert not set(ids) & left_out
     n_model = cands.channels.count("exact")  # a catalogue under `exact_recall_max_items`: every item scored
     assert 0 < n_model <= s.recall_candidates and cands.channels[n_model:] == ["popular"] * (len(ids) - n_model)
@@ -1162,6 +1163,9 @@ def test_recall_candidates_leave_out_what_the_user_has_and_retired_items_and_fil
     top = recaller.candidates(user, [excluded])
     best = sorted(everyone, key=lambda i: -everyone[i])[:10]
     assert top.channels[:10] == ["exact"] * 10 and top.item_ids[:10] == best
+    asked = recaller.candidates(user, [excluded], n=5)  # the ranker's count (`RankingStage.pool`): its top five
+    assert asked.channels.count("exact") == 5 and asked.item_ids[:5] == best[:5]
+    assert recaller.candidates(user, [excluded], n=10**6).channels.count("exact") == 10  # never past recall's own n
     recaller.exact_max = 0  # past the threshold: the HNSW index answers, the same items but for the approximation
     approx = recaller.candidates(user, [excluded])
     assert approx.channels[:10] == ["ann"] * 10 and len(set(approx.item_ids[:10]) & set(top.item_ids[:10])) >= 9

@@ -149,17 +149,7 @@ def evaluate_full_ranking(
     if k < 1 or batch_size < 1:
         raise ValueError("k and batch_size must be >= 1")
 
-    # Independent streams so the rank draws do not depend on how many top-k keys were drawn before.
-    rank_rng = np.random.default_rng(seed)
-    topk_rng = np.random.default_rng([seed, 1])
-    ranks = np.empty(n, dtype=np.int64)
-    top_k = np.empty((n, min(k, n_items + 1)), dtype=np.int64)
-    for start in range(0, n, batch_size):
-        sl = slice(start, min(start + batch_size, n))
-        scores = _masked_scores(score_fn(users[sl]), histories[sl], targets[sl], n_items)
-        ranks[sl] = ranks_from_scores(scores, targets[sl], rank_rng)
-        top_k[sl] = top_k_from_scores(scores, k, topk_rng)
-
+    ranks, top_k = full_ranks(score_fn, users, histories, targets, n_items, k, seed, batch_size)
     hr, hr_se = mean_and_se(hit_rate_from_ranks(ranks, k))
     ndcg, ndcg_se = mean_and_se(ndcg_from_ranks(ranks, k))
     mrr, mrr_se = mean_and_se(reciprocal_rank_from_ranks(ranks))
@@ -174,3 +164,23 @@ def evaluate_full_ranking(
         n_users=n,
         k=k,
     )
+
+
+def full_ranks(score_fn: ScoreFn, users: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
+               n_items: int, k: int = 10, seed: int = 0, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's target rank (1 = first) and top-k item indices under the protocol (`evaluate_full_ranking`'s
+    arguments, already checked): per-user values, for paired comparisons of two scorers on the same users."""
+    users = np.asarray(users)
+    targets = np.asarray(targets, dtype=np.int64)
+    n = len(users)
+    # Independent streams so the rank draws do not depend on how many top-k keys were drawn before.
+    rank_rng = np.random.default_rng(seed)
+    topk_rng = np.random.default_rng([seed, 1])
+    ranks = np.empty(n, dtype=np.int64)
+    top_k = np.empty((n, min(k, n_items + 1)), dtype=np.int64)
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(start + batch_size, n))
+        scores = _masked_scores(score_fn(users[sl]), histories[sl], targets[sl], n_items)
+        ranks[sl] = ranks_from_scores(scores, targets[sl], rank_rng)
+        top_k[sl] = top_k_from_scores(scores, k, topk_rng)
+    return ranks, top_k

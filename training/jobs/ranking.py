@@ -14,8 +14,8 @@ from core.quiet import quiet_third_party
 from core.ranking_inputs import RECALL_WEIGHTS, blend
 from core.settings import Settings
 from training.datasets import Prepared
-from training.evaluation.metrics import auc, logloss, mae, rmse
-from training.evaluation.protocol import RankingReport, evaluate_full_ranking
+from training.evaluation.metrics import auc, logloss, mae, ndcg_from_ranks, rmse
+from training.evaluation.protocol import RankingReport, evaluate_full_ranking, full_ranks
 from training.jobs.common import (
     fit,
     fits,
@@ -42,7 +42,10 @@ from training.ranking_data import (
     user_rows,
 )
 
-RECALL_N = 200  # candidates the ranker re-orders (the serving default)
+RECALL_N = 200  # the most candidates the ranker re-orders (the serving default, `recall_candidates`)
+# Candidate counts tried on validation: the ranker's cost is linear in them on every request (ONNX rows, item
+# rows, the blend), so a larger pool must earn its place (`tune_blend`).
+CANDIDATE_COUNTS = (25, 50, 100, RECALL_N)
 
 
 def batch_arrays(users: UserRows, items: ItemTable, user_row: np.ndarray, item: np.ndarray,
@@ -150,14 +153,17 @@ def stage_data(settings: Settings, prepared: Prepared, recall: SASRec, stage: st
 
 def candidate_scores(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable, n: int = RECALL_N):
     """For every evaluation user: recall scores over the catalogue (U, n_items + 1), recall's top-n unseen
-    candidates (U, n) and the ranker's p(click) for them (U, n)."""
+    candidates in recall order (U, n), so any first m columns are its top m, and the ranker's p(click) for them."""
     item_vectors = recall.items.all_items().detach().numpy()
     s = data.users.vectors @ item_vectors.T
+    n = min(n, s.shape[1] - 1)  # a catalogue smaller than the pool: every item is a candidate
     masked = s.copy()
     masked[:, 0] = -np.inf
     for r, hist in enumerate(data.histories):
         masked[r, hist] = -np.inf
     cand = np.argpartition(-masked, n, axis=1)[:, :n]
+    order = np.argsort(-np.take_along_axis(masked, cand, axis=1), axis=1, kind="stable")
+    cand = np.take_along_axis(cand, order, axis=1)
     rows = np.arange(len(s))
     p, _ = predict(ranker, data.users, items, np.repeat(rows, n), cand.reshape(-1),
                    np.take_along_axis(s, cand, axis=1).reshape(-1))
@@ -185,20 +191,50 @@ def evaluate_pipeline(ranker: Ranker | None, recall: SASRec, data: StageData, it
     if ranker is None:
         fn = pipeline_scores(data.users.vectors @ recall.items.all_items().detach().numpy().T, None, None, 0.0)
     else:
-        s, cand, p = candidate_scores(ranker, recall, data, items)
+        s, cand, p = candidate_scores(ranker, recall, data, items, ranker.cfg.candidates or RECALL_N)
         fn = pipeline_scores(s, cand, p, ranker.cfg.recall_weight if weight is None else weight)
     return evaluate_full_ranking(fn, rows, data.histories, data.targets, n_items, seed=seed)
 
 
-def tune_recall_weight(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable, n_items: int,
-                       seed: int) -> tuple[float, dict[float, float]]:
-    """The blend weight with the best validation NDCG@10 (ties → the smaller weight, i.e. more ranker)."""
-    s, cand, p = candidate_scores(ranker, recall, data, items)
+@dataclass(frozen=True)
+class BlendChoice:
+    """The served blend chosen on validation: how many of recall's candidates the ranker re-orders, and the
+    recall weight; with each count's best weight and validation NDCG@10, for the run's record."""
+
+    candidates: int
+    weight: float
+    ndcg: dict[int, float]  # candidate count → validation NDCG@10 at its best weight
+    weights: dict[int, float]  # candidate count → that weight
+
+
+def tune_blend(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable, n_items: int,
+               seed: int) -> BlendChoice:
+    """For each candidate count the weight with the best validation NDCG@10 (ties → the smaller weight, more
+    ranker); then the one-standard-error rule over counts: the smallest count whose NDCG@10 is within one
+    standard error of the best count's, the error taken over the users' paired differences. A larger pool costs
+    ranking time on every request, so it is served only when validation shows it earns more than noise."""
+    counts = [c for c in CANDIDATE_COUNTS if c <= RECALL_N]
+    s, cand, p = candidate_scores(ranker, recall, data, items, max(counts))
     rows = np.arange(len(data.targets))
-    ndcg = {w: evaluate_full_ranking(pipeline_scores(s, cand, p, w), rows, data.histories, data.targets, n_items,
-                                     seed=seed).ndcg for w in RECALL_WEIGHTS}
-    best = max(RECALL_WEIGHTS, key=lambda w: (ndcg[w], -w))
-    return best, ndcg
+    best: dict[int, tuple[float, float, np.ndarray]] = {}  # count → (ndcg, weight, per-user ndcg)
+    for c in counts:
+        for w in RECALL_WEIGHTS:
+            ranks, _ = full_ranks(pipeline_scores(s, cand[:, :c], p[:, :c], w), rows, data.histories,
+                                  data.targets, n_items, seed=seed)
+            per_user = ndcg_from_ranks(ranks, 10)
+            if c not in best or per_user.mean() > best[c][0]:
+                best[c] = (float(per_user.mean()), w, per_user)
+    top = max(counts, key=lambda c: (best[c][0], -c))
+    chosen = next(c for c in counts if _within_one_se(best[c][2], best[top][2]))
+    return BlendChoice(chosen, best[chosen][1], {c: round(best[c][0], 5) for c in counts},
+                       {c: best[c][1] for c in counts})
+
+
+def _within_one_se(candidate: np.ndarray, best: np.ndarray) -> bool:
+    """Whether `candidate`'s mean is at most one standard error (of the paired per-user difference) below `best`'s."""
+    diff = candidate - best
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return float(diff.mean()) >= -se
 
 
 def classification_metrics(ranker: Ranker, recall: SASRec, data: StageData, items: ItemTable,
@@ -226,6 +262,7 @@ class RankingOutcome:
     epochs: int
     warm_started: bool = False  # began from the champion's weights
     selected: Ranker | None = None  # the weights before the refit, which validation judged (None: no refit ran)
+    blend: BlendChoice | None = None  # the candidate count and recall weight validation chose
 
 
 def _examples(settings: Settings, prepared: Prepared, recall: SASRec, cfg: RankingConfig, per_user: int,
@@ -278,7 +315,8 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     valid = stage_data(settings, prepared, recall_valid, "valid")
     test = stage_data(settings, prepared, recall, "test")
     n = prepared.n_items
-    model.cfg.recall_weight, _ = tune_recall_weight(selected, recall_valid, valid, items, n, cfg.seed)
+    choice = tune_blend(selected, recall_valid, valid, items, n, cfg.seed)
+    model.cfg.candidates, model.cfg.recall_weight = choice.candidates, choice.weight
     samples = len(ex.item) * cfg.epochs + (len(config["refit_examples"].item) * cfg.refit_epochs
                                            if state.get("refit_done") else 0)
     return RankingOutcome(
@@ -289,5 +327,5 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
         evaluate_pipeline(None, recall, test, items, n, cfg.seed),
         classification_metrics(selected, recall_valid, valid, items, cfg),
         seconds, samples / seconds, state["epoch"], config["init"] is not None,
-        selected if selected is not model else None,
+        selected if selected is not model else None, choice,
     )

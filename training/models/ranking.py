@@ -37,6 +37,10 @@ class RankingConfig:
     negatives: int = 4  # sampled negatives per positive (half hard from recall, half uniform)
     seed: int = 0  # initialisation and sampling seed
     recall_weight: float = 0.0  # serving order = z(logit p_click) + w·z(recall score); tuned on validation
+    # How many of recall's candidates (its top, in recall order) the ranker re-orders when serving; chosen on
+    # validation with recall_weight (`training.jobs.ranking.tune_blend`). 0: not chosen (configs written before
+    # this field existed): serving re-orders `recall_candidates`.
+    candidates: int = 0
     # Layout of the exported graph's inputs: "user_once" = history and user_dense as one row per request, the
     # rest one row per candidate. Configs written before this field existed lack it: serving reads "per_row".
     serving_inputs: str = "user_once"
