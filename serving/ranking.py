@@ -168,11 +168,9 @@ class RankingStage:
         """How many model candidates to ask recall for: as many as this user's ranker version re-orders (chosen on
         validation), or the whole `recall_candidates` pool for a request whose genre/year filters will drop some
         (the ranker then re-orders its count of those that pass)."""
-        n = self.settings.recall_candidates
-        wanted = self.model_for(user_id).candidates
-        if wanted <= 0 or (context is not None and context.filters_items()):
-            return n
-        return min(n, wanted)
+        if context is not None and context.filters_items():
+            return self.settings.recall_candidates
+        return pool_size(self.settings, self.model_for(user_id).candidates)
 
     def inputs(self, user: UserContext, cands: Candidates, items: ItemRows,
                model: RankerVersion | None = None) -> dict[str, np.ndarray]:
@@ -260,6 +258,12 @@ class RankingStage:
 def _take(cands: Candidates, keep: list[int]) -> Candidates:
     return Candidates(item_ids=[cands.item_ids[j] for j in keep], scores=[cands.scores[j] for j in keep],
                       channels=[cands.channels[j] for j in keep], model_version=cands.model_version)
+
+
+def pool_size(settings: Settings, chosen: int) -> int:
+    """The model channel a ranker version re-orders: its count chosen on validation, at most `recall_candidates`;
+    a version without a choice (0) re-orders the whole pool."""
+    return settings.recall_candidates if chosen <= 0 else min(settings.recall_candidates, chosen)
 
 
 def _cap_model_channel(cands: Candidates, items: ItemRows, n: int) -> tuple[Candidates, ItemRows]:

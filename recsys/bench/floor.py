@@ -64,10 +64,10 @@ def candidate_count(settings: Settings) -> int:
     channel (the count it re-orders, chosen on validation; `RankingStage.pool`) and the popular channel."""
     from core.artifacts import model_info, read_route
     from core.names import RANKER
+    from serving.ranking import pool_size
 
     chosen = int(model_info(settings, RANKER, read_route(settings).champion).config.get("candidates", 0))
-    n = min(chosen, settings.recall_candidates) if chosen > 0 else settings.recall_candidates
-    return n + settings.popular_candidates
+    return pool_size(settings, chosen) + settings.popular_candidates
 
 
 api = FastAPI(title="floor")
