@@ -392,10 +392,14 @@ def copy_lm_serving_report(sv: dict[str, Any]) -> list[str]:
         return ["## Serving with the copy LM loaded", "", f"Not measured: {cl['error']}", ""]
     warm = ", ".join(f"{w['degraded']}/{w['requests']}" for w in cl["warm_up"])
     sitting = f" (measured in a sitting of its own at commit {cl['measured_at']})" if cl.get("measured_at") else ""
+    steps = cl.get("adapter_steps")
+    adapter = "" if steps is None else (f"Adapter: {steps} LoRA steps" + (
+        " (a stand-in: `--suite serving` ran without the copy suite, whose adapter these rows are meant to use; "
+        "its misses cost several times a tuned one's)" if steps < 50 else "") + ". ")
     lines = [f"## Serving with the copy LM loaded (v{cl['version']}){sitting}", "",
-             f"The Copy replica loaded the model and warmed its cache in {cl['ready_s']} s. Warm: a Zipf stream over "
-             f"20 users, warmed at 2 clients until at most 1 % of answers had a late copy (degraded / answered per "
-             f"warm-up round: {warm}); then without and with copy, interleaved, concurrency 8.", "",
+             f"{adapter}The Copy replica loaded the model and warmed its cache in {cl['ready_s']} s. Warm: a Zipf "
+             f"stream over 20 users, warmed at 2 clients until at most 1 % of answers had a late copy (degraded / "
+             f"answered per warm-up round: {warm}); then without and with copy, interleaved, concurrency 8.", "",
              "| copy | req/s | p50 ms | p99 ms | degraded |", "|---|---|---|---|---|"]
     for pair in zip(cl["runs"]["no_copy"], cl["runs"]["copy"], strict=True):
         for name, x in zip(("off", "model copy"), pair, strict=True):

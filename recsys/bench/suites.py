@@ -354,6 +354,19 @@ def _copy_champion(s: Settings, console: Console) -> None:
                       "steps)")
 
 
+def _adapter_steps(s: Settings, version: str) -> int | None:
+    """LoRA steps of the exported copy model the rows ran with: the copy suite's real adapter (200 by default), or
+    the 8-step stand-in trained when the serving suite runs alone (its copies are longer and rarely drafted, so
+    misses cost several times more and the warm rows may not settle)."""
+    from core.artifacts import COPY_DIR
+    from core.copy_lm import read_copy_folder
+
+    try:
+        return int(read_copy_folder(s.model_repo / COPY_DIR / version)[0].steps)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: list[int], seconds: float,
                  repeats: int = 2, warm_rounds: int = 20) -> dict[str, Any]:
     """`/recommend` with the copy LM loaded. Warm: a Zipf stream over 20 users (the steady state of repeat
@@ -393,7 +406,8 @@ def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: li
     ratio = round(float(np.median([r["p99_ms"] for r in runs["copy"]]))
                   / float(np.median([r["p99_ms"] for r in runs["no_copy"]])), 3)
     copy_cdf = cold["stage_cdf_ms"].get("copy", [])
-    out = {"version": version, "ready_s": ready_s, "warm_up": warm, "runs": runs, "warm_p99_ratio": ratio,
+    out = {"version": version, "adapter_steps": _adapter_steps(s, version), "ready_s": ready_s, "warm_up": warm,
+           "runs": runs, "warm_p99_ratio": ratio,
            "cold": cold, "cold_copy_p95_ms": copy_cdf[-2] if copy_cdf else None,
            "cold_copy_max_ms": copy_cdf[-1] if copy_cdf else None, "copy_budget_ms": s.copy_budget_ms,
            "copy_timeout_ms": s.copy_timeout_ms}
@@ -467,6 +481,10 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
         from recsys.bench.transfer import transfer_suite
 
         run("transfer", lambda: transfer_suite(s, console))
+    if "copy" in suites:  # before serving: its rows with the copy LM loaded then use this real adapter
+        from recsys.bench.copy_lm import copy_suite
+
+        run("copy", lambda: copy_suite(s, console))
     if "serving" in suites:
         run("serving", lambda: serving(s, console))
     if "scaling" in suites:
@@ -476,10 +494,6 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
             prepare_data(s)
             build_feature_store(s)
         run("scaling", lambda: training_scaling(s, console))
-    if "copy" in suites:
-        from recsys.bench.copy_lm import copy_suite
-
-        run("copy", lambda: copy_suite(s, console))
     if "factuality" in suites:
         from recsys.bench.copy_lm import factuality_suite
 

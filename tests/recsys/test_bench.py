@@ -149,6 +149,10 @@ def test_the_copy_lm_section_pairs_the_warm_runs_and_flags_a_cold_copy_past_its_
     alone = "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "measured_at": "abc1234", "peak_rss_gib": 3.4,
                                                             "peak_rss_gib_by_process": {"Copy": 1.2}}}))
     assert "(measured in a sitting of its own at commit abc1234)" in alone
+    assert "Adapter" not in text  # results written before the steps were recorded
+    tuned, stand_in = ({"copy_lm": {**cl, "adapter_steps": n}} for n in (200, 8))
+    assert "Adapter: 200 LoRA steps. The Copy" in "\n".join(copy_lm_serving_report(tuned))
+    assert "a stand-in" in "\n".join(copy_lm_serving_report(stand_in))
     assert "copy LM loaded: 3.4 GiB (target ≤ 3); by process (GiB): Copy 1.2." in alone
 
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -185,8 +187,17 @@ def fit(
     )
     from training.progress import EpochLines
 
-    with EpochLines(job, config.get("mlflow"), total_epochs):  # a line per epoch on this console
-        result = trainer.fit()
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with EpochLines(job, config.get("mlflow"), total_epochs):  # a line per epoch on this console
+            result = trainer.fit()
+    finally:
+        # Ray Train's fit installs a SIGINT handler that holds its controller actor's handle
+        # (ray/train/v2/api/data_parallel_trainer.py, _register_sigint_handler) and never removes it: in a
+        # long-lived driver (the bench, a retrain loop) the TrainController and its DatasetManager (~0.6 GiB)
+        # stayed alive after the run. The previous handler back = the handle dropped = both actors end.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
     if result.error:
         raise RuntimeError(f"{job} training failed: {result.error}")
     _pointer(settings, job).unlink(missing_ok=True)  # finished: the next `train` starts fresh
