@@ -60,11 +60,13 @@ class Settings(BaseModel):
     ray_head_port: int = 6379  # GCS port of the local Ray head that `recsys serve` starts
     train_workers: int = 2  # Ray Train workers (DDP)
     use_gpu: bool = False  # one GPU per Ray Train worker
-    retrieval_epochs: int = 40  # epochs of the retrieval model at most (the best validation epoch is kept)
+    retrieval_epochs: int = 100  # epochs of the retrieval model at most (the best validation epoch is kept)
     retrieval_patience: int = 10  # stop after this many epochs without a better validation NDCG@10 (0: never)
     retrieval_plateau: int = 0  # halve the learning rate after this many epochs without one (0: never)
     retrieval_budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: none)
     retrieval_refit_epochs: int = 2  # then this many epochs from the kept weights over the validation interactions too
+    retrieval_members: int = 2  # independent encoders trained side by side, scores summed (one dot product; 1: single)
+    retrieval_average_epochs: float = 2.7  # horizon in epochs of the weight average validation judges (0: raw weights)
     ranking_epochs: int = 4  # epochs of the ranking model
     ranking_refit_epochs: int = 2  # then this many epochs over examples through the validation interactions
     seed: int = 0  # seed for data splits, sampling and initialisation

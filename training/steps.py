@@ -88,7 +88,8 @@ def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -
     cfg = RetrievalConfig(n_items=prepared.n_items + 1, max_len=settings.sequence_length,
                           epochs=settings.retrieval_epochs, patience=settings.retrieval_patience,
                           plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s,
-                          refit_epochs=settings.retrieval_refit_epochs, seed=settings.seed)
+                          refit_epochs=settings.retrieval_refit_epochs, members=settings.retrieval_members,
+                          average_epochs=settings.retrieval_average_epochs, seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

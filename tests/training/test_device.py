@@ -76,7 +76,7 @@ def test_both_jobs_train_and_validate_on_the_workers_device() -> None:
         src = inspect.getsource(job.train_loop)
         epoch = inspect.getsource(job._epoch) if hasattr(job, "_epoch") else src  # the ranker's epoch is a helper
         assert "device = ray.train.torch.get_device()" in src and "run_epoch(" in epoch, job.__name__
-    assert "score_fn(model, valid[\"seqs\"], device)" in inspect.getsource(retrieval.train_loop)
+    assert "score_fn(judged, valid[\"seqs\"], device)" in inspect.getsource(retrieval.train_loop)
 
 
 def test_validation_scores_users_on_the_models_device() -> None:

@@ -88,3 +88,73 @@ def test_the_user_encoder_exports_to_onnx_without_tracer_warnings(tmp_path) -> N
     assert (tmp_path / "user_encoder.onnx").exists()
     ours = [w for w in seen if issubclass(w.category, torch.jit.TracerWarning) and "site-packages" not in w.filename]
     assert not ours, [f"{w.filename}:{w.lineno} {w.message}" for w in ours]
+
+
+def test_members_are_independent_models_whose_scores_add() -> None:
+    """Two members = two single models side by side: the same user vectors (concatenated), scores that are the
+    sum of theirs (one dot product, so recall's index does not change), a loss that is the mean of theirs, and
+    each member's gradients come from its own loss alone."""
+    torch.manual_seed(0)
+    kw = dict(n_items=30, max_len=6, d_model=16, n_heads=2, n_layers=2, dropout=0.0, content_dim=8)
+    content = torch.randn(30, 8).index_fill_(0, torch.tensor([0]), 0.0)
+    singles = [SASRec(RetrievalConfig(**kw), content).eval() for _ in range(2)]
+    for m in singles:  # a non-trivial layer norm, so a shared or swapped one would show
+        torch.nn.init.normal_(m.ln.weight)
+        torch.nn.init.normal_(m.ln.bias)
+    pair = SASRec(RetrievalConfig(**kw, members=2), content).eval()
+    state = {}
+    for name, value in pair.state_dict().items():
+        if name.startswith("blocks."):  # member i's layers are blocks [2i, 2i + 1]
+            i = int(name.split(".")[1])
+            state[name] = singles[i // 2].state_dict()[f"blocks.{i % 2}." + name.split(".", 2)[2]]
+        elif name == "items.content":
+            state[name] = value
+        else:  # one slice per member along the feature dimension
+            state[name] = torch.cat([m.state_dict()[name] for m in singles], dim=0 if "proj" in name else -1)
+    pair.load_state_dict(state)
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    targets = torch.tensor([[0, 0, 4, 5, 6, 8], [2, 3, 4, 5, 6, 9]])
+    torch.testing.assert_close(pair.user_vector(seq), torch.cat([m.user_vector(seq) for m in singles], dim=-1))
+    logits, loss = pair(seq, targets)
+    alone = [m(seq, targets) for m in singles]
+    torch.testing.assert_close(logits, alone[0][0] + alone[1][0])
+    torch.testing.assert_close(loss, (alone[0][1] + alone[1][1]) / 2)
+    grads = dict(zip([n for n, _ in pair.named_parameters()], torch.autograd.grad(loss, list(pair.parameters())),
+                     strict=True))
+    own = dict(zip([n for n, _ in singles[1].named_parameters()],
+                   torch.autograd.grad(alone[1][1] / 2, list(singles[1].parameters())), strict=True))
+    torch.testing.assert_close(grads["blocks.2.attn.qkv.weight"], own["blocks.0.attn.qkv.weight"])
+    torch.testing.assert_close(grads["items.id_emb.weight"][:, 16:], own["items.id_emb.weight"])
+    torch.testing.assert_close(grads["ln.weight"][16:], own["ln.weight"])
+
+
+def test_the_weight_average_spans_the_same_epochs_on_any_data_size() -> None:
+    from training.jobs.retrieval import weight_average
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    assert weight_average(model, 0.0, 75) is None  # off: validation judges the raw weights
+    for steps in (3, 75):  # a tiny data set and ML-100K's steps an epoch
+        avg = weight_average(model, 2.0, steps)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+            avg.update_parameters(model)  # the first update copies
+            model.weight.fill_(1.0)
+            for _ in range(2 * steps):  # two epochs of steps at weight 1
+                avg.update_parameters(model)
+        expected = 1 - (1 - 1 / (2 * steps)) ** (2 * steps)  # ≈ 1 − 1/e whatever the step count
+        torch.testing.assert_close(avg.module.weight, torch.full((1, 2), expected))
+        assert 0.6 < expected < 0.7
+
+
+def test_a_two_member_encoder_exports_to_onnx_with_the_same_user_vectors(tmp_path) -> None:
+    from training.models.retrieval import UserEncoder
+    from training.onnx_export import export_user_encoder, parity, user_encoder_example
+
+    torch.manual_seed(0)
+    cfg = RetrievalConfig(n_items=20, max_len=6, d_model=16, n_heads=2, content_dim=8, members=2)
+    model = SASRec(cfg, torch.randn(20, 8)).eval()
+    torch.nn.init.normal_(model.ln.weight)
+    path = export_user_encoder(model, tmp_path / "user_encoder.onnx")
+    example = user_encoder_example(model, 4, seed=1)
+    assert UserEncoder(model)(*example).shape == (4, 32)  # both members' vectors: the index's width
+    assert parity(UserEncoder(model), example, path) < 1e-4

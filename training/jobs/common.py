@@ -33,10 +33,11 @@ def autocast(device: torch.device):
 
 
 def run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Iterable[tuple[np.ndarray, ...]],
-              device: torch.device) -> float:
+              device: torch.device, after_step: Callable[[], None] | None = None) -> float:
     """One pass over `batches` (arrays in the model's argument order): each batch moved to `device` (the worker's
-    `ray.train.torch.get_device()`, where `prepare_model` put the model), forward under `autocast`, backward, step.
-    The mean loss; losses stay on the device until the end (no host sync per step)."""
+    `ray.train.torch.get_device()`, where `prepare_model` put the model), forward under `autocast`, backward, step,
+    then `after_step` (a weight average's update). The mean loss; losses stay on the device until the end (no host
+    sync per step)."""
     losses = []
     for arrays in batches:
         tensors = [torch.from_numpy(a).to(device, non_blocking=True) for a in arrays]
@@ -45,6 +46,8 @@ def run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Itera
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_step is not None:
+            after_step()
         losses.append(loss.detach())
     return float(torch.stack(losses).float().mean()) if losses else float("nan")
 

@@ -116,8 +116,8 @@ def _epoch_rows(n_rows: int, per_worker: int, world: int) -> int:
     return n_rows // size * size + n_rows % size // world * world
 
 
-def _refit(model: SASRec, ddp: torch.nn.Module, opt: torch.optim.Optimizer, best: dict[str, Any] | None,
-           config: dict[str, Any], device: torch.device, rank: int, world: int) -> dict[str, torch.Tensor]:
+def _refit(model: SASRec, ddp: torch.nn.Module, best: dict[str, Any] | None, config: dict[str, Any],
+           device: torch.device, rank: int, world: int) -> dict[str, torch.Tensor]:
     """`refit_epochs` epochs from the kept weights over every interaction before the test target (the validation
     targets too: each user's most recent interaction, which the chosen epoch never learned from). Rank 0's kept
     weights go to every rank first. Measured on ML-100K (in-process, seed 0): test HR@10 0.159 → 0.191 after 2
@@ -130,6 +130,8 @@ def _refit(model: SASRec, ddp: torch.nn.Module, opt: torch.optim.Optimizer, best
 
         for t in model.state_dict().values():
             dist.broadcast(t, src=0)
+    # A fresh optimizer: the last epoch's moments belong to the raw weights, not to the kept average's.
+    opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     inputs, targets = config["refit_inputs"], config["refit_targets"]
     weights = (targets != 0).sum(1)
     per_worker = max(1, cfg.batch_size // world)
@@ -141,10 +143,29 @@ def _refit(model: SASRec, ddp: torch.nn.Module, opt: torch.optim.Optimizer, best
     return on_cpu(model.state_dict())
 
 
+def weight_average(model: SASRec, epochs: float, steps_per_epoch: int, state: dict[str, torch.Tensor] | None = None):
+    """The exponential average of `model`'s parameters over optimizer steps (`torch.optim.swa_utils`) with a
+    horizon of `epochs` epochs (decay 1 − 1/(epochs·steps), so it means the same on any data size), or None for 0.
+    What validation judges and the run keeps: on ML-100K the raw weights' validation NDCG@10 moved ±0.005 from
+    epoch to epoch, so the best epoch was partly luck and patience stopped one seed at epoch 25 at 0.109; the
+    average's curve is smooth (README, measurement log). `state`: a restored average."""
+    if not epochs:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    decay = 1.0 - 1.0 / max(1.0, epochs * max(1, steps_per_epoch))
+    avg = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    if state is not None:
+        avg.module.load_state_dict(state)
+        avg.n_averaged.fill_(1)
+    return avg
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker. Resumes from the run's latest checkpoint if Ray restored one. Rank 0
-    evaluates every epoch, keeps the best weights, and decides the learning rate and when to stop; then every
-    rank refits from the kept weights (`_refit`) and rank 0 reports the refit weights beside the kept ones."""
+    evaluates every epoch (the weight average's, `weight_average`, when `average_epochs` is set), keeps the best
+    weights, and decides the learning rate and when to stop; then every rank refits from the kept weights
+    (`_refit`) and rank 0 reports the refit weights beside the kept ones."""
     quiet_third_party()  # this worker's own warnings filter (core.quiet)
     import ray.train
     import ray.train.torch
@@ -166,22 +187,26 @@ def train_loop(config: dict[str, Any]) -> None:
     valid = config["valid"]
     spent = restored.get("spent", 0.0) if restored else 0.0
     stopped, last = (restored or {}).get("stopped", ""), start  # a restored run that had stopped trains no more
+    steps = _epoch_rows(len(inputs), per_worker, world) // (per_worker * world)  # global batches an epoch
+    avg = weight_average(model, cfg.average_epochs, steps, (restored or {}).get("average"))
+    judged = avg.module if avg is not None else model  # what validation judges and `best` keeps
     for epoch in range(start, cfg.epochs if not stopped else start):
         t0 = time.perf_counter()
         ddp.train()
         batches = _batches(weights, cfg.seed * 1_000 + epoch, rank, world, per_worker)
-        train_loss = run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device)
+        train_loss = run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device,
+                               after_step=None if avg is None else lambda: avg.update_parameters(model))
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "start_epoch": start,
                    "epoch_seconds": time.perf_counter() - t0, "samples": _epoch_rows(len(inputs), per_worker, world)}
         if rank == 0:
             hists = [np.asarray(h) for h in valid["histories"]]
             rep = evaluate_full_ranking(
-                score_fn(model, valid["seqs"], device), np.arange(len(hists)), hists, valid["targets"],
+                score_fn(judged, valid["seqs"], device), np.arange(len(hists)), hists, valid["targets"],
                 cfg.n_items - 1, seed=cfg.seed,
             )
             metrics.update(rep.as_dict("epoch_val_"))  # not "val_": that name is the kept model's summary
             if best is None or rep.ndcg > best["val_ndcg"]:
-                best = {"model": on_cpu(model.state_dict()),
+                best = {"model": on_cpu(judged.state_dict()),
                         "epoch": epoch + 1, "val_ndcg": rep.ndcg}
             metrics["best_epoch"] = best["epoch"]
         spent += time.perf_counter() - t0
@@ -195,13 +220,13 @@ def train_loop(config: dict[str, Any]) -> None:
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
             save_and_report(metrics, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                       "epoch": epoch + 1, "config": cfg.to_dict(), "best": best, "spent": spent,
-                                      "stopped": why})
+                                      "stopped": why, "average": None if avg is None else avg.module.state_dict()})
         else:
             save_and_report(metrics, None)
         if code < 0:
             break
     if cfg.refit_epochs and not (restored or {}).get("refit_done"):
-        refit = _refit(model, ddp, opt, best, config, device, rank, world)
+        refit = _refit(model, ddp, best, config, device, rank, world)
         done = {"refit_epochs": cfg.refit_epochs, "refit_samples": len(config["refit_inputs"])}
         if rank == 0:
             best = {**best, "selected": best["model"], "model": refit}  # the refit weights are what is registered

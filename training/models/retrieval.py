@@ -2,6 +2,11 @@
 
 Scores are dot products, so recall is an ANN search over the exported item-embedding index.
 Training: full-softmax cross-entropy over all items at every position (Klenitskiy & Vasilev, RecSys'23).
+
+`members` > 1 trains that many independent encoders side by side, each with its own slice of the item vectors,
+and scores with the sum of their dot products: one dot product over the concatenated vectors, so the exported
+encoder, the index and recall do not change. On ML-100K two members scored test NDCG@10 +0.006 over the better
+member alone, in two pairs of seeds (README, measurement log).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class RetrievalConfig:
     d_model: int = 64  # embedding and hidden size
     n_heads: int = 2  # attention heads per block
     n_layers: int = 2  # transformer blocks
+    members: int = 1  # independent encoders trained side by side; their scores are summed (module docstring)
     dropout: float = 0.2  # dropout in blocks and on input embeddings
     content_dim: int = 384  # size of the item content embedding (0 = id embeddings only)
     id_init_std: float = 0.02  # std of the initial id embeddings (the output layer too: the item vectors are tied)
@@ -34,6 +40,7 @@ class RetrievalConfig:
     plateau: int = 0  # halve the learning rate after this many epochs without one (0: constant)
     budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: no budget)
     refit_epochs: int = 0  # epochs from the kept weights over every interaction before the test target
+    average_epochs: float = 0.0  # horizon of the weight average that is validated and kept (0: the raw weights)
     seed: int = 0  # initialisation and shuffling seed
 
     def to_dict(self) -> dict:
@@ -45,14 +52,15 @@ class ItemTower(nn.Module):
 
     def __init__(self, cfg: RetrievalConfig, content: torch.Tensor | None) -> None:
         super().__init__()
-        self.id_emb = nn.Embedding(cfg.n_items, cfg.d_model, padding_idx=0)
+        width = cfg.members * cfg.d_model  # member i owns columns [i·d, (i+1)·d)
+        self.id_emb = nn.Embedding(cfg.n_items, width, padding_idx=0)
         nn.init.normal_(self.id_emb.weight, std=cfg.id_init_std)
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
         if content is None:
             content = torch.zeros(cfg.n_items, cfg.content_dim)
         self.register_buffer("content", content.float(), persistent=True)  # (n_items, content_dim)
-        self.proj = nn.Linear(cfg.content_dim, cfg.d_model, bias=False) if cfg.content_dim else None
+        self.proj = nn.Linear(cfg.content_dim, width, bias=False) if cfg.content_dim else None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         v = self.id_emb(idx)
@@ -70,11 +78,23 @@ class SASRec(nn.Module):
     def __init__(self, cfg: RetrievalConfig, content: torch.Tensor | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        width = cfg.members * cfg.d_model
         self.items = ItemTower(cfg, content)
-        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, width)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg.d_model, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
-        self.ln = nn.LayerNorm(cfg.d_model)
+        # member i's blocks are [i·n_layers, (i+1)·n_layers); one member keeps the single model's layout
+        self.blocks = nn.ModuleList(
+            Block(cfg.d_model, cfg.n_heads, cfg.dropout) for _ in range(cfg.members * cfg.n_layers)
+        )
+        self.ln = nn.LayerNorm(width)  # applied to each member's slice on its own (`_norm`)
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Layer norm over each member's d features; for one member it is `self.ln` itself."""
+        m, d = self.cfg.members, self.cfg.d_model
+        if m == 1:
+            return self.ln(x)
+        y = F.layer_norm(x.unflatten(-1, (m, d)), (d,), eps=self.ln.eps)
+        return (y * self.ln.weight.view(m, d) + self.ln.bias.view(m, d)).flatten(-2)
 
     def encode(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """seq (B, T) left-padded item indices → hidden states (B, T, d). `table`: `items.all_items()` when the
@@ -86,9 +106,13 @@ class SASRec(nn.Module):
         x = x + self.pos.weight[-t:]  # right-aligned positions: the latest item is always last
         x = self.drop(x) * (seq != 0).unsqueeze(-1)
         mask = causal_padding_mask(seq)
-        for block in self.blocks:
-            x = block(x, mask)
-        return self.ln(x)
+        layers = self.cfg.n_layers
+        parts = []
+        for i, h in enumerate(x.split(self.cfg.d_model, dim=-1)):  # each member's slice through its own blocks
+            for block in self.blocks[i * layers : (i + 1) * layers]:
+                h = block(h, mask)
+            parts.append(h)
+        return self._norm(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
 
     def user_vector(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) → (B, d): the state after the most recent item; this is what the ONNX encoder exports."""
@@ -97,16 +121,21 @@ class SASRec(nn.Module):
     def forward(self, seq: torch.Tensor, targets: torch.Tensor | None = None):
         """Without targets: (scores (B, T, n_items), None). With targets: (scores (N, n_items), loss) over the
         N non-padding target positions only: the full-softmax logits are most of a step's cost, and short
-        histories leave many padded positions (ML-100K: 20% at length 50, 56% at 200)."""
-        table = self.items.all_items()  # (n_items, d): the inputs' rows and the output layer (tied)
-        h = self.encode(seq, table)  # (B, T, d)
-        if targets is not None:
-            keep = targets != 0
-            h, targets = h[keep], targets[keep]
-        logits = h @ table.T
-        logits[..., 0] = -1e9  # padding is never a prediction
-        loss = None if targets is None else F.cross_entropy(logits, targets)
-        return logits, loss
+        histories leave many padded positions (ML-100K: 20% at length 50, 56% at 200). Each member has its own
+        cross-entropy over its own logits (the loss is their mean): members learn apart, only their scores add."""
+        table = self.items.all_items()  # (n_items, m·d): the inputs' rows and the output layer (tied)
+        h = self.encode(seq, table)  # (B, T, m·d)
+        if targets is None:
+            logits = h @ table.T
+            logits[..., 0] = -1e9  # padding is never a prediction
+            return logits, None
+        keep = targets != 0
+        h, targets = h[keep], targets[keep]
+        m, d = self.cfg.members, self.cfg.d_model
+        per_member = torch.einsum("nmd,imd->mni", h.unflatten(-1, (m, d)), table.unflatten(-1, (m, d)))
+        per_member[..., 0] = -1e9
+        loss = F.cross_entropy(per_member.flatten(0, 1), targets.repeat(m))
+        return per_member.sum(0), loss
 
 
 class UserEncoder(nn.Module):
