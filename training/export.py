@@ -119,8 +119,9 @@ def ranker_specs(cfg: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def encoder_specs(cfg: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The user vector is every member's d_model features side by side (`training.models.retrieval`)."""
     return ([TensorSpec("history", "TYPE_INT64", (cfg["max_len"],))],
-            [TensorSpec("user_vector", "TYPE_FP32", (cfg["d_model"],))])
+            [TensorSpec("user_vector", "TYPE_FP32", (cfg.get("members", 1) * cfg["d_model"],))])
 
 
 MAX_BATCH = {"user_encoder": 256, "ranker": 0}  # the ranker is not batched: see ranker_specs

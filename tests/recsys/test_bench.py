@@ -153,6 +153,10 @@ def test_the_copy_lm_section_pairs_the_warm_runs_and_flags_a_cold_copy_past_its_
     tuned, stand_in = ({"copy_lm": {**cl, "adapter_steps": n}} for n in (200, 8))
     assert "Adapter: 200 LoRA steps. The Copy" in "\n".join(copy_lm_serving_report(tuned))
     assert "a stand-in" in "\n".join(copy_lm_serving_report(stand_in))
+    assert "loaded the model and reported it ready 41.0 s after the deploy" in text
+    preloaded = "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "ready_s": 0.0}}))
+    assert "had loaded the exported adapter when the stack started" in preloaded
+    assert "loaded the model and" not in preloaded
     assert "copy LM loaded: 3.4 GiB (target ≤ 3); by process (GiB): Copy 1.2." in alone
 
 

@@ -158,3 +158,6 @@ def test_a_two_member_encoder_exports_to_onnx_with_the_same_user_vectors(tmp_pat
     example = user_encoder_example(model, 4, seed=1)
     assert UserEncoder(model)(*example).shape == (4, 32)  # both members' vectors: the index's width
     assert parity(UserEncoder(model), example, path) < 1e-4
+    from training.export import encoder_specs  # Triton's config declares the width the graph outputs
+
+    assert encoder_specs(cfg.to_dict())[1][0].dims == (32,)
