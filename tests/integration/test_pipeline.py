@@ -107,7 +107,9 @@ def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_pa
     lrs = [x.value for x in _history(home, "recsys-retrieval", "challenger", "lr")]
     done = int(m["epochs_completed"])
     assert len(ndcg) == len(lrs) == done
-    best, lr = 0, 6e-3
+    from training.models.retrieval import RetrievalConfig
+
+    best, lr = 0, RetrievalConfig().lr
     for epoch, value in enumerate(ndcg, start=1):
         best = epoch if value > ndcg[best - 1] or best == 0 else best
         stale = epoch - best

@@ -18,3 +18,24 @@ def test_a_count_within_noise_of_the_best_is_accepted_and_a_worse_one_is_not() -
     assert not _within_one_se(worse, best)
     # the error is paired: a difference small against the users' spread but steady across them is still a loss
     assert not _within_one_se(best - 0.005, best + 0.0)
+
+
+def test_the_ranker_reorders_recall_only_where_validation_shows_more_than_noise() -> None:
+    """Per count, the largest recall weight within one standard error of the best weight: recall's own order
+    (weight 1000) unless a smaller weight beats it steadily."""
+    from training.jobs.ranking import choose_blend
+
+    rng = np.random.default_rng(1)
+    recall_order = rng.random(943)
+    noisy_gain = recall_order + rng.normal(0.002, 0.15, 943)  # +0.002 against a paired SE of ~0.005
+    grid = {(25, 0.5): noisy_gain, (25, 1000.0): recall_order}
+    choice = choose_blend(grid)
+    assert float(noisy_gain.mean()) > float(recall_order.mean())  # the best mean, yet noise: not chosen
+    assert (choice.candidates, choice.weight) == (25, 1000.0)
+    steady_gain = recall_order + 0.01 + rng.normal(0, 0.01, 943)  # ~30 standard errors above
+    choice = choose_blend({(25, 0.5): steady_gain, (25, 1000.0): recall_order})
+    assert choice.weight == 0.5 and choice.ndcg[25] == round(float(steady_gain.mean()), 5)
+    # the count rule still prefers the smaller pool within noise, each count judged at its best weight
+    grid = {(25, 0.5): steady_gain, (25, 1000.0): recall_order,
+            (50, 0.5): steady_gain + rng.normal(0.001, 0.05, 943), (50, 1000.0): recall_order}
+    assert choose_blend(grid).candidates == 25
