@@ -75,7 +75,7 @@ def user_rows(settings: Settings, rows: pd.DataFrame, recall: SASRec, histories:
     vectors = np.concatenate([
         recall.user_vector(torch.from_numpy(history[i : i + 1024])).numpy()
         for i in range(0, len(history), 1024)
-    ]) if len(history) else np.zeros((0, recall.cfg.members * recall.cfg.d_model), dtype=np.float32)
+    ]) if len(history) else np.zeros((0, recall.cfg.width), dtype=np.float32)
     return UserRows(history, user_dense(feats), vectors)
 
 

@@ -45,6 +45,11 @@ class RetrievalConfig:
     average_epochs: float = 0.0  # horizon of the weight average that is validated and kept (0: the raw weights)
     seed: int = 0  # initialisation and shuffling seed
 
+    @property
+    def width(self) -> int:
+        """Features of an item vector and a user vector: every member's d_model side by side."""
+        return self.members * self.d_model
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -54,7 +59,7 @@ class ItemTower(nn.Module):
 
     def __init__(self, cfg: RetrievalConfig, content: torch.Tensor | None) -> None:
         super().__init__()
-        width = cfg.members * cfg.d_model  # member i owns columns [i·d, (i+1)·d)
+        width = cfg.width  # member i owns columns [i·d, (i+1)·d)
         self.id_emb = nn.Embedding(cfg.n_items, width, padding_idx=0)
         nn.init.normal_(self.id_emb.weight, std=cfg.id_init_std)
         with torch.no_grad():
@@ -80,7 +85,7 @@ class SASRec(nn.Module):
     def __init__(self, cfg: RetrievalConfig, content: torch.Tensor | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        width = cfg.members * cfg.d_model
+        width = cfg.width
         self.items = ItemTower(cfg, content)
         self.pos = nn.Embedding(cfg.max_len, width)
         self.drop = Dropout(cfg.dropout)
@@ -139,9 +144,10 @@ def full_softmax_loss(h: torch.Tensor, table: torch.Tensor, targets: torch.Tenso
     features (its own softmax: members learn apart, only their scores add), averaged over members. h (N, m·d),
     table (n_items, m·d) with row 0 the padding, never a class. Written as logsumexp(all logits) − target logit
     (`_LogSumExp`)."""
-    m = members
-    def per_member(x: torch.Tensor) -> torch.Tensor:  # (rows, m·d) → (m, rows, d), contiguous: a strided batch
-        return x.unflatten(-1, (m, -1)).transpose(0, 1).contiguous()  # made bmm 2.6× slower
+
+    def per_member(x: torch.Tensor) -> torch.Tensor:
+        """(rows, m·d) → (m, rows, d), contiguous: a strided batch made `bmm` 2.6× slower."""
+        return x.unflatten(-1, (members, -1)).transpose(0, 1).contiguous()
 
     hm = per_member(h)
     target = (hm * per_member(table[targets])).sum(-1)  # (m, N)
