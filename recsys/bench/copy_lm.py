@@ -58,16 +58,18 @@ def generation(s: Settings, console: Console, version: str, repeats: int = 10, s
 
 
 def generation_here(s: Settings, version: str, repeats: int = 10, shapes: int = 4,
-                    stream: int = 40) -> dict[str, Any]:
+                    stream: int = 40, profile: bool = False) -> dict[str, Any]:
     """k=10 through `CopyWriter`: misses (fresh items each time, one batched generate) and hits. A request's
-    ten items share one viewer (favourite genres, two watched titles), as in the Copy stage."""
+    ten items share one viewer (favourite genres, two watched titles), as in the Copy stage. `profile`: one more
+    miss under the PyTorch profiler (`profile_miss`)."""
     from core.copy_guard import CopyFacts, ItemFacts, Taste, display_title
     from serving.copy_lm import CopyModel, CopyWriter
     from training.copy_steps import guard_for
     from training.datasets import prepare
 
     prepared = prepare(s)
-    model = CopyModel(s.model_repo / "copy" / version, s.model_cache, s.copy_dtype, threads=s.copy_threads)
+    model = CopyModel(s.model_repo / "copy" / version, s.model_cache, s.copy_dtype, s.copy_use_gpu,
+                      threads=s.copy_threads)
     guard = guard_for(prepared)
     rows = list(prepared.ds.items.itertuples())
     rng = random.Random(0)
@@ -111,17 +113,47 @@ def generation_here(s: Settings, version: str, repeats: int = 10, shapes: int = 
         for _ in range(stream):
             await writer2.write(rng.choices(pool, weights)[0], budget_s=120)
         c = writer2.cache
-        return {"miss_p50_ms": _pct(miss, 50), "miss_p99_ms": _pct(miss, 99), "miss_ms": spread(miss),
+        extra = {}
+        if profile:
+            extra["profile"] = await asyncio.wrap_future(model.worker.submit(profile_miss, model, request()))
+        return {**extra, "miss_p50_ms": _pct(miss, 50), "miss_p99_ms": _pct(miss, 99), "miss_ms": spread(miss),
                 "hf_generate_p50_ms": _pct(hf, 50), "hf_generate_ms": spread(hf),
                 "miss_vs_hf_generate_ratio": round(_pct(miss, 50) / _pct(hf, 50), 3),
                 "hit_ms": spread(hit, 2), "hit_p50_ms": _pct(hit, 50),
                 "hit_p99_ms": _pct(hit, 99), "tokens_per_s": round(tokens / (sum(miss) / 1e3), 1),
                 "repeat_hit_rate": round(c.hits / max(1, c.hits + c.misses), 3), "dtype": str(model.dtype),
+                "device": str(model.device),
                 "decoding": "viewer prefix shared, the style's composition verified as the draft",
                 "served_factual": round(served / (10 * repeats), 3), "repeats": repeats, "stream": stream,
                 "shapes": shapes}
 
     return asyncio.run(run())
+
+
+def profile_miss(model, facts: list) -> dict[str, Any]:
+    """One k=10 generation under the PyTorch profiler, on the model's own thread: wall time, forward passes,
+    kernel launches and the device's busy time. On a GPU a step far longer than its kernels is bound by the host
+    (Python and launches), not by the model's arithmetic."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        model._generate(facts)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) * 1e3
+    events = prof.key_averages()
+
+    def count(*names: str) -> int:
+        return sum(e.count for e in events if e.key in names)
+
+    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e3
+    return {"ms": round(ms, 1), "forward_passes": count("aten::embedding"),
+            "kernel_launches": count("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"),
+            "device_busy_ms": round(busy, 1),
+            "top_self_cpu": events.table(sort_by="self_cpu_time_total", row_limit=12)}
 
 
 def hf_generate(model, facts: list) -> list[str]:

@@ -10,6 +10,7 @@ from typing import Any
 from recsys.bench.catalogue import OPT_IN
 
 RESULTS = Path("bench/results")
+GPU_RESULTS = RESULTS / "gpu"  # `python -m recsys.bench.gpu` where a GPU is lent: its own runs, its own machine
 README_BEGIN, README_END = "<!-- bench:begin (written by `make bench`) -->", "<!-- bench:end -->"
 
 
@@ -296,6 +297,9 @@ def report(r: dict[str, Any], path: Path) -> str:
         lines += copy_report(r["copy"])
     if "factuality" in r:
         lines += factuality_report(r["factuality"])
+    gpu = latest_results(GPU_RESULTS)
+    if gpu is not None:
+        lines += gpu_report(gpu)
     if r.get("plots"):
         lines += ["## Plots", ""] + [f"![{name}]({Path(p).as_posix()})" for name, p in r["plots"].items()] + [""]
     return "\n".join(lines)
@@ -480,6 +484,39 @@ def copy_report(c: dict[str, Any]) -> list[str]:
             f"requests over {g['shapes']} request shapes, Zipf-like): {g['repeat_hit_rate']}. Targets here: miss p50 "
             "≤ 1500 ms, hit ≤ 5 ms.",
             "", *ahead_report(c.get("ahead"))]
+
+
+def gpu_report(g: dict[str, Any]) -> list[str]:
+    """The GPU paths' run (`recsys.bench.gpu`): another machine and day than the tables above, so each speed is
+    given against its own run's reference."""
+    m, ct, cg = g["machine"], g["copy_training_gpu"], g["copy_generation_gpu"]
+    lines = [f"## GPU paths (`python -m recsys.bench.gpu`, {g['started'][:10]}, commit {g['commit']})", "",
+             f"One {m['gpu']} ({m['gpu_memory_gib']} GiB), {m['cpus']} CPU cores; that machine's own image (torch "
+             f"{m['torch']}, CUDA {m['cuda']}, Python {m['python']}) with Ray, pydantic and gguf carried as wheels. "
+             "The real Ray Train jobs with `use_gpu` (one GPU worker, bf16 autocast) and the Copy stage's model on "
+             "the GPU; no Feast, MLflow or Triton there (the item content matrix was read through Feast here).", "",
+             "| path | result | reference, same run | ratio |", "|---|---|---|---|"]
+    if "retrieval_gpu" in g:
+        rg, rc = g["retrieval_gpu"], g["retrieval_cpu"]
+        lines.append(f"| retrieval job, {rg['epochs']} epochs + refit, 1 GPU worker | {rg['samples_per_second']} "
+                     f"samples/s ({rg['train_seconds']} s) | {rc['workers']} CPU workers on that machine: "
+                     f"{rc['samples_per_second']} samples/s ({rc['train_seconds']} s) | "
+                     f"{g['retrieval_gpu_vs_cpu_samples_ratio']}× |")
+    tps = sorted(ct["tokens_per_second_per_epoch"])
+    lines += [f"| copy LoRA job, {ct['steps']} steps, 1 GPU worker | {tps[len(tps) // 2]:.0f} tokens/s per epoch "
+              f"(median; {tps[0]:.0f}–{tps[-1]:.0f}), loss {ct['first_loss']} → {ct['final_loss']}, "
+              f"{ct['train_seconds']} s | – | – |",
+              f"| copy k=10 cache miss ({cg['dtype']}, {cg['device']}) | p50 {cg['miss_p50_ms']} ms, p99 "
+              f"{cg['miss_p99_ms']} ms | Hugging Face `generate`, same prompts: p50 {cg['hf_generate_p50_ms']} ms | "
+              f"{cg['miss_vs_hf_generate_ratio']}× |",
+              f"| copy k=10 cache hit | p50 {cg['hit_p50_ms']} ms | – | – |", "",
+              f"Copy miss target on a GPU, p50 ≤ 150 ms: {'met' if cg['miss_p50_ms'] <= 150 else 'not met'}."]
+    if "profile" in cg:
+        p = cg["profile"]
+        lines[-1] += (f" One miss under the PyTorch profiler: {p['ms']} ms of wall time, {p['forward_passes']} "
+                      f"forward passes, {p['kernel_launches']} kernel launches, the GPU busy {p['device_busy_ms']} ms"
+                      " of it: bound by the host (launches and Python), not by the model.")
+    return [*lines, ""]
 
 
 def ahead_report(a: dict[str, Any] | None) -> list[str]:

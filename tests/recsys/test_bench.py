@@ -387,3 +387,31 @@ def test_the_copy_ahead_line_states_both_hit_rates_and_is_absent_from_older_resu
     assert "61% of requests from users written ahead" in text
     assert "**0.598** of the copies asked for were written ahead; **0.870** were cache hits" in text
     assert ahead_report(None) == [] and ahead_report({}) == []  # results from before the copy-ahead job
+
+
+def test_the_gpu_section_gives_each_speed_against_its_own_runs_reference_and_says_when_the_target_is_missed(
+        tmp_path: Path) -> None:
+    from recsys.bench.report import gpu_report, latest_results
+
+    gen = {"miss_p50_ms": 704.4, "miss_p99_ms": 6153.2, "hf_generate_p50_ms": 2122.8,
+           "miss_vs_hf_generate_ratio": 0.332, "hit_p50_ms": 0.1, "dtype": "torch.bfloat16", "device": "cuda",
+           "profile": {"ms": 1551.6, "forward_passes": 15, "kernel_launches": 21633, "device_busy_ms": 96.7}}
+    run = {"started": "2026-12-04T15:39:00+00:00", "commit": "abc1234",
+           "machine": {"gpu": "NVIDIA H200", "gpu_memory_gib": 139.8, "cpus": 16, "torch": "2.11.0", "cuda": "13.0",
+                       "python": "3.12.3"},
+           "copy_training_gpu": {"steps": 200, "tokens_per_second_per_epoch": [5599.5, 7265.8, 6555.5],
+                                 "first_loss": 2.742, "final_loss": 0.0244, "train_seconds": 80.1},
+           "copy_generation_gpu": gen,
+           "retrieval_gpu": {"epochs": 6, "samples_per_second": 476.5, "train_seconds": 40.6},
+           "retrieval_cpu": {"workers": 2, "samples_per_second": 338.5, "train_seconds": 57.1},
+           "retrieval_gpu_vs_cpu_samples_ratio": 1.41}
+    text = "\n".join(gpu_report(run))
+    assert "| 476.5 samples/s (40.6 s) | 2 CPU workers on that machine: 338.5 samples/s (57.1 s) | 1.41× |" in text
+    assert "6556 tokens/s per epoch (median; 5600–7266)" in text
+    assert "p50 704.4 ms" in text and "0.332× |" in text and "p50 ≤ 150 ms: not met" in text
+    assert "21633 kernel launches, the GPU busy 96.7 ms" in text
+    assert "p50 ≤ 150 ms: met" in "\n".join(gpu_report({**run, "copy_generation_gpu": {**gen, "miss_p50_ms": 140}}))
+    # A GPU run lives in its own folder: the VM bench's latest run (and what it carries over) never reads it.
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "g.json").write_text(json.dumps(run))
+    assert latest_results(tmp_path) is None and latest_results(tmp_path / "gpu")["commit"] == "abc1234"

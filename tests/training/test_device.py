@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.jobs.common import autocast, on_cpu, run_epoch
+from training.jobs.common import autocast, buffer_sync_off, on_cpu, run_epoch
 from training.jobs.retrieval import score_fn
 from training.models.ranking import Ranker, RankingConfig
 from training.models.retrieval import RetrievalConfig, SASRec
@@ -110,3 +110,25 @@ def test_bf16_only_on_a_gpu_and_kept_weights_on_the_host() -> None:
     kept = on_cpu(state)
     state["w"] += 1  # training goes on: the kept copy must not follow
     assert kept["w"].device.type == "cpu" and kept["w"].tolist() == [1.0, 1.0]
+
+
+def test_ddp_is_told_to_skip_buffer_syncs_in_the_installed_pytorchs_spelling(tmp_path) -> None:
+    """A real one-rank gloo group: DDP accepts the keyword (2.11's refused 2.13's `forward_sync_buffers` on an
+    H200 run), and a PyTorch whose DDP has only `broadcast_buffers` is given that one."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(retrieval(), **buffer_sync_off())
+        assert ddp.module is not None
+    finally:
+        dist.destroy_process_group()
+
+    def ddp_2_11(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True,
+                 process_group=None, bucket_cap_mb=None, find_unused_parameters=False):
+        """DistributedDataParallel.__init__'s parameters in PyTorch 2.11 (the start of its list)."""
+
+    assert buffer_sync_off(ddp_2_11) == {"broadcast_buffers": False}
+    assert set(buffer_sync_off()) <= set(inspect.signature(DistributedDataParallel.__init__).parameters)

@@ -58,13 +58,25 @@ def adamw(params, lr: float, weight_decay: float = 0.01) -> torch.optim.Optimize
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
+def buffer_sync_off(ddp_init: Callable[..., Any] | None = None) -> dict[str, bool]:
+    """DDP's keyword for "do not sync buffers before every forward", in the installed PyTorch's spelling:
+    `forward_sync_buffers` since 2.13 (which deprecates `broadcast_buffers`), `broadcast_buffers` before it. A
+    cluster image's PyTorch need not be the pinned one: 2.11's DDP refused the newer keyword (an H200 run)."""
+    import inspect
+
+    if ddp_init is None:
+        ddp_init = torch.nn.parallel.DistributedDataParallel.__init__
+    params = inspect.signature(ddp_init).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
 def prepare_ddp(model: torch.nn.Module) -> torch.nn.Module:
     """The model on the worker's device, in DDP when there are several workers (`prepare_model`). Buffers are
-    synced once, at wrap time, not before every forward (DDP's default): the models' buffers are constant
-    inputs (the retrieval item tower's content table, 2.6 MB on ML-100K), the same on every rank."""
+    not synced before every forward (DDP's default): the models' buffers are constant inputs (the retrieval item
+    tower's content table, 2.6 MB on ML-100K), built the same on every rank."""
     import ray.train.torch
 
-    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"forward_sync_buffers": False})
+    return ray.train.torch.prepare_model(model, parallel_strategy_kwargs=buffer_sync_off())
 
 
 def on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
