@@ -166,6 +166,7 @@ def hf_generate(model, facts: list) -> list[str]:
 
     from core.copy_claims import FactTokens, GroundedClaims, claim_tokens, title_ids
     from core.copy_decoding import FinishedCopy, TitleCopy, first_line, prompt_text, sentence_ends
+    from serving.copy_lm import attention_kernels
 
     tok = model.tok
     side, tok.padding_side = tok.padding_side, "left"
@@ -179,8 +180,10 @@ def hf_generate(model, facts: list) -> list[str]:
             titles = TitleCopy([title_ids(tok, f) for f in facts], enc["input_ids"].shape[1])  # as served
             finished = FinishedCopy(sentence_ends(tok), enc["input_ids"].shape[1])
             claims = GroundedClaims(claim_tokens(tok), [FactTokens(tok, f) for f in facts], enc["input_ids"].shape[1])
-            out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad,
-                                       logits_processor=LogitsProcessorList([finished, claims, titles]), **sampling)
+            with attention_kernels(model.device):  # the served model's kernels: the ratio compares decoders
+                out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad,
+                                           logits_processor=LogitsProcessorList([finished, claims, titles]),
+                                           **sampling)
     finally:
         tok.padding_side = side
     return [first_line(t) for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]

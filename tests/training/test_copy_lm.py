@@ -328,3 +328,24 @@ def test_a_target_holds_its_titles_as_the_decoder_copies_them(tiny) -> None:
         assert any(ids[i : i + len(title)] == title for i in range(len(ids)))
     assert answer_ids(tok, [text], facts)[0][:-1] == ids
     assert encode_pairs(tok, [(facts, text)])[0][1][-len(ids) - 1 : -1] == ids  # the labels: the same tokens
+
+
+def test_generation_on_a_gpu_keeps_off_cudnn_attention_and_the_cpu_keeps_pytorchs_choice() -> None:
+    """cuDNN attention builds a plan per shape and decoding makes a new key length each step (an H200 miss spent
+    half its host time there); the flags are process-wide, so they must come back after each generation."""
+    import inspect
+
+    from recsys.bench.copy_lm import hf_generate
+    from serving.copy_lm import CopyModel, attention_kernels
+
+    flags = torch.backends.cuda
+    before = (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled())
+    assert before[0], "PyTorch's default enables cuDNN attention: the case this guards against"
+    with attention_kernels(torch.device("cuda")):
+        assert not flags.cudnn_sdp_enabled() and flags.flash_sdp_enabled() and flags.mem_efficient_sdp_enabled()
+    assert (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled()) == before
+    with attention_kernels(torch.device("cpu")):
+        assert flags.cudnn_sdp_enabled()
+    # The served decoder and the bench's reference both generate under it (the ratio compares decoders).
+    assert "with attention_kernels(self.device):" in inspect.getsource(CopyModel._generate)
+    assert "with attention_kernels(model.device):" in inspect.getsource(hf_generate)
