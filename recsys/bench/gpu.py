@@ -13,48 +13,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
 
 from core.settings import Settings, load_settings
+from recsys.bench.processes import commit
 
-
-def commit() -> str:
-    """The checkout's commit, where the GPU machine's copy of it is a git checkout; else "unknown" (fill it in)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+if TYPE_CHECKING:
+    from training.datasets import Prepared
 
 
 def machine() -> dict[str, Any]:
     import torch
 
     out: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                           "cpus": __import__("os").cpu_count()}
+                           "cpus": os.cpu_count()}
     if torch.cuda.is_available():
         out.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
                    gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
     return out
 
 
-def retrieval(s: Settings, content: np.ndarray, epochs: int) -> dict[str, Any]:
+def retrieval(s: Settings, prepared: Prepared, content: np.ndarray, epochs: int) -> dict[str, Any]:
     """The retrieval Ray Train job (`train_retrieval`) with `epochs` epochs and no early stop: its epoch time is
     what is compared, GPU against CPU workers."""
-    from training.datasets import prepare
     from training.jobs.retrieval import train_retrieval
     from training.steps import retrieval_config
 
-    prepared = prepare(s)
     cfg = retrieval_config(s, prepared, epochs=epochs, patience=epochs, budget_s=3600.0)
     t0 = time.perf_counter()
     out = train_retrieval(s, prepared, content, cfg)
@@ -64,14 +57,12 @@ def retrieval(s: Settings, content: np.ndarray, epochs: int) -> dict[str, Any]:
             "valid": out.valid.as_dict(), "test": out.test.as_dict()}
 
 
-def copy_training(s: Settings) -> tuple[dict[str, Any], Any, Any]:
+def copy_training(s: Settings, prepared: Prepared) -> tuple[dict[str, Any], Any, Any]:
     """The copy LM's LoRA Ray Train job on this machine's settings (GPU worker when `use_gpu`), training only."""
     from training.copy_data import build_pairs
     from training.copy_steps import copy_config, guard_for
-    from training.datasets import prepare
     from training.jobs.copy import train_copy
 
-    prepared = prepare(s)
     cfg = copy_config(s)
     pairs = build_pairs(prepared.split.train, prepared.ds.items, s.copy_train_pairs, s.copy_eval_items, seed=s.seed)
     out = train_copy(s, cfg, pairs.train, pairs.held_out, guard_for(prepared), evaluate=False)
@@ -84,19 +75,21 @@ def run(home: Path, content: np.ndarray, out_file: Path, epochs: int, cpu_worker
         dry: bool = False, skip_retrieval: bool = False) -> dict[str, Any]:
     from core.copy_lm import write_copy_folder
     from recsys.bench.copy_lm import generation_here
+    from training.datasets import prepare
 
     console = Console()
     base = {"home": str(home), "ray_dashboard": False, "ray_num_cpus": 8}
     gpu = load_settings({**base, "use_gpu": not dry, "copy_use_gpu": not dry, "train_workers": 1,
                          "copy_steps": 4 if dry else None})
     cpu = load_settings({**base, "use_gpu": False, "train_workers": cpu_workers})
+    prepared = prepare(gpu)  # the same home for both settings
     res: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit(),
                            "machine": machine()}
 
     def save() -> None:
         out_file.write_text(json.dumps(res, indent=1))
 
-    res["copy_training_gpu"], adapter, cfg = copy_training(gpu)
+    res["copy_training_gpu"], adapter, cfg = copy_training(gpu, prepared)
     console.print("copy training", res["copy_training_gpu"])
     save()
     write_copy_folder(gpu.model_repo / "copy" / "1", adapter, cfg, {})
@@ -104,8 +97,8 @@ def run(home: Path, content: np.ndarray, out_file: Path, epochs: int, cpu_worker
     console.print("copy generation", res["copy_generation_gpu"])
     save()
     if not skip_retrieval:
-        for name, step in (("retrieval_gpu", lambda: retrieval(gpu, content, epochs)),
-                           ("retrieval_cpu", lambda: retrieval(cpu, content, epochs))):
+        for name, step in (("retrieval_gpu", lambda: retrieval(gpu, prepared, content, epochs)),
+                           ("retrieval_cpu", lambda: retrieval(cpu, prepared, content, epochs))):
             res[name] = step()
             console.print(name, res[name])
             save()

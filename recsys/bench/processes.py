@@ -16,19 +16,27 @@ from typing import Any
 STACK = ("torch", "ray", "feast", "mlflow", "onnxruntime", "faiss-cpu", "tritonclient", "transformers")
 
 
+def commit() -> str:
+    """The checkout's short commit, `-dirty` when the measured tree had changes; "unknown" outside a git checkout
+    (a GPU machine's copy of the tree)."""
+    try:
+        short = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        # Results of a working tree are not that commit's; the bench's own outputs (and docs) do not count, or a
+        # second suite run before the first one's results are committed would read as dirty.
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench",
+                                  ":!*.md"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "unknown"
+    return (short + ("-dirty" if changed else "")) if short else "unknown"
+
+
 def machine() -> dict[str, Any]:
     import psutil
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    # Results of a working tree are not that commit's; the bench's own outputs (and docs) do not count, or a second
-    # suite run before the first one's results are committed would read as dirty.
-    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench",
-                              ":!*.md"], capture_output=True, text=True).stdout.strip()
-    commit += "-dirty" if commit and changed else ""
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "commit": commit or "unknown",
+            "python": platform.python_version(), "commit": commit(),
             "stack": {p: metadata.version(p) for p in STACK}}
 
 
