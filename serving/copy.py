@@ -20,7 +20,7 @@ from serving.catalogue import CatalogueFollower
 from serving.contracts import Copy, CopyResult, RankedItem, RankedItems, UserContext
 from serving.copy_ahead import AHEAD_FILE, read_ahead
 from serving.copy_facts import CopyCatalogue, guard_from_catalogue, item_facts
-from serving.copy_lm import CopyModel, CopyWriter
+from serving.copy_lm import CopyModel, CopyWriter, trim_heap
 from serving.features import FeatureReader
 from serving.loopback import bind_loopback
 
@@ -126,6 +126,7 @@ class CopyStage:
         facts = self.catalogue.facts
         warm = [CopyFacts(facts[i]) for i in self.catalogue.popular[: self.s.copy_warm_items] if i in facts]
         self.warmed = await self.writer.warm(warm)
+        await asyncio.to_thread(trim_heap)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.005)
     async def _generate(self, groups: list[list[CopyFacts]]) -> list[list[str]]:

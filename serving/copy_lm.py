@@ -58,6 +58,17 @@ def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+def trim_heap() -> None:
+    """Give the heap's freed pages back to the machine (glibc's `malloc_trim`; a no-op without glibc). A model load
+    frees its fp32 weights after the cast and a warm-up its generation buffers, but glibc keeps freed pages for
+    reuse: in a live Copy replica after load and warm-up it returned 130 of 1,300 MB."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 class CopyModel:
     """Base + the champion's LoRA adapter, merged (no adapter cost per token), in eval mode.
 
@@ -93,6 +104,7 @@ class CopyModel:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dtype = pick_dtype(dtype)
         self.model = model.to(self.device, self.dtype)
+        trim_heap()
 
     def generate(self, facts: list[CopyFacts]) -> list[str]:
         """Blocking; one generate at a time per model (its one thread)."""

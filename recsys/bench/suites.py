@@ -424,6 +424,11 @@ def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, An
     users = sorted(prepare(s).train)[:500]
     url = f"{http_url(s)}/recommend"
     launcher.up(s)
+    # A copy model exported earlier (the copy suite's) loads and warms its cache on ~2 torch threads as the stack
+    # comes up; measured during that, the floor and the rows shared the 2 cores with it (the Copy replica burned
+    # 4.6-6.9 ms of CPU per no-copy request). Steady state is after it settles.
+    if launcher.wait_copy_ready(s, 600.0, poll_s=1.0) is None:
+        raise RuntimeError("the copy stage did not settle 600 s after the stack came up")
     floor = against_floor(s, console, users, seconds)  # before the RSS window: the floor is not the serving stack
     _copy_champion(s, console)  # its Ray Train workers are not the serving stack either
     with PeakRSS(own=False) as mem:  # the serving stack, not this driver (load generator, in-process baseline)
