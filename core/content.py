@@ -2,8 +2,7 @@
 
 The content vector lets the item tower place items no one has interacted with yet (cold start), and an item
 upserted into the live catalogue a place in recall without retraining. In the core: training embeds the data
-set's items with it and serving the catalogue's upserts (in an actor the Feedback replica starts for a burst,
-`serving.embedder`).
+set's items with it and serving the catalogue's upserts (the Feedback replica loads the model on first use).
 """
 
 from __future__ import annotations

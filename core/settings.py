@@ -138,7 +138,6 @@ class Settings(BaseModel):
     event_log: Path | None = None  # feedback event log (SQLite, WAL, fsync per commit); None → home/events/events.db
     event_log_url: str | None = None  # redis://host:port/db → the log is a Redis stream (replicas on many nodes)
     feedback_replay_s: float = 1.0  # how often unpushed profiles are retried against the online store
-    embedder_idle_s: float = 30.0  # the catalogue's item embedder (a Ray actor) ends after this long without an upsert
     feedback_timeout_ms: float = 3000.0  # POST /feedback stage timeout (durable append + push)
     api_keys: list[str] = []  # keys accepted on write endpoints (Authorization: Bearer KEY); none → writes refused
     api_keys_file: Path | None = None  # more keys, one per line (a mounted Kubernetes Secret in the chart)

@@ -69,12 +69,8 @@ class CatalogueWriter:
     can be lost (20 concurrent upserts lost one here); the Feedback replica passes its event log's push lock."""
 
     def __init__(self, settings: Settings, store=None,
-                 push_lock: Callable[[], AbstractContextManager] | None = None,
-                 embed: Callable[[pd.DataFrame, str], np.ndarray] | None = None) -> None:
-        """`embed`: `core.content.embed_items` in this process unless given (the Feedback replica passes its
-        idle-ending actor's, `serving.embedder`)."""
+                 push_lock: Callable[[], AbstractContextManager] | None = None) -> None:
         self.settings = settings
-        self.embed = embed
         self.store = store or online_store(settings)
         self.log = open_catalogue(settings)
         self.push_lock = push_lock or _local_lock
@@ -101,15 +97,13 @@ class CatalogueWriter:
     def upsert(self, items: list[CatalogueItem]) -> dict:
         """Embed, push the online rows (an existing item keeps its popularity and mean rating), log. Answer: which
         ids were new and which updated, and the log cursor after them."""
+        from core.content import embed_items
+
         if not items:
             raise DataFormatError("no items to upsert")
         ids = [it.item_id for it in items]
         frame = pd.DataFrame([it.row() for it in items])
-        if self.embed is None:
-            from core.content import embed_items
-
-            self.embed = embed_items
-        content = self.embed(frame, self.settings.content_model)
+        content = embed_items(frame, self.settings.content_model)
         have = self._rows(ids, ("title", "popularity", "item_mean_rating"))
         known = [t is not None for t in have["title"]]
         now = time.time()

@@ -22,7 +22,6 @@ from core.errors import DataFormatError, one_line
 from core.events import DirtyProfile, FeedbackEvent, Profile, open_event_log
 from core.settings import Settings, load_settings
 from serving.catalogue import CatalogueWriter
-from serving.embedder import IdleEmbedder
 from serving.feature_server import online_store
 from serving.loopback import bind_loopback
 
@@ -30,7 +29,6 @@ PUSH_SOURCE = "user_profile_push"
 HISTORY_PUSH_SOURCE = "user_history_push"
 PROFILE_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres", "age", "gender", "occupation")
 log = logging.getLogger("ray.serve")
-EMBED_TIMEOUT_S = 110.0  # within the Ingress's catalogue timeout (120 s): a first upsert starts the embedder
 
 
 class FeedbackWriter:
@@ -154,7 +152,6 @@ class Feedback:
         self.writer.push()  # after a restart: converge the online store with the log before serving
         self._replay: asyncio.Task | None = None
         self.catalogue: CatalogueWriter | None = None  # the writes' replica also writes the catalogue (admin API)
-        self.embedder = IdleEmbedder(self.s.embedder_idle_s, EMBED_TIMEOUT_S)  # its model out of this process
 
     def _ensure_replay(self) -> None:
         if self._replay is None or self._replay.done():
@@ -163,8 +160,6 @@ class Feedback:
     async def _replay_loop(self) -> None:
         while True:
             await asyncio.sleep(self.s.feedback_replay_s)
-            if self.embedder.alive:
-                await asyncio.to_thread(self.embedder.reap)
             ok, error = await asyncio.to_thread(self.writer.push)
             if not ok:
                 log.warning("feedback replay: online store push failed (%s); will retry", error)
@@ -179,14 +174,12 @@ class Feedback:
 
     def _catalogue(self) -> CatalogueWriter:
         if self.catalogue is None:
-            self.catalogue = CatalogueWriter(self.s, self.writer.store, self.writer.log.push_lock,
-                                             self.embedder.embed)
+            self.catalogue = CatalogueWriter(self.s, self.writer.store, self.writer.log.push_lock)
         return self.catalogue
 
     async def upsert_items(self, items: list[CatalogueItem]) -> dict:
         """The admin API's catalogue upsert: embedding (the model loads at the first call), online rows, log. A
         refused input comes back as {"error": …} (the caller's 422), not as an exception (a lost stage)."""
-        self._ensure_replay()  # its loop also ends the embedder once idle
         return await asyncio.to_thread(_refused_as_error, lambda: self._catalogue().upsert(items))
 
     async def retire_items(self, item_ids: list[int]) -> dict:
