@@ -2,7 +2,8 @@
 
 The content vector lets the item tower place items no one has interacted with yet (cold start), and an item
 upserted into the live catalogue a place in recall without retraining. In the core: training embeds the data
-set's items with it and serving the catalogue's upserts (the Feedback replica loads the model on first use).
+set's items with it, and serving the catalogue's upserts through its ONNX graph (`core.content_onnx`: the same
+vectors, no torch).
 """
 
 from __future__ import annotations

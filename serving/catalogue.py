@@ -75,6 +75,23 @@ class CatalogueWriter:
         self.log = open_catalogue(settings)
         self.push_lock = push_lock or _local_lock
         self._mean_rating: float | None = None
+        self._encoder = None  # core.content_onnx.OnnxEncoder, False when there is no graph (torch then)
+
+    def embed(self, items: pd.DataFrame) -> np.ndarray:
+        """The items' content vectors: with the ONNX graph `recsys features` built (no torch in this process),
+        else with sentence-transformers (the same vectors; torch stays resident)."""
+        if self._encoder is None:
+            from core.content_onnx import encoder, graph_dir
+
+            self._encoder = encoder(self.settings.content_model, self.settings.model_cache) or False
+            if not self._encoder:
+                log.warning("catalogue: no ONNX item encoder in %s (`recsys features` builds it); embedding "
+                            "upserts with torch", graph_dir(self.settings.content_model, self.settings.model_cache))
+        if self._encoder:
+            return self._encoder.embed_items(items)
+        from core.content import embed_items
+
+        return embed_items(items, self.settings.content_model)
 
     def _rows(self, ids: list[int], fields: tuple[str, ...]) -> dict[str, list]:
         return self.store.get_online_features(features=[f"item_features:{f}" for f in fields],
@@ -97,13 +114,11 @@ class CatalogueWriter:
     def upsert(self, items: list[CatalogueItem]) -> dict:
         """Embed, push the online rows (an existing item keeps its popularity and mean rating), log. Answer: which
         ids were new and which updated, and the log cursor after them."""
-        from core.content import embed_items
-
         if not items:
             raise DataFormatError("no items to upsert")
         ids = [it.item_id for it in items]
         frame = pd.DataFrame([it.row() for it in items])
-        content = embed_items(frame, self.settings.content_model)
+        content = self.embed(frame)
         have = self._rows(ids, ("title", "popularity", "item_mean_rating"))
         known = [t is not None for t in have["title"]]
         now = time.time()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -19,13 +20,15 @@ import numpy as np
 import pandas as pd
 
 from core.content import embed_items
-from core.errors import MissingStepError
+from core.errors import MissingStepError, one_line
 from core.feature_store import feature_store
 from core.settings import Settings
 from training import dask_tokens
 from training.catalogue_data import repush_catalogue_rows
 from training.data.schema import Dataset
 from training.data.split import Split
+
+log = logging.getLogger(__name__)
 
 STATIC_TS = pd.Timestamp("1970-01-02", tz="UTC")  # item rows valid for every entity timestamp
 ENTITY_OFFSET = pd.Timedelta(seconds=1)  # training rows look at features strictly before their event
@@ -116,6 +119,22 @@ def load_definitions(repo: Path, features_dir: Path):
     return module
 
 
+def _item_encoder_graph(settings: Settings) -> None:
+    """The item encoder's ONNX graph in the model cache (`core.content_onnx`): what serving embeds catalogue
+    upserts with. Without one (another pooling, an export error) upserts embed with torch: said, not fatal."""
+    from core import content_onnx
+
+    try:
+        built = content_onnx.ensure(settings.content_model, settings.model_cache)
+    except Exception as e:
+        built, why = False, one_line(e)
+    else:
+        why = "its pipeline is not transformer → mean pooling"
+    if not built:
+        log.warning("no ONNX graph for the item encoder %s (%s): catalogue upserts will embed with torch",
+                    settings.content_model, why)
+
+
 def build_features(settings: Settings, ds: Dataset, split: Split) -> dict[str, int]:
     """Write the offline sources, apply the definitions and materialize into the online store."""
     fdir = settings.features_dir
@@ -123,6 +142,7 @@ def build_features(settings: Settings, ds: Dataset, split: Split) -> dict[str, i
     profiles = user_profile_table(ds, settings.sequence_length)
     history = user_history_table(ds, settings.repeat_event_types, settings.max_seen_items)
     emb = embed_items(ds.items, settings.content_model)
+    _item_encoder_graph(settings)
     items = item_feature_table(ds, split.train, emb)
     profiles.to_parquet(fdir / "user_profile.parquet", index=False)
     history.to_parquet(fdir / "user_history.parquet", index=False)

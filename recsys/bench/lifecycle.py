@@ -41,7 +41,7 @@ def catalogue_lifecycle(s: Settings, console: Console, users: list[int], limit_s
     """Per user: upsert a new item whose content is the user's latest item's (POST /items), then ms until the
     user's `/recommend` shows it (the "new" channel and the exploration slot), then retire it (DELETE /items/{id})
     and ms until it is gone. One new item at a time, so each is its user's best new candidate. The first upsert
-    loads the embedding model in the Feedback replica: reported apart."""
+    loads the item encoder (its ONNX graph, `core.content_onnx`) in the Feedback replica: reported apart."""
     from core.endpoints import http_url
     from serving.features import FeatureReader
 

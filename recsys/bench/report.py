@@ -280,7 +280,7 @@ def report(r: dict[str, Any], path: Path) -> str:
                       f"{c['to_shown']['p99_ms']} ms (target p99 ≤ 5000 ms; {c['not_shown_within_s']['count']} not "
                       f"within {c['not_shown_within_s']['limit_s']:g} s); retired → gone p50 "
                       f"{c['retire_to_gone']['p50_ms']} / p99 {c['retire_to_gone']['p99_ms']} ms. The first upsert "
-                      f"loads the embedding model: {c['first_upsert_ms']} ms.", ""]
+                      f"loads the item encoder: {c['first_upsert_ms']} ms.", ""]
         if sv.get("retrain"):
             rt = sv["retrain"]
             after = f"live swap ({rt['live']})" if rt.get("promoted", True) else "champions kept"

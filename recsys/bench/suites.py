@@ -3,6 +3,7 @@ retrain cycle), and `run_bench`, which runs the chosen ones in a throwaway home 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -350,8 +351,21 @@ def _copy_champion(s: Settings, console: Console) -> None:
         t0 = time.perf_counter()
         r = train_copy_step(s.model_copy(update={"copy_steps": 8, "copy_eval_items": 4}))
         promote(s, COPY_MODEL, force=True)
+        _end_train_coordinator()
         console.print(f"copy LM v{r['version']} for the serving rows: {time.perf_counter() - t0:.0f} s (8 LoRA "
                       "steps)")
+
+
+def _end_train_coordinator() -> None:
+    """Ray Train creates a detached, restartable `AutoscalingCoordinator` actor in the cluster it trains on
+    (ray/data/_internal/cluster_autoscaler/default_autoscaling_coordinator.py, get_or_create_autoscaling_coordinator)
+    and leaves it there: 0.19 GiB counted in the serving stack when the bench trains its stand-in copy model on
+    the serving head. A cluster trains in its RayJob's own Ray cluster, so it is not the serving stack's."""
+    import ray
+
+    if ray.is_initialized():
+        with contextlib.suppress(ValueError):
+            ray.kill(ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator"), no_restart=True)
 
 
 def _adapter_steps(s: Settings, version: str) -> int | None:

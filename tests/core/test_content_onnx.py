@@ -1,0 +1,67 @@
+"""Serving embeds catalogue upserts with the item encoder's ONNX graph (`core.content_onnx`): the vectors must be the
+ones training gave the data set's items (sentence-transformers), without torch in the process; a pipeline the graph
+does not reproduce (another pooling) gets no graph rather than different vectors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import content_onnx
+from core.content import embed_items, resolve_model
+
+pytestmark = pytest.mark.slow  # exports the real MiniLM (~10 s)
+MODEL = "all-MiniLM-L6-v2"
+ITEMS = pd.DataFrame({  # lengths differ within one batch (padding), one is past the 256-token limit (truncation)
+    "title": ["Heat (1995)", "Fargo (1996)", "Three Colors: Red (Trois couleurs: Rouge) (1994)", "Long " * 400],
+    "genres": [["Action", "Crime", "Thriller"], [], ["Drama"], ["Comedy"]],
+    "tags": [[], ["snow", "dark comedy", "kidnapping"], [], []],
+})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("model-cache")
+    assert content_onnx.ensure(MODEL, root)
+    return root
+
+
+def test_the_graph_gives_the_training_vectors(cache: Path) -> None:
+    enc = content_onnx.encoder(MODEL, cache)
+    assert enc is not None
+    got = enc.embed_items(ITEMS)
+    want = embed_items(ITEMS, MODEL)
+    assert got.shape == want.shape == (4, 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(got[0], got[1], atol=1e-2)  # distinct items stay distinct
+    np.testing.assert_allclose(enc.embed_items(ITEMS.iloc[2:3]), want[2:3], atol=1e-5)  # alone: no padding
+    assert content_onnx.ensure(MODEL, cache)  # built once: a second call finds it
+
+
+def test_serving_embeds_without_importing_torch(cache: Path) -> None:
+    code = ("import sys; from pathlib import Path; import pandas as pd; from core import content_onnx; "
+            f"e = content_onnx.encoder({MODEL!r}, Path({str(cache)!r})); "
+            "v = e.embed_items(pd.DataFrame({'title': ['Heat'], 'genres': [['Crime']], 'tags': [[]]})); "
+            "assert v.shape == (1, 384), v.shape; assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_pipeline_it_does_not_reproduce_gets_no_graph(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer, models
+
+    word = models.Transformer(resolve_model(MODEL))
+    cls = SentenceTransformer(modules=[word, models.Pooling(word.get_embedding_dimension(), "cls")],
+                              device="cpu")
+    folder = tmp_path / "cls-model"
+    cls.save(str(folder))
+    cache = tmp_path / "cache"
+    assert not content_onnx.ensure(str(folder), cache)
+    assert content_onnx.encoder(str(folder), cache) is None
+    assert not content_onnx.graph_dir(str(folder), cache).exists()
