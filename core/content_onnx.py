@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.content import item_text, resolve_model
+from core.content import encoder as content_encoder
+from core.content import item_text
 
 GRAPH, TOKENIZER, PIPELINE = "encoder.onnx", "tokenizer.json", "pipeline.json"
 
@@ -30,9 +31,8 @@ def build(model_name: str, out: Path) -> bool:
     """Export `model_name`'s encoder to `out` (torch); False, with nothing written, when its pipeline is not
     transformer → mean pooling → optional normalisation."""
     import torch
-    from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(resolve_model(model_name), device="cpu")
+    st = content_encoder(model_name)  # the model `recsys features` just embedded the items with (loaded once)
     kinds = [type(m).__name__ for m in st]
     if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]) or not _mean(st[1]):
         return False
