@@ -38,8 +38,9 @@ def public_reason(stage: str, e: BaseException) -> str:
     cause = getattr(e, "cause", None)  # RayTaskError: the remote exception
     if isinstance(cause, BaseException):
         name = type(cause).__name__
-    status = getattr(e, "status", None)  # tritonclient's InferenceServerException: its gRPC status
+    status = getattr(e, "status", None) or getattr(e, "code", None)  # tritonclient's status(), grpc's code()
     code = status() if callable(status) else None
+    code = getattr(code, "name", code)  # a grpc.StatusCode: its name
     if isinstance(code, str) and code:
         return f"error ({code.removeprefix('StatusCode.')})"
     return f"error ({name})"

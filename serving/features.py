@@ -2,7 +2,8 @@
 
 Input: user_id (int) or item ids (list[int]). Output: `UserContext` / `ItemRows`.
 One `FeatureStore` per replica (registry parsed once); one feature view per entity per request; the
-blocking SDK read runs in a thread so the replica's event loop keeps serving.
+blocking SDK read runs off the event loop so the replica keeps serving: user reads coalesced on one reader
+thread (`serving.user_reads`), item reads in a thread when the cache misses.
 
 Not a deployment of its own: the user read runs inside the Recall replica (its first consumer; a Serve hop
 costs ~3–4 ms of CPU per request here, caller and callee together, more than the read), with its timeout and
@@ -24,6 +25,7 @@ from serving.contracts import Degradation, UserContext
 from serving.failures import public_reason
 from serving.feature_server import online_store
 from serving.id_lookup import IdLookup
+from serving.user_reads import CoalescedReads
 
 USER_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres")
 USER_REFS = [f"user_profile:{f}" for f in USER_FIELDS] + ["user_history:seen_items"]
@@ -83,16 +85,18 @@ class DirectUserRead:
             return None
         return cls(store, views)
 
-    def read(self, user_id: int) -> dict[str, list]:
-        """`get_online_features(USER_REFS, [{"user_id": id}]).to_dict()`'s shape: one value per feature."""
-        key = [self._key(join_keys=["user_id"], entity_values=[self._value(int64_val=user_id)])]
-        out: dict[str, list] = {f: [None] for f in self.fields}
+    def read(self, user_ids: list[int]) -> list[dict[str, object]]:
+        """`get_online_features(USER_REFS, [{"user_id": id}, ...]).to_dict()`, one row per user: {feature: value},
+        one query per view for all of them."""
+        keys = [self._key(join_keys=["user_id"], entity_values=[self._value(int64_val=int(u))]) for u in user_ids]
+        out: list[dict[str, object]] = [dict.fromkeys(self.fields) for _ in user_ids]
         for fv, feats in self.groups:
-            _, vals = self.provider.online_read(config=self.store.config, table=fv, entity_keys=key,
-                                                requested_features=feats)[0]
-            for f in feats:
-                if vals and f in vals:
-                    out[f] = [self._python(vals[f])]
+            got = self.provider.online_read(config=self.store.config, table=fv, entity_keys=keys,
+                                            requested_features=feats)
+            for row, (_, vals) in zip(out, got, strict=True):
+                for f in feats:
+                    if vals and f in vals:
+                        row[f] = self._python(vals[f])
         return out
 
 
@@ -102,21 +106,30 @@ class FeatureReader:
     def __init__(self, settings: Settings) -> None:
         self.store = online_store(settings)  # a FeatureStore, or the feature server behind the same calls
         self._direct = DirectUserRead.of(self.store)
+        self.reads = CoalescedReads(self.rows, self.profile)  # `read_user`'s path: one store read per batch
 
     def user(self, user_id: int) -> UserContext:
+        return self.profile(user_id, self.rows([user_id])[0])
+
+    def rows(self, user_ids: list[int]) -> list[dict[str, object]]:
+        """The users' rows in one store read: {feature: value} each, None where a feature has no value."""
         if self._direct is not None:
-            row = self._direct.read(int(user_id))
-        else:
-            row = self.store.get_online_features(features=USER_REFS,
-                                                 entity_rows=[{"user_id": int(user_id)}]).to_dict()
-        recent = row["recent_items"][0]
-        if recent is None or (not recent and not row["n_interactions"][0]):  # no row, or a deleted user's blank
+            return self._direct.read(user_ids)
+        cols = self.store.get_online_features(features=USER_REFS,
+                                              entity_rows=[{"user_id": int(u)} for u in user_ids]).to_dict()
+        return [{f: cols.get(f, [None] * len(user_ids))[j] for f in (*USER_FIELDS, "seen_items")}
+                for j in range(len(user_ids))]
+
+    @staticmethod
+    def profile(user_id: int, row: dict[str, object]) -> UserContext:
+        recent = row["recent_items"]
+        if recent is None or (not recent and not row["n_interactions"]):  # no row, or a deleted user's blank
             return UserContext(user_id=user_id, known=False)
-        seen = row.get("seen_items", [None])[0]
+        seen = row.get("seen_items")
         return UserContext(user_id=user_id, known=True, recent_items=[int(i) for i in recent],
-                           n_interactions=int(row["n_interactions"][0] or 0),
-                           mean_rating=float(row["mean_rating"][0] or 0.0),
-                           favourite_genres=list(row["favourite_genres"][0] or []),
+                           n_interactions=int(row["n_interactions"] or 0),
+                           mean_rating=float(row["mean_rating"] or 0.0),
+                           favourite_genres=list(row["favourite_genres"] or []),
                            seen_items=None if seen is None else [int(i) for i in seen])
 
     def items(self, item_ids: list[int] | np.ndarray, fields: tuple[str, ...] = ITEM_FIELDS) -> ItemRows:
@@ -274,16 +287,16 @@ class ItemCache:
 
 async def read_user(reader: FeatureReader, user_id: int,
                     timeout_ms: float) -> tuple[UserContext, Degradation | None, float]:
-    """The user's online features within the features stage's timeout, read off the event loop, and the ms
-    the read took (the stage's timing).
+    """The user's online features within the features stage's timeout, read off the event loop with the reads
+    queued beside it (`FeatureReader.reads`), and the ms the read took (the stage's timing).
 
     Feast unreachable, failing or late → an unknown user (the cold-start answer), with the reason as a
-    Degradation: the caller serves popularity and says so. A late read's thread is left to finish on its own.
+    Degradation: the caller serves popularity and says so. A late read finishes on the reader thread, unused.
     """
     t0 = time.perf_counter()
     try:
         async with asyncio.timeout(timeout_ms / 1e3):  # not wait_for: that wraps the call in a task of its own
-            user = await asyncio.to_thread(reader.user, user_id)
+            user = await reader.reads.read(user_id)
         return user, None, (time.perf_counter() - t0) * 1e3
     except TimeoutError:
         reason = f"timeout after {timeout_ms:.0f} ms"

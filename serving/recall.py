@@ -152,9 +152,7 @@ class Recaller:
             cands = self._popular(seen, n, np.zeros(0, dtype=np.int64), np.zeros(0), vector=None)
             return self._add_new(cands, user, exclude, None)
         u = self.user_vector(hist)
-        idx, scores, channel = self._search(u, n + int(seen.sum()))
-        keep = ~seen[idx]
-        idx, scores = idx[keep][:n], scores[keep][:n]
+        idx, scores, channel = self._search(u, n, seen)
         cands = self._popular(seen, self.n_popular, idx, scores, vector=u, channel=channel)
         return self._add_new(cands, user, exclude, u)
 
@@ -173,23 +171,33 @@ class Recaller:
         cands.channels += ["new"] * len(picked)
         return cands
 
-    def _search(self, u: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """Every item scored (exact) up to `exact_recall_max_items`: at 1,682 items one matrix-vector product and
-        a partial sort take 0.016 ms against HNSW's 0.095 ms (efSearch 256), and find the true top n. Larger
-        catalogues use the index."""
-        n = min(n, len(self.index.item_ids) - 1)
+    def _search(self, u: np.ndarray, n: int, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """The n best items not `seen` (a mask over index positions). Every item scored (exact) up to
+        `exact_recall_max_items`: at 1,682 items one matrix-vector product, the seen ones set to -inf, and a
+        partial sort take 0.016 ms against HNSW's 0.095 ms (efSearch 256), and find the true top n. Larger
+        catalogues use the index, asked for n more than the user has seen."""
         if self.index.ann is not None and len(self.index.item_ids) - 1 > self.exact_max:
-            scores, rows = self.index.ann.search(u[None, :].astype(np.float32), n)
+            k = min(n + int(seen.sum()), len(self.index.item_ids) - 1)
+            scores, rows = self.index.ann.search(u[None, :].astype(np.float32), k)
             ok = rows[0] >= 0
-            return rows[0][ok] + 1, scores[0][ok], "ann"
-        s = self.index.embeddings[1:] @ u
+            idx, scores = rows[0][ok] + 1, scores[0][ok]
+            keep = ~seen[idx]
+            return idx[keep][:n], scores[keep][:n], "ann"
+        s = self.index.embeddings @ u
+        s[seen] = -np.inf  # position 0 (padding) is always in `seen`
+        n = min(n, len(s) - int(seen.sum()))
+        if n <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=s.dtype), "exact"
         top = np.argpartition(-s, n - 1)[:n]
         top = top[np.argsort(-s[top], kind="stable")]
-        return top + 1, s[top], "exact"
+        return top, s[top], "exact"
 
     def _popular(self, seen: np.ndarray, n: int, items: np.ndarray, scores: np.ndarray,
                  vector: np.ndarray | None, channel: str = "ann") -> Candidates:
         """Append up to n popular items not seen and not already candidates (scored u·v when there is a user)."""
+        if n <= 0:  # the usual case for a user with a vector: no popular channel configured
+            return Candidates(item_ids=self.index.item_ids[items].tolist(), scores=scores.astype(np.float64).tolist(),
+                              channels=[channel] * len(items), model_version=self.version if vector is not None else "")
         order, pop = self._pop_order
         have = seen.copy()
         have[items] = True

@@ -63,6 +63,8 @@ def test_server_reads_equal_sdk_reads(server_home, use_home):
     for u in users:
         assert http.user(u) == sdk.user(u)
     assert not http.user(10**7).known and sdk.user(1).known
+    assert http.rows(users) == sdk.rows(users)  # several users in one request, as coalesced reads send them
+    assert [http.profile(u, r) for u, r in zip(users, http.rows(users), strict=True)] == [sdk.user(u) for u in users]
     ids = [1, 2, 3, 10**7]
     a, b = sdk.items(ids), http.items(ids)
     assert a.title == b.title and a.genres == b.genres and list(a.found) == list(b.found) == [True] * 3 + [False]
