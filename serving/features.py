@@ -29,6 +29,7 @@ from serving.user_reads import CoalescedReads
 
 USER_FIELDS = ("recent_items", "n_interactions", "mean_rating", "favourite_genres")
 USER_REFS = [f"user_profile:{f}" for f in USER_FIELDS] + ["user_history:seen_items"]
+USER_COLUMNS = tuple(r.split(":")[1] for r in USER_REFS)  # a user row's keys (`FeatureReader.rows`)
 ITEM_FIELDS = ("title", "genres", "year", "popularity", "item_mean_rating", "content_embedding")
 
 
@@ -71,7 +72,6 @@ class DirectUserRead:
         self.store, self.provider = store, store._get_provider()
         self.groups = [(fv, [r.split(":")[1] for r in USER_REFS if r.startswith(name + ":")])
                        for name, fv in views.items()]  # each view with its features, once
-        self.fields = [r.split(":")[1] for r in USER_REFS]
         self._key, self._value, self._python = EntityKey, Value, feast_value_type_to_python_type
 
     @classmethod
@@ -89,7 +89,7 @@ class DirectUserRead:
         """`get_online_features(USER_REFS, [{"user_id": id}, ...]).to_dict()`, one row per user: {feature: value},
         one query per view for all of them."""
         keys = [self._key(join_keys=["user_id"], entity_values=[self._value(int64_val=int(u))]) for u in user_ids]
-        out: list[dict[str, object]] = [dict.fromkeys(self.fields) for _ in user_ids]
+        out: list[dict[str, object]] = [dict.fromkeys(USER_COLUMNS) for _ in user_ids]
         for fv, feats in self.groups:
             got = self.provider.online_read(config=self.store.config, table=fv, entity_keys=keys,
                                             requested_features=feats)
@@ -115,10 +115,10 @@ class FeatureReader:
         """The users' rows in one store read: {feature: value} each, None where a feature has no value."""
         if self._direct is not None:
             return self._direct.read(user_ids)
-        cols = self.store.get_online_features(features=USER_REFS,
-                                              entity_rows=[{"user_id": int(u)} for u in user_ids]).to_dict()
-        return [{f: cols.get(f, [None] * len(user_ids))[j] for f in (*USER_FIELDS, "seen_items")}
-                for j in range(len(user_ids))]
+        got = self.store.get_online_features(features=USER_REFS,
+                                             entity_rows=[{"user_id": int(u)} for u in user_ids]).to_dict()
+        cols = {f: got.get(f) or [None] * len(user_ids) for f in USER_COLUMNS}
+        return [{f: cols[f][j] for f in USER_COLUMNS} for j in range(len(user_ids))]
 
     @staticmethod
     def profile(user_id: int, row: dict[str, object]) -> UserContext:

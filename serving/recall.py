@@ -195,18 +195,16 @@ class Recaller:
     def _popular(self, seen: np.ndarray, n: int, items: np.ndarray, scores: np.ndarray,
                  vector: np.ndarray | None, channel: str = "ann") -> Candidates:
         """Append up to n popular items not seen and not already candidates (scored u·v when there is a user)."""
-        if n <= 0:  # the usual case for a user with a vector: no popular channel configured
-            return Candidates(item_ids=self.index.item_ids[items].tolist(), scores=scores.astype(np.float64).tolist(),
-                              channels=[channel] * len(items), model_version=self.version if vector is not None else "")
-        order, pop = self._pop_order
-        have = seen.copy()
-        have[items] = True
-        avail = ~have[order]
-        added, added_pop = order[avail][:n], pop[avail][:n]
-        added_scores = self.index.embeddings[added] @ vector if vector is not None else added_pop
-        rows = np.concatenate([items, added])
-        return Candidates(item_ids=self.index.item_ids[rows].tolist(),
-                          scores=np.concatenate([scores, added_scores]).astype(np.float64).tolist(),
+        rows, added = items, items[:0]
+        if n > 0:  # off by default (`popular_candidates` 0) for a user with a vector: nothing to mask or gather
+            order, pop = self._pop_order
+            have = seen.copy()
+            have[items] = True
+            avail = ~have[order]
+            added = order[avail][:n]
+            added_scores = self.index.embeddings[added] @ vector if vector is not None else pop[avail][:n]
+            rows, scores = np.concatenate([items, added]), np.concatenate([scores, added_scores])
+        return Candidates(item_ids=self.index.item_ids[rows].tolist(), scores=scores.astype(np.float64).tolist(),
                           channels=[channel] * len(items) + ["popular"] * len(added),
                           model_version=self.version if vector is not None else "")
 

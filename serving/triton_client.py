@@ -70,7 +70,7 @@ class RankerClient:
         at = next((j for j, o in enumerate(res.outputs) if o.name == "p_click"), None)
         if at is None or at >= len(res.raw_output_contents) or res.outputs[at].datatype != "FP32":
             raise ValueError(f"{self.model} v{version}: no FP32 p_click in Triton's answer")
-        return np.frombuffer(res.raw_output_contents[at], dtype=np.float32).copy()
+        return np.frombuffer(res.raw_output_contents[at], dtype=np.float32)  # read-only, as tritonclient's was
 
     def _drop(self, stub) -> None:
         """A fresh channel next time: a channel that saw the server die backs off for up to minutes."""
