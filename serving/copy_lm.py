@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -89,6 +90,10 @@ class CopyModel:
             raise
 
     def _load(self, folder: Path, cache_dir: Path, dtype: str, use_gpu: bool, threads: int | None) -> None:
+        # oneDNN keeps up to 1,024 matmul primitives by default, one per shape, and decoding meets a new shape at
+        # most steps: 16 kept 60-90 MB less in a loaded copy model after 80 copies, at the same speed (none: 2x
+        # slower). Read at the first matmul, so setting it here still counts; an operator's own value wins.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
         import torch  # here, not at import: every replica imports this module (serving.app), few load a model
 
         from core.copy_lm import merged, read_copy_folder
@@ -100,10 +105,10 @@ class CopyModel:
         if self.cfg.prompt != PROMPT_FORMAT:  # it would be served prompts it never saw
             raise ValueError(f"copy model v{self.version} was trained on prompt format {self.cfg.prompt!r}, this "
                              f"code writes {PROMPT_FORMAT!r}: retrain it (recsys train copy) and promote")
-        model, self.tok = merged(self.cfg.base_model, cache_dir, self.cfg, adapter)
-        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.dtype = pick_dtype(dtype)
-        self.model = model.to(self.device, self.dtype)
+        model, self.tok = merged(self.cfg.base_model, cache_dir, self.cfg, adapter, self.dtype)
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device)
         trim_heap()
 
     def generate(self, facts: list[CopyFacts]) -> list[str]:

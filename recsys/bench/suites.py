@@ -360,12 +360,18 @@ def _end_train_coordinator() -> None:
     """Ray Train creates a detached, restartable `AutoscalingCoordinator` actor in the cluster it trains on
     (ray/data/_internal/cluster_autoscaler/default_autoscaling_coordinator.py, get_or_create_autoscaling_coordinator)
     and leaves it there: 0.19 GiB counted in the serving stack when the bench trains its stand-in copy model on
-    the serving head. A cluster trains in its RayJob's own Ray cluster, so it is not the serving stack's."""
+    the serving head. A cluster trains in its RayJob's own Ray cluster, so it is not the serving stack's.
+    `ray.kill` only asks: the process is waited for, or the RSS window's first samples still count it."""
+    import psutil
     import ray
 
-    if ray.is_initialized():
-        with contextlib.suppress(ValueError):
-            ray.kill(ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator"), no_restart=True)
+    if not ray.is_initialized():
+        return
+    procs = [p for p in psutil.process_iter(["cmdline"]) if "ray::_AutoscalingCoordinatorActor" in
+             " ".join(p.info["cmdline"] or [])]
+    with contextlib.suppress(ValueError):
+        ray.kill(ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator"), no_restart=True)
+    psutil.wait_procs(procs, timeout=15)
 
 
 def _adapter_steps(s: Settings, version: str) -> int | None:

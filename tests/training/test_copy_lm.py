@@ -94,6 +94,57 @@ def test_lora_trains_only_adapters_and_merges_exactly(cache: Path) -> None:
     assert all(torch.equal(lora_state(fresh)[k], v) for k, v in state.items())
 
 
+def _peft_merged(cache: Path, cfg: CopyLMConfig, state: dict[str, torch.Tensor], dtype: torch.dtype):
+    """The reference: peft's own merge on the fp32 base, then the cast."""
+    model = add_lora(load_base(TINY, cache)[0], cfg)
+    load_lora(model, state)
+    return model.merge_and_unload().to(dtype)
+
+
+@pytest.mark.parametrize("layout", ["cache", "sharded", "bin"])
+def test_merged_at_a_serving_dtype_equals_peft_merge_then_cast(cache: Path, tmp_path: Path, layout: str) -> None:
+    """Whichever checkpoint layout the base has (one safetensors file, shards with an index, a .bin), the weights
+    `merged` builds tensor by tensor at bf16 are bit for bit those of a peft merge in fp32 followed by the cast,
+    the embedding stays tied to the LM head, and an adapter for modules the base lacks is refused."""
+    from core.copy_lm import resolve_base
+
+    cfg = CopyLMConfig(base_model=TINY)
+    torch.manual_seed(2)
+    lora = add_lora(load_base(TINY, cache)[0], cfg)
+    for n, p in lora.named_parameters():
+        if "lora_B" in n:
+            p.data.normal_(0, 0.5)
+    state = lora_state(lora)
+    name = TINY
+    if layout != "cache":
+        name = str(tmp_path / layout)
+        base = load_base(TINY, cache)[0]
+        base.save_pretrained(name, max_shard_size="4MB" if layout == "sharded" else "5GB")
+        load_base(TINY, cache)[1].save_pretrained(name)
+        if layout == "bin":  # transformers only writes safetensors now; older hub checkpoints are .bin
+            from safetensors.torch import load_file
+
+            torch.save(load_file(Path(name) / "model.safetensors"), Path(name) / "pytorch_model.bin")
+            (Path(name) / "model.safetensors").unlink()
+        assert (Path(name) / ("model.safetensors.index.json" if layout == "sharded" else "pytorch_model.bin")).exists()
+    else:
+        assert (Path(resolve_base(TINY, cache)) / "model.safetensors").exists()
+    for dtype in (torch.bfloat16, torch.float32):
+        want = _peft_merged(cache, cfg, state, dtype).state_dict()
+        got_model, _ = merged(name, cache, cfg, state, dtype)
+        got = got_model.state_dict()
+        assert got.keys() == want.keys()
+        assert all(got[k].dtype == dtype and torch.equal(got[k], want[k]) for k in want), dtype
+        assert got_model.lm_head.weight.data_ptr() == got_model.model.embed_tokens.weight.data_ptr()
+    # The adapter changed what it adapts and nothing else.
+    plain = merged(name, cache, cfg, None, torch.float32)[0].state_dict()  # got: the last, fp32
+    changed = {k for k in plain if not torch.equal(plain[k], got[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    foreign = {k.replace("q_proj", "gate_q"): v for k, v in state.items()}
+    with pytest.raises(ValueError, match="adapter does not fit the base model"):
+        merged(name, cache, cfg, foreign, torch.bfloat16)
+
+
 def test_generation_is_one_line_per_item_within_the_token_budget(tiny) -> None:
     model, tok = tiny
     texts = generate(model, tok, [FACTS, CopyFacts(ItemFacts.from_row(2, "Heat (1995)", 1995, ["Action"]))], 12)
