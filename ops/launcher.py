@@ -275,4 +275,24 @@ def down(settings: Settings) -> list[str]:
         stopped.append("ray serve")
     if triton_server.down(settings):
         stopped.append("triton")
+    if stop_stray_haproxy(settings):
+        stopped.append("haproxy")
     return stopped
+
+
+def stop_stray_haproxy(settings: Settings) -> int:
+    """End the HAProxy processes still running on this home's files (`haproxy_dir`). Serve's HAProxyManager ends
+    its HAProxy at `serve.shutdown`, but a manager killed without it (`ray stop --force` on a stuck head, a killed
+    node) leaves HAProxy behind, holding the HTTP port, and the next `recsys serve` cannot start its own (here:
+    `HAProxyManager.ready()` failed). Another home's HAProxy is not touched. Returns how many it ended."""
+    import psutil
+
+    root = f"{haproxy_dir(settings)}/"
+    stray = [p for p in psutil.process_iter(["cmdline"]) if (cmd := p.info["cmdline"])
+             and Path(cmd[0]).name == "haproxy" and any(a.startswith(root) for a in cmd[1:])]
+    for p in stray:
+        p.terminate()
+    _, alive = psutil.wait_procs(stray, timeout=5)
+    for p in alive:
+        p.kill()
+    return len(stray)

@@ -94,3 +94,32 @@ def test_haproxys_socket_paths_fit_its_limit_however_deep_the_home(tmp_path: Pat
     assert root.stat().st_mode & 0o777 == 0o700
     monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "other"))
     assert haproxy_dir(load_settings()) != root  # one per home: two stacks never share HAProxy's files
+
+
+def test_down_ends_a_stray_haproxy_of_its_home_and_no_other(tmp_path: Path, monkeypatch) -> None:
+    """An HAProxy left on this home's files (its manager killed without `serve.shutdown`) is ended; one on another
+    home's files keeps running. Stand-ins: a Python named `haproxy` with `-f <dir>/<node>/haproxy.cfg`, as Serve
+    starts it."""
+    import subprocess
+    import sys
+
+    from ops.launcher import haproxy_dir, stop_stray_haproxy
+
+    fake = tmp_path / "bin" / "haproxy"
+    fake.parent.mkdir()
+    fake.symlink_to(sys.executable)
+    procs = {}
+    for home in ("mine", "theirs"):
+        monkeypatch.setenv("RECSYS_HOME", str(tmp_path / home))
+        cfg = haproxy_dir(load_settings()) / ("n" * 56) / "haproxy.cfg"
+        procs[home] = subprocess.Popen([str(fake), "-c", "import time; time.sleep(120)", "-db", "-f", str(cfg)])
+    try:
+        monkeypatch.setenv("RECSYS_HOME", str(tmp_path / "mine"))
+        assert stop_stray_haproxy(load_settings()) == 1
+        assert procs["mine"].wait(timeout=10) is not None
+        assert procs["theirs"].poll() is None
+        assert stop_stray_haproxy(load_settings()) == 0  # nothing left to end: a second `down` is a no-op
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()
