@@ -376,6 +376,32 @@ def test_the_floor_section_shows_each_interleaved_run_and_the_share_of_the_floor
     assert floor_report({}) == []  # a serving run without the floor (older results) renders nothing
 
 
+def test_floor_ratios_are_medians_of_per_pair_ratios_so_drift_and_one_odd_run_do_not_decide():
+    """The VM slows 2x from the second pair on (both graphs alike), and the floor's second c=1 run alone is slow
+    (as in b08cddb's bench: 3.3 then 5.6 ms, which two pairs turned into a c=1 p50 of 1.21x from pair ratios of
+    1.76 and 0.89). Ratios taken within pairs cancel the drift, and the median of three outvotes the odd pair."""
+    from recsys.bench.report import floor_report
+    from recsys.bench.suites import floor_ratios
+
+    def run(rps: float, p50: float, p99: float) -> dict:
+        return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": 0}
+
+    runs = {"platform": {8: [run(300, 20, 40), run(150, 40, 80), run(150, 40, 80)],
+                         1: [run(170, 5.0, 9), run(85, 10.0, 18), run(85, 10.0, 18)]},
+            "floor": {8: [run(500, 12, 30), run(250, 24, 60), run(250, 24, 60)],
+                      1: [run(280, 3.3, 8), run(60, 11.2, 16), run(140, 6.6, 16)]}}
+    q = floor_ratios(runs)
+    assert q["per_pair"] == {"rps_c8": [0.6, 0.6, 0.6], "p99_c8": [1.333, 1.333, 1.333],
+                             "p50_c1": [1.515, 0.893, 1.515]}
+    assert (q["rps_c8"], q["p99_c8"], q["p50_c1"]) == (0.6, 1.333, 1.515)
+    assert q["rps_c8_per_pair"] == [0.6, 0.6, 0.6]
+    as_saved = {name: {str(c): v for c, v in by_c.items()} for name, by_c in runs.items()}
+    text = "\n".join(floor_report({"floor": {"runs": as_saved, "candidates": 25, "cpu_ms_per_request_c8": {},
+                                              "floor_ratio": q}}))
+    assert "(median of the per-pair ratios)" in text
+    assert "concurrency-1 p50 1.515× (target ≤ 1.5; per pair [1.515, 0.893, 1.515])" in text
+
+
 def test_the_copy_ahead_line_states_both_hit_rates_and_is_absent_from_older_results():
     from recsys.bench.report import ahead_report
 
