@@ -247,8 +247,13 @@ def _safetensors_files(where: str) -> list[Path] | None:
     index = find("model.safetensors.index.json")
     if index is None:
         return None
-    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    return [p for p in (find(s) for s in shards) if p]
+    files = []
+    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+        found = find(shard)
+        if found is None:  # left out, its weights would start random with only a warning, as `from_pretrained` refuses
+            raise FileNotFoundError(f"{where}: shard {shard} named in model.safetensors.index.json is missing")
+        files.append(found)
+    return files
 
 
 def _read_safetensors(path: Path):

@@ -140,6 +140,12 @@ def test_merged_at_a_serving_dtype_equals_peft_merge_then_cast(cache: Path, tmp_
     plain = merged(name, cache, cfg, None, torch.float32)[0].state_dict()  # got: the last, fp32
     changed = {k for k in plain if not torch.equal(plain[k], got[k])}
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    if layout == "sharded":  # a shard the index names but the folder lacks fails, never loads half the weights
+        shard = sorted(Path(name).glob("model-*.safetensors"))[-1]
+        shard.rename(shard.with_suffix(".gone"))
+        with pytest.raises(FileNotFoundError, match="missing"):
+            merged(name, cache, cfg, state, torch.bfloat16)
+        shard.with_suffix(".gone").rename(shard)
     foreign = {k.replace("q_proj", "gate_q"): v for k, v in state.items()}
     with pytest.raises(ValueError, match="adapter does not fit the base model"):
         merged(name, cache, cfg, foreign, torch.bfloat16)
