@@ -3,7 +3,8 @@
 One function builds the prompt (the tokenizer's own chat template over `core.copy_guard.messages`), so the
 fine-tuned model is served exactly the prompt it was trained on. The prompt is tokenized in two parts, the
 viewer's shared prefix and the item's suffix, in training as in serving: generation for k items of one viewer
-then runs the shared prefix through the model once and decodes all k items from a copy of its KV cache.
+then runs the shared prefix through the model once and decodes all k items from a copy of its KV cache. Served,
+each copy is written only in its own tokens (`core.copy_vocabulary`), and only the batch's few hundred are scored.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from core.copy_claims import ClaimTokens, FactTokens, ban, claim_tokens, holds, token_texts, within
 from core.copy_guard import CopyFacts, ItemFacts, Taste, messages
 from core.copy_phrasings import style, style_words
+from core.copy_vocabulary import columns, copy_vocabularies, segments
 
 
 def prompt_text(tok, facts: CopyFacts, line: str | None = None) -> str:
@@ -56,13 +58,14 @@ def first_line(text: str) -> str:
 @torch.inference_mode()
 def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size: int = 16,
              drafts: Callable[[CopyFacts], list[str]] | None = None, lookahead: int = 12,
-             min_p: float = 0.0) -> list[str]:
+             min_p: float = 0.0, vocabulary: bool = False) -> list[str]:
     """A copy for each facts; the first line, stripped, of what was generated. Items of one viewer (the
     same prompt prefix) are batched together; each batch computes the prefix its rows share once.
     `min_p` 0: greedy. Above 0: min-p sampling (`pick`), seeded per copy (`CopyFacts.key`) and per position.
     `drafts(facts)`: texts the copy is likely to follow (e.g. the training phrasings of these facts); the
     decoder verifies up to `lookahead` of their tokens per forward pass and keeps only what the decoder
-    itself picks, so they change the speed, never the copy."""
+    itself picks, so they change the speed, never the copy. `vocabulary`: the copy is written only in the tokens
+    of its facts' compositions (`core.copy_vocabulary`), and only they are scored (where `plain_head` holds)."""
     parts = [prompt_ids(tok, f) for f in facts]
     system = system_length(tok)
     full = [shared + item for shared, item in parts]
@@ -74,10 +77,12 @@ def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size
         # Drafts: the phrasings, then the prompt itself (copy repeats its facts: a title's tokens follow on).
         cands = [[*answer_ids(tok, drafts(facts[r]), facts[r]), full[r]] for r in chunk] if drafts else None
         held = [FactTokens(tok, facts[r]) for r in chunk]  # the rows' titles and year, tokenized once
+        vocab = (copy_vocabularies(tok, [facts[r] for r in chunk], sentence_ends(tok)[1])
+                 if vocabulary and plain_head(model) else None)
         new = greedy(model, full[chunk[0]][:common], [full[r][common:] for r in chunk], max_new_tokens,
                      tok.eos_token_id, tok.pad_token_id, cands, lookahead,
                      [facts[r].key() for r in chunk] if min_p > 0 else None, min_p, system,
-                     [ft.titles for ft in held], sentence_ends(tok), (claim_tokens(tok), held))
+                     [ft.titles for ft in held], sentence_ends(tok), (claim_tokens(tok), held), vocab)
         for r, ids in zip(chunk, new, strict=True):
             out[r] = first_line(tok.decode(ids, skip_special_tokens=True))
     return out
@@ -105,20 +110,7 @@ def copy_ids(tok, text: str, facts: CopyFacts) -> list[int]:
     a title's last token can merge with what follows ("(Se7en)." ends in the one token ")."), and the model,
     trained on the merged token and then handed ")" by the decoder, wrote past the end of the sentence ("Because
     you watched Seven (Se7en) because you watched…": 6 of 14 failures in 1,000 copies, session 34)."""
-    titles = sorted({t for t in (facts.item.title, *facts.taste.liked) if t}, key=len, reverse=True)
-    if not titles:
-        return tok(text, add_special_tokens=False)["input_ids"]
-    pattern = re.compile("|".join(" ?" + re.escape(t) for t in titles))
-    ids: list[int] = []
-    pos = 0
-    for m in pattern.finditer(text):
-        for part in (text[pos : m.start()], m.group(0)):
-            if part:
-                ids += tok(part, add_special_tokens=False)["input_ids"]
-        pos = m.end()
-    if text[pos:]:
-        ids += tok(text[pos:], add_special_tokens=False)["input_ids"]
-    return ids
+    return [i for part in segments(text, facts) for i in tok(part, add_special_tokens=False)["input_ids"]]
 
 
 _FINISHED = re.compile(r"[.!?][\"'’”)]*\s*$")
@@ -204,6 +196,20 @@ class TitleCopy:
         return scores
 
 
+class VocabularyLimit:
+    """The rows' own tokens (`core.copy_vocabulary`) as a Hugging Face logits processor: every other token -inf,
+    for the reference decoding."""
+
+    def __init__(self, rows: list[frozenset[int]]) -> None:
+        self.rows = [torch.tensor(sorted(r), dtype=torch.long) for r in rows]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(scores, float("-inf"))
+        for r, ids in enumerate(self.rows):
+            out[r, ids] = scores[r, ids.to(scores.device)]
+        return out
+
+
 def propose(cands: list[list[int]], seq: list[int], k: int) -> list[int]:
     """Up to k next tokens: from a candidate that begins with everything generated so far, else from where the
     last 3 (then 2) generated tokens occur in a candidate; nothing when neither matches."""
@@ -284,18 +290,83 @@ def _last(n: int, dev: torch.device) -> torch.Tensor:
     return torch.tensor([n - 1], device=dev)
 
 
+def plain_head(model) -> bool:
+    """Whether the model's logits are its decoder's last hidden state times its output embedding (no bias, scale or
+    soft cap), so that scoring some tokens (`Head`) gives exactly those tokens' logits. Checked once per model on a
+    few tokens, not assumed from its architecture."""
+    known = getattr(model, "_copy_plain_head", None)
+    if known is None:
+        out_emb, known = model.get_output_embeddings(), False
+        if out_emb is not None and getattr(out_emb, "bias", None) is None and hasattr(out_emb, "weight"):
+            ids = torch.arange(1, 9, device=model.device)[None]
+            full = model(input_ids=ids).logits[0, -1].float()
+            mine = torch.nn.functional.linear(model.get_decoder()(input_ids=ids).last_hidden_state[0, -1],
+                                              out_emb.weight).float()
+            known = mine.shape == full.shape and bool((mine - full).abs().max() <= 1e-2 * full.abs().max())
+        model._copy_plain_head = known
+    return known
+
+
+class Head:
+    """The decoder's logits: the model's own, or with `vocab` (sorted token ids) only those tokens' columns (the
+    decoder's hidden states times their rows of the output embedding), the last axis then indexing `vocab`;
+    `own` (rows, columns): the columns each row may take (`limit`)."""
+
+    def __init__(self, model, vocab: torch.Tensor | None, own: torch.Tensor | None = None) -> None:
+        self.model, self.vocab = model, vocab
+        if vocab is not None:
+            self.vocab, self.own = vocab.to(model.device), own.to(model.device)
+            self.decoder = model.get_decoder()
+            self.weight = model.get_output_embeddings().weight.index_select(0, self.vocab)
+            self.ids = vocab.tolist()
+
+    def run(self, **kw) -> None:
+        """A pass for its KV cache alone: without `vocab`, the model's last position only (`_last`)."""
+        if self.vocab is None:
+            self.model(**kw, logits_to_keep=_last(kw["input_ids"].shape[1], kw["input_ids"].device))
+        else:
+            self.decoder(**kw)
+
+    def __call__(self, keep: int | torch.Tensor, **kw) -> torch.Tensor:
+        """(rows, positions, columns) logits of the last `keep` positions (or those an index tensor names)."""
+        if self.vocab is None:
+            return self.model(**kw, logits_to_keep=keep).logits
+        hidden = self.decoder(**kw).last_hidden_state
+        hidden = hidden[:, keep] if isinstance(keep, torch.Tensor) else hidden[:, hidden.shape[1] - keep :]
+        return torch.nn.functional.linear(hidden, self.weight)
+
+    def columns(self, ids: torch.Tensor) -> torch.Tensor:
+        """Where these token ids are on the last axis (ids outside `vocab` have no column)."""
+        ids = ids.to(self.model.device)
+        if self.vocab is None:
+            return ids
+        return torch.searchsorted(self.vocab, ids[torch.isin(ids, self.vocab)])
+
+    def limit(self, logits: torch.Tensor, rows: list[int]) -> None:
+        """(batch rows, positions, columns) logits in place: each row's columns outside its own set to -inf.
+        `rows`: the original row of each batch row."""
+        if self.vocab is not None:
+            logits.masked_fill_(~self.own[rows][:, None, :], float("-inf"))
+
+    def tokens(self, picks: list[list[int]]) -> list[list[int]]:
+        """Columns picked → token ids."""
+        return picks if self.vocab is None else [[self.ids[j] for j in row] for row in picks]
+
+
 def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: int, eos_id: int,
            pad_id: int | None, cands: list[list[list[int]]] | None = None, lookahead: int = 12,
            keys: list[int] | None = None, min_p: float = 0.0, system: int = 0,
            titles: list[list[list[int]]] | None = None,
            ends: tuple[torch.Tensor, torch.Tensor] | None = None,
-           claims: tuple[ClaimTokens, list[FactTokens]] | None = None) -> list[list[int]]:
+           claims: tuple[ClaimTokens, list[FactTokens]] | None = None,
+           vocab: list[frozenset[int]] | None = None) -> list[list[int]]:
     """Decoding of len(suffixes) rows that all start with `shared`: greedy, or with `keys` (one per row)
     seeded min-p sampling (`pick`). `system`: how many of `shared`'s tokens every prompt starts with; their KV
     cache is computed once per model (`_system_cache`). `titles` (per row, `title_ids`): a title under way is
     copied whole (`forced`), whatever the model would pick instead. `ends` (`sentence_ends`): the copy may end
     only after a sentence's end. `claims` (`core.copy_claims`; per row its facts): no name, number or doubled
-    word the facts do not hold.
+    word the facts do not hold. `vocab` (per row, `core.copy_vocabulary`): the only tokens a row may take; only
+    the rows' tokens together are scored.
 
     The shared prefix runs once (batch 1) and its KV cache is repeated per row; suffixes are left-padded *after*
     the prefix (masked out, positions continuing the prefix's); a row leaves the batch when it ends. With
@@ -311,8 +382,8 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     n, p = len(suffixes), len(shared)
     width = max(len(s) for s in suffixes)
     cache, done = _system_cache(model, shared, system)
-    model(input_ids=torch.tensor([shared[done:]], device=dev), past_key_values=cache, use_cache=True,
-          logits_to_keep=_last(p - done, dev))
+    head = Head(model, *columns(vocab) if vocab is not None else (None, None))
+    head.run(input_ids=torch.tensor([shared[done:]], device=dev), past_key_values=cache, use_cache=True)
     cache.batch_repeat_interleave(n)
     pad = pad_id if pad_id is not None else eos_id
     ids = torch.full((n, width), pad, dtype=torch.long, device=dev)
@@ -322,14 +393,15 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
         ids[r, width - len(s) :] = torch.tensor(s, device=dev)
         mask[r, p + width - len(s) :] = 1
     pos = p + (mask[:, p:].cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
-                   logits_to_keep=_last(width, dev)).logits[:, -1]
+    logits = head(_last(width, dev), input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                  use_cache=True)[:, -1]
     if ends is not None:  # an empty copy is not a finished one
-        enders, stops = ends[0].to(dev), ends[1].to(dev)
+        enders, stops = ends[0].to(dev), head.columns(ends[1])
         logits[:, stops] = float("-inf")
     if claims is not None:
-        ban(logits[:, None], claims[0], claims[1], [[[]] for _ in range(n)])
-    first = pick(logits[:, None], keys, [0] * n, min_p)
+        ban(logits[:, None], claims[0], claims[1], [[[]] for _ in range(n)], head.vocab)
+    head.limit(logits[:, None], list(range(n)))
+    first = head.tokens(pick(logits[:, None], keys, [0] * n, min_p))
     out: list[list[int]] = [[row[0]] for row in first]  # last token of each row: not yet in cache
     nxt = pos[:, -1] + 1  # position of that pending token
     alive = list(range(n))  # original row of each batch row
@@ -351,15 +423,17 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
             step[b, : 1 + len(g)] = torch.tensor([out[r][-1], *g], device=dev)
             new_mask[b, : 1 + len(g)] = 1
         mask = torch.cat([mask, new_mask], dim=1)
-        logits = model(input_ids=step, attention_mask=mask, position_ids=nxt[:, None] + torch.arange(w, device=dev),
-                       past_key_values=cache, use_cache=True, logits_to_keep=w).logits
+        logits = head(w, input_ids=step, attention_mask=mask, position_ids=nxt[:, None] + torch.arange(w, device=dev),
+                      past_key_values=cache, use_cache=True)
         if ends is not None:  # logits[:, j] follow step[:, j]: the copy ends only after a sentence's end
             open_ = ~torch.isin(step, enders)[..., None]
             logits[..., stops] = logits[..., stops].masked_fill(open_, float("-inf"))
         if claims is not None:  # logits[:, j] follow the copy so far plus the draft's first j tokens
             ban(logits, claims[0], [claims[1][r] for r in alive],
-                [[out[r] + g[:j] for j in range(len(g) + 1)] for r, g in zip(alive, guesses, strict=True)])
-        picks = pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive], min_p)
+                [[out[r] + g[:j] for j in range(len(g) + 1)] for r, g in zip(alive, guesses, strict=True)], head.vocab)
+        head.limit(logits, alive)
+        picks = head.tokens(pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive],
+                                 min_p))
         for b, (r, g) in enumerate(zip(alive, guesses, strict=True)):
             rt = titles[r] if titles else None
             a = 0

@@ -106,6 +106,13 @@ def styles(facts: CopyFacts) -> list[str]:
             for c in range(len(_CLOSES))]
 
 
+def covering_styles(facts: CopyFacts) -> list[str]:
+    """Styles whose compositions between them hold each value of these facts at every edge a piece gives it:
+    each naming of the movie (first opener, no sign-off) and each reason the facts allow (first naming)."""
+    reasons = _reasons(facts)
+    return [f"0{n}{reasons[0]}0" for n in range(_NAMINGS)] + [f"00{r}0" for r in reasons[1:]]
+
+
 def _reasons(facts: CopyFacts) -> list[int]:
     reasons = [_REASONS - 1]
     if facts.taste.liked:

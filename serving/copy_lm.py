@@ -136,7 +136,7 @@ class CopyModel:
         for rows in groups.values():
             with attention_kernels(self.device):
                 texts = generate(self.model, self.tok, [facts[i] for i in rows], self.cfg.max_new_tokens,
-                                 batch_size=len(rows), drafts=target_forms, min_p=self.cfg.min_p)
+                                 batch_size=len(rows), drafts=target_forms, min_p=self.cfg.min_p, vocabulary=True)
             for i, text in zip(rows, texts, strict=True):
                 out[i] = text
         return out

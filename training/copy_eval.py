@@ -53,7 +53,8 @@ def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, 
     facts = [f for f, _ in pairs]
     t0 = time.perf_counter()
     # Drafted by the training phrasings: the same greedy copy, fewer forward passes when the model follows them.
-    texts = generate(model, tok, facts, max_new_tokens, batch_size=48, drafts=target_forms, min_p=min_p)
+    texts = generate(model, tok, facts, max_new_tokens, batch_size=48, drafts=target_forms, min_p=min_p,
+                     vocabulary=True)
     seconds = time.perf_counter() - t0
     kinds: dict[str, int] = {}
     ok = 0

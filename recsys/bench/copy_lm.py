@@ -160,12 +160,13 @@ def hf_generate(model, facts: list) -> list[str]:
     """The speed reference for a cache miss: the same merged model and prompts through plain Hugging Face
     `generate` (one left-padded batch, no shared prefix, no drafts), on the model's own thread, decoding as the
     model is served: greedy, or min-p sampling over the top 8 (its own random draws, so other texts of the same
-    kind and about the same length)."""
+    kind and about the same length), each row limited to its own tokens by masking the full head's logits."""
     import torch
     from transformers import LogitsProcessorList
 
     from core.copy_claims import FactTokens, GroundedClaims, claim_tokens, title_ids
-    from core.copy_decoding import FinishedCopy, TitleCopy, first_line, prompt_text, sentence_ends
+    from core.copy_decoding import FinishedCopy, TitleCopy, VocabularyLimit, first_line, prompt_text, sentence_ends
+    from core.copy_vocabulary import copy_vocabularies
     from serving.copy_lm import attention_kernels
 
     tok = model.tok
@@ -180,9 +181,10 @@ def hf_generate(model, facts: list) -> list[str]:
             titles = TitleCopy([title_ids(tok, f) for f in facts], enc["input_ids"].shape[1])  # as served
             finished = FinishedCopy(sentence_ends(tok), enc["input_ids"].shape[1])
             claims = GroundedClaims(claim_tokens(tok), [FactTokens(tok, f) for f in facts], enc["input_ids"].shape[1])
+            limit = VocabularyLimit(copy_vocabularies(tok, facts, sentence_ends(tok)[1]))  # its full head, masked
             with attention_kernels(model.device):  # the served model's kernels: the ratio compares decoders
                 out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad,
-                                           logits_processor=LogitsProcessorList([finished, claims, titles]),
+                                           logits_processor=LogitsProcessorList([finished, claims, titles, limit]),
                                            **sampling)
     finally:
         tok.padding_side = side

@@ -12,6 +12,7 @@ from core.copy_claims import FactTokens, GroundedClaims, claim_tokens, title_ids
 from core.copy_decoding import (
     FinishedCopy,
     TitleCopy,
+    VocabularyLimit,
     first_line,
     generate,
     greedy,
@@ -20,6 +21,7 @@ from core.copy_decoding import (
 )
 from core.copy_guard import CopyFacts, ItemFacts, Taste
 from core.copy_phrasings import target_forms
+from core.copy_vocabulary import copy_vocabularies
 
 pytestmark = pytest.mark.slow  # loads SmolLM2 and decodes on 2 CPU cores (~50 s)
 
@@ -46,8 +48,9 @@ def facts() -> list[CopyFacts]:
 
 
 @torch.inference_mode()
-def reference(model, tok, batch: list[CopyFacts]) -> list[str]:
-    """Hugging Face's greedy generate over the whole prompts, left-padded: what the copy must equal."""
+def reference(model, tok, batch: list[CopyFacts], vocabulary: bool = False) -> list[str]:
+    """Hugging Face's greedy generate over the whole prompts, left-padded: what the copy must equal (`vocabulary`:
+    each row limited to its own tokens, as `generate(vocabulary=True)` writes)."""
     rows = [a + b for a, b in (prompt_ids(tok, f) for f in batch)]
     n = max(map(len, rows))
     ids = torch.tensor([[tok.pad_token_id] * (n - len(r)) + r for r in rows])
@@ -55,9 +58,10 @@ def reference(model, tok, batch: list[CopyFacts]) -> list[str]:
     titles = TitleCopy([title_ids(tok, f) for f in batch], n)  # titles copied whole, as served
     finished = FinishedCopy(sentence_ends(tok), n)  # and no turn ending mid-sentence
     claims = GroundedClaims(claim_tokens(tok), [FactTokens(tok, f) for f in batch], n)  # nor claim off the facts
+    limit = [VocabularyLimit(copy_vocabularies(tok, batch, sentence_ends(tok)[1]))] if vocabulary else []
     gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                         logits_processor=LogitsProcessorList([finished, claims, titles]))
+                         logits_processor=LogitsProcessorList([finished, claims, titles, *limit]))
     return [first_line(t) for t in tok.batch_decode(gen[:, n:], skip_special_tokens=True)]
 
 
@@ -68,6 +72,23 @@ def test_shared_prefixes_and_drafts_decode_exactly_what_generate_does(smollm2) -
     assert len(set(want)) > len(ITEMS)  # real, varied text: the comparison means something
     assert generate(model, tok, batch, MAX_NEW, batch_size=5) == want  # mixed viewers: system line shared
     assert generate(model, tok, batch, MAX_NEW, batch_size=16, drafts=target_forms) == want
+
+
+def test_a_copy_limited_to_its_vocabulary_is_what_generate_writes_limited_to_it(smollm2) -> None:
+    """Scoring only the batch's tokens and masking each row to its own: exactly Hugging Face's generate with every
+    other token refused, whatever the batch (a row's tokens are its own, not its neighbours'); the base model,
+    unlimited, writes other words, so the limit changes something."""
+    model, tok = smollm2
+    batch = facts()
+    want = reference(model, tok, batch, vocabulary=True)
+    assert len(set(want)) > len(ITEMS)
+    assert generate(model, tok, batch, MAX_NEW, batch_size=5, vocabulary=True) == want
+    assert generate(model, tok, batch, MAX_NEW, batch_size=16, drafts=target_forms, vocabulary=True) == want
+    assert generate(model, tok, batch[::-1], MAX_NEW, batch_size=3, vocabulary=True) == want[::-1]
+    assert want != reference(model, tok, batch)
+    sampled = generate(model, tok, batch, MAX_NEW, batch_size=16, min_p=0.05, vocabulary=True)
+    assert generate(model, tok, batch[::-1], MAX_NEW, batch_size=3, drafts=target_forms, min_p=0.05,
+                    vocabulary=True) == sampled[::-1]
 
 
 def test_sampled_copy_is_fixed_by_its_facts_whatever_the_drafts_and_batches(smollm2) -> None:
@@ -120,4 +141,4 @@ def test_joined_requests_decode_one_viewer_at_a_time_in_their_order(smollm2, tmp
     adapter = {k: v * 0 for k, v in lora_state(add_lora(load_base(BASE, cache)[0], cfg)).items()}  # = the base
     copy = CopyModel(write_copy_folder(tmp_path / "1", adapter, cfg, {}), cache, "float32")
     batch = facts()  # three viewers, interleaved
-    assert copy.generate(batch) == reference(model, tok, batch)
+    assert copy.generate(batch) == reference(model, tok, batch, vocabulary=True)  # served: limited to its tokens
