@@ -76,22 +76,47 @@ class CatalogueWriter:
         self.push_lock = push_lock or _local_lock
         self._mean_rating: float | None = None
         self._encoder = None  # core.content_onnx.OnnxEncoder, False when there is no graph (torch then)
+        self._encoder_lock = threading.Lock()
+        self._used = 0.0  # time.monotonic() of the encoder's last use
 
     def embed(self, items: pd.DataFrame) -> np.ndarray:
         """The items' content vectors: with the ONNX graph `recsys features` built (no torch in this process),
         else with sentence-transformers (the same vectors; torch stays resident)."""
-        if self._encoder is None:
-            from core.content_onnx import encoder, graph_dir
+        with self._encoder_lock:
+            self._used = time.monotonic()
+            if self._encoder is None:
+                from core.content_onnx import encoder, graph_dir
 
-            self._encoder = encoder(self.settings.content_model, self.settings.model_cache) or False
-            if not self._encoder:
-                log.warning("catalogue: no ONNX item encoder in %s (`recsys features` builds it); embedding "
-                            "upserts with torch", graph_dir(self.settings.content_model, self.settings.model_cache))
-        if self._encoder:
-            return self._encoder.embed_items(items)
-        from core.content import embed_items
+                self._encoder = encoder(self.settings.content_model, self.settings.model_cache) or False
+                if not self._encoder:
+                    log.warning("catalogue: no ONNX item encoder in %s (`recsys features` builds it); embedding "
+                                "upserts with torch", graph_dir(self.settings.content_model,
+                                                                self.settings.model_cache))
+            enc = self._encoder
+        try:
+            if enc:
+                return enc.embed_items(items)
+            from core.content import embed_items
 
-        return embed_items(items, self.settings.content_model)
+            return embed_items(items, self.settings.content_model)
+        finally:
+            self._used = time.monotonic()
+
+    def release_idle(self, idle_s: float) -> bool:
+        """Drop the ONNX encoder when unused for `idle_s` (an upsert is rare; loaded, the encoder held ~130 MB of
+        the replica, ~100 of which a drop and a heap trim gave back here; loading it again takes ~0.25 s). An
+        embedding under way keeps its own reference. True when it was dropped."""
+        with self._encoder_lock:
+            if not self._encoder or time.monotonic() - self._used < idle_s:
+                return False
+            self._encoder = None
+        import gc
+
+        from serving.heap import trim_heap
+
+        gc.collect()
+        trim_heap()
+        return True
 
     def _rows(self, ids: list[int], fields: tuple[str, ...]) -> dict[str, list]:
         return self.store.get_online_features(features=[f"item_features:{f}" for f in fields],

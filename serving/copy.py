@@ -20,8 +20,9 @@ from serving.catalogue import CatalogueFollower
 from serving.contracts import Copy, CopyResult, RankedItem, RankedItems, UserContext
 from serving.copy_ahead import AHEAD_FILE, read_ahead
 from serving.copy_facts import CopyCatalogue, guard_from_catalogue, item_facts
-from serving.copy_lm import CopyModel, CopyWriter, trim_heap
+from serving.copy_lm import CopyModel, CopyWriter
 from serving.features import FeatureReader
+from serving.heap import trim_heap
 from serving.loopback import bind_loopback
 
 log = logging.getLogger("ray.serve")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from core.copy_guard import PROMPT_FORMAT, CopyFacts, Guard, Taste, template_text
 from core.copy_phrasings import target_forms
 from serving.contracts import Copy, CopyResult
+from serving.heap import trim_heap
 
 if TYPE_CHECKING:
     import torch
@@ -57,17 +58,6 @@ def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def trim_heap() -> None:
-    """Give the heap's freed pages back to the machine (glibc's `malloc_trim`; a no-op without glibc). A model load
-    frees its fp32 weights after the cast and a warm-up its generation buffers, but glibc keeps freed pages for
-    reuse: in a live Copy replica after load and warm-up it returned 130 of 1,300 MB."""
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 class CopyModel:

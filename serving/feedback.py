@@ -163,6 +163,9 @@ class Feedback:
             ok, error = await asyncio.to_thread(self.writer.push)
             if not ok:
                 log.warning("feedback replay: online store push failed (%s); will retry", error)
+            if self.catalogue is not None and await asyncio.to_thread(self.catalogue.release_idle,
+                                                                      self.s.catalogue_encoder_idle_s):
+                log.info("catalogue: item encoder unloaded after %g s unused", self.s.catalogue_encoder_idle_s)
 
     async def record(self, events: list[FeedbackEvent]) -> dict:
         self._ensure_replay()
@@ -180,6 +183,7 @@ class Feedback:
     async def upsert_items(self, items: list[CatalogueItem]) -> dict:
         """The admin API's catalogue upsert: embedding (the model loads at the first call), online rows, log. A
         refused input comes back as {"error": …} (the caller's 422), not as an exception (a lost stage)."""
+        self._ensure_replay()  # its loop also unloads the encoder when idle
         return await asyncio.to_thread(_refused_as_error, lambda: self._catalogue().upsert(items))
 
     async def retire_items(self, item_ids: list[int]) -> dict:

@@ -65,3 +65,19 @@ def test_a_pipeline_it_does_not_reproduce_gets_no_graph(tmp_path: Path) -> None:
     assert not content_onnx.ensure(str(folder), cache)
     assert content_onnx.encoder(str(folder), cache) is None
     assert not content_onnx.graph_dir(str(folder), cache).exists()
+
+
+def test_an_idle_catalogue_writer_unloads_its_encoder_and_loads_it_again(cache: Path, tmp_path: Path) -> None:
+    """The Feedback replica's upsert encoder is dropped once idle (`release_idle`): not while in use, and the next
+    upsert loads it again and embeds exactly as before."""
+    from core.settings import load_settings
+    from serving.catalogue import CatalogueWriter
+
+    s = load_settings().model_copy(update={"home": tmp_path, "model_cache": cache, "content_model": MODEL})
+    writer = CatalogueWriter(s, store=object())
+    first = writer.embed(ITEMS)
+    assert writer._encoder and not writer.release_idle(3600.0)  # loaded, and just used
+    assert writer.release_idle(0.0) and writer._encoder is None
+    assert not writer.release_idle(0.0)  # nothing left to drop
+    np.testing.assert_array_equal(writer.embed(ITEMS), first)
+    assert writer._encoder

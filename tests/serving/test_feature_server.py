@@ -99,12 +99,17 @@ def test_an_unreachable_server_is_one_readable_error(use_home, feature_home):
 
 
 def test_a_replica_reading_through_the_sdk_does_not_carry_torch(feature_home: Path) -> None:
-    """Feast imports torch as it is imported; serving's reads never use it (`defer_feast_torch`): a fresh process
-    reads users and items through the SDK without torch loaded, and Feast still gets torch if it ever asks."""
+    """Feast imports torch as it is imported, its file offline store dask and scipy as its config is validated, and
+    six online stores' modules (faiss among them) at the first read; serving's reads use none of them
+    (`defer_feast_torch`, `core.feature_store`): a fresh process reads users and items through the SDK without
+    them loaded, Feast still gets torch if it ever asks, and the offline store is still the file one."""
     code = ("import sys\nfrom core.settings import load_settings\nfrom serving.features import FeatureReader\n"
             "r = FeatureReader(load_settings())\nu, items = r.user(3), r.items([1, 2])\n"
-            "assert u.known and items.found.all(), (u, items.found)\nassert 'torch' not in sys.modules\n"
-            "from feast.torch_wrapper import get_torch\nassert get_torch().tensor([1.0]).sum() == 1.0\nprint('ok')")
+            "assert u.known and items.found.all(), (u, items.found)\n"
+            "loaded = [m for m in ('torch', 'dask', 'scipy', 'faiss') if m in sys.modules]\n"
+            "assert not loaded, loaded\n"
+            "from feast.torch_wrapper import get_torch\nassert get_torch().tensor([1.0]).sum() == 1.0\n"
+            "assert type(r.store.config.offline_store).__name__ == 'DaskOfflineStoreConfig'\nprint('ok')")
     env = cli_env(feature_home)
     res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-2000:]
