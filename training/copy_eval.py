@@ -46,15 +46,16 @@ class CopyReport:
 
 def evaluate_copy(model, tok, pairs: list[tuple[CopyFacts, str]], guard: Guard, max_new_tokens: int,
                   trained: list[tuple[CopyFacts, str]] = (), min_p: float = 0.0) -> CopyReport:
-    """Decoded as served (`min_p`). `trained`: the training pairs; a copy whose shape
+    """Decoded as served (`min_p`), less the vocabulary limit. `trained`: the training pairs; a copy whose shape
     (`core.copy_phrasings.shape`) is one of their targets' counts as verbatim; `in_grammar`: the share that is
     exactly the composition its style names (`core.copy_phrasings.style`)."""
     nll, count = target_nll(model, tok, pairs)
     facts = [f for f, _ in pairs]
     t0 = time.perf_counter()
     # Drafted by the training phrasings: the same greedy copy, fewer forward passes when the model follows them.
-    texts = generate(model, tok, facts, max_new_tokens, batch_size=48, drafts=target_forms, min_p=min_p,
-                     vocabulary=True)
+    # Without the served vocabulary limit (`core.copy_vocabulary`): it would measure the limit, not the model. Under
+    # it the base model scored 0.875 on 24 held-out items against 0.833 for an 80-step adapter (session 45).
+    texts = generate(model, tok, facts, max_new_tokens, batch_size=48, drafts=target_forms, min_p=min_p)
     seconds = time.perf_counter() - t0
     kinds: dict[str, int] = {}
     ok = 0
