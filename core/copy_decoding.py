@@ -77,7 +77,7 @@ def generate(model, tok, facts: list[CopyFacts], max_new_tokens: int, batch_size
         # Drafts: the phrasings, then the prompt itself (copy repeats its facts: a title's tokens follow on).
         cands = [[*answer_ids(tok, drafts(facts[r]), facts[r]), full[r]] for r in chunk] if drafts else None
         held = [FactTokens(tok, facts[r]) for r in chunk]  # the rows' titles and year, tokenized once
-        vocab = (copy_vocabularies(tok, [facts[r] for r in chunk], sentence_ends(tok)[1])
+        vocab = (copy_vocabularies(tok, [facts[r] for r in chunk], sentence_ends(tok)[1], held)
                  if vocabulary and plain_head(model) else None)
         new = greedy(model, full[chunk[0]][:common], [full[r][common:] for r in chunk], max_new_tokens,
                      tok.eos_token_id, tok.pad_token_id, cands, lookahead,

@@ -21,6 +21,7 @@ import re
 
 import torch
 
+from core.copy_claims import FactTokens
 from core.copy_guard import CopyFacts, ItemFacts, Taste
 from core.copy_phrasings import compose, covering_styles, styles
 
@@ -51,23 +52,19 @@ def phrasing_tokens(tok) -> frozenset[int]:
     return frozenset({i for ids in tok(parts, add_special_tokens=False)["input_ids"] for i in ids} | {tok.eos_token_id})
 
 
-def _spellings(facts: CopyFacts) -> list[str]:
-    """The facts' titles as the decoder copies them (`core.copy_claims.title_ids`: after a space, and opening the
-    copy) and the year: a copy that opens on its title, as no composition does, still spells it whole."""
-    titles = [t for t in (facts.item.title, *facts.taste.liked) if t]
-    return [*titles, *(" " + t for t in titles), *([str(facts.item.year)] if facts.item.year > 0 else [])]
-
-
-def copy_vocabularies(tok, facts: list[CopyFacts], extra: torch.Tensor | None = None) -> list[frozenset[int]]:
-    """Per copy, the token ids it may take: `phrasing_tokens`, its own facts' (its `covering_styles`), and `extra`
-    (the tokens that end a copy). Per copy, not per batch: a copy stays fixed by its facts whatever it is
+def copy_vocabularies(tok, facts: list[CopyFacts], extra: torch.Tensor | None = None,
+                      held: list[FactTokens] | None = None) -> list[frozenset[int]]:
+    """Per copy, the token ids it may take: `phrasing_tokens`, its own facts' (its `covering_styles`), its titles
+    and year as the decoder copies them (`FactTokens.runs`, after a space and opening the copy: a copy that opens
+    on its title, as no composition does, still spells it whole; `held`: those of `facts`, when already made), and
+    `extra` (the tokens that end a copy). Per copy, not per batch: a copy stays fixed by its facts whatever it is
     decoded beside."""
-    parts = [sorted({s for d in covering_styles(f) for s in segments(compose(f, d), f)} | set(_spellings(f)))
-             for f in facts]
+    held = held if held is not None else [FactTokens(tok, f) for f in facts]
+    parts = [sorted({s for d in covering_styles(f) for s in segments(compose(f, d), f)}) for f in facts]
     texts = sorted({s for p in parts for s in p})
     ids = dict(zip(texts, tok(texts, add_special_tokens=False)["input_ids"], strict=True)) if texts else {}
     base = phrasing_tokens(tok) | (set(extra.tolist()) if extra is not None else set())
-    return [frozenset(base.union(*(ids[s] for s in p))) for p in parts]
+    return [frozenset(base.union(*(ids[s] for s in p), *h.runs)) for p, h in zip(parts, held, strict=True)]
 
 
 def columns(rows: list[frozenset[int]], device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
