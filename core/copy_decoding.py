@@ -259,18 +259,25 @@ def system_length(tok) -> int:
     return shared_length([a, b])
 
 
+def new_cache(model) -> Any:
+    """An empty KV cache for `model`: its own (`core.lean_llama`), else transformers' `DynamicCache`."""
+    if hasattr(model, "new_cache"):
+        return model.new_cache()
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
 def _system_cache(model, shared: list[int], system: int) -> tuple[Any, int]:
     """(KV cache, tokens it holds): a copy of the model's cache of the first `system` tokens (run once, on
     their own, and kept on the model: a model's decoding runs on one thread), so a viewer's prefix runs only
     its own lines. Always the same split, so a copy never depends on which viewer came first."""
-    from transformers import DynamicCache
-
     if system < 1 or system >= len(shared):
-        return DynamicCache(config=model.config), 0
+        return new_cache(model), 0
     key = tuple(shared[:system])
     stored = getattr(model, "_copy_prefix", None)
     if stored is None or stored[0] != key:
-        kv = DynamicCache(config=model.config)
+        kv = new_cache(model)
         model(input_ids=torch.tensor([list(key)], device=model.device), past_key_values=kv, use_cache=True,
               logits_to_keep=_last(system, model.device))
         stored = model._copy_prefix = (key, kv)

@@ -160,18 +160,28 @@ def load_lora(peft_model, state: dict[str, torch.Tensor]) -> None:
 
 
 def merged(name: str, cache: Path, cfg: CopyLMConfig, state: dict[str, torch.Tensor] | None,
-           dtype: torch.dtype = torch.float32):
+           dtype: torch.dtype = torch.float32, lean: bool = False):
     """Base + adapter merged into plain `dtype` weights (no LoRA cost at inference); `state` None = the base model.
+    `lean`: as `core.lean_llama.LeanLlama` with `core.copy_tokenizer.LeanTokenizer` (transformers never imported)
+    where the base is a local Llama checkpoint in safetensors that decoder computes; otherwise, and without `lean`,
+    transformers' model and tokenizer.
 
     Each adapted weight is merged in fp32 (peft's `W += B @ A * alpha / r`) and then cast: the weights equal a peft
     merge in fp32 followed by `.to(dtype)`, bit for bit. The checkpoint is read one tensor at a time with plain
     reads, each cast as it arrives. A bf16 Copy replica loaded through `from_pretrained` peaked at 1.16 GB (the fp32
     file mapped into the process beside the bf16 weights) for 0.65 GB after; read this way it peaks at 0.65."""
+    where = resolve_base(name, cache)
+    adapter = LoraDelta(state, cfg.lora_alpha / cfg.lora_r) if state else None
+    if lean and lean_reason(where) is None:
+        from core.copy_tokenizer import LeanTokenizer
+        from core.lean_llama import LeanLlama, read_config
+
+        weights = _merged_weights(_local_safetensors(where), adapter, dtype)
+        return LeanLlama.from_weights(read_config(where), weights), LeanTokenizer(where)
+
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    where = resolve_base(name, cache)
-    adapter = LoraDelta(state, cfg.lora_alpha / cfg.lora_r) if state else None
     files = _safetensors_files(where)
     if files is None:  # a .bin checkpoint: load it in fp32, merge, then cast
         model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
@@ -183,12 +193,7 @@ def merged(name: str, cache: Path, cfg: CopyLMConfig, state: dict[str, torch.Ten
                 params[key].data = adapter.merge(key, params[key].data)
         model.to(dtype)
     else:
-        weights = {}
-        for path in files:
-            for key, tensor in _read_safetensors(path):
-                weights[key] = (adapter.merge(key, tensor) if adapter and key in adapter.keys else tensor).to(dtype)
-        if adapter and not adapter.keys <= weights.keys():
-            raise adapter.misfit(min(adapter.keys - weights.keys()))
+        weights = _merged_weights(files, adapter, dtype)
         config = AutoConfig.from_pretrained(where)
         model = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)].from_pretrained(None, config=config, state_dict=weights,
                                                                           dtype=dtype)
@@ -196,6 +201,47 @@ def merged(name: str, cache: Path, cfg: CopyLMConfig, state: dict[str, torch.Ten
             model.generation_config = GenerationConfig.from_pretrained(where)
     model.eval()
     return model, load_tokenizer(where, cache)
+
+
+def _merged_weights(files: list[Path], adapter: LoraDelta | None, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors read one at a time (`_read_safetensors`), each adapted one merged in fp32, then
+    cast."""
+    weights = {}
+    for path in files:
+        for key, tensor in _read_safetensors(path):
+            weights[key] = (adapter.merge(key, tensor) if adapter and key in adapter.keys else tensor).to(dtype)
+    if adapter and not adapter.keys <= weights.keys():
+        raise adapter.misfit(min(adapter.keys - weights.keys()))
+    return weights
+
+
+def _local_safetensors(where: str) -> list[Path] | None:
+    """The safetensors files of a local checkpoint folder (one, or its index's shards), found without
+    transformers; None when it has none there."""
+    folder = Path(where)
+    if (folder / "model.safetensors").exists():
+        return [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if not index.exists():
+        return None
+    shards = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return shards if all(f.exists() for f in shards) else None
+
+
+def lean_reason(where: str) -> str | None:
+    """Why the base at `where` (a `resolve_base` answer) is not served by `core.lean_llama` (None: it is)."""
+    from core.lean_llama import supports
+
+    folder = Path(where)
+    if not (folder / "config.json").exists() or not (folder / "tokenizer.json").exists():
+        return "not a local checkpoint with a tokenizer.json"
+    if _local_safetensors(where) is None:
+        return "no safetensors weights"
+    config = json.loads((folder / "config.json").read_text())
+    tok_cfg = folder / "tokenizer_config.json"
+    if not tok_cfg.exists() or json.loads(tok_cfg.read_text()).get("clean_up_tokenization_spaces", False):
+        return "its tokenizer needs transformers (no tokenizer_config.json, or spaces cleaned up after decoding)"
+    return supports(config)
 
 
 class LoraDelta:

@@ -96,9 +96,13 @@ class CopyModel:
             raise ValueError(f"copy model v{self.version} was trained on prompt format {self.cfg.prompt!r}, this "
                              f"code writes {PROMPT_FORMAT!r}: retrain it (recsys train copy) and promote")
         self.dtype = pick_dtype(dtype)
-        model, self.tok = merged(self.cfg.base_model, cache_dir, self.cfg, adapter, self.dtype)
+        self.folder, self.cache_dir = folder, cache_dir
+        # A plain Llama base (SmolLM2) is served by core.lean_llama without importing transformers; others through it.
+        model, self.tok = merged(self.cfg.base_model, cache_dir, self.cfg, adapter, self.dtype, lean=True)
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device)
+        if hasattr(self.model, "pack"):
+            self.model.pack()  # oneDNN's weight layout on the CPU (core.lean_llama.LeanLlama.pack)
         trim_heap()
 
     def generate(self, facts: list[CopyFacts]) -> list[str]:

@@ -156,6 +156,19 @@ def profile_miss(model, facts: list) -> dict[str, Any]:
             "top_self_cpu": events.table(sort_by="self_cpu_time_total", row_limit=12)}
 
 
+def reference_model(model) -> tuple[Any, Any]:
+    """transformers' causal LM and tokenizer holding the served model's merged weights (the served one may be
+    `core.lean_llama`'s), built once per `CopyModel` on its thread."""
+    ref = getattr(model, "_reference", None)
+    if ref is None:
+        from core.copy_lm import merged, read_copy_folder
+
+        cfg, adapter = read_copy_folder(model.folder)
+        hf, tok = merged(cfg.base_model, model.cache_dir, cfg, adapter, model.dtype)
+        ref = model._reference = (hf.to(model.device), tok)
+    return ref
+
+
 def hf_generate(model, facts: list) -> list[str]:
     """The speed reference for a cache miss: the same merged model and prompts through plain Hugging Face
     `generate` (one left-padded batch, no shared prefix, no drafts), on the model's own thread, decoding as the
@@ -169,7 +182,7 @@ def hf_generate(model, facts: list) -> list[str]:
     from core.copy_vocabulary import copy_vocabularies
     from serving.copy_lm import attention_kernels
 
-    tok = model.tok
+    hf, tok = reference_model(model)
     side, tok.padding_side = tok.padding_side, "left"
     try:
         enc = tok([prompt_text(tok, f) for f in facts], return_tensors="pt", padding=True,
@@ -183,7 +196,7 @@ def hf_generate(model, facts: list) -> list[str]:
             claims = GroundedClaims(claim_tokens(tok), [FactTokens(tok, f) for f in facts], enc["input_ids"].shape[1])
             limit = VocabularyLimit(copy_vocabularies(tok, facts, sentence_ends(tok)[1]))  # its full head, masked
             with attention_kernels(model.device):  # the served model's kernels: the ratio compares decoders
-                out = model.model.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad,
+                out = hf.generate(**enc, max_new_tokens=model.cfg.max_new_tokens, pad_token_id=pad,
                                            logits_processor=LogitsProcessorList([finished, claims, titles, limit]),
                                            **sampling)
     finally:
