@@ -103,6 +103,17 @@ def test_packed_projections_give_the_same_logits(cache: Path, pair) -> None:
         assert close(plain, packed) and torch.equal(packed.argmax(-1), plain.argmax(-1))
 
 
+def test_a_pass_is_one_embedding_lookup_as_the_bench_profile_counts_it(pair) -> None:
+    """`recsys.bench.copy_lm.profile_miss` counts a miss's forward passes by `aten::embedding`."""
+    from torch.profiler import profile
+
+    _, lean = pair
+    with torch.inference_mode(), profile() as prof:
+        for _ in range(3):
+            lean(torch.randint(3, 1000, (2, 5)))
+    assert sum(e.count for e in prof.key_averages() if e.key == "aten::embedding") == 3
+
+
 def test_every_weight_is_placed_and_a_foreign_or_unsupported_checkpoint_is_refused(pair, cache: Path) -> None:
     hf, lean = pair
     assert sum(p.numel() for p in lean.parameters()) == sum(p.numel() for p in hf.parameters())
