@@ -215,6 +215,11 @@ def _merged_weights(files: list[Path], adapter: LoraDelta | None, dtype: torch.d
     return weights
 
 
+def _shard_names(index: Path) -> list[str]:
+    """The shard files a model.safetensors.index.json names, each once, sorted."""
+    return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+
+
 def _local_safetensors(where: str) -> list[Path] | None:
     """The safetensors files of a local checkpoint folder (one, or its index's shards), found without
     transformers; None when it has none there."""
@@ -224,7 +229,7 @@ def _local_safetensors(where: str) -> list[Path] | None:
     index = folder / "model.safetensors.index.json"
     if not index.exists():
         return None
-    shards = [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    shards = [folder / f for f in _shard_names(index)]
     return shards if all(f.exists() for f in shards) else None
 
 
@@ -294,7 +299,7 @@ def _safetensors_files(where: str) -> list[Path] | None:
     if index is None:
         return None
     files = []
-    for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+    for shard in _shard_names(index):
         found = find(shard)
         if found is None:  # left out, its weights would start random with only a warning, as `from_pretrained` refuses
             raise FileNotFoundError(f"{where}: shard {shard} named in model.safetensors.index.json is missing")
