@@ -360,6 +360,26 @@ class Head:
         return picks if self.vocab is None else [[self.ids[j] for j in row] for row in picks]
 
 
+COMPACT_AT = 32  # dead cache slots (rejected drafts, padding) that start a compaction, at the least
+
+
+def compact(cache: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Drop the cache slots no row attends to any more, once they are at least half as many as the live ones
+    (and `COMPACT_AT`): each pass keeps the slots of its whole draft, and a model that rejects most drafts (a
+    weakly tuned adapter) grew a k=10 miss's cache to ~480 slots for ~150 live, every pass then copying and
+    attending to all of them. Per row its live slots move to the end, in order (a row with fewer keeps some
+    masked ones first); returns the mask of the compacted cache. Caches without `gather_positions` (transformers'
+    `DynamicCache`) are left as they are: the tokens are the same either way."""
+    if not hasattr(cache, "gather_positions"):
+        return mask
+    width = int(mask.sum(1).max())
+    if mask.shape[1] - width < max(COMPACT_AT, width // 2):
+        return mask
+    index = torch.sort(mask, dim=1, stable=True).indices[:, -width:]  # masked slots first, then live ones, in order
+    cache.gather_positions(index)
+    return mask.gather(1, index)
+
+
 def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: int, eos_id: int,
            pad_id: int | None, cands: list[list[list[int]]] | None = None, lookahead: int = 12,
            keys: list[int] | None = None, min_p: float = 0.0, system: int = 0,
@@ -421,6 +441,7 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
             cache.batch_select_indices(sel)
             mask, nxt = mask[sel], nxt[sel]
             alive = [alive[b] for b in keep]
+        mask = compact(cache, mask)
         guesses = [propose(cands[r], out[r], min(lookahead, max_new_tokens - len(out[r]))) if cands else []
                    for r in alive]
         w = 1 + max(len(g) for g in guesses)

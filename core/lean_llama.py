@@ -84,12 +84,25 @@ class KVCache:
         return k, v
 
     def batch_repeat_interleave(self, n: int) -> None:
-        self.keys = [None if t is None else t.repeat_interleave(n, dim=0) for t in self.keys]
-        self.values = [None if t is None else t.repeat_interleave(n, dim=0) for t in self.values]
+        for i in range(len(self.keys)):
+            if self.keys[i] is not None:
+                self.keys[i] = self.keys[i].repeat_interleave(n, dim=0)
+                self.values[i] = self.values[i].repeat_interleave(n, dim=0)
 
     def batch_select_indices(self, rows: torch.Tensor) -> None:
-        self.keys = [None if t is None else t[rows] for t in self.keys]
-        self.values = [None if t is None else t[rows] for t in self.values]
+        for i in range(len(self.keys)):  # layer by layer: the old and new caches are never both held whole
+            if self.keys[i] is not None:
+                self.keys[i], self.values[i] = self.keys[i][rows], self.values[i][rows]
+
+    def gather_positions(self, index: torch.Tensor) -> None:
+        """Keep, per row, the cache slots `index` (rows, slots) names, in that order: the decoder drops the slots of
+        rejected draft tokens with it (`core.copy_decoding.compact`). Keys carry their rotary position already, so
+        a slot may move."""
+        for i in range(len(self.keys)):
+            if self.keys[i] is not None:
+                k = self.keys[i]
+                at = index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
+                self.keys[i], self.values[i] = k.gather(2, at), self.values[i].gather(2, at)
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -84,6 +84,11 @@ class CopyModel:
         # most steps: 16 kept 60-90 MB less in a loaded copy model after 80 copies, at the same speed (none: 2x
         # slower). Read at the first matmul, so setting it here still counts; an operator's own value wins.
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+        # PyTorch's ideep layer keeps its own cache of oneDNN matmul descriptors, 1,024 per thread by default
+        # (LRU_CACHE_CAPACITY), and the attention's bf16 matmuls meet a new key length at every step: ~0.22 MB each,
+        # so a Copy replica grew ~30 MB a miss to ~1.2 GB with a weakly tuned adapter's long caches (heaptrack:
+        # ideep::utils::computation_cache::fetch_or_create). 16: flat after the first miss, and no slower.
+        os.environ.setdefault("LRU_CACHE_CAPACITY", "16")
         import torch  # here, not at import: every replica imports this module (serving.app), few load a model
 
         from core.copy_lm import merged, read_copy_folder

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,6 +86,56 @@ def test_the_same_logits_as_transformers_through_padding_a_cache_and_masked_draf
         one = copy.deepcopy(kl)
         one.batch_repeat_interleave(2)
         assert one.length() == kl.length() and one.keys[0].shape[0] == 2 * kl.keys[0].shape[0]
+
+
+def test_rejected_draft_slots_are_dropped_from_the_cache_and_the_tokens_stay(pair, monkeypatch) -> None:
+    """Every pass keeps its whole draft's cache slots; drafts the model rejects at once (here: always) leave most
+    slots dead. `core.copy_decoding.compact` drops them, so the cache stays near its live length, and the copy is
+    the one plain greedy decoding writes, without drafts and through transformers' model."""
+    import core.copy_decoding as cd
+    from core.lean_llama import KVCache
+
+    hf, lean = pair
+    g = torch.Generator().manual_seed(5)
+    shared = torch.randint(3, 1000, (6,), generator=g).tolist()
+    suffixes = [torch.randint(3, 1000, (n,), generator=g).tolist() for n in (3, 5, 4)]
+    new, eos = 20, 1
+    with torch.inference_mode():
+        want = cd.greedy(hf, shared, suffixes, new, eos, 0)
+    assert len({tuple(w) for w in want}) == 3 and min(map(len, want)) > 10  # real, varied decoding
+    # at each point of the right copy, a draft of 12 wrong tokens: one accepted token a pass, 12 dead slots
+    cands = [[[*w[:j], *((t + 1 + j) % 1000 + 3 for t in range(12))] for j in range(len(w))] for w in want]
+    longest, gathers = [0], []
+    update, gather = KVCache.update, KVCache.gather_positions
+    monkeypatch.setattr(KVCache, "update", lambda self, *a: longest.append(self.length()) or update(self, *a))
+    monkeypatch.setattr(KVCache, "gather_positions", lambda self, i: gathers.append(1) or gather(self, i))
+
+    def run(at: int) -> list[list[int]]:
+        monkeypatch.setattr(cd, "COMPACT_AT", at)
+        longest[:], gathers[:] = [0], []
+        with torch.inference_mode():
+            return cd.greedy(lean, shared, suffixes, new, eos, 0, cands)
+
+    kept = run(10**9)
+    assert kept == want and not gathers and max(longest) > 12 * 15  # nothing dropped: the dead slots pile up
+    assert run(0) == want and gathers and max(longest) < len(shared) + 5 + 3 * new, max(longest)
+
+    # and the next pass's logits over a compacted cache are those over the whole one (rows of unequal dead slots)
+    ids = torch.randint(3, 1000, (3, 8), generator=g)
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[0, :4] = mask[1, 1::2] = mask[2, 5:] = 0  # live 4, 4, 5: rows 0 and 1 keep one masked slot each
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    whole = lean.new_cache()
+    with torch.inference_mode():
+        lean(ids, attention_mask=mask, position_ids=pos, past_key_values=whole)
+        small = copy.deepcopy(whole)
+        squeezed = cd.compact(small, mask)
+        assert small.length() == squeezed.shape[1] == 5 < whole.length()
+        step, nxt = torch.randint(3, 1000, (3, 2), generator=g), pos[:, -1:] + 1 + torch.arange(2)
+        ones = torch.ones(3, 2, dtype=torch.long)
+        a = lean(step, attention_mask=torch.cat([mask, ones], 1), position_ids=nxt, past_key_values=whole).logits
+        b = lean(step, attention_mask=torch.cat([squeezed, ones], 1), position_ids=nxt, past_key_values=small).logits
+    assert close(a, b)
 
 
 def test_packed_projections_give_the_same_logits(cache: Path, pair) -> None:
@@ -177,6 +228,48 @@ print(sorted(n for n in ("transformers", "accelerate", "torch._dynamo", "sympy")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:2] == ["LeanLlama LeanTokenizer 1", "[]"], out.stdout
+
+
+def test_a_copy_models_heap_stays_flat_over_decoding_steps_of_new_lengths(tmp_path: Path) -> None:
+    """Each decoding step's attention is a bf16 matmul of a new key length; PyTorch's ideep layer caches a oneDNN
+    descriptor per shape (1,024 per thread by default), which grew a live Copy replica by ~30 MB a miss. The
+    CopyModel bounds it (LRU_CACHE_CAPACITY): malloc's bytes in use after 300 more steps of a bf16 decode. The
+    same run with the default capacity forced back must grow, or the measure shows nothing."""
+    from core.copy_lm import CopyLMConfig, write_copy_folder
+
+    folder = write_copy_folder(tmp_path / "1", {}, CopyLMConfig(base_model=TINY, max_new_tokens=6), {})
+    code = f"""
+import ctypes, torch
+from pathlib import Path
+from core.settings import load_settings
+from serving.copy_lm import CopyModel
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+m = CopyModel(Path({str(folder)!r}), load_settings().model_cache, "bfloat16")
+def decode(steps):
+    with torch.inference_mode():
+        kv = m.model.new_cache()
+        m.model(torch.full((4, 8), 5), past_key_values=kv)
+        for _ in range(steps):
+            m.model(torch.full((4, 1), 5), past_key_values=kv)
+def grown():
+    decode(20)
+    before = libc.mallinfo2().uordblks
+    decode(300)
+    return (libc.mallinfo2().uordblks - before) / 2**20
+print(m.worker.submit(grown).result())
+"""
+
+    def grown(env: dict[str, str]) -> float:
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={k: v for k, v in os.environ.items() if k != "LRU_CACHE_CAPACITY"} | env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return float(out.stdout.split()[-1])
+
+    bounded, default = grown({}), grown({"LRU_CACHE_CAPACITY": "1024"})
+    assert bounded < 5 and default > 30, (bounded, default)
 
 
 def test_a_base_the_lean_decoder_cannot_compute_is_served_through_transformers(tmp_path: Path, cache: Path) -> None:
