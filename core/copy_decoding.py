@@ -366,7 +366,7 @@ COMPACT_AT = 32  # dead cache slots (rejected drafts, padding) that start a comp
 def compact(cache: Any, mask: torch.Tensor) -> torch.Tensor:
     """Drop the cache slots no row attends to any more, once they are at least half as many as the live ones
     (and `COMPACT_AT`): each pass keeps the slots of its whole draft, and a model that rejects most drafts (a
-    weakly tuned adapter) grew a k=10 miss's cache to ~480 slots for ~150 live, every pass then copying and
+    weakly tuned adapter) grew a k=10 miss's cache to ~480 slots (~250 compacted), every pass then copying and
     attending to all of them. Per row its live slots move to the end, in order (a row with fewer keeps some
     masked ones first); returns the mask of the compacted cache. Caches without `gather_positions` (transformers'
     `DynamicCache`) are left as they are: the tokens are the same either way."""
