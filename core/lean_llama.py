@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,26 +84,23 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
-    def batch_repeat_interleave(self, n: int) -> None:
+    def _each(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """`fn` on every layer's keys and values, layer by layer: the old and new caches are never both held whole."""
         for i in range(len(self.keys)):
             if self.keys[i] is not None:
-                self.keys[i] = self.keys[i].repeat_interleave(n, dim=0)
-                self.values[i] = self.values[i].repeat_interleave(n, dim=0)
+                self.keys[i], self.values[i] = fn(self.keys[i]), fn(self.values[i])
+
+    def batch_repeat_interleave(self, n: int) -> None:
+        self._each(lambda t: t.repeat_interleave(n, dim=0))
 
     def batch_select_indices(self, rows: torch.Tensor) -> None:
-        for i in range(len(self.keys)):  # layer by layer: the old and new caches are never both held whole
-            if self.keys[i] is not None:
-                self.keys[i], self.values[i] = self.keys[i][rows], self.values[i][rows]
+        self._each(lambda t: t[rows])
 
     def gather_positions(self, index: torch.Tensor) -> None:
         """Keep, per row, the cache slots `index` (rows, slots) names, in that order: the decoder drops the slots of
         rejected draft tokens with it (`core.copy_decoding.compact`). Keys carry their rotary position already, so
         a slot may move."""
-        for i in range(len(self.keys)):
-            if self.keys[i] is not None:
-                k = self.keys[i]
-                at = index[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-                self.keys[i], self.values[i] = k.gather(2, at), self.values[i].gather(2, at)
+        self._each(lambda t: t.gather(2, index[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3])))
 
 
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
