@@ -211,8 +211,11 @@ class VocabularyLimit:
 
 
 def propose(cands: list[list[int]], seq: list[int], k: int) -> list[int]:
-    """Up to k next tokens: from a candidate that begins with everything generated so far, else from where the
-    last 3 (then 2) generated tokens occur in a candidate; nothing when neither matches."""
+    """Up to k next tokens: from a candidate that begins with everything generated so far; else from where the
+    last 3 (then 2) generated tokens occur in a candidate; else from the candidate the copy followed longest,
+    resumed where the copy left it: after its last token when that is among the candidate's next few (the copy
+    dropped a word), else at the divergence (it put one in). A copy that leaves its draft mostly edits a word
+    and goes on with it ("a romance." → "a romantic drama."), and a pass with no draft writes one token."""
     for c in cands:
         if len(c) > len(seq) and c[: len(seq)] == seq:
             return c[len(seq) : len(seq) + k]
@@ -223,7 +226,15 @@ def propose(cands: list[list[int]], seq: list[int], k: int) -> list[int]:
                 for i in range(len(c) - n):
                     if c[i : i + n] == tail:
                         return c[i + n : i + n + k]
-    return []
+    best, m = [], -1
+    for c in cands:
+        j = next((j for j, (a, b) in enumerate(zip(c, seq, strict=False)) if a != b), min(len(c), len(seq)))
+        if j > m:
+            best, m = c, j
+    for i in range(max(m, 0), min(len(best), m + 4)):
+        if seq and best[i] == seq[-1]:
+            return best[i + 1 : i + 1 + k]
+    return best[max(m, 0) : max(m, 0) + k]
 
 
 def _uniform(key: int, position: int) -> float:
@@ -335,11 +346,24 @@ class Head:
             self.decoder(**kw)
 
     def __call__(self, keep: int | torch.Tensor, **kw) -> torch.Tensor:
-        """(rows, positions, columns) logits of the last `keep` positions (or those an index tensor names)."""
+        """(rows, positions, columns) logits of the last `keep` positions, or those an index tensor names: one
+        index for every row, or (rows, positions) an index per row."""
+        rowwise = isinstance(keep, torch.Tensor) and keep.dim() == 2
+
+        def rows_of(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+            return t.gather(1, at[..., None].expand(-1, -1, t.shape[-1]))
+
         if self.vocab is None:
-            return self.model(**kw, logits_to_keep=keep).logits
+            if not rowwise:
+                return self.model(**kw, logits_to_keep=keep).logits
+            low = int(keep.min())  # the model's logits from the first column asked for, then each row's own
+            logits = self.model(**kw, logits_to_keep=torch.arange(low, int(keep.max()) + 1, device=keep.device)).logits
+            return rows_of(logits, keep - low)
         hidden = self.decoder(**kw).last_hidden_state
-        hidden = hidden[:, keep] if isinstance(keep, torch.Tensor) else hidden[:, hidden.shape[1] - keep :]
+        if rowwise:
+            hidden = rows_of(hidden, keep)
+        else:
+            hidden = hidden[:, keep] if isinstance(keep, torch.Tensor) else hidden[:, hidden.shape[1] - keep :]
         return torch.nn.functional.linear(hidden, self.weight)
 
     def columns(self, ids: torch.Tensor) -> torch.Tensor:
@@ -398,40 +422,50 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     The shared prefix runs once (batch 1) and its KV cache is repeated per row; suffixes are left-padded *after*
     the prefix (masked out, positions continuing the prefix's); a row leaves the batch when it ends. With
     `cands` (per row, candidate continuations as token ids), each forward pass feeds every row its pending
-    token plus a draft of up to `lookahead` tokens and keeps the longest draft prefix that matches the model's
-    own argmax, plus the model's next token (speculative decoding with exact greedy verification); cache slots
-    of rejected draft tokens stay in the cache, masked out for good. Without candidates it is plain greedy
-    decoding, one token per pass. Either way the tokens are those of `generate` on the concatenated prompts
-    (exactly in fp32; in bf16 up to near-ties, the arithmetic differs). Full-attention decoders only: rejected
-    draft slots stay in the cache, masked, which a sliding-window or recurrent layer would not ignore."""
+    token plus a draft and keeps the longest draft prefix that matches the model's own choice, plus the model's
+    next token (speculative decoding with exact verification); cache slots of rejected draft tokens are masked
+    out for good (and dropped, `compact`). The suffixes' pass already verifies each row's first candidate, whole
+    when only the rows' tokens are scored (`vocab`; else `lookahead` of it, as a full head's logits are rows ×
+    draft × its vocabulary): a pass streams all the weights whatever its rows (~22 ms for SmolLM2 on 2 cores),
+    and a tuned model writes its first candidate through, so most rows end in that one pass. Later passes draft
+    up to `lookahead` tokens. A decoder that can skip a batch's padding (`skips_padding`, `core.lean_llama`)
+    computes only the rows' own positions. Without candidates it is plain greedy decoding, one token per pass.
+    Either way the tokens are those of `generate` on the concatenated prompts (exactly in fp32; in bf16 up to
+    near-ties, the arithmetic differs). Full-attention decoders only: rejected draft slots stay in the cache
+    until compacted, masked, which a sliding-window or recurrent layer would not ignore."""
 
     dev = model.device
     n, p = len(suffixes), len(shared)
-    width = max(len(s) for s in suffixes)
     cache, done = _system_cache(model, shared, system)
     head = Head(model, *columns(vocab) if vocab is not None else (None, None))
     head.run(input_ids=torch.tensor([shared[done:]], device=dev), past_key_values=cache, use_cache=True)
     cache.batch_repeat_interleave(n)
     pad = pad_id if pad_id is not None else eos_id
+    out: list[list[int]] = [[] for _ in range(n)]  # each row's copy; its last token is not yet in the cache
+    first = max_new_tokens - 1 if vocab is not None else lookahead  # a full head's logits: (rows, draft, 49K)
+    guesses = [propose(cands[r], [], first) if cands else [] for r in range(n)]
+    lengths = [len(s) + len(g) for s, g in zip(suffixes, guesses, strict=True)]
+    width, d = max(lengths), max(len(g) for g in guesses)  # each row's suffix then draft, ending at the right
     ids = torch.full((n, width), pad, dtype=torch.long, device=dev)
     mask = torch.zeros((n, p + width), dtype=torch.long, device=dev)
     mask[:, :p] = 1
-    for r, s in enumerate(suffixes):
-        ids[r, width - len(s) :] = torch.tensor(s, device=dev)
-        mask[r, p + width - len(s) :] = 1
-    pos = p + (mask[:, p:].cumsum(-1) - 1).clamp(min=0)
-    logits = head(_last(width, dev), input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                  use_cache=True)[:, -1]
-    if ends is not None:  # an empty copy is not a finished one
-        enders, stops = ends[0].to(dev), head.columns(ends[1])
-        logits[:, stops] = float("-inf")
-    if claims is not None:
-        ban(logits[:, None], claims[0], claims[1], [[[]] for _ in range(n)], head.vocab)
-    head.limit(logits[:, None], list(range(n)))
-    first = head.tokens(pick(logits[:, None], keys, [0] * n, min_p))
-    out: list[list[int]] = [[row[0]] for row in first]  # last token of each row: not yet in cache
-    nxt = pos[:, -1] + 1  # position of that pending token
+    for r, (s, g) in enumerate(zip(suffixes, guesses, strict=True)):
+        ids[r, width - lengths[r] :] = torch.tensor([*s, *g], device=dev)
+        mask[r, p + width - lengths[r] :] = 1
+    pos = p + (mask[:, p:].cumsum(-1) - 1).clamp(min=0)  # a row's draft continues its suffix's positions
+    # Column j of row r's logits follows its prompt's last token then its draft's first j tokens (later columns
+    # repeat the last one: a shorter draft's row has nothing more to verify).
+    last = torch.tensor([width - 1 - len(g) for g in guesses], device=dev)
+    cols = (last[:, None] + torch.arange(d + 1, device=dev)).clamp(max=width - 1)
+    live = {"live": mask[:, p:].bool()} if getattr(model, "skips_padding", False) else {}
+    logits = head(cols, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                  **live)
     alive = list(range(n))  # original row of each batch row
+    accepted = _verify(logits, ids.gather(1, cols), guesses, out, alive, head, max_new_tokens, eos_id, keys,
+                       min_p, titles, ends, claims, first=True)
+    for b, (a, g) in enumerate(zip(accepted, guesses, strict=True)):
+        mask[b, p + width - len(g) + a :] = 0  # slots of rejected draft tokens: never attended again
+    nxt = torch.tensor([p + len(s) + a for s, a in zip(suffixes, accepted, strict=True)], device=dev)
     while True:
         keep = [b for b, r in enumerate(alive) if out[r][-1] != eos_id and len(out[r]) < max_new_tokens]
         if not keep:
@@ -451,23 +485,44 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
             step[b, : 1 + len(g)] = torch.tensor([out[r][-1], *g], device=dev)
             new_mask[b, : 1 + len(g)] = 1
         mask = torch.cat([mask, new_mask], dim=1)
+        live = {"live": new_mask.bool()} if getattr(model, "skips_padding", False) else {}
         logits = head(w, input_ids=step, attention_mask=mask, position_ids=nxt[:, None] + torch.arange(w, device=dev),
-                      past_key_values=cache, use_cache=True)
-        if ends is not None:  # logits[:, j] follow step[:, j]: the copy ends only after a sentence's end
-            open_ = ~torch.isin(step, enders)[..., None]
-            logits[..., stops] = logits[..., stops].masked_fill(open_, float("-inf"))
-        if claims is not None:  # logits[:, j] follow the copy so far plus the draft's first j tokens
-            ban(logits, claims[0], [claims[1][r] for r in alive],
-                [[out[r] + g[:j] for j in range(len(g) + 1)] for r, g in zip(alive, guesses, strict=True)], head.vocab)
-        head.limit(logits, alive)
-        picks = head.tokens(pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive],
-                                 min_p))
-        for b, (r, g) in enumerate(zip(alive, guesses, strict=True)):
-            rt = titles[r] if titles else None
-            a = 0
-            while a < len(g) and g[a] == _choice(picks[b], out[r], g, a, rt) and g[a] != eos_id:
-                a += 1
-            out[r] += [*g[:a], _choice(picks[b], out[r], g, a, rt)][: max_new_tokens - len(out[r])]
+                      past_key_values=cache, use_cache=True, **live)
+        accepted = _verify(logits, step, guesses, out, alive, head, max_new_tokens, eos_id, keys, min_p, titles,
+                           ends, claims)
+        for b, a in enumerate(accepted):
             mask[b, mask.shape[1] - w + a + 1 :] = 0  # slots of rejected draft tokens: never attended again
             nxt[b] += a + 1
     return [o[:-1] if o and o[-1] == eos_id else o for o in out]
+
+
+def _verify(logits: torch.Tensor, step: torch.Tensor, guesses: list[list[int]], out: list[list[int]],
+            alive: list[int], head: Head, max_new_tokens: int, eos_id: int, keys: list[int] | None, min_p: float,
+            titles: list[list[list[int]]] | None, ends: tuple[torch.Tensor, torch.Tensor] | None,
+            claims: tuple[ClaimTokens, list[FactTokens]] | None, first: bool = False) -> list[int]:
+    """One pass's choices: `logits[:, j]` (batch rows, positions, columns) follow `step[:, j]`, the row's last
+    token then its draft (`guesses`, per batch row). Each row's copy (`out[alive[b]]`) gains the longest draft
+    prefix the decoder agrees with and its own next token; returns how many draft tokens each row kept.
+    `first`: the pass that ends the prompt, whose first choice may not end the copy (an empty copy is not a
+    finished one)."""
+    if ends is not None:  # the copy ends only after a sentence's end
+        enders, stops = ends[0].to(step.device), head.columns(ends[1])
+        open_ = ~torch.isin(step, enders)
+        if first:
+            open_[:, 0] = True
+        logits[..., stops] = logits[..., stops].masked_fill(open_[..., None], float("-inf"))
+    if claims is not None:  # logits[:, j] follow the copy so far plus the draft's first j tokens
+        ban(logits, claims[0], [claims[1][r] for r in alive],
+            [[out[r] + g[:j] for j in range(len(g) + 1)] for r, g in zip(alive, guesses, strict=True)], head.vocab)
+    head.limit(logits, alive)
+    picks = head.tokens(pick(logits, [keys[r] for r in alive] if keys else None, [len(out[r]) for r in alive],
+                             min_p))
+    accepted = []
+    for b, (r, g) in enumerate(zip(alive, guesses, strict=True)):
+        rt = titles[r] if titles else None
+        a = 0
+        while a < len(g) and g[a] == _choice(picks[b], out[r], g, a, rt) and g[a] != eos_id:
+            a += 1
+        out[r] += [*g[:a], _choice(picks[b], out[r], g, a, rt)][: max_new_tokens - len(out[r])]
+        accepted.append(a)
+    return accepted

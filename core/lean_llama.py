@@ -148,9 +148,17 @@ class _Layer(nn.Module):
         self.linear = _packed_linear
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                cache: KVCache | None, index: int) -> torch.Tensor:
-        s, (b, w, _) = self.s, x.shape
-        q, k, v = self.linear(_rms(x, self.norm1, s.eps), self.qkv).split(self.split, dim=-1)
+                cache: KVCache | None, index: int, live: tuple[torch.Tensor, int, int] | None = None) -> torch.Tensor:
+        """x (rows, positions, hidden); with `live` (index, rows, positions): (live positions, hidden), the live
+        positions of a (rows, positions) pass, which only the attention sees laid out by row."""
+        s = self.s
+        qkv = self.linear(_rms(x, self.norm1, s.eps), self.qkv)
+        if live is not None:
+            at, b, w = live
+            qkv = qkv.new_zeros(b * w, qkv.shape[-1]).index_copy_(0, at, qkv).view(b, w, -1)
+        else:
+            b, w = x.shape[:2]
+        q, k, v = qkv.split(self.split, dim=-1)
         q = _rotate(q.view(b, w, s.heads, s.head_dim).transpose(1, 2), cos, sin)
         k = _rotate(k.view(b, w, s.kv_heads, s.head_dim).transpose(1, 2), cos, sin)
         v = v.view(b, w, s.kv_heads, s.head_dim).transpose(1, 2)
@@ -162,7 +170,10 @@ class _Layer(nn.Module):
         scores = scores.view(b, s.heads, w, -1) * (1 / math.sqrt(s.head_dim)) + mask
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs.view(b, s.kv_heads, g * w, -1), v).view(b, s.heads, w, s.head_dim)
-        x = x + self.linear(out.transpose(1, 2).reshape(b, w, -1), self.o)
+        out = out.transpose(1, 2).reshape(b, w, -1)
+        if live is not None:
+            out = out.view(b * w, -1).index_select(0, live[0])
+        x = x + self.linear(out, self.o)
         gate, up = self.linear(_rms(x, self.norm2, s.eps), self.gate_up).chunk(2, dim=-1)
         return x + self.linear(torch.nn.functional.silu(gate) * up, self.down)
 
@@ -180,11 +191,16 @@ class LeanDecoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values: KVCache | None = None,
-                use_cache: bool = True) -> SimpleNamespace:
+                use_cache: bool = True, live: torch.Tensor | None = None) -> SimpleNamespace:
+        """`live` (rows, positions) bool: the positions whose hidden states are wanted; the projections and the
+        MLP (most of a pass's arithmetic) skip the others (a batch's padding), the attention sees every position
+        (`LeanLlama.skips_padding`). The hidden states of the others are zeros."""
         b, w = input_ids.shape
         past = past_key_values.length() if past_key_values is not None else 0
+        at = live.flatten().nonzero().squeeze(1) if live is not None else None
         # One aten::embedding per pass, as transformers' models: the bench's profile counts passes by it.
-        dev, x = input_ids.device, torch.nn.functional.embedding(input_ids, self.embed)
+        dev = input_ids.device
+        x = torch.nn.functional.embedding(input_ids if at is None else input_ids.flatten()[at], self.embed)
         if position_ids is None:
             position_ids = torch.arange(past, past + w, device=dev)[None].expand(b, w)
         freqs = position_ids[..., None].float() * self.inv_freq  # (rows, positions, head_dim / 2), in fp32
@@ -199,8 +215,11 @@ class LeanDecoder(nn.Module):
         mask = mask[:, None]  # over heads
         cache = past_key_values if use_cache else None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
-        return SimpleNamespace(last_hidden_state=_rms(x, self.norm, self.s.eps), past_key_values=cache)
+            x = layer(x, cos, sin, mask, cache, i, None if at is None else (at, b, w))
+        x = _rms(x, self.norm, self.s.eps)
+        if at is not None:
+            x = x.new_zeros(b * w, x.shape[-1]).index_copy_(0, at, x).view(b, w, -1)
+        return SimpleNamespace(last_hidden_state=x, past_key_values=cache)
 
 
 class _OutputEmbedding(nn.Module):
@@ -211,7 +230,10 @@ class _OutputEmbedding(nn.Module):
 
 
 class LeanLlama(nn.Module):
-    """A causal LM over `LeanDecoder`: logits = last hidden state × the output embedding."""
+    """A causal LM over `LeanDecoder`: logits = last hidden state × the output embedding. `skips_padding`: a pass
+    may name its live positions (`LeanDecoder.forward`'s `live`) and computes only them."""
+
+    skips_padding = True
 
     def __init__(self, config: dict, decoder: LeanDecoder, head: nn.Parameter) -> None:
         super().__init__()

@@ -88,6 +88,38 @@ def test_the_same_logits_as_transformers_through_padding_a_cache_and_masked_draf
         assert one.length() == kl.length() and one.keys[0].shape[0] == 2 * kl.keys[0].shape[0]
 
 
+def test_a_pass_naming_its_live_positions_computes_only_them_with_the_same_logits_and_cache(pair) -> None:
+    """A batch's padding (left of a short prompt, right of a short draft) skips the projections and the MLP: the
+    live positions' logits, and the next pass over the cache, are those of the pass that computes everything."""
+    _, lean = pair
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 1000, (3, 10), generator=g)
+    mask = torch.ones(3, 10, dtype=torch.long)
+    mask[0, :4] = mask[1, 7:] = mask[2, :2] = 0
+    mask[2, 9:] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    rows = []
+    layer = lean.model.layers[0]
+    linear = layer.linear
+    layer.linear = lambda x, w: rows.append(x.shape[:-1].numel()) or linear(x, w)
+    full, part = lean.new_cache(), lean.new_cache()
+    try:
+        with torch.inference_mode():
+            a = lean(ids, attention_mask=mask, position_ids=pos, past_key_values=full).logits
+            computed = rows[:]
+            rows.clear()
+            b = lean(ids, attention_mask=mask, position_ids=pos, past_key_values=part, live=mask.bool()).logits
+            assert close(a[mask.bool()], b[mask.bool()])
+            assert computed == [30] * 4 and rows == [int(mask.sum())] * 4 and rows[0] < 30  # the layer's 4 projections
+            step, nxt = torch.randint(3, 1000, (3, 2), generator=g), pos[:, -1:] + 1 + torch.arange(2)
+            more = torch.cat([mask, torch.ones(3, 2, dtype=torch.long)], 1)
+            a = lean(step, attention_mask=more, position_ids=nxt, past_key_values=full).logits
+            b = lean(step, attention_mask=more, position_ids=nxt, past_key_values=part).logits
+    finally:
+        layer.linear = linear
+    assert close(a, b)
+
+
 def test_rejected_draft_slots_are_dropped_from_the_cache_and_the_tokens_stay(pair, monkeypatch) -> None:
     """Every pass keeps its whole draft's cache slots; drafts the model rejects at once (here: always) leave most
     slots dead. `core.copy_decoding.compact` drops them, so the cache stays near its live length, and the copy is

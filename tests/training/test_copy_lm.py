@@ -200,7 +200,11 @@ def test_drafts_come_from_the_training_phrasings() -> None:
     assert propose([seq_a, seq_b], [5, 6], 2) == [7, 8]  # a candidate begins with what was generated
     assert propose([seq_a, seq_b], [9, 1, 2, 6, 7], 3) == [3, 4]  # else where the last tokens occur
     assert propose([seq_a, seq_b], [5, 6, 7, 8, 9], 3) == []  # a candidate used up
-    assert propose([seq_a], [42, 43], 3) == []  # nothing matches: no draft
+    draft = [10, 11, 12, 13, 14, 15, 16]
+    assert propose([draft], [10, 11, 13], 3) == [14, 15, 16]  # the copy dropped a word: on after its last token
+    assert propose([draft], [10, 11, 42], 3) == [12, 13, 14]  # it put one in: on from where it left the draft
+    assert propose([draft], [42, 43], 3) == [10, 11, 12]  # nothing in common: the draft from its start
+    assert propose([], [42, 43], 3) == []  # no candidates: no draft
 
 
 def test_a_title_cannot_open_a_chat_turn(tiny) -> None:
