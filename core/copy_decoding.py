@@ -211,11 +211,8 @@ class VocabularyLimit:
 
 
 def propose(cands: list[list[int]], seq: list[int], k: int) -> list[int]:
-    """Up to k next tokens: from a candidate that begins with everything generated so far; else from where the
-    last 3 (then 2) generated tokens occur in a candidate; else from the candidate the copy followed longest,
-    resumed where the copy left it: after its last token when that is among the candidate's next few (the copy
-    dropped a word), else at the divergence (it put one in). A copy that leaves its draft mostly edits a word
-    and goes on with it ("a romance." → "a romantic drama."), and a pass with no draft writes one token."""
+    """Up to k next tokens: from a candidate that begins with everything generated so far, else from where the
+    last 3 (then 2) generated tokens occur in a candidate; nothing when neither matches."""
     for c in cands:
         if len(c) > len(seq) and c[: len(seq)] == seq:
             return c[len(seq) : len(seq) + k]
@@ -226,15 +223,7 @@ def propose(cands: list[list[int]], seq: list[int], k: int) -> list[int]:
                 for i in range(len(c) - n):
                     if c[i : i + n] == tail:
                         return c[i + n : i + n + k]
-    best, m = [], -1
-    for c in cands:
-        j = next((j for j, (a, b) in enumerate(zip(c, seq, strict=False)) if a != b), min(len(c), len(seq)))
-        if j > m:
-            best, m = c, j
-    for i in range(max(m, 0), min(len(best), m + 4)):
-        if seq and best[i] == seq[-1]:
-            return best[i + 1 : i + 1 + k]
-    return best[max(m, 0) : max(m, 0) + k]
+    return []
 
 
 def _uniform(key: int, position: int) -> float:
@@ -424,10 +413,11 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     `cands` (per row, candidate continuations as token ids), each forward pass feeds every row its pending
     token plus a draft and keeps the longest draft prefix that matches the model's own choice, plus the model's
     next token (speculative decoding with exact verification); cache slots of rejected draft tokens are masked
-    out for good (and dropped, `compact`). The suffixes' pass already verifies each row's first candidate, whole
-    when only the rows' tokens are scored (`vocab`; else `lookahead` of it, as a full head's logits are rows ×
-    draft × its vocabulary): a pass streams all the weights whatever its rows (~22 ms for SmolLM2 on 2 cores),
-    and a tuned model writes its first candidate through, so most rows end in that one pass. Later passes draft
+    out for good (and dropped, `compact`). The suffixes' pass already verifies each row's first candidate, as much
+    of it as the model has been keeping (`first_draft`) when only the rows' tokens are scored (`vocab`; else
+    `lookahead` of it, as a full head's logits are rows × draft × its vocabulary): a pass streams all the weights
+    whatever its rows (~22 ms for SmolLM2 on 2 cores), and a tuned model writes its first candidate through, so
+    most rows end in that one pass. Later passes draft
     up to `lookahead` tokens. A decoder that can skip a batch's padding (`skips_padding`, `core.lean_llama`)
     computes only the rows' own positions. Without candidates it is plain greedy decoding, one token per pass.
     Either way the tokens are those of `generate` on the concatenated prompts (exactly in fp32; in bf16 up to
@@ -442,7 +432,7 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     cache.batch_repeat_interleave(n)
     pad = pad_id if pad_id is not None else eos_id
     out: list[list[int]] = [[] for _ in range(n)]  # each row's copy; its last token is not yet in the cache
-    first = max_new_tokens - 1 if vocab is not None else lookahead  # a full head's logits: (rows, draft, 49K)
+    first = first_draft(model, max_new_tokens - 1) if vocab is not None else lookahead  # a full head: 49K a token
     guesses = [propose(cands[r], [], first) if cands else [] for r in range(n)]
     lengths = [len(s) + len(g) for s, g in zip(suffixes, guesses, strict=True)]
     width, d = max(lengths), max(len(g) for g in guesses)  # each row's suffix then draft, ending at the right
@@ -463,6 +453,8 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     alive = list(range(n))  # original row of each batch row
     accepted = _verify(logits, ids.gather(1, cols), guesses, out, alive, head, max_new_tokens, eos_id, keys,
                        min_p, titles, ends, claims, first=True)
+    if cands and vocab is not None:
+        note_first(model, accepted)
     for b, (a, g) in enumerate(zip(accepted, guesses, strict=True)):
         mask[b, p + width - len(g) + a :] = 0  # slots of rejected draft tokens: never attended again
     nxt = torch.tensor([p + len(s) + a for s, a in zip(suffixes, accepted, strict=True)], device=dev)
@@ -494,6 +486,22 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
             mask[b, mask.shape[1] - w + a + 1 :] = 0  # slots of rejected draft tokens: never attended again
             nxt[b] += a + 1
     return [o[:-1] if o and o[-1] == eos_id else o for o in out]
+
+
+def first_draft(model, most: int) -> int:
+    """How much of each row's first candidate the prompts' pass verifies: twice what this model has been keeping
+    of them (a running mean over its misses) and a few more, all of it to begin with. A tuned adapter writes its
+    drafts through (~25 tokens a row); an undertrained one leaves them within a few tokens, and each draft token
+    it rejects was a position computed for nothing (the bench's 8-step stand-in: 1.16× the miss time with whole
+    drafts). A model that keeps more than it is offered is offered more at its next miss."""
+    kept = getattr(model, "_copy_first_kept", None)
+    return most if kept is None else max(1, min(most, round(2 * kept) + 4))
+
+
+def note_first(model, accepted: list[int]) -> None:
+    mean = sum(accepted) / max(1, len(accepted))
+    kept = getattr(model, "_copy_first_kept", None)
+    model._copy_first_kept = mean if kept is None else 0.7 * kept + 0.3 * mean
 
 
 def _verify(logits: torch.Tensor, step: torch.Tensor, guesses: list[list[int]], out: list[list[int]],

@@ -200,11 +200,27 @@ def test_drafts_come_from_the_training_phrasings() -> None:
     assert propose([seq_a, seq_b], [5, 6], 2) == [7, 8]  # a candidate begins with what was generated
     assert propose([seq_a, seq_b], [9, 1, 2, 6, 7], 3) == [3, 4]  # else where the last tokens occur
     assert propose([seq_a, seq_b], [5, 6, 7, 8, 9], 3) == []  # a candidate used up
-    draft = [10, 11, 12, 13, 14, 15, 16]
-    assert propose([draft], [10, 11, 13], 3) == [14, 15, 16]  # the copy dropped a word: on after its last token
-    assert propose([draft], [10, 11, 42], 3) == [12, 13, 14]  # it put one in: on from where it left the draft
-    assert propose([draft], [42, 43], 3) == [10, 11, 12]  # nothing in common: the draft from its start
-    assert propose([], [42, 43], 3) == []  # no candidates: no draft
+    assert propose([seq_a], [42, 43], 3) == []  # nothing matches: no draft
+
+
+def test_the_prompts_pass_offers_as_much_of_each_draft_as_the_model_has_been_keeping() -> None:
+    """All of it at first; an adapter that keeps ~1 token of its drafts is offered a few (not 55 wasted positions
+    a row); one that keeps all it is offered is offered more again."""
+    from types import SimpleNamespace
+
+    from core.copy_decoding import first_draft, note_first
+
+    model = SimpleNamespace()
+    assert first_draft(model, 55) == 55
+    for _ in range(8):
+        note_first(model, [1, 0, 2, 1])
+    assert 4 < first_draft(model, 55) <= 7
+    sizes = []
+    for _ in range(8):
+        offered = first_draft(model, 55)
+        note_first(model, [offered] * 4)  # every row keeps its whole draft
+        sizes.append(first_draft(model, 55))
+    assert sizes == sorted(sizes) and sizes[-1] == 55
 
 
 def test_a_title_cannot_open_a_chat_turn(tiny) -> None:
