@@ -417,12 +417,12 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     of it as the model has been keeping (`first_draft`) when only the rows' tokens are scored (`vocab`; else
     `lookahead` of it, as a full head's logits are rows × draft × its vocabulary): a pass streams all the weights
     whatever its rows (~22 ms for SmolLM2 on 2 cores), and a tuned model writes its first candidate through, so
-    most rows end in that one pass. Later passes draft
-    up to `lookahead` tokens. A decoder that can skip a batch's padding (`skips_padding`, `core.lean_llama`)
-    computes only the rows' own positions. Without candidates it is plain greedy decoding, one token per pass.
-    Either way the tokens are those of `generate` on the concatenated prompts (exactly in fp32; in bf16 up to
-    near-ties, the arithmetic differs). Full-attention decoders only: rejected draft slots stay in the cache
-    until compacted, masked, which a sliding-window or recurrent layer would not ignore."""
+    most rows end in that one pass. Later passes draft up to `lookahead` tokens. A decoder that can skip a
+    batch's padding (`skips_padding`, `core.lean_llama`) computes only the rows' own positions. Without
+    candidates it is plain greedy decoding, one token per pass. Either way the tokens are those of `generate` on
+    the concatenated prompts (exactly in fp32; in bf16 up to near-ties, the arithmetic differs). Full-attention
+    decoders only: rejected draft slots stay in the cache until compacted, masked, which a sliding-window or
+    recurrent layer would not ignore."""
 
     dev = model.device
     n, p = len(suffixes), len(shared)
@@ -489,16 +489,17 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
 
 
 def first_draft(model, most: int) -> int:
-    """How much of each row's first candidate the prompts' pass verifies: twice what this model has been keeping
-    of them (a running mean over its misses) and a few more, all of it to begin with. A tuned adapter writes its
-    drafts through (~25 tokens a row); an undertrained one leaves them within a few tokens, and each draft token
-    it rejects was a position computed for nothing (the bench's 8-step stand-in: 1.16× the miss time with whole
-    drafts). A model that keeps more than it is offered is offered more at its next miss."""
+    """How much of each row's first candidate the prompts' pass verifies (at most `most`): twice what this model
+    has been keeping of them (`note_first`) and a few more, all of it to begin with. A tuned adapter writes its
+    drafts through; an undertrained one leaves them within a few tokens, and each draft token it rejects is a
+    position computed for nothing. A model that keeps all it is offered is offered more at its next miss."""
     kept = getattr(model, "_copy_first_kept", None)
-    return most if kept is None else max(1, min(most, round(2 * kept) + 4))
+    return most if kept is None else min(most, round(2 * kept) + 4)
 
 
 def note_first(model, accepted: list[int]) -> None:
+    """The running mean (over misses) of how many draft tokens the prompts' pass kept a row, kept on the model:
+    one model decodes on one thread, and a new model version starts afresh."""
     mean = sum(accepted) / max(1, len(accepted))
     kept = getattr(model, "_copy_first_kept", None)
     model._copy_first_kept = mean if kept is None else 0.7 * kept + 0.3 * mean
