@@ -291,7 +291,7 @@ def floor_ratios(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, 
     outvoted. With two runs a side and medians of the runs, b08cddb's bench reported c=1 p50 1.21x from pairs of
     1.76 and 0.89 (a floor run of 5.6 ms against 3.3 in the other)."""
     def per_pair(c: int, key: str) -> list[float]:
-        return [round(p[key] / f[key], 3) for p, f in zip(runs["platform"][c], runs["floor"][c], strict=True)]
+        return [round(float(p[key] / f[key]), 3) for p, f in zip(runs["platform"][c], runs["floor"][c], strict=True)]
 
     pairs = {"rps_c8": per_pair(8, "rps"), "p99_c8": per_pair(8, "p99_ms"), "p50_c1": per_pair(1, "p50_ms")}
     out: dict[str, Any] = {k: round(float(np.median(v)), 3) for k, v in pairs.items()}
