@@ -314,6 +314,11 @@ def plain_head(model) -> bool:
     return known
 
 
+def _rows(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """t[r, at[r, j]] for (rows, positions, features) t and a (rows, positions) index."""
+    return t.gather(1, at[..., None].expand(-1, -1, t.shape[-1]))
+
+
 class Head:
     """The decoder's logits: the model's own, or with `vocab` (sorted token ids) only those tokens' columns (the
     decoder's hidden states times their rows of the output embedding), the last axis then indexing `vocab`;
@@ -335,24 +340,16 @@ class Head:
             self.decoder(**kw)
 
     def __call__(self, keep: int | torch.Tensor, **kw) -> torch.Tensor:
-        """(rows, positions, columns) logits of the last `keep` positions, or those an index tensor names: one
-        index for every row, or (rows, positions) an index per row."""
-        rowwise = isinstance(keep, torch.Tensor) and keep.dim() == 2
-
-        def rows_of(t: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-            return t.gather(1, at[..., None].expand(-1, -1, t.shape[-1]))
-
+        """(rows, positions, columns) logits of the last `keep` positions, or with a (rows, positions) index tensor
+        those each row names."""
         if self.vocab is None:
-            if not rowwise:
+            if isinstance(keep, int):
                 return self.model(**kw, logits_to_keep=keep).logits
             low = int(keep.min())  # the model's logits from the first column asked for, then each row's own
             logits = self.model(**kw, logits_to_keep=torch.arange(low, int(keep.max()) + 1, device=keep.device)).logits
-            return rows_of(logits, keep - low)
+            return _rows(logits, keep - low)
         hidden = self.decoder(**kw).last_hidden_state
-        if rowwise:
-            hidden = rows_of(hidden, keep)
-        else:
-            hidden = hidden[:, keep] if isinstance(keep, torch.Tensor) else hidden[:, hidden.shape[1] - keep :]
+        hidden = hidden[:, hidden.shape[1] - keep :] if isinstance(keep, int) else _rows(hidden, keep)
         return torch.nn.functional.linear(hidden, self.weight)
 
     def columns(self, ids: torch.Tensor) -> torch.Tensor:
@@ -430,6 +427,7 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     head = Head(model, *columns(vocab) if vocab is not None else (None, None))
     head.run(input_ids=torch.tensor([shared[done:]], device=dev), past_key_values=cache, use_cache=True)
     cache.batch_repeat_interleave(n)
+    skips = getattr(model, "skips_padding", False)
     pad = pad_id if pad_id is not None else eos_id
     out: list[list[int]] = [[] for _ in range(n)]  # each row's copy; its last token is not yet in the cache
     first = first_draft(model, max_new_tokens - 1) if vocab is not None else lookahead  # a full head: 49K a token
@@ -447,7 +445,7 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
     # repeat the last one: a shorter draft's row has nothing more to verify).
     last = torch.tensor([width - 1 - len(g) for g in guesses], device=dev)
     cols = (last[:, None] + torch.arange(d + 1, device=dev)).clamp(max=width - 1)
-    live = {"live": mask[:, p:].bool()} if getattr(model, "skips_padding", False) else {}
+    live = {"live": mask[:, p:].bool()} if skips else {}
     logits = head(cols, input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
                   **live)
     alive = list(range(n))  # original row of each batch row
@@ -477,7 +475,7 @@ def greedy(model, shared: list[int], suffixes: list[list[int]], max_new_tokens: 
             step[b, : 1 + len(g)] = torch.tensor([out[r][-1], *g], device=dev)
             new_mask[b, : 1 + len(g)] = 1
         mask = torch.cat([mask, new_mask], dim=1)
-        live = {"live": new_mask.bool()} if getattr(model, "skips_padding", False) else {}
+        live = {"live": new_mask.bool()} if skips else {}
         logits = head(w, input_ids=step, attention_mask=mask, position_ids=nxt[:, None] + torch.arange(w, device=dev),
                       past_key_values=cache, use_cache=True, **live)
         accepted = _verify(logits, step, guesses, out, alive, head, max_new_tokens, eos_id, keys, min_p, titles,
