@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.jobs.common import autocast, buffer_sync_off, on_cpu, run_epoch
+from training.jobs.common import adamw, autocast, from_rank_zero, on_cpu, run_epoch
 from training.jobs.retrieval import score_fn
 from training.models.ranking import Ranker, RankingConfig
 from training.models.retrieval import RetrievalConfig, SASRec
@@ -112,23 +112,47 @@ def test_bf16_only_on_a_gpu_and_kept_weights_on_the_host() -> None:
     assert kept["w"].device.type == "cpu" and kept["w"].tolist() == [1.0, 1.0]
 
 
-def test_ddp_is_told_to_skip_buffer_syncs_in_the_installed_pytorchs_spelling(tmp_path) -> None:
-    """A real one-rank gloo group: DDP accepts the keyword (2.11's refused 2.13's `forward_sync_buffers` on an
-    H200 run), and a PyTorch whose DDP has only `broadcast_buffers` is given that one."""
+def _rank(rank: int, store: str, out: str, steps: int) -> None:
+    """One of two gloo ranks: different initial weights and batches per rank; the same 3 steps trained with
+    `from_rank_zero` + `run_epoch` (its `average_gradients`), with DDP, and with neither (each rank alone)."""
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    try:
-        ddp = DistributedDataParallel(retrieval(), **buffer_sync_off())
-        assert ddp.module is not None
-    finally:
-        dist.destroy_process_group()
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    rng = np.random.default_rng(rank)
+    batches = [(rng.integers(1, 30, (4, 6)), rng.integers(0, 30, (4, 6))) for _ in range(steps)]
+    states = {}
+    for how in ("average", "ddp", "alone"):
+        torch.manual_seed(rank)
+        model = retrieval()
+        model.items.content.normal_()  # a real buffer: a rank's own content must not survive the start either
+        model = from_rank_zero(model) if how == "average" else model
+        net = DistributedDataParallel(model) if how == "ddp" else model
+        opt = adamw(model.parameters(), lr=1e-2)
+        if how == "alone":
+            dist.destroy_process_group()  # no group: `average_gradients` is a no-op, as for one worker
+        run_epoch(net, opt, batches, torch.device("cpu"))
+        states[how] = on_cpu(model.state_dict())
+    torch.save(states, out)
 
-    def ddp_2_11(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True,
-                 process_group=None, bucket_cap_mb=None, find_unused_parameters=False):
-        """DistributedDataParallel.__init__'s parameters in PyTorch 2.11 (the start of its list)."""
 
-    assert buffer_sync_off(ddp_2_11) == {"broadcast_buffers": False}
-    assert set(buffer_sync_off()) <= set(inspect.signature(DistributedDataParallel.__init__).parameters)
+def test_two_ranks_averaging_their_gradients_train_the_weights_ddp_trains(tmp_path) -> None:
+    """The jobs' replicas (`prepare_replicas`: rank 0's start; `run_epoch`: one all-reduce of the flattened
+    gradients after backward) end each step with DDP's weights, the same on both ranks."""
+    import multiprocessing as mp
+
+    outs = [str(tmp_path / f"rank{r}.pt") for r in range(2)]
+    procs = [mp.get_context("spawn").Process(target=_rank, args=(r, str(tmp_path / "store"), outs[r], 3))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    a, b = (torch.load(o, weights_only=True) for o in outs)
+    for key in a["average"]:
+        assert torch.equal(a["average"][key], b["average"][key]), key  # the ranks stay one model
+        torch.testing.assert_close(a["average"][key], a["ddp"][key], rtol=1e-5, atol=1e-6, msg=key)
+    # what the check would see without the averaging: each rank's own weights
+    assert not torch.equal(a["alone"]["blocks.0.attn.qkv.weight"], b["alone"]["blocks.0.attn.qkv.weight"])

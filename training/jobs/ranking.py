@@ -23,6 +23,7 @@ from training.jobs.common import (
     load_result_state,
     log_epoch_metrics,
     on_cpu,
+    prepare_replicas,
     run_epoch,
     save_and_report,
     worker_threads,
@@ -60,14 +61,14 @@ def batch_inputs(users: UserRows, items: ItemTable, user_row: np.ndarray, item: 
     return tuple(torch.from_numpy(a) for a in batch_arrays(users, items, user_row, item, recall))
 
 
-def _epoch(ddp: torch.nn.Module, opt: torch.optim.Optimizer, users: UserRows, items: ItemTable, ex: Examples,
+def _epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, users: UserRows, items: ItemTable, ex: Examples,
            seed: int, rank: int, world: int, per_worker: int, device: torch.device) -> tuple[float, int]:
     """One pass over this rank's equal shard of `ex` in a seeded order: (mean loss, samples over all ranks)."""
     n_per = len(ex.item) // world
     shard = np.random.default_rng(seed).permutation(len(ex.item))[rank * n_per : (rank + 1) * n_per]
-    ddp.train()
+    model.train()
     batches = (shard[i : i + per_worker] for i in range(0, n_per, per_worker))
-    loss = run_epoch(ddp, opt, ((*batch_arrays(users, items, ex.user_row[b], ex.item[b], ex.recall[b]),
+    loss = run_epoch(model, opt, ((*batch_arrays(users, items, ex.user_row[b], ex.item[b], ex.recall[b]),
                                  ex.click[b, None], ex.rating[b, None]) for b in batches), device)
     return loss, n_per * world
 
@@ -86,7 +87,7 @@ def train_loop(config: dict[str, Any]) -> None:
     model = Ranker(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
     start, restored = initial_state(model, opt, config)
-    ddp = ray.train.torch.prepare_model(model)  # moves the model to the worker's device (and wraps it in DDP)
+    model = prepare_replicas(model)
     device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -94,7 +95,7 @@ def train_loop(config: dict[str, Any]) -> None:
     per_worker = max(1, cfg.batch_size // world)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
-        train_loss, samples = _epoch(ddp, opt, users, items, ex, cfg.seed * 1_000 + epoch, rank, world, per_worker,
+        train_loss, samples = _epoch(model, opt, users, items, ex, cfg.seed * 1_000 + epoch, rank, world, per_worker,
                                      device)
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "start_epoch": start,
                    "epoch_seconds": time.perf_counter() - t0, "samples": samples}
@@ -106,10 +107,10 @@ def train_loop(config: dict[str, Any]) -> None:
         save_and_report(metrics, state)
     if not cfg.refit_epochs or (restored or {}).get("refit_done"):
         return
-    selected = on_cpu(model.state_dict())  # every rank holds the same weights (DDP), so no broadcast is needed
+    selected = on_cpu(model.state_dict())  # every rank holds the same weights (`prepare_replicas`): no broadcast
     rusers, rex = config["refit_users"], config["refit_examples"]
     for epoch in range(cfg.refit_epochs):
-        loss, samples = _epoch(ddp, opt, rusers, items, rex, cfg.seed * 1_000 + 999 - epoch, rank, world,
+        loss, samples = _epoch(model, opt, rusers, items, rex, cfg.seed * 1_000 + 999 - epoch, rank, world,
                                per_worker, device)
     done = {"refit_epochs": cfg.refit_epochs, "refit_samples": samples, "refit_loss": loss}
     save_and_report(done, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": cfg.epochs,

@@ -22,7 +22,7 @@ from training.jobs.common import (
     load_result_state,
     log_epoch_metrics,
     on_cpu,
-    prepare_ddp,
+    prepare_replicas,
     run_epoch,
     save_and_report,
     worker_threads,
@@ -116,7 +116,7 @@ def _epoch_rows(n_rows: int, per_worker: int, world: int) -> int:
     return n_rows // size * size + n_rows % size // world * world
 
 
-def _refit(model: SASRec, ddp: torch.nn.Module, best: dict[str, Any] | None, config: dict[str, Any],
+def _refit(model: SASRec, best: dict[str, Any] | None, config: dict[str, Any],
            device: torch.device, rank: int, world: int) -> dict[str, torch.Tensor]:
     """`refit_epochs` epochs from the kept weights over every interaction before the test target (the validation
     targets too: each user's most recent interaction, which the chosen epoch never learned from). Rank 0's kept
@@ -136,9 +136,9 @@ def _refit(model: SASRec, ddp: torch.nn.Module, best: dict[str, Any] | None, con
     weights = (targets != 0).sum(1)
     per_worker = max(1, cfg.batch_size // world)
     for epoch in range(cfg.refit_epochs):
-        ddp.train()
+        model.train()
         batches = _batches(weights, cfg.seed * 1_000 + 999 - epoch, rank, world, per_worker)
-        run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device)
+        run_epoch(model, opt, ((inputs[b], targets[b]) for b in batches), device)
     model.eval()
     return on_cpu(model.state_dict())
 
@@ -177,7 +177,7 @@ def train_loop(config: dict[str, Any]) -> None:
     opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, restored = initial_state(model, opt, config)
     best = restored.get("best") if restored else None  # a resumed run keeps its best epoch (early stopping)
-    ddp = prepare_ddp(model)
+    model = prepare_replicas(model)
     device = ray.train.torch.get_device()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -192,9 +192,9 @@ def train_loop(config: dict[str, Any]) -> None:
     judged = avg.module if avg is not None else model  # what validation judges and `best` keeps
     for epoch in range(start, cfg.epochs if not stopped else start):
         t0 = time.perf_counter()
-        ddp.train()
+        model.train()
         batches = _batches(weights, cfg.seed * 1_000 + epoch, rank, world, per_worker)
-        train_loss = run_epoch(ddp, opt, ((inputs[b], targets[b]) for b in batches), device,
+        train_loss = run_epoch(model, opt, ((inputs[b], targets[b]) for b in batches), device,
                                after_step=None if avg is None else lambda: avg.update_parameters(model))
         metrics = {"epoch": epoch + 1, "train_loss": train_loss, "start_epoch": start,
                    "epoch_seconds": time.perf_counter() - t0, "samples": _epoch_rows(len(inputs), per_worker, world)}
@@ -226,7 +226,7 @@ def train_loop(config: dict[str, Any]) -> None:
         if code < 0:
             break
     if cfg.refit_epochs and not (restored or {}).get("refit_done"):
-        refit = _refit(model, ddp, best, config, device, rank, world)
+        refit = _refit(model, best, config, device, rank, world)
         done = {"refit_epochs": cfg.refit_epochs, "refit_samples": len(config["refit_inputs"])}
         if rank == 0:
             best = {**best, "selected": best["model"], "model": refit}  # the refit weights are what is registered
