@@ -72,8 +72,9 @@ def user_rows(settings: Settings, rows: pd.DataFrame, recall: SASRec, histories:
     feats = user_features_at(settings, rows, names=USER_DENSE_FEATURES)  # the sequences come from `histories`
     history = left_pad(histories, recall.cfg.max_len)
     recall.eval()
+    table = recall.items.all_items()  # the catalogue's item vectors once, not each position's again
     vectors = np.concatenate([
-        recall.user_vector(torch.from_numpy(history[i : i + 1024])).numpy()
+        recall.user_vector(torch.from_numpy(history[i : i + 1024]), table).numpy()
         for i in range(0, len(history), 1024)
     ]) if len(history) else np.zeros((0, recall.cfg.width), dtype=np.float32)
     return UserRows(history, user_dense(feats), vectors)

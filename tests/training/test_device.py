@@ -83,7 +83,7 @@ def test_validation_scores_users_on_the_models_device() -> None:
     model = retrieval().to(META)
     seen: list[torch.device] = []
 
-    def encode(seq, table=None):  # the users' sequences, as the model receives them
+    def encode(seq, table=None, last_only=False):  # the users' sequences, as the model receives them
         seen.append(seq.device)
         raise Reached
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -129,6 +130,27 @@ def test_members_are_independent_models_whose_scores_add() -> None:
     torch.testing.assert_close(grads["blocks.2.attn.qkv.weight"], own["blocks.0.attn.qkv.weight"])
     torch.testing.assert_close(grads["items.id_emb.weight"][:, 16:], own["items.id_emb.weight"])
     torch.testing.assert_close(grads["ln.weight"][16:], own["ln.weight"])
+
+
+@pytest.mark.parametrize("members, layers", [(1, 2), (2, 2), (2, 1)])
+def test_the_user_vector_is_the_full_encoders_last_state_computed_for_that_position_alone(members, layers) -> None:
+    """`user_vector` sends only the last position through each member's last block; its vectors are the full
+    encoder's last state, for full, short and empty histories (an empty one attends to itself alone)."""
+    torch.manual_seed(0)
+    cfg = RetrievalConfig(n_items=30, max_len=7, d_model=16, n_heads=2, n_layers=layers, content_dim=8,
+                          members=members)
+    model = SASRec(cfg, torch.randn(30, 8)).eval()
+    for p in model.parameters():  # biases and norms away from their initial zeros and ones
+        torch.nn.init.normal_(p, std=0.3)
+    seq = torch.tensor([[1, 2, 3, 4, 5, 6, 7], [0, 0, 0, 0, 9, 8, 2], [0, 0, 0, 0, 0, 0, 4], [0] * 7])
+    with torch.no_grad():
+        full = model.encode(seq)[:, -1]
+        last = model.user_vector(seq)
+        table = model.items.all_items()
+        torch.testing.assert_close(model.user_vector(seq, table), model.encode(seq, table)[:, -1])
+    torch.testing.assert_close(last, full, rtol=1e-5, atol=1e-6)
+    assert model.encode(seq, last_only=True).shape == (4, 1, cfg.width)
+    assert not torch.allclose(last[0], last[1])  # a different history, a different vector
 
 
 def test_the_weight_average_spans_the_same_epochs_on_any_data_size() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,14 +37,23 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(d_model, d_model)
         self.drop = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """(B, T, d) → (B, T, d); `last_only`: the last position's output alone, (B, 1, d), every position still
+        a key and a value (its query, and the rest of the block after it, computed for that one position)."""
         b, t, d = x.shape  # (B, T, d)
-        q, k, v = self.qkv(x).split(d, dim=-1)
-        h, hd = self.n_heads, d // self.n_heads
-        q, k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (q, k, v))  # (B, h, T, hd)
-        att = (q @ k.transpose(-2, -1)) / self.scale  # (B, h, T, T)
+        if last_only:
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(x[:, -1:], w[:d], bias[:d])
+            k, v = F.linear(x, w[d:], bias[d:]).split(d, dim=-1)
+            mask = mask[..., -1:, :]
+        else:
+            q, k, v = self.qkv(x).split(d, dim=-1)
+        h, hd, tq = self.n_heads, d // self.n_heads, q.shape[1]
+        q = q.view(b, tq, h, hd).transpose(1, 2)  # (B, h, Tq, hd)
+        k, v = (z.view(b, t, h, hd).transpose(1, 2) for z in (k, v))  # (B, h, T, hd)
+        att = (q @ k.transpose(-2, -1)) / self.scale  # (B, h, Tq, T)
         att = att.masked_fill(~mask, -1e9).softmax(dim=-1)
-        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, t, d)
+        y = (self.drop(att) @ v).transpose(1, 2).reshape(b, tq, d)
         return self.out(y)
 
 
@@ -60,8 +70,10 @@ class Block(nn.Module):
         )
         self.drop = Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """`last_only`: the block's output at the last position alone (`SelfAttention`), (B, 1, d)."""
+        a = self.attn(self.ln1(x), mask, last_only)
+        x = (x[:, -1:] if last_only else x) + self.drop(a)
         return x + self.drop(self.mlp(self.ln2(x)))
 
 

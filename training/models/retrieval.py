@@ -103,11 +103,12 @@ class SASRec(nn.Module):
         y = F.layer_norm(x.unflatten(-1, (m, d)), (d,), eps=self.ln.eps)
         return (y * self.ln.weight.view(m, d) + self.ln.bias.view(m, d)).flatten(-2)
 
-    def encode(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, seq: torch.Tensor, table: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """seq (B, T) left-padded item indices → hidden states (B, T, d). `table`: `items.all_items()` when the
         caller has it (training scores every item anyway): its rows are the inputs, so the content of the B·T
         positions is neither gathered nor projected again. Without it (the exported encoder, one user a call) the
-        inputs come from the item tower row by row."""
+        inputs come from the item tower row by row. `last_only`: the last position's state alone, (B, 1, d); each
+        member's last block then computes its query, attention output and MLP for that position only."""
         t = seq.shape[1]
         x = self.items(seq) if table is None else table[seq]
         x = x + self.pos.weight[-t:]  # right-aligned positions: the latest item is always last
@@ -116,14 +117,16 @@ class SASRec(nn.Module):
         layers = self.cfg.n_layers
         parts = []
         for i, h in enumerate(x.split(self.cfg.d_model, dim=-1)):  # each member's slice through its own blocks
-            for block in self.blocks[i * layers : (i + 1) * layers]:
-                h = block(h, mask)
+            for j, block in enumerate(self.blocks[i * layers : (i + 1) * layers]):
+                h = block(h, mask, last_only and j == layers - 1)
             parts.append(h)
         return self._norm(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
 
     def user_vector(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) → (B, d): the state after the most recent item; this is what the ONNX encoder exports."""
-        return self.encode(seq, table)[:, -1]
+        """(B, T) → (B, d): the state after the most recent item; this is what the ONNX encoder exports. Only that
+        position goes through the last block (`encode`'s `last_only`): the served encoder, validation every epoch
+        and the ranker's point-in-time recall features need no other."""
+        return self.encode(seq, table, last_only=True)[:, -1]
 
     def forward(self, seq: torch.Tensor, targets: torch.Tensor | None = None):
         """Without targets: (scores (B, T, n_items), None). With targets: (None, loss), the full-softmax
