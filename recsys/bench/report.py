@@ -199,7 +199,7 @@ def report(r: dict[str, Any], path: Path) -> str:
         lines += ["## Ray Train scaling (retrieval, same data, one run)", "",
                   "| workers | samples/s per epoch, median (min–max) |", "|---|---|",
                   f"| {sc.get('reference', '1 × 2 threads')} | {with_spread(sc['workers_1'])} |",
-                  f"| 2 × 1 thread (DDP) | {with_spread(sc['workers_2'])} |", "",
+                  f"| 2 × 1 thread (data-parallel) | {with_spread(sc['workers_2'])} |", "",
                   f"Speed-up {sc['speedup']}× (medians), scaling efficiency {sc['scaling_efficiency']}; epochs "
                   f"{sc['epochs']} ({sc.get('order', 'the 2-worker epochs from the offline run')}).", ""]
     if "quality" in r:

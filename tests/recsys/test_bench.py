@@ -170,7 +170,7 @@ def test_report_has_one_table_row_per_measurement():
                      "ndcg_at_10_se": 0.004, "mrr": 0.02, "coverage_at_10": 0.01}],
     }
     text = report(result, Path("bench/results/x.json"))
-    assert "| 2 × 1 thread (DDP) | 150.0 (140.0–151.0) |" in text  # median (min–max) over epochs
+    assert "| 2 × 1 thread (data-parallel) | 150.0 (140.0–151.0) |" in text  # median (min–max) over epochs
     assert "| mostpop | 0.0500 ± 0.0070 | 0.0250 ± 0.0040 |" in text
     assert "## Serving" not in text  # a suite that did not run gets no table
 
