@@ -87,13 +87,12 @@ def from_rank_zero(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def average_gradients(model: torch.nn.Module) -> None:
-    """Each gradient replaced by its mean over the ranks: one all-reduce of them all, flattened, after backward.
-    This is DDP's arithmetic without its buckets (a parameter a rank did not use counts there as a zero
-    gradient), which start all-reducing during backward on the communication thread: on a CPU worker given one
-    core that overlap is contention, not concurrency. ML-100K's retrieval step, 2 gloo workers of one thread:
-    with DDP the step spent ~15 ms more than without communication, where the all-reduce alone takes 1.4 ms;
-    2 workers ran 1.53× one with DDP, 1.79× with this (README, measurement log). On a GPU the same single
-    all-reduce of these small models (~0.5 M floats) is one NCCL call."""
+    """Each gradient replaced by its mean over the ranks: one all-reduce of them all, flattened, after backward;
+    a parameter a rank did not use counts there as a zero gradient. The arithmetic is DDP's (bit for bit, test);
+    DDP's buckets instead start all-reducing during backward, on a communication thread that contends with the
+    compute thread of a CPU worker given one core. On ML-100K's retrieval step (2 gloo workers, no Ray) that cost
+    ~15 ms a step where the all-reduce alone takes 1.4 ms (README, measurement log). On GPUs it is one NCCL call
+    for these small models (~0.5 M floats)."""
     world = _world()
     if world == 1:
         return
