@@ -18,6 +18,7 @@ from training.jobs.common import (
     adamw,
     fit,
     fits,
+    from_rank_zero,
     initial_state,
     load_result_state,
     log_epoch_metrics,
@@ -125,11 +126,7 @@ def _refit(model: SASRec, best: dict[str, Any] | None, config: dict[str, Any],
     cfg = model.cfg
     if rank == 0 and best is not None:
         model.load_state_dict(best["model"])
-    if world > 1:
-        import torch.distributed as dist
-
-        for t in model.state_dict().values():
-            dist.broadcast(t, src=0)
+    from_rank_zero(model)
     # A fresh optimizer: the last epoch's moments belong to the raw weights, not to the kept average's.
     opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     inputs, targets = config["refit_inputs"], config["refit_targets"]
