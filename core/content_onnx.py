@@ -70,10 +70,10 @@ def _mean(pooling) -> bool:
 
 
 class OnnxEncoder:
-    """`embed_items`'s vectors from the exported graph: one ONNX Runtime session on one thread (an upsert is a
-    handful of items; the replica's other work keeps the other core)."""
+    """`embed_items`'s vectors from the exported graph: one ONNX Runtime session, on one thread unless told (an
+    upsert is a handful of items; the replica's other work keeps the other core)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, threads: int = 1) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -82,13 +82,16 @@ class OnnxEncoder:
         self.tok.enable_truncation(int(self.pipeline["max_length"]))
         self.tok.enable_padding(pad_id=int(self.pipeline["pad_id"]), pad_token=str(self.pipeline["pad_token"]))
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads, opts.inter_op_num_threads = max(1, threads), 1
         self.session = ort.InferenceSession(str(folder / GRAPH), opts, providers=["CPUExecutionProvider"])
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """Batches of similar length, as sentence-transformers forms them (less padding to compute), in `texts`' order
+        on return."""
+        order = np.argsort([len(t) for t in texts], kind="stable")
         out = []
         for start in range(0, len(texts), batch_size):
-            enc = self.tok.encode_batch(texts[start:start + batch_size])
+            enc = self.tok.encode_batch([texts[i] for i in order[start:start + batch_size]])
             cols = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                     "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
                     "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
@@ -98,16 +101,20 @@ class OnnxEncoder:
             if self.pipeline["normalize"]:
                 vec = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-12)
             out.append(vec.astype(np.float32))
-        return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+        if not out:
+            return np.zeros((0, 0), dtype=np.float32)
+        vectors = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(out)
+        return vectors
 
     def embed_items(self, items: pd.DataFrame) -> np.ndarray:
         return self.encode(item_text(items))
 
 
-def encoder(model_name: str, cache: Path) -> OnnxEncoder | None:
+def encoder(model_name: str, cache: Path, threads: int = 1) -> OnnxEncoder | None:
     """The graph's encoder when it was built for this model (`ensure`), else None (embed with torch)."""
     folder = graph_dir(model_name, cache)
-    return OnnxEncoder(folder) if (folder / PIPELINE).is_file() else None
+    return OnnxEncoder(folder, threads) if (folder / PIPELINE).is_file() else None
 
 
 def ensure(model_name: str, cache: Path) -> bool:

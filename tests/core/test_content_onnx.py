@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from core import content_onnx
-from core.content import embed_items, resolve_model
+from core.content import embed_items, item_text, resolve_model
 
 pytestmark = pytest.mark.slow  # exports the real MiniLM (~10 s)
 MODEL = "all-MiniLM-L6-v2"
@@ -40,6 +40,8 @@ def test_the_graph_gives_the_training_vectors(cache: Path) -> None:
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert not np.allclose(got[0], got[1], atol=1e-2)  # distinct items stay distinct
     np.testing.assert_allclose(enc.embed_items(ITEMS.iloc[2:3]), want[2:3], atol=1e-5)  # alone: no padding
+    # batches formed by length (here [0, 2], [1, 3]), answered in the items' order
+    np.testing.assert_allclose(enc.encode(item_text(ITEMS), batch_size=2), want, atol=1e-5)
     assert content_onnx.ensure(MODEL, cache)  # built once: a second call finds it
 
 
@@ -51,6 +53,19 @@ def test_serving_embeds_without_importing_torch(cache: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_recsys_features_embeds_the_items_through_the_graph(cache: Path, tmp_path: Path) -> None:
+    """`recsys features` gives the data set's items the vectors serving gives upserts: the graph's, on as many
+    threads as the embedded Ray has CPUs."""
+    from core.settings import load_settings
+    from training.features import item_vectors
+
+    s = load_settings().model_copy(update={"home": tmp_path, "model_cache_dir": cache, "content_model": MODEL,
+                                           "ray_num_cpus": 2})
+    got = item_vectors(s, ITEMS)
+    np.testing.assert_array_equal(got, content_onnx.encoder(MODEL, cache).embed_items(ITEMS))
+    np.testing.assert_allclose(got, embed_items(ITEMS, MODEL), atol=1e-5)
 
 
 def test_a_pipeline_it_does_not_reproduce_gets_no_graph(tmp_path: Path) -> None:
@@ -65,6 +80,11 @@ def test_a_pipeline_it_does_not_reproduce_gets_no_graph(tmp_path: Path) -> None:
     assert not content_onnx.ensure(str(folder), cache)
     assert content_onnx.encoder(str(folder), cache) is None
     assert not content_onnx.graph_dir(str(folder), cache).exists()
+    from core.settings import load_settings
+    from training.features import item_vectors
+
+    s = load_settings().model_copy(update={"home": tmp_path, "model_cache_dir": cache, "content_model": str(folder)})
+    np.testing.assert_array_equal(item_vectors(s, ITEMS), embed_items(ITEMS, str(folder)))  # sentence-transformers
 
 
 def test_an_idle_catalogue_writer_unloads_its_encoder_and_loads_it_again(cache: Path, tmp_path: Path) -> None:
@@ -73,7 +93,7 @@ def test_an_idle_catalogue_writer_unloads_its_encoder_and_loads_it_again(cache: 
     from core.settings import load_settings
     from serving.catalogue import CatalogueWriter
 
-    s = load_settings().model_copy(update={"home": tmp_path, "model_cache": cache, "content_model": MODEL})
+    s = load_settings().model_copy(update={"home": tmp_path, "model_cache_dir": cache, "content_model": MODEL})
     writer = CatalogueWriter(s, store=object())
     first = writer.embed(ITEMS)
     assert writer._encoder and not writer.release_idle(3600.0)  # loaded, and just used
