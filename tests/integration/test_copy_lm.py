@@ -215,3 +215,5 @@ def test_fsdp_run_resumed_after_an_epoch_ends_where_the_straight_run_ends(featur
     for k, v in straight.adapter.items():
         assert torch.allclose(resumed.adapter[k], v, atol=1e-4), k
     assert resumed.losses[-1] == pytest.approx(straight.losses[-1], rel=1e-4)
+    # every epoch's loss, the one before the interruption read from the checkpoint (Ray keeps only the latest)
+    assert len(resumed.losses) == len(straight.losses) == 2 and resumed.losses[0] == first.losses[0]

@@ -41,11 +41,11 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.seed)
     base, tok = load_base(config["base_dir"], Path(config["cache"]))
     model = add_lora(base, cfg)
-    start = 0
+    start, history = 0, []
     state = restore_state()
     if state is not None:
         load_lora(model, state["adapter"])
-        start = int(state["epoch"])
+        start, history = int(state["epoch"]), list(state.get("history", []))
     elif config.get("init") is not None:
         load_lora(model, config["init"])
     device = ray.train.torch.get_device()
@@ -82,9 +82,10 @@ def train_loop(config: dict[str, Any]) -> None:
         ckpt = None
         adapter, optimizer = lora_state(model), _optimizer_state(model, opt, fsdp)  # collectives under FSDP
         rng = _rng_states(world, device)  # a collective too
-        if rank == 0:
+        history.append(metrics)
+        if rank == 0:  # the epochs' metrics ride in the checkpoint: Ray keeps only the latest (`fit`)
             ckpt = {"adapter": adapter, "optimizer": optimizer, "rng": rng, "epoch": epoch + 1,
-                    "config": cfg.to_dict()}
+                    "config": cfg.to_dict(), "history": history}
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
         save_and_report(metrics, ckpt)
 
@@ -165,10 +166,11 @@ def train_copy(settings: Settings, cfg: CopyLMConfig, train: list[tuple[CopyFact
     result = fit(settings, "copy", train_loop, config, resume, max(1, -(-cfg.steps // cfg.steps_per_epoch)))
     seconds = time.perf_counter() - t0
     state = load_result_state(result)
-    history = result.metrics_dataframe if result.metrics_dataframe is not None else None
-    losses = [float(x) for x in history["train_loss"]] if history is not None else [result.metrics["train_loss"]]
-    first = float(history["epoch_first_loss"].iloc[0]) if history is not None else float("nan")
-    per_epoch = [float(x) for x in history["tokens_per_second"]] if history is not None else []
+    # Every epoch's metrics, resumed ones included (Ray's metrics_dataframe holds only the checkpoints it kept).
+    history = state.get("history") or [result.metrics]
+    losses = [float(m["train_loss"]) for m in history]
+    first = float(history[0].get("epoch_first_loss", float("nan")))
+    per_epoch = [float(m["tokens_per_second"]) for m in history if "tokens_per_second" in m]
     tps = float(np.mean(per_epoch)) if per_epoch else 0.0
     if not evaluate:
         return CopyOutcome(state["adapter"], cfg, None, None, losses, first, seconds, tps, int(state["epoch"]),
