@@ -178,7 +178,7 @@ def report(r: dict[str, Any], path: Path) -> str:
     if "offline" in r:
         o = r["offline"]
         lines += ["## Offline pipeline", "", f"Data: {o['source']} {o['counts']}; epochs {o['epochs']}; "
-                  f"2 Ray Train workers (CPU DDP).", "", "| step | seconds |", "|---|---|"]
+                  f"2 Ray Train workers (CPU, data-parallel).", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in o["steps_s"].items()]
         lines += [f"| **total** | **{o['total_s']}** |", "", f"Peak RSS of the whole local stack: {o['peak_rss_gib']} "
                   f"GiB. Training throughput, whole fit (start-up included): retrieval {o['retrieval_samples_per_s']} "

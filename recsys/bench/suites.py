@@ -73,7 +73,7 @@ def epoch_rates(s: Settings, run_id: str) -> list[float]:
 
 
 def training_scaling(s: Settings, console: Console, epochs: int = 4) -> dict[str, Any]:
-    """Retrieval samples/s per epoch with 1 worker on 1 CPU vs 2 DDP workers on 1 CPU each, same data, as [min,
+    """Retrieval samples/s per epoch with 1 worker on 1 CPU vs 2 data-parallel workers, 1 CPU each, same data, as [min,
     median, max] over epochs: efficiency = 2 workers' median rate / (2 × one worker's), each worker on the CPU it
     is given. The runs are made here, back to back in the order 2, 1, 2 workers, so a drift of this VM's speed
     during the bench (1.6× within one hour, seen) falls on both sides of the reference rather than on one; the

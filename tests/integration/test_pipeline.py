@@ -98,7 +98,7 @@ def test_killed_training_resumes_from_its_latest_checkpoint(feature_home, tmp_pa
 
 
 def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_path):
-    """Two DDP workers, patience 2, plateau 1: every epoch without a better validation NDCG@10 halves the
+    """Two data-parallel workers, patience 2, plateau 1: every epoch without a better validation NDCG@10 halves the
     learning rate on both ranks, and two in a row end the run (unless the cap of 30 comes first)."""
     home = tmp_path / "home"
     shutil.copytree(feature_home, home)
@@ -125,7 +125,7 @@ def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_pa
     assert done == 30 or done - m["kept_epoch"] == 2
     params = _client(home).get_run(_client(home).get_model_version_by_alias("recsys-retrieval", "challenger").run_id)
     assert params.data.params["stopped"] == ("epoch cap" if done == 30 else "no better validation NDCG@10 for 2 epochs")
-    # Then the refit (both DDP ranks): 2 epochs from the kept weights over the validation interactions too. The
+    # Then the refit (both ranks): 2 epochs from the kept weights over the validation interactions too. The
     # registered weights are the refit ones; validation is reported for the kept ones it chose, which the
     # registry keeps beside them (fooled: validation scored on the refit weights would not match).
     import torch

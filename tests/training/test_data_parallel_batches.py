@@ -1,4 +1,4 @@
-"""The retrieval job's batches across DDP ranks: the same global batches as one worker, halves of equal cost."""
+"""Batches across the retrieval job's data-parallel ranks: one worker's global batches, halves of equal cost."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_two_ranks_split_exactly_the_global_batches_one_worker_takes(n_rows: int
     weights = np.random.default_rng(0).integers(1, 51, n_rows)
     (one,) = _epoch(weights, 1)
     a, b = _epoch(weights, 2)
-    assert len(a) == len(b)  # DDP ranks must take the same number of steps
+    assert len(a) == len(b)  # the ranks must take the same number of steps
     assert all(len(x) == len(y) > 0 for x, y in zip(a, b, strict=True))
     for x, y, z in zip(a, b, one, strict=False):  # one worker may take a last batch of 1 row that 2 cannot split
         assert not set(x) & set(y)

@@ -212,7 +212,7 @@ def fit(
     resume: bool,
     total_epochs: int = 0,
 ):
-    """Run `loop` on N workers with TorchTrainer; DDP on CPU (gloo) or GPU (nccl) by settings."""
+    """Run `loop` on N workers with TorchTrainer, data-parallel over gloo on CPU or NCCL on GPU by settings."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -1,4 +1,4 @@
-"""Retrieval job: SASRec-style encoder trained with Ray Train (DDP), evaluated, logged and registered."""
+"""Retrieval job: SASRec-style encoder trained data-parallel with Ray Train, evaluated, logged and registered."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def stopping(cfg: RetrievalConfig, epoch: int, best_epoch: int, seconds: float) 
 
 
 def _agree(flag: float, device: torch.device, world: int) -> float:
-    """Rank 0's decision on every rank (DDP ranks must run the same number of steps)."""
+    """Rank 0's decision on every rank (the ranks must run the same number of steps)."""
     if world == 1:
         return flag
     import torch.distributed as dist

@@ -117,9 +117,9 @@ class Ranker(nn.Module):
         if click is not None:
             loss = self.cfg.w_click * F.binary_cross_entropy_with_logits(logit, click)
             if rating is not None:
-                # Masked, not skipped when a batch has no positive: every parameter takes part in every step, so
-                # DDP's ranks run the same gradient reductions (a rank whose batch skipped the rating head waited
-                # forever for the others: a hung retrain, seen on a 2-worker run after the catalogue grew).
+                # Masked, not skipped when a batch has no positive: every parameter takes part in every step (under
+                # DDP a rank whose batch skipped the rating head waited forever for the others: a hung retrain, seen
+                # on a 2-worker run after the catalogue grew; `average_gradients` reduces all of them either way).
                 pos = (click > 0.5).float()
                 sq = (r - rating) ** 2 * pos
                 loss = loss + self.cfg.w_rating * sq.sum() / pos.sum().clamp(min=1.0) / 4.0
