@@ -219,8 +219,7 @@ def fit(
     ensure_ray(settings)
     # Ray Train's controller polls the workers at most every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default;
     # ray/train/v2/_internal/execution/controller/controller.py, its control loop) and learns only at a poll that
-    # the workers' loop has ended. Two local workers, a loop that only reports: `fit` returned 5.0 s after the last
-    # report at 2 s, 2.0 s at 0.5 s, and the loop started ~2 s sooner; retrieval epochs were no slower (README,
+    # the workers' loop has ended, so a shorter poll returns every fit sooner, epochs no slower (README,
     # measurement log). The driver's value reaches the controller and the workers (ENV_VARS_TO_PROPAGATE in
     # ray/train/v2/_internal/constants.py), on a laptop and in a RayJob alike; an operator's own value wins.
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
@@ -237,8 +236,8 @@ def fit(
             name=name,
             storage_path=str(settings.runs_dir.resolve()),
             failure_config=FailureConfig(max_failures=1),
-            # Only the latest checkpoint is read (a resume, the result): Ray kept every epoch's, 17 MB each for the
-            # retrieval job on ML-100K, 0.64 GB a run and a retrain. Ray never deletes the latest, and writes its
+            # Only the latest checkpoint is read (a resume, the result); by default Ray keeps every epoch's, a run's
+            # and each retrain's worth of disk (README, measurement log). Ray never deletes the latest, and writes its
             # snapshot before deleting the others (ray/train/v2/_internal/execution/checkpoint/
             # checkpoint_manager.py, _save_state_and_delete_old_checkpoints).
             checkpoint_config=CheckpointConfig(num_to_keep=1),
