@@ -40,6 +40,27 @@ def machine() -> dict[str, Any]:
             "stack": {p: metadata.version(p) for p in STACK}}
 
 
+def cpu_ticks() -> tuple[int, int] | None:
+    """(stolen, total) CPU ticks of this machine since boot from /proc/stat's `cpu` line; None where there is none
+    (not Linux). Steal is the time a virtual CPU was ready to run while the hypervisor ran another guest."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    if len(fields) < 8:
+        return None
+    return fields[7], sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of the machine's CPU time the hypervisor took between two `cpu_ticks` readings. This VM's speed
+    drifts 4-5x between days; a suite measured while a third of the CPUs' time was stolen says so beside its
+    numbers."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
+
+
 class PeakRSS:
     """Peak summed RSS of this process, its descendants and the local Ray/Triton processes (sampled at 4 Hz), and
     each process's own peak by label."""

@@ -21,7 +21,7 @@ from core.errors import one_line
 from core.settings import Settings, load_settings
 from recsys.bench.lifecycle import catalogue_lifecycle
 from recsys.bench.load import feedback_load, load, post, post_feedback, spread
-from recsys.bench.processes import PeakRSS, cpu_per_request, machine, rss_mib
+from recsys.bench.processes import PeakRSS, cpu_per_request, cpu_ticks, machine, rss_mib, steal_share
 from recsys.bench.report import (
     README,
     REPORT,
@@ -499,8 +499,12 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
     result: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine()}
     seconds: dict[str, float] = {}
 
+    steal: dict[str, float | None] = {}
+
     def run(name: str, fn: Callable[[], Any]) -> None:
+        before = cpu_ticks()
         result[name], seconds[name] = _timed(fn)
+        steal[name] = steal_share(before, cpu_ticks())
 
     if {"offline", "quality", "serving", "copy"} & set(suites):
         run("offline", lambda: offline(s, console))
@@ -533,6 +537,7 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
             os.environ["RECSYS_HOME"] = str(s.home)
         run("factuality", lambda: factuality_suite(s, console))
     result["suite_seconds"] = {**seconds, "total": round(sum(seconds.values()), 1)}  # `make bench` target: < 1800
+    result["cpu_steal"] = steal
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = results_path(RESULTS, started.isoformat(), platform.node(), result["machine"]["cpu"])
     result = carry_over(result, latest_results())

@@ -302,6 +302,25 @@ def test_report_states_the_wall_time_of_each_suite():
     }
     text = report(result, Path("bench/results/x.json"))
     assert "offline 600.0, copy 660.0; total 21.0 min" in text
+    assert "steal" not in text  # results from before it was recorded
+    stolen = report({**result, "cpu_steal": {"offline": 0.441, "copy": None}}, Path("bench/results/x.json"))
+    assert "during each suite (steal; the speed rows above and below compare within their run): offline 44%." \
+        in stolen
+    from recsys.bench.report import readme_block
+
+    assert "| CPU time the hypervisor took (steal), by suite | offline 44% |" in readme_block(
+        {**result, "cpu_steal": {"offline": 0.441}}, Path("x.json"))
+
+
+def test_steal_share_reads_the_stolen_part_of_the_cpu_time_between_two_readings():
+    from recsys.bench.processes import cpu_ticks, steal_share
+
+    assert steal_share((100, 1000), (400, 2000)) == 0.3  # 300 of 1,000 ticks stolen
+    assert steal_share((0, 1000), (0, 1000)) is None and steal_share(None, (1, 2)) is None
+    now = cpu_ticks()
+    assert now is not None and 0 <= now[0] <= now[1]  # Linux: /proc/stat is there
+    share = steal_share(now, (now[0], now[1] + 100))
+    assert share == 0.0
 
 
 def test_spreads_are_min_median_max_and_windows_split_one_run_by_answer_time():
