@@ -102,16 +102,19 @@ def quality_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _steal(r: dict[str, Any]) -> str:
+    """Each suite's share of CPU time stolen by the hypervisor ("" for results from before it was recorded)."""
+    return ", ".join(f"{k} {v:.0%}" for k, v in r.get("cpu_steal", {}).items() if v is not None)
+
+
 def readme_block(r: dict[str, Any], path: Path) -> str:
     """The README's summary of the latest run: the headline numbers and the plots, nothing typed by hand."""
     m = r["machine"]
     lines = [f"Latest `make bench` ({r['started'][:10]}, commit {m['commit']}, {m['cpu']}, {m['cores']} cores, no "
              f"GPU); full tables in [BENCHMARKS.md](BENCHMARKS.md), raw numbers in `{path}`.", "",
              *_carried_note(r), "| what | result |", "|---|---|"]
-    stolen = {k: v for k, v in r.get("cpu_steal", {}).items() if v is not None}
-    if stolen:
-        lines.append("| CPU time the hypervisor took (steal), by suite | "
-                     + ", ".join(f"{k} {v:.0%}" for k, v in stolen.items()) + " |")
+    if stolen := _steal(r):
+        lines.append(f"| CPU time the hypervisor took (steal), by suite | {stolen} |")
     if "offline" in r:
         o = r["offline"]
         steps = ", ".join(f"{k} {v}" for k, v in o["steps_s"].items())
@@ -179,10 +182,9 @@ def report(r: dict[str, Any], path: Path) -> str:
                  if any(k not in ("total", *OPT_IN) for k in t) else "; only opt-in suites ran")
         lines += ["Wall time of this run by suite (s): " + ", ".join(f"{k} {v}" for k, v in t.items() if k != "total")
                   + total + ".", ""]
-    stolen = {k: v for k, v in r.get("cpu_steal", {}).items() if v is not None}
-    if stolen:
+    if stolen := _steal(r):
         lines += ["CPU time the hypervisor took from this VM during each suite (steal; the speed rows above and below "
-                  "compare within their run): " + ", ".join(f"{k} {v:.0%}" for k, v in stolen.items()) + ".", ""]
+                  f"compare within their run): {stolen}.", ""]
     if "offline" in r:
         o = r["offline"]
         lines += ["## Offline pipeline", "", f"Data: {o['source']} {o['counts']}; epochs {o['epochs']}; "

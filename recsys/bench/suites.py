@@ -498,8 +498,7 @@ def run_bench(suites: tuple[str, ...], console: Console) -> Path:
     started = datetime.now(UTC)
     result: dict[str, Any] = {"started": started.isoformat(timespec="seconds"), "machine": machine()}
     seconds: dict[str, float] = {}
-
-    steal: dict[str, float | None] = {}
+    steal: dict[str, float | None] = {}  # the share of CPU time the hypervisor took during each suite
 
     def run(name: str, fn: Callable[[], Any]) -> None:
         before = cpu_ticks()
