@@ -58,7 +58,7 @@ class Settings(BaseModel):
     ray_dashboard: bool = True  # Ray dashboard on 127.0.0.1:<ray_dashboard_port> (off in tests)
     ray_dashboard_port: int = 8265  # Ray dashboard (local head started by `recsys serve`)
     ray_head_port: int = 6379  # GCS port of the local Ray head that `recsys serve` starts
-    train_workers: int = 2  # Ray Train workers (data-parallel replicas)
+    train_workers: int = 2  # Ray Train workers (retrieval: members split between them where they can; else replicas)
     use_gpu: bool = False  # one GPU per Ray Train worker
     retrieval_epochs: int = 100  # epochs of the retrieval model at most (the best validation epoch is kept)
     retrieval_patience: int = 10  # stop after this many epochs without a better validation NDCG@10 (0: never)

@@ -188,7 +188,9 @@ def report(r: dict[str, Any], path: Path) -> str:
     if "offline" in r:
         o = r["offline"]
         lines += ["## Offline pipeline", "", f"Data: {o['source']} {o['counts']}; epochs {o['epochs']}; "
-                  f"2 Ray Train workers (CPU, data-parallel).", "", "| step | seconds |", "|---|---|"]
+                  f"{o.get('workers', 2)} Ray Train workers (CPU; retrieval: "
+                  f"{o.get('retrieval_layout', '2 data-parallel replicas')}; ranking: data-parallel).", "",
+                  "| step | seconds |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in o["steps_s"].items()]
         lines += [f"| **total** | **{o['total_s']}** |", "", f"Peak RSS of the whole local stack: {o['peak_rss_gib']} "
                   f"GiB. Training throughput, whole fit (start-up included): retrieval {o['retrieval_samples_per_s']} "
@@ -209,7 +211,7 @@ def report(r: dict[str, Any], path: Path) -> str:
         lines += ["## Ray Train scaling (retrieval, same data, one run)", "",
                   "| workers | samples/s per epoch, median (min–max) |", "|---|---|",
                   f"| {sc.get('reference', '1 × 2 threads')} | {with_spread(sc['workers_1'])} |",
-                  f"| 2 × 1 thread (data-parallel) | {with_spread(sc['workers_2'])} |", "",
+                  f"| 2 × 1 thread ({sc.get('layout_2', 'data-parallel')}) | {with_spread(sc['workers_2'])} |", "",
                   f"Speed-up {sc['speedup']}× (medians), scaling efficiency {sc['scaling_efficiency']}; epochs "
                   f"{sc['epochs']} ({sc.get('order', 'the 2-worker epochs from the offline run')}).", ""]
     if "quality" in r:

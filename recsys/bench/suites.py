@@ -57,6 +57,7 @@ def offline(s: Settings, console: Console) -> dict[str, Any]:
             "ranking_samples_per_s": round(ranking["samples_per_second"], 1),
             "epoch_samples_per_s": {"retrieval": spread(rates), "ranking": spread(epoch_rates(s, ranking["run_id"]))},
             "epochs": {"retrieval": s.retrieval_epochs, "ranking": s.ranking_epochs},
+            "workers": s.train_workers, "retrieval_layout": retrieval_layout(s, s.train_workers),
             "retrieval_kept_epoch": int(retrieval.get("kept_epoch", 0)),
             "ranker": {k: round(float(ranking[k]), 4) for k in ("val_auc", "val_rating_rmse", "recall_weight")
                        if k in ranking}}
@@ -72,8 +73,17 @@ def epoch_rates(s: Settings, run_id: str) -> list[float]:
     return [samples[e] / secs[e] for e in sorted(secs) if e in samples and secs[e] > 0]
 
 
+def retrieval_layout(s: Settings, workers: int) -> str:
+    """How `workers` Ray Train workers share the retrieval model (`training.jobs.retrieval.Layout`)."""
+    from training.jobs.retrieval import Layout
+    from training.models.retrieval import RetrievalConfig
+
+    cfg = RetrievalConfig(members=s.retrieval_members)
+    return Layout.of(cfg, 0, workers).describe(cfg)
+
+
 def training_scaling(s: Settings, console: Console, epochs: int = 4) -> dict[str, Any]:
-    """Retrieval samples/s per epoch with 1 worker on 1 CPU vs 2 data-parallel workers, 1 CPU each, same data, as [min,
+    """Retrieval samples/s per epoch with 1 worker on 1 CPU vs 2 workers, 1 CPU each, same data, as [min,
     median, max] over epochs: efficiency = 2 workers' median rate / (2 × one worker's), each worker on the CPU it
     is given. The runs are made here, back to back in the order 2, 1, 2 workers, so a drift of this VM's speed
     during the bench (1.6× within one hour, seen) falls on both sides of the reference rather than on one; the
@@ -96,6 +106,7 @@ def training_scaling(s: Settings, console: Console, epochs: int = 4) -> dict[str
     out["epochs"] = {w: len(rates[w]) for w in (1, 2)}
     out["reference"] = "1 × 1 thread"
     out["order"] = "2, 1, 2 workers, back to back"
+    out["layout_2"] = retrieval_layout(s, 2)
     return out
 
 

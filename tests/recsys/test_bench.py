@@ -171,6 +171,9 @@ def test_report_has_one_table_row_per_measurement():
     }
     text = report(result, Path("bench/results/x.json"))
     assert "| 2 × 1 thread (data-parallel) | 150.0 (140.0–151.0) |" in text  # median (min–max) over epochs
+    result["scaling"]["layout_2"] = "each of 2 workers trains 1 of the 2 members (no gradient exchange)"
+    assert "| 2 × 1 thread (each of 2 workers trains 1 of the 2 members (no gradient exchange)) |" in report(
+        result, Path("bench/results/x.json"))  # a run that records its layout says it
     assert "| mostpop | 0.0500 ± 0.0070 | 0.0250 ± 0.0040 |" in text
     assert "## Serving" not in text  # a suite that did not run gets no table
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.models.retrieval import RetrievalConfig, SASRec
+from training.models.retrieval import RetrievalConfig, SASRec, joined_state, member_config, member_state
 
 
 def test_loss_on_kept_positions_equals_the_padded_full_computation() -> None:
@@ -105,16 +105,7 @@ def test_members_are_independent_models_whose_scores_add() -> None:
         torch.nn.init.normal_(m.ln.weight)
         torch.nn.init.normal_(m.ln.bias)
     pair = SASRec(RetrievalConfig(**kw, members=2), content).eval()
-    state = {}
-    for name, value in pair.state_dict().items():
-        if name.startswith("blocks."):  # member i's layers are blocks [2i, 2i + 1]
-            i = int(name.split(".")[1])
-            state[name] = singles[i // 2].state_dict()[f"blocks.{i % 2}." + name.split(".", 2)[2]]
-        elif name == "items.content":
-            state[name] = value
-        else:  # one slice per member along the feature dimension
-            state[name] = torch.cat([m.state_dict()[name] for m in singles], dim=0 if "proj" in name else -1)
-    pair.load_state_dict(state)
+    pair.load_state_dict(joined_state([m.state_dict() for m in singles], pair.cfg))  # member i: blocks [2i, 2i + 1]
     seq = torch.tensor([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
     targets = torch.tensor([[0, 0, 4, 5, 6, 8], [2, 3, 4, 5, 6, 9]])
     torch.testing.assert_close(pair.user_vector(seq), torch.cat([m.user_vector(seq) for m in singles], dim=-1))
@@ -130,6 +121,31 @@ def test_members_are_independent_models_whose_scores_add() -> None:
     torch.testing.assert_close(grads["blocks.2.attn.qkv.weight"], own["blocks.0.attn.qkv.weight"])
     torch.testing.assert_close(grads["items.id_emb.weight"][:, 16:], own["items.id_emb.weight"])
     torch.testing.assert_close(grads["ln.weight"][16:], own["ln.weight"])
+
+
+def test_a_models_members_split_and_join_back_exactly() -> None:
+    """`member_state` cuts a model into member groups that are models of their own (they load into a smaller
+    SASRec and score as their slice of the whole), and `joined_state` puts them back bit for bit."""
+    torch.manual_seed(1)
+    kw = dict(n_items=30, max_len=6, d_model=8, n_heads=2, n_layers=2, dropout=0.0, content_dim=4)
+    cfg = RetrievalConfig(**kw, members=4)
+    whole = SASRec(cfg, torch.randn(30, 4)).eval()
+    for p in whole.parameters():  # nothing left at its initial value (a zero bias would hide a misplaced slice)
+        torch.nn.init.normal_(p)
+    state = whole.state_dict()
+    parts = [member_state(state, cfg, first, 2) for first in (0, 2)]
+    back = joined_state(parts, cfg)
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+    seq = torch.tensor([[0, 3, 4, 5, 6, 7]])
+    halves = []
+    for part in parts:
+        half = SASRec(member_config(cfg, 2), whole.items.content)
+        half.load_state_dict(part)
+        halves.append(half.eval().user_vector(seq))
+    torch.testing.assert_close(torch.cat(halves, dim=-1), whole.user_vector(seq))
+    assert not torch.equal(halves[0], halves[1])
+    with pytest.raises(ValueError, match="no member layout"):
+        member_state({**state, "items.bias": torch.zeros(30)}, cfg, 0, 2)
 
 
 @pytest.mark.parametrize("members, layers", [(1, 2), (2, 2), (2, 1)])

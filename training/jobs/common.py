@@ -34,11 +34,12 @@ def autocast(device: torch.device):
 
 
 def run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Iterable[tuple[np.ndarray, ...]],
-              device: torch.device, after_step: Callable[[], None] | None = None) -> float:
+              device: torch.device, after_step: Callable[[], None] | None = None, average: bool = True) -> float:
     """One pass over `batches` (arrays in the model's argument order): each batch moved to `device` (the worker's
     `ray.train.torch.get_device()`, where `prepare_replicas` put the model), forward under `autocast`, backward,
-    the gradients averaged over the ranks (`average_gradients`), step, then `after_step` (a weight average's
-    update). The mean loss; losses stay on the device until the end (no host sync per step)."""
+    the gradients averaged over the ranks (`average_gradients`; not with `average` False, where each rank trains a
+    model of its own), step, then `after_step` (a weight average's update). The mean loss; losses stay on the
+    device until the end (no host sync per step)."""
     losses = []
     for arrays in batches:
         tensors = [torch.from_numpy(a).to(device, non_blocking=True) for a in arrays]
@@ -46,7 +47,8 @@ def run_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: Itera
             _, loss = model(*tensors)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        average_gradients(model)
+        if average:
+            average_gradients(model)
         opt.step()
         if after_step is not None:
             after_step()
@@ -71,9 +73,14 @@ def prepare_replicas(model: torch.nn.Module) -> torch.nn.Module:
     """The model on the worker's device (`prepare_model`, not wrapped), every rank starting from rank 0's
     parameters and buffers, as DDP's constructor would make them. The ranks then stay equal by taking the same
     averaged gradients (`average_gradients`, called by `run_epoch`)."""
+    return from_rank_zero(on_worker_device(model))
+
+
+def on_worker_device(model: torch.nn.Module) -> torch.nn.Module:
+    """The model on the worker's device as it is: no rank's parameters replace another's."""
     import ray.train.torch
 
-    return from_rank_zero(ray.train.torch.prepare_model(model, parallel_strategy=None))
+    return ray.train.torch.prepare_model(model, parallel_strategy=None)
 
 
 def from_rank_zero(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,0 +1,106 @@
+"""The retrieval job's ranks each training their own members (`training.jobs.retrieval.Layout`): the same model
+as one worker training them all, with no gradient crossing between members."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+import torch
+
+from training.jobs.common import adamw, run_epoch
+from training.jobs.retrieval import Layout
+from training.models.retrieval import RetrievalConfig, SASRec
+
+CFG = RetrievalConfig(n_items=40, max_len=6, d_model=8, n_heads=2, n_layers=2, members=2, dropout=0.0,
+                      content_dim=4, batch_size=8, lr=1e-2)
+
+
+def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(1, 40, (44, 6))
+    inputs[::3, :2] = 0  # some short histories
+    targets = np.where(inputs > 0, rng.integers(1, 40, (44, 6)), 0)
+    return inputs, targets, (targets != 0).sum(1)
+
+
+def _whole() -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(CFG, torch.randn(40, 4).index_fill_(0, torch.tensor([0]), 0.0))
+
+
+def _train(model: SASRec, lay: Layout, epochs: int = 2) -> None:
+    inputs, targets, weights = _data()
+    opt = adamw(model.parameters(), lr=CFG.lr)
+    for epoch in range(epochs):
+        model.train()
+        batches = lay.batches(weights, epoch, lay.per_worker(CFG))
+        run_epoch(model, opt, ((inputs[b], targets[b]) for b in batches), torch.device("cpu"), average=not lay.split)
+
+
+def _rank(rank: int, store: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store, 2), rank=rank, world_size=2)
+    lay = Layout.of(CFG, rank, 2)
+    whole = _whole()
+    own = SASRec(lay.config(CFG), whole.items.content)
+    own.load_state_dict(lay.own(whole.state_dict(), CFG))
+    _train(own, lay)
+    joined = lay.whole(own.state_dict(), CFG)
+    if rank == 0:
+        torch.save(joined, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("members, world, split", [(2, 2, True), (4, 2, True), (2, 1, False), (1, 2, False),
+                                                   (3, 2, False)])
+def test_ranks_split_the_members_when_they_can_take_equal_shares(members: int, world: int, split: bool) -> None:
+    cfg = RetrievalConfig(n_items=40, members=members, batch_size=32)
+    lay = Layout.of(cfg, world - 1, world)
+    assert lay.split is split
+    assert lay.config(cfg).members == (members // world if split else members)
+    assert ("members" in lay.describe(cfg)) is split
+    weights = np.random.default_rng(0).integers(1, 51, 101)
+    one = [b.tolist() for b in Layout.of(cfg, 0, 1).batches(weights, 5, 32)]
+    mine = [b.tolist() for b in lay.batches(weights, 5, lay.per_worker(cfg))]
+    if split:  # every rank steps through the whole global batches one worker takes
+        assert mine == one
+    else:  # replicas: a part of each
+        assert all(set(m) <= set(o) for m, o in zip(mine, one, strict=False))
+
+
+def test_two_ranks_each_training_a_member_train_the_model_one_worker_trains(tmp_path) -> None:
+    """Two gloo ranks, one member each, joined: the weights one process gets training both members on the same
+    batches (AdamW is blind to the joint loss's 1/members scale; the arithmetic differs in the last bits), and
+    the same scores. The attention's key bias is left out of the weights compared: its true gradient is zero (a
+    constant added to every key's score), so AdamW steps it by its rounding noise, which differs with the
+    arithmetic. Had the ranks averaged their gradients, as replicas do, each member would have learned from the
+    other's loss."""
+    out = str(tmp_path / "joined.pt")
+    procs = [mp.get_context("spawn").Process(target=_rank, args=(r, str(tmp_path / "store"), out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    joined = torch.load(out, weights_only=True)
+    alone = _whole()
+    start = {k: v.clone() for k, v in alone.state_dict().items()}
+    _train(alone, Layout.of(CFG, 0, 1))
+    state = alone.state_dict()
+    assert joined.keys() == state.keys()
+    d = CFG.d_model
+    for key in state:
+        a, b = joined[key], state[key]
+        if key.endswith("attn.qkv.bias"):
+            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
+    model = SASRec(CFG, alone.items.content).eval()
+    model.load_state_dict(joined)
+    seq = torch.from_numpy(_data()[0][:5])
+    torch.testing.assert_close(model(seq)[0], alone.eval()(seq)[0], rtol=1e-4, atol=1e-4)
+    moved = (state["blocks.2.attn.qkv.weight"] - start["blocks.2.attn.qkv.weight"]).abs().max()
+    assert moved > 1e-2  # member 1 (rank 1's) trained: the comparison is not of two untouched models
