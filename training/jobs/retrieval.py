@@ -276,6 +276,9 @@ def train_loop(config: dict[str, Any]) -> None:
     model = SASRec(lay.config(cfg), content) if lay.split else whole
     if lay.split:
         model.load_state_dict(lay.own(whole.state_dict(), cfg))
+        # Each rank its own dropout stream: seeded alike, the members drew the same masks (one worker draws
+        # different ones for each), and an ensemble gains from its members' differences.
+        torch.manual_seed(cfg.seed * 1_000 + 1 + lay.rank)
     opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if restored:
         _restored_optimizer(opt, restored["optimizer"], lay)
