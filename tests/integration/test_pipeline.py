@@ -98,7 +98,7 @@ def test_killed_training_resumes_from_its_latest_checkpoint(feature_home, tmp_pa
 
 
 def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_path):
-    """Two data-parallel workers, patience 2, plateau 1: every epoch without a better validation NDCG@10 halves the
+    """Two workers (a member each), patience 2, plateau 1: every epoch without a better validation NDCG@10 halves the
     learning rate on both ranks, and two in a row end the run (unless the cap of 30 comes first)."""
     home = tmp_path / "home"
     shutil.copytree(feature_home, home)

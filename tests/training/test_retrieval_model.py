@@ -59,7 +59,7 @@ def test_training_stops_on_the_validation_signal_the_cap_or_the_budget() -> None
     assert stopping(cfg, epoch=13, best_epoch=10, seconds=5.0) == ("", 1.0)
     assert stopping(cfg, epoch=14, best_epoch=10, seconds=5.0)[0].startswith("no better validation NDCG@10 for 4")
     assert stopping(cfg, epoch=3, best_epoch=3, seconds=100.0)[0] == "time budget 100 s"
-    assert stopping(cfg, epoch=50, best_epoch=50, seconds=1.0)[0] == "epochs"
+    assert stopping(cfg, epoch=50, best_epoch=50, seconds=1.0)[0] == "epoch cap"  # the label the run records
     plain = RetrievalConfig(epochs=50)  # no patience, plateau or budget: the epoch cap alone
     assert stopping(plain, epoch=49, best_epoch=1, seconds=1e9) == ("", 1.0)
 

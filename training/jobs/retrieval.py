@@ -59,7 +59,7 @@ def stopping(cfg: RetrievalConfig, epoch: int, best_epoch: int, seconds: float) 
     within the epoch cap and the time budget: no fixed epoch count transfers between data sets."""
     stale = epoch - best_epoch
     if epoch >= cfg.epochs:
-        return "epochs", 1.0
+        return "epoch cap", 1.0
     if cfg.patience and stale >= cfg.patience:
         return f"no better validation NDCG@10 for {stale} epochs", 1.0
     if cfg.budget_s and seconds >= cfg.budget_s:
@@ -171,6 +171,9 @@ class Layout:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world
+        # On NCCL the pickled objects travel through torch.cuda.current_device(), which Ray Train sets on each GPU
+        # worker (ray/train/torch/config.py, TorchConfigContextManager; ray/train/v2/torch/train_loop_utils.py,
+        # prepare_model); the states are on the host already (`on_cpu`, `_host`).
         dist.all_gather_object(out, obj)
         return out
 
@@ -366,7 +369,7 @@ class RetrievalOutcome:
     epochs: int
     warm_started: bool = False  # began from the champion's weights
     best_epoch: int = 0  # the epoch whose weights were kept (best validation NDCG@10)
-    stopped: str = ""  # why training ended before the epoch cap ("" when it ran them all)
+    stopped: str = ""  # why training ended: "epoch cap", patience or the time budget
     selected: SASRec | None = None  # the kept epoch's weights before the refit (None: no refit ran)
 
 
