@@ -76,6 +76,11 @@ def test_both_jobs_train_and_validate_on_the_workers_device() -> None:
         src = inspect.getsource(job.train_loop)
         epoch = inspect.getsource(job._epoch) if hasattr(job, "_epoch") else src  # the ranker's epoch is a helper
         assert "device = ray.train.torch.get_device()" in src and "run_epoch(" in epoch, job.__name__
+        # The model reaches its device before the optimizer is built and its checkpointed state loaded: a loaded
+        # state goes where the parameters are then, and a fused AdamW cannot step CUDA weights with CPU moments.
+        placed = min(i for i in (src.find("prepare_replicas("), src.find("on_worker_device(")) if i >= 0)
+        assert placed < src.lower().find("adamw(") < src.find("initial_state(" if job is ranking else
+                                                           "_restored_optimizer("), job.__name__
     assert "score_fn(judged, valid[\"seqs\"], device)" in inspect.getsource(retrieval.train_loop)
 
 

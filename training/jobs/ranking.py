@@ -84,11 +84,10 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.set_num_threads(config["threads"])
     cfg = RankingConfig(**config["model"])
     torch.manual_seed(cfg.seed)
-    model = Ranker(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    start, restored = initial_state(model, opt, config)
-    model = prepare_replicas(model)
+    model = prepare_replicas(Ranker(cfg))  # on the device before the optimizer and its restored state
     device = ray.train.torch.get_device()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    start, restored = initial_state(model, opt, config)  # every rank loads the same checkpoint or warm start
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     users, items, ex = config["users"], config["items"], config["examples"]

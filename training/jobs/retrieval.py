@@ -282,13 +282,15 @@ def train_loop(config: dict[str, Any]) -> None:
         # Each rank its own dropout stream: seeded alike, the members drew the same masks (one worker draws
         # different ones for each), and an ensemble gains from its members' differences.
         torch.manual_seed(cfg.seed * 1_000 + 1 + lay.rank)
+    # On the device before the optimizer: a restored optimizer state goes where the parameters are when it is
+    # loaded, and a fused AdamW steps CUDA parameters with CPU moments no further (the copy job's order too).
+    model = on_worker_device(model) if lay.split else prepare_replicas(model)
+    device = ray.train.torch.get_device()
     opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if restored:
         _restored_optimizer(opt, restored["optimizer"], lay)
     best = restored.get("best") if restored else None  # a resumed run keeps its best epoch (early stopping)
-    model = on_worker_device(model) if lay.split else prepare_replicas(model)
-    device = ray.train.torch.get_device()
-    judge = whole.to(device) if lay.split else None  # rank 0 validates the joined members in it
+    judge = whole.to(device) if lay.split and rank == 0 else None  # rank 0 validates the joined members in it
     inputs, targets = config["inputs"], config["targets"]
     per_worker = lay.per_worker(cfg)
     weights = (targets != 0).sum(1)  # a window's target positions (`_batches`)
