@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.models.retrieval import RetrievalConfig, SASRec, joined_state, member_config, member_state
+from training.models.retrieval import SHARED, RetrievalConfig, SASRec, joined_state, member_config, member_state
 
 
 def test_loss_on_kept_positions_equals_the_padded_full_computation() -> None:
@@ -136,6 +136,8 @@ def test_a_models_members_split_and_join_back_exactly() -> None:
     parts = [member_state(state, cfg, first, 2) for first in (0, 2)]
     back = joined_state(parts, cfg)
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+    lean = joined_state([parts[0], {k: v for k, v in parts[1].items() if k not in SHARED}], cfg)  # as rank 1 sends it
+    assert lean.keys() == state.keys() and all(torch.equal(lean[k], state[k]) for k in state)
     seq = torch.tensor([[0, 3, 4, 5, 6, 7]])
     halves = []
     for part in parts:

@@ -119,9 +119,16 @@ def average_gradients(model: torch.nn.Module) -> None:
                                                                     strict=True)])
 
 
-def on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A copy of a state dict on the host (kept across epochs, loaded by the driver without a GPU)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+def on_cpu(state: Any) -> Any:
+    """A copy of a state dict on the host (kept across epochs, loaded by the driver without a GPU), a model's or an
+    optimizer's (nested: its per-parameter moments and param groups)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: on_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(on_cpu(v) for v in state)
+    return state
 
 
 def save_and_report(metrics: dict[str, float], state: dict[str, Any] | None) -> None:

@@ -28,7 +28,7 @@ from training.jobs.common import (
     save_and_report,
     worker_threads,
 )
-from training.models.retrieval import RetrievalConfig, SASRec, joined_state, member_config, member_state
+from training.models.retrieval import SHARED, RetrievalConfig, SASRec, joined_state, member_config, member_state
 from training.sequences import left_pad, training_windows
 
 
@@ -173,13 +173,18 @@ class Layout:
         out: list[Any] = [None] * self.world
         # On NCCL the pickled objects travel through torch.cuda.current_device(), which Ray Train sets on each GPU
         # worker (ray/train/torch/config.py, TorchConfigContextManager; ray/train/v2/torch/train_loop_utils.py,
-        # prepare_model); the states are on the host already (`on_cpu`, `_host`).
+        # prepare_model); the states are on the host already (`part`, `on_cpu`).
         dist.all_gather_object(out, obj)
         return out
 
+    def part(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's state to gather, on the host: rank 0's whole, the others' without the buffers every rank
+        holds alike (the content table, which `joined_state` reads from rank 0's)."""
+        return on_cpu({k: v for k, v in state.items() if self.rank == 0 or k not in SHARED})
+
     def whole(self, state: dict[str, torch.Tensor], cfg: RetrievalConfig) -> dict[str, torch.Tensor]:
         """The whole model's state from every rank's own (on the host)."""
-        parts = self.gathered(on_cpu(state))
+        parts = self.gathered(self.part(state))
         return joined_state(parts, cfg) if self.split else parts[0]
 
     def from_rank_zero(self, obj: Any) -> Any:
@@ -191,17 +196,6 @@ class Layout:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-
-def _host(obj: Any) -> Any:
-    """`obj` (an optimizer's state dict) with every tensor copied to the host."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _host(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_host(v) for v in obj)
-    return obj
 
 
 def _refit(model: SASRec, best: dict[str, Any] | None, config: dict[str, Any], cfg: RetrievalConfig,
@@ -310,7 +304,7 @@ def train_loop(config: dict[str, Any]) -> None:
                                average=not lay.split)
         seconds = time.perf_counter() - t0
         # Split, each rank's members and their average reach rank 0, which joins them (one exchange an epoch).
-        every = lay.gathered((on_cpu(model.state_dict()), None if avg is None else on_cpu(avg.module.state_dict()),
+        every = lay.gathered((lay.part(model.state_dict()), None if avg is None else lay.part(avg.module.state_dict()),
                               train_loss) if lay.split else (None, None, train_loss))
         metrics = {"epoch": epoch + 1, "train_loss": float(np.mean([e[2] for e in every])), "start_epoch": start,
                    "epoch_seconds": seconds, "samples": rows}
@@ -340,7 +334,7 @@ def train_loop(config: dict[str, Any]) -> None:
             g["lr"] *= code if code > 0 else 1.0
         metrics["lr"] = opt.param_groups[0]["lr"]
         stopped, last = why, epoch + 1
-        moments = lay.gathered(_host(opt.state_dict())) if lay.split else opt.state_dict()  # one per rank, split
+        moments = lay.gathered(on_cpu(opt.state_dict())) if lay.split else opt.state_dict()  # one per rank, split
         if rank == 0:
             log_epoch_metrics(config.get("mlflow"), metrics, epoch + 1)
             save_and_report(metrics, {"model": raw, "optimizer": moments, "epoch": epoch + 1, "config": cfg.to_dict(),

@@ -189,7 +189,7 @@ class _LogSumExp(torch.autograd.Function):
 # Where each member's share of a parameter lies (member i owns d_model features from i·d_model): the axis of that
 # slice. `items.content` is the catalogue itself, shared; the blocks are member i's from block i·n_layers.
 _MEMBER_AXIS = {"items.id_emb.weight": 1, "pos.weight": 1, "items.proj.weight": 0, "ln.weight": 0, "ln.bias": 0}
-_SHARED = {"items.content"}
+SHARED = {"items.content"}
 
 
 def member_config(cfg: RetrievalConfig, count: int) -> RetrievalConfig:
@@ -212,7 +212,7 @@ def member_state(state: dict[str, torch.Tensor], cfg: RetrievalConfig, first: in
                 out[f"blocks.{j}.{rest}"] = t
         elif name in _MEMBER_AXIS:
             out[name] = t[cols] if _MEMBER_AXIS[name] == 0 else t[:, cols]
-        elif name in _SHARED:
+        elif name in SHARED:
             out[name] = t
         else:
             raise ValueError(f"retrieval parameter {name!r} has no member layout")
@@ -220,7 +220,8 @@ def member_state(state: dict[str, torch.Tensor], cfg: RetrievalConfig, first: in
 
 
 def joined_state(parts: list[dict[str, torch.Tensor]], cfg: RetrievalConfig) -> dict[str, torch.Tensor]:
-    """`member_state`'s inverse: the states of consecutive member groups, in order, as one model's state."""
+    """`member_state`'s inverse: the states of consecutive member groups, in order, as one model's state. The
+    buffers every member shares (`SHARED`) are read from the first part; the others may leave them out."""
     layers, out, offset = cfg.n_layers, {}, 0
     for part in parts:
         own = 0
@@ -233,7 +234,7 @@ def joined_state(parts: list[dict[str, torch.Tensor]], cfg: RetrievalConfig) -> 
     for name in parts[0]:
         if name in _MEMBER_AXIS:
             out[name] = torch.cat([p[name] for p in parts], dim=_MEMBER_AXIS[name])
-        elif name in _SHARED:
+        elif name in SHARED:
             out[name] = parts[0][name]
         elif not name.startswith("blocks."):
             raise ValueError(f"retrieval parameter {name!r} has no member layout")
