@@ -55,7 +55,7 @@ bench: install  ## benchmarks; results in bench/results/ and BENCHMARKS.md
 bench-sasrec: install  ## opt-in: the plain SASRec baseline row of the quality table (~20 min)
 	$(VENV)/bin/recsys bench --suite sasrec
 
-bench-transfer: install  ## opt-in: the pipeline, untuned, on two derived data sets vs EASE and a plain SASRec (~35 min)
+bench-transfer: install  ## opt-in: the pipeline, untuned, on three derived data sets vs EASE and a plain SASRec (~55 min)
 	$(VENV)/bin/recsys bench --suite transfer
 
 bench-factuality: install  ## opt-in: copy factuality on 1,000 held-out copies, base vs fine-tuned (about an hour)

@@ -7,8 +7,8 @@ SUITES = ("offline", "scaling", "quality", "sasrec", "transfer", "serving", "cop
 
 # freshness and feedback ingest are measured against the live graph, so they run inside the serving suite;
 # factuality (1,000 copies, base and tuned: ~27 min here), sasrec (the plain SASRec baseline, one model per
-# dropout of its grid: ~20 min) and transfer (the pipeline on two derived data sets with EASE and a plain SASRec:
-# ~35 min) are opt-in, outside `all` (`make bench` < 30 min); their rows are carried over.
+# dropout of its grid: ~20 min) and transfer (the pipeline on three derived data sets with EASE and a plain SASRec:
+# ~55 min) are opt-in, outside `all` (`make bench` < 30 min); their rows are carried over.
 OPT_IN = ("sasrec", "transfer", "factuality")
 
 

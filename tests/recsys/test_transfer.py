@@ -82,3 +82,43 @@ def test_the_report_says_whether_the_served_list_beat_both_baselines() -> None:
                           "machine": {"commit": "abc", "cpu": "x", "cores": 2}}, Path("r.json"))
     assert "derived `sparse` set (opt-in transfer suite): served list / plain SASRec / EASE | 0.042 / 0.045 / 0.040" \
         in block
+
+
+def test_wide_adds_a_rated_long_tail_with_sparse_ids_and_half_stars(tmp_path: Path) -> None:
+    from recsys.bench.transfer import _widen
+
+    src = load_movielens(_ml100k(tmp_path / "ml-100k", {u: 60 for u in range(1, 21)}))
+    inter, items = _widen(src.interactions, src.items, 600, np.random.default_rng(0))
+    assert len(items) == 600 and items["item_id"].is_unique
+    assert set(inter["item_id"]) == set(items["item_id"])  # every made-up movie was rated at least once
+    assert items["item_id"].max() > 2 * len(items)  # sparse ids, as ml-latest's
+    assert (inter["rating"] % 1 == 0.5).any() and inter["rating"].between(0.5, 5).all()
+    real = dict(zip(src.items["item_id"], src.items["title"], strict=True))
+    title = dict(zip(items["item_id"], items["title"], strict=True))
+    inter = inter.assign(title=inter["item_id"].map(title))
+    is_real = inter["title"].isin(set(real.values()))
+    assert is_real.sum() == len(src.interactions) and (~is_real).sum() > 0
+    source = {(int(u), real[i], int(t.value)): float(r) for u, i, r, t in
+              zip(src.interactions["user_id"], src.interactions["item_id"], src.interactions["rating"],
+                  src.interactions["timestamp"], strict=True)}
+    for u, name, r, t in inter.loc[is_real, ["user_id", "title", "rating", "timestamp"]].itertuples(index=False):
+        assert source[(int(u), name, int(t.value))] - float(r) in (0.0, 0.5)  # the same rating, or half a star less
+    span = src.interactions.groupby("user_id")["timestamp"].agg(["min", "max"])
+    tail = inter[~is_real]
+    assert ((tail["timestamp"].to_numpy() >= span.loc[tail["user_id"], "min"].to_numpy())
+            & (tail["timestamp"].to_numpy() <= span.loc[tail["user_id"], "max"].to_numpy())).all()
+    per_movie = tail.groupby("item_id").size()
+    assert (per_movie == 1).mean() > 0.3 and per_movie.max() <= 20  # mostly rated once: a long tail
+
+
+def test_wide_is_written_in_the_ml_latest_layout_and_seeded(tmp_path: Path, monkeypatch) -> None:
+    from recsys.bench import transfer
+
+    monkeypatch.setitem(transfer.DERIVED, "wide", {"keep": 0.8, "items": 500})
+    _ml100k(tmp_path / "ml-100k", {u: 40 for u in range(1, 11)})
+    counts = derive(tmp_path / "ml-100k", tmp_path / "wide", "wide", 3)
+    back = load_movielens(tmp_path / "wide")
+    assert counts == {"interactions": len(back.interactions), "users": 10, "items": len(back.items)}
+    assert 250 < len(back.items) <= 500  # the kept real movies and the whole tail
+    derive(tmp_path / "ml-100k", tmp_path / "again", "wide", 3)
+    assert _rows(load_movielens(tmp_path / "again")) == _rows(back)
