@@ -28,6 +28,7 @@ from serving.breaker import Breaker
 from serving.catalogue import CatalogueFollower, parse_upsert
 from serving.contracts import (
     Candidates,
+    Copy,
     CopyResult,
     Degradation,
     RankedItem,
@@ -41,6 +42,7 @@ from serving.contracts import (
     error_responses,
 )
 from serving.copy import template_copy
+from serving.copy_near import NearCopies
 from serving.failures import Refusal, StageFailed, add_error_responses, call_stage, grpc_status
 from serving.features import FeatureReader, read_user
 from serving.feedback_api import (
@@ -128,6 +130,9 @@ class Ingress:
         self.breakers = {stage: Breaker(stage, self.s.breaker_failures, self.s.breaker_cooldown_s)
                          for stage in ("recall", "copy", "feedback")}  # each skipped at once while it keeps failing
         self.metrics = StageMetrics()
+        # The Copy stage's final copies, answered here while it keeps answering (`serving.copy_near`): at most
+        # as old as the item rows, a new copy version seen within `catalogue_poll_s` under load.
+        self.near_copies = NearCopies(self.s.copy_near_cache_size, self.s.item_cache_ttl_s, self.s.catalogue_poll_s)
         self.impressions = ImpressionLog(self.s.impressions_dir, "ingress")
         self.popular: list[int] = []  # recall's popular items, kept here as the answer when recall is lost
         self._popular_task: asyncio.Task | None = None
@@ -352,6 +357,34 @@ class Ingress:
             grpc_status(grpc_context, e)
         return pb.RecommendResponse()
 
+    async def _copies(self, user: UserContext, ranked: RankedItems,
+                      degraded: list[Degradation]) -> tuple[list[Copy], str]:
+        """One copy per ranked item and the copy version: from this replica's near cache when it holds them all
+        (`serving.copy_near`), else from the Copy stage, flagging what it could not write."""
+        near = self.near_copies.get(user, ranked.items)
+        self.metrics.copy_answers.inc(tags={"source": "near" if near is not None else "stage"})
+        if near is not None:
+            return near
+        try:
+            res: CopyResult = await call_stage("copy", lambda: self.copy.write.remote(user, ranked),
+                                               self.s.copy_timeout_ms, self.breakers["copy"])
+        except StageFailed as e:
+            degraded.append(Degradation(stage="copy", reason=e.reason, fallback="template copy"))
+            return [template_copy(it) for it in ranked.items], "template"
+        self.near_copies.put(user, ranked.items, res)
+        n = len(res.copies)
+        if res.late:
+            degraded.append(Degradation(
+                stage="copy", reason=f"{res.late} of {n} copies missed the {res.budget_ms:.0f} ms budget",
+                fallback="template copy for those; their model copy is being cached"))
+        if res.busy:
+            degraded.append(Degradation(
+                stage="copy", reason=f"{res.busy} of {n} copies not generated: the copy model has its most copies "
+                "in progress", fallback="template copy for those"))
+        if res.error:
+            degraded.append(Degradation(stage="copy", reason=res.error, fallback="template copy for those"))
+        return res.copies, res.version
+
     async def _recommend(self, req: RecommendRequest, rid: str) -> RecommendResponse:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -403,27 +436,11 @@ class Ingress:
         lap("ranking", t)
 
         # 4. Copy (fine-tuned LM, guarded). Degraded: the grounded template, for the late items or for all.
-        copies: list = [None] * len(ranked.items)
+        copies: list[Copy] | list[None] = [None] * len(ranked.items)
         copy_version = "template"
         if req.include_copy and ranked.items:
             t = time.perf_counter()
-            try:
-                res: CopyResult = await call_stage("copy", lambda: self.copy.write.remote(user, ranked),
-                                                   self.s.copy_timeout_ms, self.breakers["copy"])
-                copies, copy_version = res.copies, res.version
-                if res.late:
-                    degraded.append(Degradation(
-                        stage="copy", reason=f"{res.late} of {len(copies)} copies missed the {res.budget_ms:.0f} ms "
-                        "budget", fallback="template copy for those; their model copy is being cached"))
-                if res.busy:
-                    degraded.append(Degradation(
-                        stage="copy", reason=f"{res.busy} of {len(copies)} copies not generated: the copy model has "
-                        "its most copies in progress", fallback="template copy for those"))
-                if res.error:
-                    degraded.append(Degradation(stage="copy", reason=res.error, fallback="template copy for those"))
-            except StageFailed as e:
-                copies = [template_copy(it) for it in ranked.items]
-                degraded.append(Degradation(stage="copy", reason=e.reason, fallback="template copy"))
+            copies, copy_version = await self._copies(user, ranked, degraded)
             lap("copy", t)
 
         timings["total"] = round((time.perf_counter() - t0) * 1e3, 3)

@@ -17,6 +17,8 @@ class StageMetrics:
                                         tag_keys=("stage",))
         self.latency = metrics.Histogram("recsys_stage_latency_ms", "Latency per graph stage (ms).",
                                          boundaries=_BOUNDARIES_MS, tag_keys=("stage",))
+        self.copy_answers = metrics.Counter("recsys_copy_answers_total", "Requests' copy by where it came from: "
+                                            "the Ingress's near cache or the Copy stage.", tag_keys=("source",))
 
     def observe(self, stage: str, ms: float) -> None:
         self.latency.observe(ms, tags={"stage": stage})

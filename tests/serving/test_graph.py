@@ -1242,6 +1242,10 @@ def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home
     assert [it["copy_source"] for it in body["items"]] == ["template_guard"] * 5
     assert all(it["copy"].startswith(it["title"].rsplit(" (", 1)[0].split(",")[0]) for it in body["items"])
     assert not body["degraded"]
+    again = recommend(4, k=5, include_copy=True)  # at once: the Ingress's near cache holds all five
+    assert [(it["item_id"], it["copy"], it["copy_source"]) for it in again["items"]] == \
+        [(it["item_id"], it["copy"], it["copy_source"]) for it in body["items"]]
+    assert again["model_versions"]["copy"] == "1" and not again["degraded"], again
 
 
 def test_copy_written_ahead_reaches_the_live_replica_and_answers_the_first_request(served, tmp_path):
