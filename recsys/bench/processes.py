@@ -71,6 +71,8 @@ class PeakRSS:
         self.peak = 0
         self.own = own  # count this process itself (False: the bench's driver and load generator are not measured)
         self._peaks: dict[int, tuple[int, str]] = {}  # pid → (peak RSS, label)
+        self._at_peak: dict[int, int] = {}  # pid → RSS in the sample of the summed peak
+        self._sample_rss: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -84,17 +86,21 @@ class PeakRSS:
             if any(n in text for n in self.NAMES) and (self.own or p.pid != me.pid):
                 procs[p.pid] = p
         total = 0
+        self._sample_rss = {}
         for p in procs.values():
             with contextlib.suppress(psutil.Error):
                 rss = p.memory_info().rss
                 total += rss
+                self._sample_rss[p.pid] = rss
                 if rss > self._peaks.get(p.pid, (0, ""))[0]:
                     self._peaks[p.pid] = (rss, _label(" ".join(p.cmdline()) or p.name()))
         return total
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            total = self._sample()
+            if total > self.peak:
+                self.peak, self._at_peak = total, self._sample_rss
             self._stop.wait(0.25)
 
     def __enter__(self) -> PeakRSS:
@@ -113,6 +119,16 @@ class PeakRSS:
         """GiB per label (peaks of processes sharing a label summed; each process at its own peak), largest first."""
         per: dict[str, float] = {}
         for rss, label in self._peaks.values():
+            per[label] = per.get(label, 0.0) + rss / 2**30
+        return {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]}
+
+
+    def at_peak(self, top: int = 12) -> dict[str, float]:
+        """GiB per label in the one sample where the sum peaked: what to cut to lower `gib` (the processes' own
+        peaks, `by_process`, need not coincide)."""
+        per: dict[str, float] = {}
+        for pid, rss in self._at_peak.items():
+            label = self._peaks.get(pid, (0, "other"))[1]
             per[label] = per.get(label, 0.0) + rss / 2**30
         return {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]}
 

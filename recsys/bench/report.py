@@ -253,14 +253,16 @@ def report(r: dict[str, Any], path: Path) -> str:
             lines.append(f"| {x['include_copy']} | {x['concurrency']} | {x['rps']} | {x['p50_ms']} | {x['p95_ms']} | "
                          f"{x['p99_ms']} | {errs} | {x['degraded']} | {st} | {win} |")
         ip = sv["in_process"]
-        by_proc = sv.get("peak_rss_gib_by_process")
+        by_proc, at_peak = sv.get("peak_rss_gib_by_process"), sv.get("peak_rss_gib_at_peak")
         lines += ["", "Features → recall → ranking in one process (no Serve hops, no copy): "
                   f"p50 {ip['p50_ms']} ms, p99 {ip['p99_ms']} ms; "
                   f"graph / in-process p50 at concurrency 1 = {sv['graph_over_in_process_p50']}×. Peak RSS of the "
                   f"serving stack (Ray, its replicas, Triton, HAProxy; not the bench's own process, which "
                   f"generates the load): {sv['peak_rss_gib']} GiB (target ≤ 3 GiB)"
                   + ("; by process (GiB, each at its own peak): " + ", ".join(f"{k} {v}" for k, v in by_proc.items())
-                     if by_proc else "") + ".", ""]
+                     if by_proc else "")
+                  + ("; in the sample where the sum peaked: " + ", ".join(f"{k} {v}" for k, v in at_peak.items())
+                     if at_peak else "") + ".", ""]
         lines += floor_report(sv)
         lines += overload_report(sv)
         lines += copy_lm_serving_report(sv)

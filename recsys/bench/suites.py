@@ -495,6 +495,7 @@ def serving(s: Settings, console: Console, seconds: float = 8.0) -> dict[str, An
     c1 = next(r for r in runs if r["concurrency"] == 1 and not r["include_copy"])
     return {"runs": runs, "in_process": baseline, "graph_over_in_process_p50": round(c1["p50_ms"] /
             baseline["p50_ms"], 2), "peak_rss_gib": mem.gib, "peak_rss_gib_by_process": mem.by_process(),
+            "peak_rss_gib_at_peak": mem.at_peak(),
             "floor": floor, "overload": overloaded, "soak": soaked, "copy_lm": copy_lm, "seconds_per_run": seconds,
             "cpu_ms_per_request_c8": cpu_ms, "feedback": events, "deletions": deleted, "catalogue": catalogue,
             "retrain": cycle}
