@@ -82,7 +82,7 @@ class Settings(BaseModel):
     copy_use_gpu: bool = False  # the copy replica generates on a GPU (cluster)
     copy_threads: int = 2  # torch CPU threads of the copy replica's generation
     copy_cache_size: int = 50_000  # generated copies kept per replica, by (item, taste bucket)
-    copy_near_cache_size: int = 20_000  # the copy stage's final copies each Ingress replica keeps (0: none)
+    copy_near_cache_size: int = 10_000  # the copy stage's final copies each Ingress replica keeps, ~1 KB each (0: none)
     copy_max_pending: int = 40  # copies a copy replica generates at once; a miss past it gets the template (0: no cap)
     copy_warm_items: int = 100  # after a copy model loads, the most popular items get copy in the background
     copy_ahead_users: int = 50  # after a copy export, the most active users' lists get copy written ahead (0: none)
