@@ -8,8 +8,10 @@ and the cache that counts stay in the Copy deployment: this only remembers its a
 
 Kept true: a request is answered here only when every one of its items is held and the Copy stage answered
 within the last `revalidate_s` (then the request goes to the stage, which says its current version: a new one
-empties this cache), and an entry lives `ttl_s` at most (the Ingress's item rows are no older). Templates
-(late, busy, no model) are never kept: the model copy follows them.
+empties this cache; an answer to a request sent before the one that brought the current version cannot bring
+an older one back), and an entry lives `ttl_s` at most: a watched item renamed, or copies written ahead again
+for the same version, reach answers within that, as the Ingress's item rows do. Templates (late, busy, no
+model) are never kept: the model copy follows them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ FINAL = ("model", "template_guard")  # sources that a second call to the stage w
 
 def copy_key(user: UserContext, item: RankedItem) -> Key:
     """What the copy is written from (`serving.copy_facts.CopyCatalogue.request_facts`): the item's facts and
-    the viewer's two favourite genres and last two items (by id: one id is one title)."""
+    the viewer's two favourite genres and last two items (by id: the stage names them by title)."""
     return (item.item_id, item.title, item.year, tuple(item.genres), tuple(user.favourite_genres[:2]),
             tuple(user.recent_items[-2:]))
 
@@ -37,6 +39,7 @@ class NearCopies:
         self.size, self.ttl_s, self.revalidate_s, self.clock = size, ttl_s, revalidate_s, clock
         self.rows: OrderedDict[Key, tuple[float, Copy]] = OrderedDict()
         self.version = ""  # the copy version the rows were written by ("": none held)
+        self.version_asked = float("-inf")  # when the request that brought `version` was sent
         self.answered = float("-inf")  # when the Copy stage last answered this replica
         self.hits = self.misses = 0  # requests answered here / sent on to the stage
 
@@ -56,14 +59,17 @@ class NearCopies:
         self.hits += 1
         return [r[1] for r in rows if r is not None], self.version
 
-    def put(self, user: UserContext, items: Sequence[RankedItem], result: CopyResult) -> None:
-        """Keep the final copies of one answer of the Copy stage; a new version drops the rows of the old."""
+    def put(self, user: UserContext, items: Sequence[RankedItem], result: CopyResult, asked: float) -> None:
+        """Keep the final copies of one answer of the Copy stage to a request sent at `asked` (this cache's clock);
+        a new version drops the rows of the old, unless the answer is older news than the current version's."""
         now = self.clock()
-        self.answered = now
         version = "" if result.version == "template" else result.version
         if version != self.version:
+            if asked < self.version_asked:  # the old model's late answer, after the swap was seen
+                return
             self.rows.clear()
-            self.version = version
+            self.version, self.version_asked = version, asked
+        self.answered = max(self.answered, asked)
         if not version or self.size <= 0:
             return
         for it, copy in zip(items, result.copies, strict=True):

@@ -365,13 +365,14 @@ class Ingress:
         self.metrics.copy_answers.inc(tags={"source": "near" if near is not None else "stage"})
         if near is not None:
             return near
+        asked = self.near_copies.clock()
         try:
             res: CopyResult = await call_stage("copy", lambda: self.copy.write.remote(user, ranked),
                                                self.s.copy_timeout_ms, self.breakers["copy"])
         except StageFailed as e:
             degraded.append(Degradation(stage="copy", reason=e.reason, fallback="template copy"))
             return [template_copy(it) for it in ranked.items], "template"
-        self.near_copies.put(user, ranked.items, res)
+        self.near_copies.put(user, ranked.items, res, asked)
         n = len(res.copies)
         if res.late:
             degraded.append(Degradation(
