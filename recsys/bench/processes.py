@@ -8,7 +8,7 @@ import os
 import platform
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -117,20 +117,21 @@ class PeakRSS:
 
     def by_process(self, top: int = 12) -> dict[str, float]:
         """GiB per label (peaks of processes sharing a label summed; each process at its own peak), largest first."""
-        per: dict[str, float] = {}
-        for rss, label in self._peaks.values():
-            per[label] = per.get(label, 0.0) + rss / 2**30
-        return {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]}
-
+        return _gib_by_label(self._peaks.values(), top)
 
     def at_peak(self, top: int = 12) -> dict[str, float]:
         """GiB per label in the one sample where the sum peaked: what to cut to lower `gib` (the processes' own
         peaks, `by_process`, need not coincide)."""
-        per: dict[str, float] = {}
-        for pid, rss in self._at_peak.items():
-            label = self._peaks.get(pid, (0, "other"))[1]
-            per[label] = per.get(label, 0.0) + rss / 2**30
-        return {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]}
+        return _gib_by_label(((rss, self._peaks.get(pid, (0, "other"))[1]) for pid, rss in self._at_peak.items()),
+                             top)
+
+
+def _gib_by_label(rows: Iterable[tuple[int, str]], top: int) -> dict[str, float]:
+    """(RSS bytes, label) rows summed per label, in GiB, largest first."""
+    per: dict[str, float] = {}
+    for rss, label in rows:
+        per[label] = per.get(label, 0.0) + rss / 2**30
+    return {k: round(v, 2) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]}
 
 
 def _label(cmd: str) -> str:
