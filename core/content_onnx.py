@@ -6,12 +6,19 @@ Built once per model cache from the sentence-transformers model (`core.content`:
 are embedded anyway, `recsys features`), and only for the pipeline it reproduces exactly: transformer → mean of
 the tokens → (L2 normalisation). Another pipeline gets no graph and upserts embed with sentence-transformers as
 before. Tests check the two give the same vectors.
+
+The weights sit beside the graph (`WEIGHTS`), which ONNX Runtime maps rather than reads: an upsert's few items touch
+a few hundred rows of the word-embedding table, over half of the weights, so the rest never becomes the replica's
+memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +27,7 @@ import pandas as pd
 from core.content import encoder as content_encoder
 from core.content import item_text
 
-GRAPH, TOKENIZER, PIPELINE = "encoder.onnx", "tokenizer.json", "pipeline.json"
+GRAPH, WEIGHTS, TOKENIZER, PIPELINE = "encoder.onnx", "encoder.weights", "tokenizer.json", "pipeline.json"
 
 
 def graph_dir(model_name: str, cache: Path) -> Path:
@@ -53,11 +60,22 @@ def build(model_name: str, out: Path) -> bool:
         axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "hidden"]}
         torch.onnx.export(Hidden(), tuple(sample[n] for n in names), str(out / GRAPH), input_names=names,
                           output_names=["hidden"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    weights_apart(out / GRAPH)
     tok.backend_tokenizer.save(str(out / TOKENIZER))
     (out / PIPELINE).write_text(json.dumps({"model": model_name, "inputs": names, "max_length": st.max_seq_length,
                                             "normalize": kinds[-1] == "Normalize",
                                             "pad_id": tok.pad_token_id, "pad_token": tok.pad_token}))
     return True
+
+
+def weights_apart(graph: Path) -> None:
+    """Move the graph's initializers into `WEIGHTS` beside it (ONNX Runtime then maps them, `mmap`, and reads the
+    pages an inference touches)."""
+    import onnx
+
+    model = onnx.load(str(graph))
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True, location=WEIGHTS,
+                    size_threshold=1024)
 
 
 def _mean(pooling) -> bool:
@@ -118,12 +136,12 @@ def encoder(model_name: str, cache: Path, threads: int = 1) -> OnnxEncoder | Non
 
 
 def ensure(model_name: str, cache: Path) -> bool:
-    """Build the graph into the cache unless it is there (atomic: a reader never sees half); True if it exists."""
-    import shutil
-    import tempfile
-
+    """Build the graph into the cache unless it is there (atomic: a reader never sees half); True if it exists. A
+    graph built with its weights inside (before `WEIGHTS`) gets them moved out, without torch."""
     folder = graph_dir(model_name, cache)
     if (folder / PIPELINE).is_file():
+        if not (folder / WEIGHTS).is_file():
+            _move_weights_out(folder, cache)
         return True
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cache, prefix=folder.name + ".tmp"))
@@ -133,5 +151,23 @@ def ensure(model_name: str, cache: Path) -> bool:
         with contextlib.suppress(OSError):  # another process built it first
             tmp.rename(folder)
         return (folder / PIPELINE).is_file()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_weights_out(folder: Path, cache: Path) -> None:
+    """Convert in the folder itself, never moving it (a replica may be loading from it, or have its weights mapped):
+    the new graph and its weights are made aside, the weights linked in (only one converter's link succeeds; the
+    others stop), then the graph replaced in one rename. A reader meets the old graph, whole with its weights, or
+    the new one with its weights already there."""
+    tmp = Path(tempfile.mkdtemp(dir=cache, prefix=folder.name + ".tmp"))
+    try:
+        shutil.copyfile(folder / GRAPH, tmp / GRAPH)
+        weights_apart(tmp / GRAPH)
+        try:
+            os.link(tmp / WEIGHTS, folder / WEIGHTS)
+        except FileExistsError:
+            return
+        os.replace(tmp / GRAPH, folder / GRAPH)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,7 +5,7 @@ own virtualenv (`triton_venv`, numpy < 2: numpy 2 silently corrupts tensors in t
 Three fixes make the standalone server work (../shared/triton/README.md): the backend stub placed where
 the backend looks (a private backends dir of symlinks, so site-packages stays untouched), `PATH` to the
 venv so model.py finds its numpy/onnxruntime, and `LD_LIBRARY_PATH` to the venv's libpython.
-In a cluster none of this runs: KServe's Triton runtime serves the same exported repository.
+In a cluster none of this runs: KServe's Triton runtime serves the ranker's published repository.
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ from typing import Any
 from core.artifacts import CONFIG_PBTXT
 from core.errors import MissingStepError, RecsysError
 from core.http_json import HttpError, answers, request_json
-from core.names import RANKER, USER_ENCODER
+from core.names import RANKER
 from core.settings import Settings
 
-MODELS = (RANKER, USER_ENCODER)
+# What the graph calls over the network, as in the cluster (ops/kserve.py publishes the ranker alone). The
+# repository also holds the user encoder because the Recall replica (and `recommend --batch`) loads its model.onnx
+# and runs it in-process, where the user's history already is; loaded here it was a python-backend stub (~70 MB)
+# that no request reached and that a live retrain never reloaded (ops/rollout.py swaps the ranker).
+MODELS = (RANKER,)
 
 
 class TritonError(RecsysError):

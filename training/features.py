@@ -137,7 +137,8 @@ def item_vectors(settings: Settings, items: pd.DataFrame) -> np.ndarray:
                     settings.content_model, why)
         return embed_items(items, settings.content_model)
     enc = content_onnx.encoder(settings.content_model, settings.model_cache, threads=settings.ray_num_cpus)
-    assert enc is not None  # `ensure` built it
+    if enc is None:  # `ensure` built it, but the cache was emptied since
+        return embed_items(items, settings.content_model)
     return enc.embed_items(items)
 
 

@@ -101,3 +101,66 @@ def test_an_idle_catalogue_writer_unloads_its_encoder_and_loads_it_again(cache: 
     assert not writer.release_idle(0.0)  # nothing left to drop
     np.testing.assert_array_equal(writer.embed(ITEMS), first)
     assert writer._encoder
+
+
+def test_the_weights_are_mapped_and_an_upsert_leaves_the_embedding_table_on_disk(cache: Path) -> None:
+    """The graph's weights sit beside it and ONNX Runtime maps them: after embedding one item, the part of the
+    weights file resident in the process is less than the file without the word-embedding table (its largest
+    tensor, over half of it), whose untouched rows stay on disk. Read as the kernel counts them
+    (/proc/self/smaps)."""
+    import onnx
+
+    folder = content_onnx.graph_dir(MODEL, cache)
+    weights = folder / content_onnx.WEIGHTS
+    graph = onnx.load(str(folder / content_onnx.GRAPH), load_external_data=False)
+    table = max(int(next(e.value for e in t.external_data if e.key == "length")) for t in graph.graph.initializer
+                if t.external_data)
+    assert table > weights.stat().st_size / 2 > 10 * (folder / content_onnx.GRAPH).stat().st_size
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("no /proc/self/smaps on this system: the resident pages of a mapping cannot be read")
+    code = ("import sys; from pathlib import Path; import pandas as pd; from core import content_onnx; "
+            f"e = content_onnx.encoder({MODEL!r}, Path({str(cache)!r})); "
+            "e.embed_items(pd.DataFrame({'title': ['Heat'], 'genres': [['Crime']], 'tags': [[]]})); "
+            "inside, kb = False, 0\n"
+            "for line in open('/proc/self/smaps'):\n"
+            "    head = line.split()\n"
+            "    if head and '-' in head[0] and ':' not in head[0]: inside = line.rstrip().endswith("
+            f"{str(weights)!r})\n"
+            "    elif inside and line.startswith('Rss:'): kb += int(head[1])\n"
+            "print(kb)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    resident = int(out.stdout.split()[-1]) * 1024
+    assert 0 < resident < weights.stat().st_size - table / 2, (resident, weights.stat().st_size, table)
+
+
+def test_a_graph_built_with_its_weights_inside_gets_them_moved_out(cache: Path, tmp_path: Path) -> None:
+    """A model cache from before `WEIGHTS` (one self-contained graph file) is converted by `ensure` in a process
+    without torch, in its own folder, and embeds exactly as before; a second `ensure` finds it converted."""
+    import shutil
+
+    import onnx
+
+    built = content_onnx.graph_dir(MODEL, cache)
+    older = content_onnx.graph_dir(MODEL, tmp_path / "older-cache")
+    older.mkdir(parents=True)
+    for name in (content_onnx.TOKENIZER, content_onnx.PIPELINE):
+        shutil.copyfile(built / name, older / name)
+    onnx.save_model(onnx.load(str(built / content_onnx.GRAPH)), str(older / content_onnx.GRAPH))  # weights inside
+    before = content_onnx.encoder(MODEL, tmp_path / "older-cache").embed_items(ITEMS)
+    inode = older.stat().st_ino
+    code = ("import sys; from pathlib import Path; from core import content_onnx; "
+            f"assert content_onnx.ensure({MODEL!r}, Path({str(tmp_path / 'older-cache')!r})); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (older / content_onnx.WEIGHTS).is_file() and older.stat().st_ino == inode  # converted where it was
+    assert sorted(p.name for p in (tmp_path / "older-cache").iterdir()) == [older.name]  # no temporary left
+    assert (older / content_onnx.GRAPH).stat().st_size < (older / content_onnx.WEIGHTS).stat().st_size / 10
+    np.testing.assert_array_equal(content_onnx.encoder(MODEL, tmp_path / "older-cache").embed_items(ITEMS), before)
+    np.testing.assert_array_equal(before, content_onnx.encoder(MODEL, cache).embed_items(ITEMS))
+    assert content_onnx.ensure(MODEL, tmp_path / "older-cache")
+    assert sorted(p.name for p in older.iterdir()) == sorted([content_onnx.GRAPH, content_onnx.WEIGHTS,
+                                                              content_onnx.TOKENIZER, content_onnx.PIPELINE])

@@ -123,3 +123,20 @@ def test_down_ends_a_stray_haproxy_of_its_home_and_no_other(tmp_path: Path, monk
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+def test_the_local_triton_loads_only_what_the_graph_calls_over_the_network(tmp_path: Path) -> None:
+    """The ranker; not the user encoder, which the Recall replica runs in-process (a stub process no request
+    reaches). Every model a loaded config names must be one the ranking client calls."""
+    from ops.triton_server import TritonInstall, command
+    from serving.triton_client import RankerClient
+
+    s = load_settings(environ={"RECSYS_HOME": str(tmp_path / "home")})
+    wheel = TritonInstall(python=tmp_path / "venv/bin/python", package=tmp_path / "site/pytriton",
+                          python_version="3.11", libpython_dir=str(tmp_path))
+    for part in ("backends/python/libtriton_python.so", "backends/python/triton_python_backend_utils.py",
+                 "python_backend_stubs/3.11/triton_python_backend_stub"):  # the wheel's layout, empty files
+        (wheel.server_dir / part).parent.mkdir(parents=True, exist_ok=True)
+        (wheel.server_dir / part).touch()
+    loaded = [a.split("=", 1)[1] for a in command(s, wheel) if a.startswith("--load-model=")]
+    assert loaded == [RankerClient("127.0.0.1:1").model]
