@@ -120,7 +120,7 @@ class Settings(BaseModel):
     new_item_candidates: int = 10  # items upserted since the last retrain that recall adds as their own channel
     explore_share: float = 0.1  # share of the k slots given to the best new item, if any (0: no exploration)
     catalogue_poll_s: float = 1.0  # how often replicas read the catalogue log and the events (popularity)
-    catalogue_encoder_idle_s: float = 30.0  # the upserts' item encoder is unloaded after this long unused (~100 MB)
+    catalogue_encoder_idle_s: float = 30.0  # the upserts' item encoder is unloaded after this long unused (~60 MB)
     max_per_genre_share: float = 0.5  # diversity rule: at most this share of top-k with the same first genre
     features_timeout_ms: float = 150.0  # per-stage timeouts; past them the stage's degraded answer is used
     recall_timeout_ms: float = 250.0  # past it: popular items, flagged degraded

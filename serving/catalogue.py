@@ -103,9 +103,9 @@ class CatalogueWriter:
             self._used = time.monotonic()
 
     def release_idle(self, idle_s: float) -> bool:
-        """Drop the ONNX encoder when unused for `idle_s` (an upsert is rare; loaded, the encoder held ~130 MB of
-        the replica, ~100 of which a drop and a heap trim gave back here; loading it again takes ~0.25 s). An
-        embedding under way keeps its own reference. True when it was dropped."""
+        """Drop the ONNX encoder when unused for `idle_s` (an upsert is rare; loaded and used, the encoder held
+        ~80 MB of the replica, its weights mapped, ~60 of which a drop and a heap trim gave back here; loading it
+        again takes ~0.25 s). An embedding under way keeps its own reference. True when it was dropped."""
         with self._encoder_lock:
             if not self._encoder or time.monotonic() - self._used < idle_s:
                 return False
