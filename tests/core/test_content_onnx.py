@@ -24,6 +24,14 @@ ITEMS = pd.DataFrame({  # lengths differ within one batch (padding), one is past
 })
 
 
+def in_a_fresh_process(code: str) -> str:
+    """`code` run by this interpreter in a new process from the repository root; its stdout."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("model-cache")
@@ -50,9 +58,7 @@ def test_serving_embeds_without_importing_torch(cache: Path) -> None:
             f"e = content_onnx.encoder({MODEL!r}, Path({str(cache)!r})); "
             "v = e.embed_items(pd.DataFrame({'title': ['Heat'], 'genres': [['Crime']], 'tags': [[]]})); "
             "assert v.shape == (1, 384), v.shape; assert 'torch' not in sys.modules, 'torch imported'")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
-    assert out.returncode == 0, out.stderr[-2000:]
+    in_a_fresh_process(code)
 
 
 def test_recsys_features_embeds_the_items_through_the_graph(cache: Path, tmp_path: Path) -> None:
@@ -128,10 +134,7 @@ def test_the_weights_are_mapped_and_an_upsert_leaves_the_embedding_table_on_disk
             f"{str(weights)!r})\n"
             "    elif inside and line.startswith('Rss:'): kb += int(head[1])\n"
             "print(kb)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
-    assert out.returncode == 0, out.stderr[-2000:]
-    resident = int(out.stdout.split()[-1]) * 1024
+    resident = int(in_a_fresh_process(code).split()[-1]) * 1024
     assert 0 < resident < weights.stat().st_size - table / 2, (resident, weights.stat().st_size, table)
 
 
@@ -153,9 +156,7 @@ def test_a_graph_built_with_its_weights_inside_gets_them_moved_out(cache: Path, 
     code = ("import sys; from pathlib import Path; from core import content_onnx; "
             f"assert content_onnx.ensure({MODEL!r}, Path({str(tmp_path / 'older-cache')!r})); "
             "assert 'torch' not in sys.modules, 'torch imported'")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=Path(__file__).resolve().parents[2])
-    assert out.returncode == 0, out.stderr[-2000:]
+    in_a_fresh_process(code)
     assert (older / content_onnx.WEIGHTS).is_file() and older.stat().st_ino == inode  # converted where it was
     assert sorted(p.name for p in (tmp_path / "older-cache").iterdir()) == [older.name]  # no temporary left
     assert (older / content_onnx.GRAPH).stat().st_size < (older / content_onnx.WEIGHTS).stat().st_size / 10
