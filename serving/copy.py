@@ -9,6 +9,7 @@ is `serving.copy_lm`; the Ingress falls back to `template_copy` itself when this
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from ray import serve
@@ -72,10 +73,13 @@ class CopyStage:
         self.writer.guard = self.catalogue.guard
 
     async def _follow(self) -> None:
+        """The catalogue's changes, the copy written ahead, and the model's freed buffers once misses pause."""
         while True:
             await asyncio.to_thread(self.follow_catalogue)
             if self.writer.model is not None:
                 await self._take_ahead(self.writer)
+                with contextlib.suppress(RuntimeError):  # a model replaced (and closed) meanwhile takes no work
+                    await asyncio.wrap_future(self.writer.model.trim_if_paused())
             await asyncio.sleep(self.s.catalogue_poll_s * 5)
 
     def _read_ahead(self, version: str) -> tuple[int, list[tuple[CopyFacts, str]]] | None:

@@ -426,3 +426,32 @@ def test_generation_on_a_gpu_keeps_off_cudnn_attention_and_the_cpu_keeps_pytorch
     # The served decoder and the bench's reference both generate under it (the ratio compares decoders).
     assert "with attention_kernels(self.device):" in inspect.getsource(CopyModel._generate)
     assert "with attention_kernels(model.device):" in inspect.getsource(hf_generate)
+
+
+def test_a_copy_model_gives_its_freed_buffers_back_once_generation_pauses(cache: Path, tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """The Copy stage asks every few seconds (`CopyStage._follow`): the heap is trimmed only when no generate
+    finished since the last ask, so a burst of misses never re-faults its buffers, and once per pause."""
+    import serving.copy_lm as serving_copy_lm
+    from core.copy_lm import write_copy_folder
+    from serving.copy_lm import CopyModel
+
+    trims: list[int] = []
+    monkeypatch.setattr(serving_copy_lm, "trim_heap", lambda: trims.append(1))
+    cfg = CopyLMConfig(base_model=TINY, max_new_tokens=4)
+    folder = write_copy_folder(tmp_path / "4", lora_state(add_lora(load_base(TINY, cache)[0], cfg)), cfg, {})
+    model = CopyModel(folder, cache, "float32")
+    trims.clear()  # the load's own
+
+    def ask() -> bool:
+        return model.trim_if_paused().result(timeout=60)
+
+    assert not ask() and not trims  # nothing generated yet
+    model.generate([FACTS])
+    assert not ask() and not trims  # a generate finished since the last ask: still busy
+    assert ask() and len(trims) == 1  # none since: paused, trimmed
+    assert not ask() and len(trims) == 1  # once a pause
+    model.generate([FACTS])
+    model.generate([FACTS])
+    assert not ask() and ask() and len(trims) == 2
+    model.close()
