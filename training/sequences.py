@@ -30,17 +30,25 @@ def left_pad(seqs: list[np.ndarray], max_len: int) -> np.ndarray:
     return out
 
 
-def training_windows(seqs: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Next-item windows: inputs s[a:b-1], targets s[a+1:b], cut from the end in steps of max_len.
+def training_windows(seqs: list[np.ndarray], max_len: int, stride: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Next-item windows: inputs s[a:b-1], targets s[a+1:b], cut from the end every `stride` items.
 
-    Long histories give several windows, so no interaction is dropped from training.
+    Each target is learned once an epoch, so no interaction is dropped or counted twice. `stride` 0 (or max_len):
+    windows side by side, so a target early in a window is predicted from few items. A shorter stride overlaps
+    them: a window's first max_len − stride items are context only (their targets 0, padding to the loss) and
+    every target but a user's first ones is predicted from at least that many items, as serving's full-length
+    profile is.
     """
+    stride = max_len if stride <= 0 else min(stride, max_len)
     inputs, targets = [], []
     for s in seqs:
         end = len(s)
         while end >= 2:
             start = max(0, end - max_len - 1)
             inputs.append(s[start : end - 1])
-            targets.append(s[start + 1 : end])
-            end = start + 1 if start > 0 else 0
+            t = s[start + 1 : end].copy()
+            if start > 0:
+                t[: len(t) - stride] = 0  # context only: learned in the window before, with more items in view
+            targets.append(t)
+            end = end - stride if start > 0 else 0
     return left_pad(inputs, max_len), left_pad(targets, max_len)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from core.artifacts import CONTENT_PROJECTION_FILE, ITEM_IDS_FILE, PROJ_FILE
-from core.errors import MissingStepError
+from core.errors import ConfigError, MissingStepError
 from core.names import CHALLENGER, CHAMPION, RANKER_MODEL, RETRIEVAL_MODEL
 from core.settings import Settings
 from training.data.movielens import download_movielens, load_movielens
@@ -84,8 +84,17 @@ def _data_params(settings: Settings, prepared: Prepared) -> dict[str, Any]:
             "n_users": len(prepared.train), "train_workers": settings.train_workers, "use_gpu": settings.use_gpu}
 
 
+def window_stride(max_len: int, overlap: float) -> int:
+    """Items between the ends of consecutive training windows: `overlap` of a window is context it shares with the
+    next one (`training.sequences.training_windows`)."""
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"retrieval_window_overlap must be in [0, 1), got {overlap}")
+    return max(1, round(max_len * (1 - overlap)))
+
+
 def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -> RetrievalConfig:
     cfg = RetrievalConfig(n_items=prepared.n_items + 1, max_len=settings.sequence_length,
+                          stride=window_stride(settings.sequence_length, settings.retrieval_window_overlap),
                           epochs=settings.retrieval_epochs, patience=settings.retrieval_patience,
                           plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s,
                           refit_epochs=settings.retrieval_refit_epochs, members=settings.retrieval_members,

@@ -380,9 +380,9 @@ def train_retrieval(
 ) -> RetrievalOutcome:
     """config → data → Ray Train loop → final evaluation on valid and test (full ranking)."""
     seqs = [prepared.train[u] for u in sorted(prepared.train)]
-    inputs, targets = training_windows(seqs, cfg.max_len)
+    inputs, targets = training_windows(seqs, cfg.max_len, cfg.stride)
     _, before_test, _ = prepared.eval_set("test")  # every interaction before each user's test target
-    refit_inputs, refit_targets = training_windows(before_test, cfg.max_len)
+    refit_inputs, refit_targets = training_windows(before_test, cfg.max_len, cfg.stride)
     _, vh, vt = prepared.eval_set("valid")
     content_full = np.zeros((prepared.n_items + 1, content.shape[1]), dtype=np.float32)
     content_full[1:] = content

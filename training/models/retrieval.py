@@ -25,6 +25,7 @@ from training.models.layers import Block, Dropout, causal_padding_mask
 class RetrievalConfig:
     n_items: int = 0  # vocabulary size including padding index 0 (set from the data)
     max_len: int = 50  # sequence length read from the user profile (most recent last)
+    stride: int = 0  # training windows cut every this many items (0: max_len, side by side; `training_windows`)
     d_model: int = 64  # embedding and hidden size
     n_heads: int = 2  # attention heads per block
     n_layers: int = 2  # transformer blocks
