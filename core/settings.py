@@ -65,7 +65,7 @@ class Settings(BaseModel):
     retrieval_plateau: int = 0  # halve the learning rate after this many epochs without one (0: never)
     retrieval_budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: none)
     retrieval_refit_epochs: int = 2  # then this many epochs from the kept weights over the validation interactions too
-    retrieval_window_overlap: float = 0.5  # share of a retrieval training window that is context only (0: side by side)
+    retrieval_window_overlap: float = 0.0  # share of a retrieval training window that is context only (0: side by side)
     retrieval_members: int = 2  # independent encoders trained side by side, scores summed (one dot product; 1: single)
     retrieval_average_epochs: float = 2.7  # horizon in epochs of the weight average validation judges (0: raw weights)
     ranking_epochs: int = 4  # epochs of the ranking model
