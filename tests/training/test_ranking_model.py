@@ -10,10 +10,10 @@ from training.models.ranking import Ranker, RankingConfig, ServingRanker
 from training.onnx_export import export_ranker, parity, ranker_example, serving_example
 
 
-def _model(seed: int = 0, content: str = "projected") -> Ranker:
+def _model(seed: int = 0, content: str = "projected", hidden: int = 8) -> Ranker:
     torch.manual_seed(seed)
     model = Ranker(RankingConfig(n_items=300, genres=["Action", "Comedy", "Drama"], content_dim=16,
-                                 serving_content=content))
+                                 serving_content=content, attention_hidden=hidden))
     with torch.no_grad():  # non-trivial weights everywhere, biases included
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.2)
@@ -31,11 +31,12 @@ def _one_user(model: Ranker, n: int, seed: int, history: torch.Tensor | None = N
     return rows, [rows[0][:1], rows[1], rows[2], content, rows[4][:1], rows[5]]
 
 
+@pytest.mark.parametrize("hidden", [8, 32])  # today's attention width, and the one graphs before it were made with
 @pytest.mark.parametrize("content", ["projected", "raw"])
 @pytest.mark.parametrize("case", ["full", "short", "empty"])
 @torch.no_grad()
-def test_serving_graph_matches_the_training_forward_pass(case, content):
-    model = _model(content=content)
+def test_serving_graph_matches_the_training_forward_pass(case, content, hidden):
+    model = _model(content=content, hidden=hidden)
     history = None
     if case != "full":
         history = torch.randint(1, 300, (model.cfg.max_len,))
@@ -84,9 +85,10 @@ def test_serving_projects_content_as_the_projected_graph_expects():
     assert np.array_equal(raw.content(items), rows[3].numpy())
 
 
+@pytest.mark.parametrize("hidden", [8, 32])
 @pytest.mark.parametrize("content", ["projected", "raw"])
-def test_exported_onnx_matches_torch_for_any_number_of_candidates_and_any_history(tmp_path, content):
-    model = _model(1, content)
+def test_exported_onnx_matches_torch_for_any_number_of_candidates_and_any_history(tmp_path, content, hidden):
+    model = _model(1, content, hidden)
     path = export_ranker(model, tmp_path / "ranker.onnx")
     for n in (1, 32, 200):
         assert parity(ServingRanker(model), serving_example(model, n, seed=4), path) < 1e-4
