@@ -39,3 +39,23 @@ def test_the_ranker_reorders_recall_only_where_validation_shows_more_than_noise(
     grid = {(25, 0.5): steady_gain, (25, 1000.0): recall_order,
             (50, 0.5): steady_gain + rng.normal(0.001, 0.05, 943), (50, 1000.0): recall_order}
     assert choose_blend(grid).candidates == 25
+
+
+def test_a_pool_chosen_for_a_weight_the_rule_set_aside_is_cut_at_the_served_weight() -> None:
+    """At 100 candidates the ranker's weight 4 beats 25 candidates steadily, so the count rule keeps 100; but at 100
+    weight 4 is within noise of recall's own order, so recall's order is served. At that order 25 candidates answer
+    the same within noise: serving 100 would only make the ranker score four times the rows."""
+    from training.jobs.ranking import choose_blend
+
+    rng = np.random.default_rng(2)
+    recall_order = rng.random(943)
+    noise = rng.normal(0.0, 0.3, 943)
+    near_ties = recall_order + noise - noise.mean()  # the ranker breaking near-ties among 100: noise, no gain
+    grid = {(25, 4.0): recall_order - 0.01, (25, 1000.0): recall_order,
+            (100, 4.0): recall_order + 0.004 + rng.normal(0, 0.001, 943), (100, 1000.0): near_ties}
+    choice = choose_blend(grid)
+    assert max(grid, key=lambda cw: float(grid[cw].mean()))[0] == 100  # the count rule's pick, before the last step
+    assert (choice.candidates, choice.weight) == (25, 1000.0)
+    # a weight that is served keeps the pool it was chosen with
+    grid[100, 1000.0] = recall_order - 0.01 + rng.normal(0, 0.001, 943)
+    assert (choose_blend(grid).candidates, choose_blend(grid).weight) == (100, 4.0)
