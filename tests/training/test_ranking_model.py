@@ -110,3 +110,18 @@ def test_every_parameter_gets_a_gradient_even_from_a_batch_without_positives(cli
     assert torch.isfinite(loss)
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert missing == []
+
+
+def test_a_ranker_saved_before_the_width_was_a_setting_loads_serves_and_exports(tmp_path):
+    """Rankers registered before `attention_hidden` have 32 units, and their pickled config now reads the default
+    (8, a class attribute): serving and export read the width from the weights, and a saved config dict without the
+    key rebuilds 32 units, so its state dict loads (a resumed run's checkpoint, a run's result)."""
+    old = _model(3, hidden=32)
+    old.cfg.attention_hidden = 8  # what an old pickled config reads now
+    request = serving_example(old, 20, seed=2)
+    assert parity(ServingRanker(old), request, export_ranker(old, tmp_path / "old.onnx")) < 1e-4
+    saved = old.cfg.to_dict()
+    del saved["attention_hidden"]
+    rebuilt = Ranker(RankingConfig.from_dict(saved))
+    rebuilt.load_state_dict(old.state_dict())  # raises on a width mismatch
+    assert rebuilt.cfg.attention_hidden == 32

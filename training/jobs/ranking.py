@@ -24,6 +24,7 @@ from training.jobs.common import (
     log_epoch_metrics,
     on_cpu,
     prepare_replicas,
+    restore_state,
     run_epoch,
     save_and_report,
     worker_threads,
@@ -83,6 +84,9 @@ def train_loop(config: dict[str, Any]) -> None:
 
     torch.set_num_threads(config["threads"])
     cfg = RankingConfig(**config["model"])
+    saved = restore_state()
+    if saved is not None:  # a resumed run keeps the width it was checkpointed with (32 before it was a setting)
+        cfg.attention_hidden = RankingConfig.from_dict(saved["config"]).attention_hidden
     torch.manual_seed(cfg.seed)
     model = prepare_replicas(Ranker(cfg))  # on the device before the optimizer and its restored state
     device = ray.train.torch.get_device()
@@ -316,7 +320,7 @@ def train_ranking(settings: Settings, prepared: Prepared, recall: SASRec, cfg: R
     result = fit(settings, "ranking", train_loop, config, resume, cfg.epochs)
     seconds = time.perf_counter() - t0
     state = load_result_state(result)
-    model = Ranker(RankingConfig(**state["config"]))
+    model = Ranker(RankingConfig.from_dict(state["config"]))
     model.load_state_dict(state["model"])
     model.eval()
     selected = model

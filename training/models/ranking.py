@@ -60,6 +60,11 @@ class RankingConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RankingConfig:
+        """A saved config: one written before `attention_hidden` existed was trained with 32 units."""
+        return cls(**{"attention_hidden": 32, **d})
+
 
 class CrossLayer(nn.Module):
     """DCN-v2: x_{l+1} = x0 ⊙ (W x_l + b) + x_l."""
