@@ -58,4 +58,5 @@ def test_a_pool_chosen_for_a_weight_the_rule_set_aside_is_cut_at_the_served_weig
     assert (choice.candidates, choice.weight) == (25, 1000.0)
     # a weight that is served keeps the pool it was chosen with
     grid[100, 1000.0] = recall_order - 0.01 + rng.normal(0, 0.001, 943)
-    assert (choose_blend(grid).candidates, choose_blend(grid).weight) == (100, 4.0)
+    choice = choose_blend(grid)
+    assert (choice.candidates, choice.weight) == (100, 4.0)

@@ -183,11 +183,10 @@ def grow_vocabulary(state: dict[str, torch.Tensor], old_ids: np.ndarray,
     return out
 
 
-def initial_state(model: torch.nn.Module, opt: torch.optim.Optimizer,
-                  config: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
-    """Restore the run's checkpoint (resume) or else load the warm-start weights; returns the start epoch and
-    the restored checkpoint (None on a fresh start), whose other entries the loop may carry on."""
-    state = restore_state()
+def initial_state(model: torch.nn.Module, opt: torch.optim.Optimizer, config: dict[str, Any],
+                  state: dict[str, Any] | None) -> tuple[int, dict[str, Any] | None]:
+    """Load the run's checkpoint `state` (`restore_state()`, None on a fresh start) or else the warm-start weights;
+    returns the start epoch and that checkpoint, whose other entries the loop may carry on."""
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -91,7 +91,7 @@ def train_loop(config: dict[str, Any]) -> None:
     model = prepare_replicas(Ranker(cfg))  # on the device before the optimizer and its restored state
     device = ray.train.torch.get_device()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-    start, restored = initial_state(model, opt, config)  # every rank loads the same checkpoint or warm start
+    start, restored = initial_state(model, opt, config, saved)  # every rank: the same checkpoint or warm start
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     users, items, ex = config["users"], config["items"], config["examples"]
