@@ -7,7 +7,10 @@ it: construction parses the registry, which costs more than an online read.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
+from pathlib import Path
 
 from core.settings import Settings
 
@@ -52,3 +55,33 @@ def _versioned_reads_known(store) -> None:
     online = store._get_provider().online_store
     if type(online).__name__ in ("SqliteOnlineStore", "RedisOnlineStore"):
         online._versioned_read_supported = True
+
+
+def embedded_online_path(store) -> Path | None:
+    """The embedded SQLite online store's file (the local default), or None for any other store (Redis, the
+    feature server)."""
+    online = getattr(getattr(store, "config", None), "online_store", None)
+    if getattr(online, "type", None) != "sqlite":
+        return None
+    path = Path(online.path)
+    return path if path.is_absolute() else Path(store.config.repo_path) / path
+
+
+def use_wal(path: Path) -> bool:
+    """Put the SQLite online store in write-ahead-log mode (a property of the file, kept by every later
+    connection): its readers then never wait on a writer (materialize, the Feedback stage's pushes), so a serving
+    replica can read a profile on its event loop (`serving.features.FeatureReader.inline`). True if it took."""
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+            return db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal"
+    except sqlite3.OperationalError:  # held by a reader past the timeout: its readers keep the reader thread
+        return False
+
+
+def in_wal(path: Path) -> bool:
+    """Whether the SQLite file is in write-ahead-log mode (read without changing it; False if it cannot be read)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+            return db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+    except sqlite3.Error:
+        return False

@@ -118,7 +118,7 @@ class Candidates(BaseModel):
 
 class Recalled(BaseModel):
     """Recall → Ingress: the user's features as Recall read them (Ranking and Copy get the same), the candidates,
-    and the features read's own time and degradation (one hop answers both stages)."""
+    and the features read's own time and degradation (one hop answers both stages). Travels as its JSON."""
 
     user: UserContext
     candidates: Candidates

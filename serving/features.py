@@ -1,9 +1,10 @@
 """Features stage: the user's online profile (recent-item sequence, counters) and item rows from Feast.
 
 Input: user_id (int) or item ids (list[int]). Output: `UserContext` / `ItemRows`.
-One `FeatureStore` per replica (registry parsed once); one feature view per entity per request; the
-blocking SDK read runs off the event loop so the replica keeps serving: user reads coalesced on one reader
-thread (`serving.user_reads`), item reads in a thread when the cache misses.
+One `FeatureStore` per replica (registry parsed once); one feature view per entity per request; a read that
+can block runs off the event loop so the replica keeps serving: user reads coalesced on one reader thread
+(`serving.user_reads`; on the loop from the embedded store in WAL mode, where a read cannot wait), item reads
+in a thread when the cache misses.
 
 Not a deployment of its own: the user read runs inside the Recall replica (its first consumer; a Serve hop
 costs ~3–4 ms of CPU per request here, caller and callee together, more than the read), with its timeout and
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.feature_store import embedded_online_path, in_wal
 from core.settings import Settings
 from serving.contracts import Degradation, UserContext
 from serving.failures import public_reason
@@ -103,10 +105,16 @@ class DirectUserRead:
 class FeatureReader:
     """Synchronous Feast online reads; the stages call them off the event loop (`read_user`, `ItemCache`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, inline: bool | None = None) -> None:
         self.store = online_store(settings)  # a FeatureStore, or the feature server behind the same calls
         self._direct = DirectUserRead.of(self.store)
         self.reads = CoalescedReads(self.rows, self.profile)  # `read_user`'s path: one store read per batch
+        # `read_user` reads on the event loop when the read cannot wait: the embedded SQLite store in WAL mode
+        # (its readers never wait on a writer) read through its provider, ~0.1 ms of CPU. The reader thread's two
+        # wake-ups cost ~0.35 ms more at concurrency 1 (README, measurement log). Anything over a network (Redis,
+        # the feature server) or a file a writer can lock keeps the thread, where the stage's timeout holds.
+        online = embedded_online_path(self.store) if self._direct is not None else None
+        self.inline = (online is not None and in_wal(online)) if inline is None else inline
 
     def user(self, user_id: int) -> UserContext:
         return self.profile(user_id, self.rows([user_id])[0])
@@ -288,13 +296,16 @@ class ItemCache:
 async def read_user(reader: FeatureReader, user_id: int,
                     timeout_ms: float) -> tuple[UserContext, Degradation | None, float]:
     """The user's online features within the features stage's timeout, read off the event loop with the reads
-    queued beside it (`FeatureReader.reads`), and the ms the read took (the stage's timing).
+    queued beside it (`FeatureReader.reads`), or on it where the read cannot wait (`FeatureReader.inline`), and
+    the ms the read took (the stage's timing).
 
     Feast unreachable, failing or late → an unknown user (the cold-start answer), with the reason as a
     Degradation: the caller serves popularity and says so. A late read finishes on the reader thread, unused.
     """
     t0 = time.perf_counter()
     try:
+        if reader.inline:
+            return reader.user(user_id), None, (time.perf_counter() - t0) * 1e3
         async with asyncio.timeout(timeout_ms / 1e3):  # not wait_for: that wraps the call in a task of its own
             user = await reader.reads.read(user_id)
         return user, None, (time.perf_counter() - t0) * 1e3

@@ -254,14 +254,18 @@ class Recall:
         except Exception as e:  # the event log unreachable: the popular channel keeps its last order
             log.warning("recall: event stream unreadable (%s); popularity not refreshed", one_line(e))
 
-    async def recall(self, user_id: int, exclude: list[int] | None = None, n: int | None = None) -> Recalled:
+    async def recall(self, user_id: int, exclude: list[int] | None = None, n: int | None = None) -> bytes:
         """Features within their timeout (else cold start, flagged), then n candidates (the Ingress asks for as
-        many as the user's ranker re-orders): ~1 ms of numpy/faiss, cheaper inline than a thread hop."""
+        many as the user's ranker re-orders): ~1 ms of numpy/faiss, cheaper inline than a thread hop.
+
+        Answered as `Recalled`'s JSON, which the Ingress validates (`Recalled.model_validate_json`): Serve pickles
+        a return value with cloudpickle, whose pure-Python pickler costs more for a pydantic model than one Rust
+        call each side for its JSON (README, measurement log)."""
         self._ensure_refresh()
         user, degraded, features_ms = await read_user(self.reader, user_id, self.settings.features_timeout_ms)
         cands = self.recaller.candidates(user, exclude or (), n)
         user.seen_items = None  # used; the later stages need only the profile
-        return Recalled(user=user, candidates=cands, features_ms=features_ms, degraded=degraded)
+        return Recalled(user=user, candidates=cands, features_ms=features_ms, degraded=degraded).model_dump_json()
 
     async def popular(self, n: int) -> list[int]:
         """The n most popular raw item ids not retired: the Ingress keeps them as its answer for when recall is

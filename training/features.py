@@ -21,7 +21,7 @@ import pandas as pd
 
 from core.content import embed_items
 from core.errors import MissingStepError, one_line
-from core.feature_store import feature_store
+from core.feature_store import embedded_online_path, feature_store, use_wal
 from core.settings import Settings
 from training import dask_tokens
 from training.catalogue_data import repush_catalogue_rows
@@ -161,6 +161,9 @@ def build_features(settings: Settings, ds: Dataset, split: Split) -> dict[str, i
                defs.user_history,
                defs.item_features, defs.retrieval_v1, defs.ranking_v1, defs.serving_v1]
     store.apply(objects)
+    online = embedded_online_path(store)
+    if online is not None:
+        use_wal(online)  # before the first write: serving reads it on the event loop (`FeatureReader.inline`)
     dask_tokens.install()  # materialize reads each source through Feast's dask store too (`dask_tokens`)
     end = datetime.now(UTC) + timedelta(days=1)
     with contextlib.redirect_stdout(io.StringIO()):  # Feast prints colour codes per view; we report the counts

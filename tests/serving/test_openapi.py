@@ -24,6 +24,11 @@ def test_every_answer_is_documented_with_its_body(path: str, codes: set[str]) ->
 
 
 def test_the_documented_request_is_the_strict_one() -> None:
-    props = api.openapi()["components"]["schemas"]["RecommendRequest"]["properties"]
+    """The body the route validates itself (`recommend_request`) is documented as its request body."""
+    body = api.openapi()["paths"]["/recommend"]["post"]["requestBody"]
+    assert body["required"]
+    schema = body["content"]["application/json"]["schema"]
+    assert schema["additionalProperties"] is False and schema["required"] == ["user_id"]
+    props = schema["properties"]
     assert props["user_id"]["type"] == "integer" and props["user_id"]["maximum"] == 2**62
     assert props["include_copy"]["type"] == "boolean" and props["k"]["maximum"] == 100

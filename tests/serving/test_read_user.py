@@ -66,3 +66,37 @@ def test_an_unknown_user_is_a_normal_answer_not_a_degradation(feature_home, use_
 
     user, degraded, _ = asyncio.run(read_user(_reader(feature_home, use_home), 10**7, 5000))
     assert degraded is None and not user.known
+
+
+def test_the_embedded_store_is_read_on_the_loop_and_never_waits_on_a_writer(feature_home, use_home, tmp_path):
+    """`recsys features` leaves the SQLite online store in WAL mode, so `read_user` reads it on the event loop: a
+    writer holding the file's exclusive lock (a commit in progress) does not hold the read up, and the read sees
+    the last committed row. A store in rollback-journal mode keeps the reader thread, where the timeout holds."""
+    import shutil
+    import sqlite3
+
+    from core.feature_store import embedded_online_path, in_wal
+    from serving.features import read_user
+
+    reader = _reader(feature_home, use_home)
+    path = embedded_online_path(reader.store)
+    assert path is not None and in_wal(path) and reader.inline
+    before = reader.user(1)
+    writer = sqlite3.connect(path, timeout=0)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")
+        writer.execute("DELETE FROM " + next(t for (t,) in writer.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '%user_profile'")))
+        t0 = time.monotonic()
+        user, degraded, _ = asyncio.run(read_user(reader, 1, 5000))
+        assert time.monotonic() - t0 < 1.0
+        assert degraded is None and user == before  # the committed row, not the writer's pending delete
+    finally:
+        writer.rollback()
+        writer.close()
+
+    home = tmp_path / "home"
+    shutil.copytree(feature_home, home)
+    with sqlite3.connect(home / "features" / "online_store.db") as db:
+        assert db.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    assert not _reader(home, use_home).inline

@@ -13,7 +13,7 @@ def _reader(feature_home, use_home):
     from core.settings import load_settings
     from serving.features import FeatureReader
 
-    return FeatureReader(load_settings())
+    return FeatureReader(load_settings(), inline=False)  # the reader thread, as for a store that can block
 
 
 def _held_first_read(reader):
