@@ -175,6 +175,15 @@ def up(settings: Settings) -> str:
     return http_url(settings)
 
 
+# The replicas every /recommend passes through log at WARNING: Serve writes an access line per request at INFO
+# (ray/serve/_private/replica.py, `_record_errors_and_metrics`), and builds the record even with
+# `enable_access_log: false` (that filter drops it at the handler, logging_utils.py); under WARNING the logger
+# (`configure_component_logger` sets its level) returns before building it. That line was 6 % of the Recall
+# replica's CPU at c=8 (README, measurement log); the impression log keeps a line per answer. The same in the
+# chart's serveConfig (charts/recsys/values.yaml).
+REQUEST_PATH_LOGGING = {"log_level": "WARNING"}
+
+
 def serve_config(settings: Settings) -> dict:
     """The Serve deploy config, in the same form as the chart's RayService `serveConfigV2`: the graph by
     import path, replicas' env, and the exported route as the Ingress's `user_config` (it runs the ranking stage)."""
@@ -190,8 +199,10 @@ def serve_config(settings: Settings) -> dict:
             "name": settings.serve_app_name, "route_prefix": "/", "import_path": "serving.app:app",
             "runtime_env": {"env_vars": env},
             "deployments": [
-                {"name": "Ingress", "user_config": read_route(settings).as_dict()},  # runs the ranking stage
-                {"name": "Recall", "user_config": {"retrieval": model_info(settings, "user_encoder").version}},
+                {"name": "Ingress", "user_config": read_route(settings).as_dict(),  # runs the ranking stage
+                 "logging_config": REQUEST_PATH_LOGGING},
+                {"name": "Recall", "user_config": {"retrieval": model_info(settings, "user_encoder").version},
+                 "logging_config": REQUEST_PATH_LOGGING},
                 {"name": "Copy", "user_config": {"copy": exported_copy_version(settings.model_repo) or ""}},
             ],
         }],

@@ -461,7 +461,7 @@ class Ingress:
 
         timings["total"] = round((time.perf_counter() - t0) * 1e3, 3)
         self.metrics.request(timings["total"], [d.stage for d in degraded])
-        items = [RecommendedItem.model_construct(item_id=it.item_id, title=it.title, score=it.score, rank=r + 1,
+        items = [RecommendedItem(item_id=it.item_id, title=it.title, score=it.score, rank=r + 1,
                                  copy=c.text if c else None, copy_source=c.source if c else "none",
                                  channel=it.channel, explore=it.explore, score_parts=it.score_parts)
                  for r, (it, c) in enumerate(zip(ranked.items, copies, strict=True))]

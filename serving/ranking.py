@@ -242,9 +242,7 @@ class RankingStage:
         top = diversify(order, first, k, self.settings.max_per_genre_share)
         top = sorted(top, key=lambda p: -final[p])  # the rule picks the set; the score orders it
         top, explored = explore(top, order, cands.channels, k, self.settings.explore_share)
-        # Built without validation (`model_construct`): every value is typed here, and validating ten items
-        # again cost more CPU than the rules themselves.
-        out = [RankedItem.model_construct(item_id=cands.item_ids[p], score=float(final[p]), title=items.title[p],
+        out = [RankedItem(item_id=cands.item_ids[p], score=float(final[p]), title=items.title[p],
                           year=int(items.year[p]), genres=items.genres[p], channel=cands.channels[p],
                           explore=p in explored,
                           score_parts={"recall": float(recall[p]),

@@ -114,9 +114,14 @@ def build(settings: Settings):
 
 
 def app_config(runtime_env: dict) -> dict:
-    """The floor as one more application of the platform's Serve deploy config, with the platform's env."""
+    """The floor as one more application of the platform's Serve deploy config, with the platform's env and its
+    request-path replicas' logging (`ops.launcher.REQUEST_PATH_LOGGING`): a framework setting both pay alike."""
+    from ops.launcher import REQUEST_PATH_LOGGING
+
     return {"name": FLOOR_APP, "route_prefix": FLOOR_PREFIX, "import_path": "recsys.bench.floor:app",
-            "runtime_env": runtime_env}
+            "runtime_env": runtime_env,
+            "deployments": [{"name": name, "logging_config": REQUEST_PATH_LOGGING}
+                            for name in ("FloorIngress", "FloorRecall")]}
 
 
 def up(settings: Settings) -> str:

@@ -928,6 +928,20 @@ def test_the_serve_config_keys_are_rays_own_and_every_profile_passes_rays_schema
         ServeDeploySchema.model_validate(yaml.safe_load(rs["spec"]["serveConfigV2"]))
 
 
+def test_the_request_path_replicas_log_at_warning_in_the_cluster_and_locally(helm: Path) -> None:
+    """Ingress and Recall (every /recommend passes both) log at WARNING, so Serve never builds its per-request
+    access record (ops/launcher.py, REQUEST_PATH_LOGGING); the other replicas keep Serve's INFO lines. The chart's
+    serveConfigV2 and the local deploy config say the same."""
+    from ops.launcher import REQUEST_PATH_LOGGING
+
+    app = yaml.safe_load(one(docs(render(helm, "default")), "RayService")["spec"]["serveConfigV2"])["applications"][0]
+    levels = {d["name"]: d.get("logging_config", {}).get("log_level") for d in app["deployments"]}
+    assert levels == {"Ingress": "WARNING", "Recall": "WARNING", "Copy": None, "Feedback": None}
+    assert REQUEST_PATH_LOGGING == {"log_level": "WARNING"}
+    local = (CHART.parents[1] / "ops" / "launcher.py").read_text()
+    assert local.count('"logging_config": REQUEST_PATH_LOGGING') == 2
+
+
 def test_grpc_is_reachable_through_kuberays_serve_service(helm: Path) -> None:
     """KubeRay's `<rayservice>-serve-svc` exposes every head container port named `serve` or `serve-*`
     (v1.7.0 controllers/ray/common/service.go BuildServeService, isServingPort), selecting the pods whose Serve
