@@ -81,7 +81,7 @@ def use_wal(path: Path) -> bool:
 def in_wal(path: Path) -> bool:
     """Whether the SQLite file is in write-ahead-log mode (read without changing it; False if it cannot be read)."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)) as db:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)) as db:
             return db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
     except sqlite3.Error:
         return False
