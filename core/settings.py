@@ -132,7 +132,8 @@ class Settings(BaseModel):
     admission_limit: int = 16  # /recommend requests in progress per Ingress replica; more wait (0: no limit)...
     admission_queue: int = 32  # ...at most this many; past it HTTP 503 / gRPC UNAVAILABLE at once (Retry-After)
     admission_wait_ms: float = 100.0  # a waiting request that gets no slot within this long is refused the same way
-    copy_budget_ms: float = 600.0  # inside the copy stage: past it, template now and the model copy cached later
+    copy_budget_ms: float = 600.0  # what copy may add to an answer: past it, template now, the model copy cached later
+    copy_hop_ms: float = 40.0  # of that budget, left for the hops to and from the Copy replica (it answers before)
     max_request_bytes: int = 16_384  # larger bodies get HTTP 413
     max_catalogue_request_bytes: int = 1_048_576  # POST /items (catalogue upserts) bodies over it get HTTP 413
     grpc_max_message_bytes: int = 1_048_576  # larger gRPC messages are refused (RESOURCE_EXHAUSTED) by Serve's proxy

@@ -148,7 +148,9 @@ class CopyStage:
     async def write(self, user: UserContext, ranked: RankedItems) -> CopyResult:
         if self._following is None or self._following.done():
             self._following = asyncio.create_task(self._follow())
-        return await self.writer.write(self.catalogue.request_facts(user, ranked), self.s.copy_budget_ms / 1e3)
+        # The Ingress waits `copy_budget_ms` for this answer, the hops included: it leaves here `copy_hop_ms` before.
+        budget_ms = max(0.0, self.s.copy_budget_ms - self.s.copy_hop_ms)
+        return await self.writer.write(self.catalogue.request_facts(user, ranked), budget_ms / 1e3)
 
     async def stats(self) -> dict:
         """Cache counters and the loaded version (benchmarks and tests read them)."""

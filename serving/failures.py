@@ -1,13 +1,16 @@
 """How a request fails, in one place: a stage lost (`StageFailed`, answered with its degraded fallback), a
 request refused before anything was stored (`Refusal`: one HTTP status and one gRPC code), the per-stage
-timeout that turns any stage failure into `StageFailed`, and the one mapping of failures to gRPC status.
+timeout that turns any stage failure into `StageFailed`, the budget a stage's answer is waited for
+(`within_budget`), and the one mapping of failures to gRPC status.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import grpc
 from fastapi import FastAPI, Request
@@ -19,6 +22,7 @@ from core.errors import one_line
 from serving.breaker import Breaker
 from serving.grpc_api import InvalidRequest, first_error
 
+T = TypeVar("T")
 log = logging.getLogger("ray.serve")  # the replica's log: where the full messages go
 _last_logged: dict[str, str] = {}  # stage → the last failure logged for it
 
@@ -105,6 +109,27 @@ async def call_stage(stage: str, response, timeout_ms: float, breaker: Breaker |
         raise StageFailed(stage, why) from None
     except Exception as e:
         raise StageFailed(stage, public_reason(stage, e)) from None
+
+
+async def within_budget(call: Awaitable[T], budget_s: float, later: Callable[[T], None]) -> tuple[bool, T | None]:
+    """(True, its result) when `call` finishes within `budget_s`, raising what it raises; else (False, None) at the
+    budget, with `call` left running: its result, when it comes, goes to `later`, and a failure after the budget
+    is dropped (the call's own timeout and breaker have seen it). A budget is what a stage may add to an answer,
+    hops included, where its timeout is when it counts as lost."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=budget_s)
+    finally:
+        if not task.done():  # over the budget, or this request cancelled while waiting: the call finishes alone
+            task.add_done_callback(partial(_deliver, later))
+    if not done:
+        return False, None
+    return True, task.result()
+
+
+def _deliver(later: Callable[[T], None], task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is None:
+        later(task.result())
 
 
 def grpc_status(grpc_context: RayServegRPCContext, e: Exception) -> None:

@@ -128,7 +128,7 @@ def test_the_overload_section_says_which_rows_held_within_the_budgets():
     assert "Levelled off" in "\n".join(overload_report({"overload": ov, "soak": {**soak, "levelled_off": True}}))
 
 
-def test_the_copy_lm_section_pairs_the_warm_runs_and_flags_a_cold_copy_past_its_timeout():
+def test_the_copy_lm_section_pairs_the_warm_runs_and_flags_a_cold_copy_past_its_budget_or_timeout():
     from recsys.bench.report import copy_lm_serving_report
 
     def run(p99: float) -> dict:
@@ -138,13 +138,17 @@ def test_the_copy_lm_section_pairs_the_warm_runs_and_flags_a_cold_copy_past_its_
                                                        {"requests": 900, "degraded": 5}],
           "runs": {"no_copy": [run(80.0), run(84.0)], "copy": [run(90.0), run(92.0)]}, "warm_p99_ratio": 1.1,
           "cold": {"requests": 12, "p50_ms": 640.0, "p99_ms": 700.0}, "cold_copy_p95_ms": 610.0,
-          "cold_copy_max_ms": 615.0, "copy_budget_ms": 600.0, "copy_timeout_ms": 800.0}
+          "cold_copy_max_ms": 590.0, "copy_budget_ms": 600.0, "copy_timeout_ms": 800.0}
     text = "\n".join(copy_lm_serving_report({"copy_lm": cl}))
     rows = [ln for ln in text.splitlines() if ln.startswith(("| off", "| model copy"))]
     assert rows == ["| off | 100.0 | 40.0 | 80.0 | 0 |", "| model copy | 100.0 | 45.0 | 90.0 | 0 |",
                     "| off | 100.0 | 42.0 | 84.0 | 0 |", "| model copy | 100.0 | 46.0 | 92.0 | 0 |"]
     assert "round: 300/800, 5/900" in text and "**1.1×** (target ≤ 1.2)" in text and "over it" not in text
-    assert "(**over it**)" in "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "cold_copy_max_ms": 801.0}}))
+    assert "over it" not in "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "cold_copy_max_ms": 600.0}}))
+    over_budget = "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "cold_copy_max_ms": 615.0}}))
+    assert "background) (**over it**) and the stage timeout 800 ms." in over_budget
+    assert "(**over it**) and the stage timeout 800 ms (**over it**)." in \
+        "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "cold_copy_max_ms": 801.0}}))
     assert copy_lm_serving_report({}) == []
     alone = "\n".join(copy_lm_serving_report({"copy_lm": {**cl, "measured_at": "abc1234", "peak_rss_gib": 3.4,
                                                             "peak_rss_gib_by_process": {"Copy": 1.2}}}))

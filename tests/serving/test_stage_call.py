@@ -1,5 +1,6 @@
 """`serving.failures.call_stage`: how one stage call ends — its answer, a StageFailed the Ingress turns into a flagged
-degraded answer, or (only when this request itself is cancelled) a cancellation.
+degraded answer, or (only when this request itself is cancelled) a cancellation; and `within_budget`, the wait
+for a stage whose answer may come after its budget.
 
 The stage is an asyncio future standing in for Serve's DeploymentResponse (awaitable + `cancel()`); the live
 graph's answers under 32 concurrent clients are measured by `make bench` (serving rows, error kinds).
@@ -12,7 +13,7 @@ import warnings
 
 import pytest
 
-from serving.failures import StageFailed, call_stage
+from serving.failures import StageFailed, call_stage, within_budget
 
 
 class Stage:
@@ -122,3 +123,77 @@ def test_a_stage_error_says_what_failed_and_keeps_internals_in_the_log(caplog) -
     assert (local.stage, local.reason) == ("ranking", "error (ValueError)")
     assert actor.reason == "replica unavailable (restarting or overloaded)"
     assert "ipv4:127.0.0.1:28101" in caplog.text and "actor_id=7f3a" in caplog.text
+
+
+def test_within_budget_returns_an_answer_in_time_and_raises_its_failure() -> None:
+    """An answer inside the budget is the request's; a stage failure inside it is raised, as call_stage's is."""
+    later: list[str] = []
+
+    async def answer(value: str, after: float) -> str:
+        await asyncio.sleep(after)
+        return value
+
+    async def main() -> tuple[tuple[bool, str | None], StageFailed]:
+        got = await within_budget(answer("copies", 0.01), 1.0, later.append)
+        with pytest.raises(StageFailed) as e:
+            await within_budget(call_stage("copy", answer("x", 10), 20), 1.0, later.append)
+        return got, e.value
+
+    got, failed = asyncio.run(main())
+    assert got == (True, "copies") and failed.reason == "timeout after 20 ms" and later == []
+
+
+def test_an_answer_past_the_budget_is_not_waited_for_and_is_kept_when_it_comes() -> None:
+    """The copy stage's budget: the request goes on at the budget (not at the stage's timeout) while the call
+    finishes on its own and its answer reaches `later` (the Ingress's near cache); a failure after the budget is
+    dropped without an unretrieved-exception warning."""
+    later: list[str] = []
+
+    async def answer(value: str, after: float) -> str:
+        await asyncio.sleep(after)
+        return value
+
+    async def fail(after: float) -> str:
+        await asyncio.sleep(after)
+        raise StageFailed("copy", "error (RuntimeError)")
+
+    async def main() -> tuple[tuple[bool, str | None], float, tuple[bool, str | None]]:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        got = await within_budget(call_stage("copy", answer("late copies", 0.2), 1000), 0.03, later.append)
+        waited = loop.time() - t0
+        failed = await within_budget(fail(0.05), 0.01, later.append)
+        await asyncio.sleep(0.3)  # both calls end meanwhile
+        return got, waited, failed
+
+    errors: list[dict] = []
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        errors.append(context)
+
+    async def run() -> tuple[tuple[bool, str | None], float, tuple[bool, str | None]]:
+        asyncio.get_running_loop().set_exception_handler(handler)
+        return await main()
+
+    got, waited, failed = asyncio.run(run())
+    assert got == (False, None) and waited < 0.15  # cut at the budget, not at the 200 ms answer
+    assert failed == (False, None) and later == ["late copies"] and errors == []
+
+
+def test_a_request_cancelled_within_the_budget_leaves_the_call_to_finish() -> None:
+    later: list[str] = []
+
+    async def answer() -> str:
+        await asyncio.sleep(0.05)
+        return "copies"
+
+    async def main() -> None:
+        task = asyncio.create_task(within_budget(answer(), 1.0, later.append))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert later == ["copies"]
