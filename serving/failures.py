@@ -115,19 +115,31 @@ async def within_budget(call: Awaitable[T], budget_s: float, later: Callable[[T]
     """(True, its result) when `call` finishes within `budget_s`, raising what it raises; else (False, None) at the
     budget, with `call` left running: its result, when it comes, goes to `later`, and a failure after the budget
     is dropped (the call's own timeout and breaker have seen it). A budget is what a stage may add to an answer,
-    hops included, where its timeout is when it counts as lost."""
+    hops included, where its timeout is when it counts as lost. This request cancelled while it waits: the call
+    is cancelled with it, as an awaited `call_stage` would be (so the stage's breaker does not count it)."""
     task = asyncio.ensure_future(call)
     try:
         done, _ = await asyncio.wait({task}, timeout=budget_s)
-    finally:
-        if not task.done():  # over the budget, or this request cancelled while waiting: the call finishes alone
-            task.add_done_callback(partial(_deliver, later))
+    except BaseException:
+        task.cancel()  # a no-op once it is done; then the callback still takes its answer or its error
+        _after(task, later)
+        raise
     if not done:
+        _after(task, later)
         return False, None
     return True, task.result()
 
 
+_running: set[asyncio.Future] = set()  # calls past their budget: held here until they end (the loop holds weakly)
+
+
+def _after(task: asyncio.Future, later: Callable[[T], None]) -> None:
+    _running.add(task)
+    task.add_done_callback(partial(_deliver, later))
+
+
 def _deliver(later: Callable[[T], None], task: asyncio.Future) -> None:
+    _running.discard(task)
     if not task.cancelled() and task.exception() is None:
         later(task.result())
 

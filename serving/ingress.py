@@ -400,7 +400,7 @@ class Ingress:
         n = len(res.copies)
         if res.late:
             degraded.append(Degradation(
-                stage="copy", reason=f"{res.late} of {n} copies missed the {res.budget_ms:.0f} ms budget",
+                stage="copy", reason=f"{res.late} of {n} copies missed the {self.s.copy_budget_ms:.0f} ms budget",
                 fallback="template copy for those; their model copy is being cached"))
         if res.busy:
             degraded.append(Degradation(

@@ -180,20 +180,42 @@ def test_an_answer_past_the_budget_is_not_waited_for_and_is_kept_when_it_comes()
     assert failed == (False, None) and later == ["late copies"] and errors == []
 
 
-def test_a_request_cancelled_within_the_budget_leaves_the_call_to_finish() -> None:
+def test_a_request_cancelled_within_the_budget_cancels_its_call() -> None:
+    """The client went away: its call goes with it (as an awaited call_stage would), so the stage's breaker does
+    not count it; a call that had already failed when the request was cancelled leaves no unretrieved error."""
     later: list[str] = []
+    ended: list[str] = []
+    errors: list[dict] = []
 
     async def answer() -> str:
-        await asyncio.sleep(0.05)
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
         return "copies"
 
+    gate = asyncio.Event()
+
+    async def fail() -> str:
+        await gate.wait()
+        raise StageFailed("copy", "error (RuntimeError)")
+
     async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
         task = asyncio.create_task(within_budget(answer(), 1.0, later.append))
         await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        task = asyncio.create_task(within_budget(fail(), 1.0, later.append))
+        await asyncio.sleep(0.01)
+        gate.set()
+        await asyncio.sleep(0)  # the call fails now; the request is cancelled before it hears of it
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.sleep(0.1)
 
     asyncio.run(main())
-    assert later == ["copies"]
+    assert later == [] and ended == ["cancelled"] and errors == []
