@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 import uuid
-from functools import partial
 from typing import Annotated
 
 from fastapi import FastAPI, Path, Request
@@ -32,6 +31,7 @@ from serving.catalogue import CatalogueFollower, parse_upsert
 from serving.contracts import (
     Candidates,
     Copy,
+    CopyResult,
     Degradation,
     RankedItem,
     RankedItems,
@@ -382,13 +382,15 @@ class Ingress:
         if near is not None:
             return near
         asked = self.near_copies.clock()
-        keep = partial(self.near_copies.put, user, ranked.items, asked=asked)
+        def keep(result: CopyResult) -> None:
+            self.near_copies.put(user, ranked.items, result, asked)
+
         try:
             # The budget is what copy may add to the answer, the hops to the Copy replica included: it answers
             # `copy_hop_ms` before it; an answer later still is kept for the next request (the near cache).
             answered, res = await within_budget(call_stage("copy", lambda: self.copy.write.remote(user, ranked),
                                                            self.s.copy_timeout_ms, self.breakers["copy"]),
-                                                self.s.copy_budget_ms / 1e3, lambda late: keep(result=late))
+                                                self.s.copy_budget_ms / 1e3, keep)
         except StageFailed as e:
             degraded.append(Degradation(stage="copy", reason=e.reason, fallback="template copy"))
             return [template_copy(it) for it in ranked.items], "template"
@@ -396,7 +398,7 @@ class Ingress:
             degraded.append(Degradation(stage="copy", reason=f"no answer within the {self.s.copy_budget_ms:.0f} ms "
                                         "budget", fallback="template copy; the model copies are cached as they come"))
             return [template_copy(it) for it in ranked.items], "template"
-        keep(result=res)
+        keep(res)
         n = len(res.copies)
         if res.late:
             degraded.append(Degradation(

@@ -145,7 +145,7 @@ def readme_block(r: dict[str, Any], path: Path) -> str:
             cl = r["serving"]["copy_lm"]
             lines.append(f"| `/recommend` with the copy LM loaded: warm p99 / no-copy p99; cold copy stage max | "
                          f"{cl['warm_p99_ratio']}×; {cl['cold_copy_max_ms']} ms "
-                         f"(budget {cl.get('copy_budget_ms', 600):g}, timeout {cl['copy_timeout_ms']:g}) |")
+                         f"(budget {cl['copy_budget_ms']:g}, timeout {cl['copy_timeout_ms']:g}) |")
     if "scaling" in r:
         sc = r["scaling"]
         lines.append(f"| Ray Train retrieval, 1 worker ({sc.get('reference', '1 × 2 threads')}) → 2 workers | "
