@@ -64,7 +64,7 @@ class Settings(BaseModel):
     retrieval_patience: int = 10  # stop after this many epochs without a better validation NDCG@10 (0: never)
     retrieval_plateau: int = 0  # halve the learning rate after this many epochs without one (0: never)
     retrieval_budget_s: float = 0.0  # stop after the epoch that passes this many seconds of training (0: none)
-    retrieval_refit_epochs: int = 2  # then this many epochs from the kept weights over the validation interactions too
+    retrieval_refit_epochs: int = 3  # then this many from the kept weights over the validation targets too, averaged
     retrieval_window_overlap: float = 0.0  # share of a retrieval training window that is context only (0: side by side)
     retrieval_members: int = 2  # independent encoders trained side by side, scores summed (one dot product; 1: single)
     retrieval_average_epochs: float = 2.7  # horizon in epochs of the weight average validation judges (0: raw weights)

@@ -125,7 +125,7 @@ def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_pa
     assert done == 30 or done - m["kept_epoch"] == 2
     params = _client(home).get_run(_client(home).get_model_version_by_alias("recsys-retrieval", "challenger").run_id)
     assert params.data.params["stopped"] == ("epoch cap" if done == 30 else "no better validation NDCG@10 for 2 epochs")
-    # Then the refit (both ranks): 2 epochs from the kept weights over the validation interactions too. The
+    # Then the refit (both ranks): 3 epochs from the kept weights over the validation interactions too. The
     # registered weights are the refit ones; validation is reported for the kept ones it chose, which the
     # registry keeps beside them (fooled: validation scored on the refit weights would not match).
     import torch
@@ -136,7 +136,7 @@ def test_retrieval_training_length_is_decided_by_validation(feature_home, tmp_pa
     from training.jobs.retrieval import evaluate
     from training.steps import load_retrieval, selected_weights
 
-    assert m["refit_epochs"] == 2
+    assert m["refit_epochs"] == 3
     s = load_settings(environ=cli_env(home))
     recall, version = load_retrieval(s, "challenger")
     kept = selected_weights(s, RETRIEVAL_MODEL, recall, version)

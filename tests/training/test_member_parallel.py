@@ -104,3 +104,30 @@ def test_two_ranks_each_training_a_member_train_the_model_one_worker_trains(tmp_
     torch.testing.assert_close(model(seq)[0], alone.eval()(seq)[0], rtol=1e-4, atol=1e-4)
     moved = (state["blocks.2.attn.qkv.weight"] - start["blocks.2.attn.qkv.weight"]).abs().max()
     assert moved > 1e-2  # member 1 (rank 1's) trained: the comparison is not of two untouched models
+
+
+@pytest.mark.parametrize("horizon", [0.0, 2.7, 1e6])
+def test_the_refit_ends_at_a_weight_average_begun_at_the_kept_weights(horizon: float) -> None:
+    """Training's kept weights are an average (`weight_average`); the refit's served ones are too, begun at the kept
+    weights, so a horizon far longer than the refit leaves them where they were (fooled: the raw refit weights, or
+    an average begun at the first step's raw weights, AveragedModel's default)."""
+    from dataclasses import replace
+
+    from training.jobs.retrieval import _refit
+
+    cfg = replace(CFG, refit_epochs=2, average_epochs=horizon)
+    kept = {k: v.clone() for k, v in _whole().state_dict().items()}
+    inputs, targets, _ = _data()
+    model = SASRec(cfg, kept["items.content"])
+    out = _refit(model, {"model": kept}, {"refit_inputs": inputs, "refit_targets": targets}, cfg,
+                 torch.device("cpu"), Layout(0, 1, False))
+    raw = model.state_dict()
+    moved = max(float((raw[k] - kept[k]).abs().max()) for k in kept)
+    assert moved > 1e-2  # the refit trained
+    gap = max(float((out[k] - raw[k]).abs().max()) for k in kept)
+    if horizon == 0.0:
+        assert gap == 0.0  # no average: the raw refit weights
+    else:
+        assert gap > 1e-3
+        from_kept = max(float((out[k] - kept[k]).abs().max()) for k in kept)
+        assert (from_kept < 1e-4) == (horizon == 1e6)
