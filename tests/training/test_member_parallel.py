@@ -4,6 +4,7 @@ as one worker training them all, with no gradient crossing between members."""
 from __future__ import annotations
 
 import multiprocessing as mp
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -39,7 +40,19 @@ def _train(model: SASRec, lay: Layout, epochs: int = 2) -> None:
         run_epoch(model, opt, ((inputs[b], targets[b]) for b in batches), torch.device("cpu"), average=not lay.split)
 
 
-def _rank(rank: int, store: str, out: str) -> None:
+REFIT = replace(CFG, refit_epochs=2, average_epochs=2.7)
+
+
+def _refit_from(model: SASRec, lay: Layout, kept: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """The job's refit of `model` from rank 0's `kept` weights; the whole model's averaged state."""
+    from training.jobs.retrieval import _refit
+
+    inputs, targets, _ = _data()
+    return _refit(model, None if kept is None else {"model": kept}, {"refit_inputs": inputs, "refit_targets": targets},
+                  REFIT, torch.device("cpu"), lay)
+
+
+def _rank(rank: int, store: str, out: str, refit: bool = False) -> None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -47,9 +60,12 @@ def _rank(rank: int, store: str, out: str) -> None:
     lay = Layout.of(CFG, rank, 2)
     whole = _whole()
     own = SASRec(lay.config(CFG), whole.items.content)
-    own.load_state_dict(lay.own(whole.state_dict(), CFG))
-    _train(own, lay)
-    joined = lay.whole(own.state_dict(), CFG)
+    if refit:  # rank 0's kept weights reach rank 1 inside the refit
+        joined = _refit_from(own, lay, whole.state_dict() if rank == 0 else None)
+    else:
+        own.load_state_dict(lay.own(whole.state_dict(), CFG))
+        _train(own, lay)
+        joined = lay.whole(own.state_dict(), CFG)
     if rank == 0:
         torch.save(joined, out)
     dist.destroy_process_group()
@@ -106,13 +122,35 @@ def test_two_ranks_each_training_a_member_train_the_model_one_worker_trains(tmp_
     assert moved > 1e-2  # member 1 (rank 1's) trained: the comparison is not of two untouched models
 
 
+def test_two_ranks_refit_to_the_average_one_worker_refits_to(tmp_path) -> None:
+    """Split between two ranks, the refit's weight average (each rank its members', joined) is the one a single
+    process gets refitting both members from the same kept weights (the key bias left out, as above)."""
+    out = str(tmp_path / "refit.pt")
+    procs = [mp.get_context("spawn").Process(target=_rank, args=(r, str(tmp_path / "store"), out, True))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    joined = torch.load(out, weights_only=True)
+    kept = _whole().state_dict()
+    alone = _refit_from(SASRec(CFG, kept["items.content"]), Layout(0, 1, False), kept)
+    assert joined.keys() == alone.keys()
+    d = CFG.d_model
+    for key in alone:
+        a, b = joined[key], alone[key]
+        if key.endswith("attn.qkv.bias"):
+            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
+    assert (alone["blocks.2.attn.qkv.weight"] - kept["blocks.2.attn.qkv.weight"]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("horizon", [0.0, 2.7, 1e6])
 def test_the_refit_ends_at_a_weight_average_begun_at_the_kept_weights(horizon: float) -> None:
     """Training's kept weights are an average (`weight_average`); the refit's served ones are too, begun at the kept
     weights, so a horizon far longer than the refit leaves them where they were (fooled: the raw refit weights, or
     an average begun at the first step's raw weights, AveragedModel's default)."""
-    from dataclasses import replace
-
     from training.jobs.retrieval import _refit
 
     cfg = replace(CFG, refit_epochs=2, average_epochs=horizon)
