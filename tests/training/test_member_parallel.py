@@ -43,13 +43,40 @@ def _train(model: SASRec, lay: Layout, epochs: int = 2) -> None:
 REFIT = replace(CFG, refit_epochs=2, average_epochs=2.7)
 
 
-def _refit_from(model: SASRec, lay: Layout, kept: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    """The job's refit of `model` from rank 0's `kept` weights; the whole model's averaged state."""
+def _refit_from(model: SASRec, lay: Layout, kept: dict[str, torch.Tensor] | None,
+                cfg: RetrievalConfig = REFIT) -> dict[str, torch.Tensor]:
+    """The job's refit of `model` from rank 0's `kept` weights; the whole model's (averaged) state."""
     from training.jobs.retrieval import _refit
 
     inputs, targets, _ = _data()
     return _refit(model, None if kept is None else {"model": kept}, {"refit_inputs": inputs, "refit_targets": targets},
-                  REFIT, torch.device("cpu"), lay)
+                  cfg, torch.device("cpu"), lay)
+
+
+def _two_ranks(tmp_path, refit: bool) -> dict[str, torch.Tensor]:
+    """`_rank` on two spawned gloo processes; rank 0's joined state."""
+    out = str(tmp_path / "joined.pt")
+    procs = [mp.get_context("spawn").Process(target=_rank, args=(r, str(tmp_path / "store"), out, refit))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+    return torch.load(out, weights_only=True)
+
+
+def _assert_same_weights(joined: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Equal up to the arithmetic's last bits, the attention's key bias left out: its true gradient is zero (a
+    constant added to every key's score), so AdamW steps it by its rounding noise, which differs with the
+    arithmetic."""
+    assert joined.keys() == state.keys()
+    d = CFG.d_model
+    for key in state:
+        a, b = joined[key], state[key]
+        if key.endswith("attn.qkv.bias"):
+            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def _rank(rank: int, store: str, out: str, refit: bool = False) -> None:
@@ -91,29 +118,14 @@ def test_ranks_split_the_members_when_they_can_take_equal_shares(members: int, w
 def test_two_ranks_each_training_a_member_train_the_model_one_worker_trains(tmp_path) -> None:
     """Two gloo ranks, one member each, joined: the weights one process gets training both members on the same
     batches (AdamW is blind to the joint loss's 1/members scale; the arithmetic differs in the last bits), and
-    the same scores. The attention's key bias is left out of the weights compared: its true gradient is zero (a
-    constant added to every key's score), so AdamW steps it by its rounding noise, which differs with the
-    arithmetic. Had the ranks averaged their gradients, as replicas do, each member would have learned from the
-    other's loss."""
-    out = str(tmp_path / "joined.pt")
-    procs = [mp.get_context("spawn").Process(target=_rank, args=(r, str(tmp_path / "store"), out)) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert [p.exitcode for p in procs] == [0, 0]
-    joined = torch.load(out, weights_only=True)
+    the same scores (`_assert_same_weights`). Had the ranks averaged their gradients, as replicas do, each member
+    would have learned from the other's loss."""
+    joined = _two_ranks(tmp_path, refit=False)
     alone = _whole()
     start = {k: v.clone() for k, v in alone.state_dict().items()}
     _train(alone, Layout.of(CFG, 0, 1))
     state = alone.state_dict()
-    assert joined.keys() == state.keys()
-    d = CFG.d_model
-    for key in state:
-        a, b = joined[key], state[key]
-        if key.endswith("attn.qkv.bias"):
-            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
+    _assert_same_weights(joined, state)
     model = SASRec(CFG, alone.items.content).eval()
     model.load_state_dict(joined)
     seq = torch.from_numpy(_data()[0][:5])
@@ -124,25 +136,11 @@ def test_two_ranks_each_training_a_member_train_the_model_one_worker_trains(tmp_
 
 def test_two_ranks_refit_to_the_average_one_worker_refits_to(tmp_path) -> None:
     """Split between two ranks, the refit's weight average (each rank its members', joined) is the one a single
-    process gets refitting both members from the same kept weights (the key bias left out, as above)."""
-    out = str(tmp_path / "refit.pt")
-    procs = [mp.get_context("spawn").Process(target=_rank, args=(r, str(tmp_path / "store"), out, True))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert [p.exitcode for p in procs] == [0, 0]
-    joined = torch.load(out, weights_only=True)
+    process gets refitting both members from the same kept weights (`_assert_same_weights`)."""
+    joined = _two_ranks(tmp_path, refit=True)
     kept = _whole().state_dict()
     alone = _refit_from(SASRec(CFG, kept["items.content"]), Layout(0, 1, False), kept)
-    assert joined.keys() == alone.keys()
-    d = CFG.d_model
-    for key in alone:
-        a, b = joined[key], alone[key]
-        if key.endswith("attn.qkv.bias"):
-            a, b = torch.cat([a[:d], a[2 * d :]]), torch.cat([b[:d], b[2 * d :]])
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=key)
+    _assert_same_weights(joined, alone)
     assert (alone["blocks.2.attn.qkv.weight"] - kept["blocks.2.attn.qkv.weight"]).abs().max() > 1e-3
 
 
@@ -151,14 +149,10 @@ def test_the_refit_ends_at_a_weight_average_begun_at_the_kept_weights(horizon: f
     """Training's kept weights are an average (`weight_average`); the refit's served ones are too, begun at the kept
     weights, so a horizon far longer than the refit leaves them where they were (fooled: the raw refit weights, or
     an average begun at the first step's raw weights, AveragedModel's default)."""
-    from training.jobs.retrieval import _refit
-
-    cfg = replace(CFG, refit_epochs=2, average_epochs=horizon)
+    cfg = replace(REFIT, average_epochs=horizon)
     kept = {k: v.clone() for k, v in _whole().state_dict().items()}
-    inputs, targets, _ = _data()
     model = SASRec(cfg, kept["items.content"])
-    out = _refit(model, {"model": kept}, {"refit_inputs": inputs, "refit_targets": targets}, cfg,
-                 torch.device("cpu"), Layout(0, 1, False))
+    out = _refit_from(model, Layout(0, 1, False), kept, cfg)
     raw = model.state_dict()
     moved = max(float((raw[k] - kept[k]).abs().max()) for k in kept)
     assert moved > 1e-2  # the refit trained
