@@ -98,9 +98,13 @@ def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -
                           epochs=settings.retrieval_epochs, patience=settings.retrieval_patience,
                           plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s,
                           refit_epochs=settings.retrieval_refit_epochs, members=settings.retrieval_members,
+                          d_model=settings.retrieval_member_dim,
                           average_epochs=settings.retrieval_average_epochs, seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    if cfg.members < 1 or cfg.d_model < 1 or cfg.d_model % cfg.n_heads:
+        raise ConfigError(f"retrieval_members must be ≥ 1 and retrieval_member_dim a positive multiple of "
+                          f"{cfg.n_heads} (the attention heads); got {cfg.members} and {cfg.d_model}")
     return cfg
 
 

@@ -225,3 +225,21 @@ def test_the_loss_trains_under_bf16_autocast_as_the_gpu_does() -> None:
     assert got.dtype == torch.float32
     torch.testing.assert_close(loss, fp32, atol=0.05, rtol=0.01)  # bf16 blocks, fp32 softmax
     assert float(torch.nn.functional.cosine_similarity(got.flatten(), want.flatten(), dim=0)) > 0.99
+
+
+def test_the_member_settings_shape_the_model_or_fail_in_one_readable_line() -> None:
+    """`retrieval_members` encoders of `retrieval_member_dim` features each: the served vector is their product; a
+    width the attention heads cannot split is refused before any worker starts (not an assertion inside Ray)."""
+    from types import SimpleNamespace
+
+    from core.errors import ConfigError
+    from core.settings import load_settings
+    from training.steps import retrieval_config
+
+    data = SimpleNamespace(n_items=10)
+    s = load_settings(environ={}).model_copy(update={"retrieval_members": 3, "retrieval_member_dim": 24})
+    cfg = retrieval_config(s, data)
+    assert (cfg.members, cfg.d_model, cfg.width) == (3, 24, 72)
+    for bad in ({"retrieval_member_dim": 33}, {"retrieval_member_dim": 0}, {"retrieval_members": 0}):
+        with pytest.raises(ConfigError, match="retrieval_member_dim a positive multiple of 2"):
+            retrieval_config(s.model_copy(update=bad), data)

@@ -164,6 +164,11 @@ class Layout:
     def batches(self, weights: np.ndarray, seed: int, per_worker: int) -> Iterator[np.ndarray]:
         return _batches(weights, seed, 0 if self.split else self.rank, self.parts, per_worker)
 
+    def epoch(self, n_rows: int, per_worker: int) -> tuple[int, int]:
+        """(rows, global batches) of one epoch of `batches` over `n_rows` rows."""
+        rows = _epoch_rows(n_rows, per_worker, self.parts)
+        return rows, rows // (per_worker * self.parts)
+
     def gathered(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order (split), or this rank's alone (the replicas are one model)."""
         if not self.split:
@@ -214,7 +219,7 @@ def _refit(model: SASRec, best: dict[str, Any] | None, config: dict[str, Any], c
     inputs, targets = config["refit_inputs"], config["refit_targets"]
     weights = (targets != 0).sum(1)
     per_worker = lay.per_worker(cfg)
-    steps = _epoch_rows(len(inputs), per_worker, lay.parts) // (per_worker * lay.parts)
+    _, steps = lay.epoch(len(inputs), per_worker)
     avg = weight_average(model, cfg.average_epochs, steps, model.state_dict())  # begun at the kept weights
     for epoch in range(cfg.refit_epochs):
         model.train()
@@ -295,8 +300,7 @@ def train_loop(config: dict[str, Any]) -> None:
     valid = config["valid"]
     spent = restored.get("spent", 0.0) if restored else 0.0
     stopped, last = (restored or {}).get("stopped", ""), start  # a restored run that had stopped trains no more
-    rows = _epoch_rows(len(inputs), per_worker, lay.parts)
-    steps = rows // (per_worker * lay.parts)  # global batches an epoch
+    rows, steps = lay.epoch(len(inputs), per_worker)
     saved_avg = (restored or {}).get("average")
     avg = weight_average(model, cfg.average_epochs, steps, None if saved_avg is None else lay.own(saved_avg, cfg))
     for epoch in range(start, cfg.epochs if not stopped else start):
