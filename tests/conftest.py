@@ -26,6 +26,19 @@ def run_cli(home: Path, *args: str, timeout: float = 600, **extra: str) -> subpr
                           timeout=timeout)
 
 
+def run_spawned(target, args: list[tuple], timeout: float = 180) -> None:
+    """`target(*a)` in a spawned process for each `a` of `args`, all at once (gloo ranks, concurrent writers); each
+    must exit 0 within `timeout` seconds."""
+    import multiprocessing as mp
+
+    procs = [mp.get_context("spawn").Process(target=target, args=a) for a in args]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
 @pytest.fixture(scope="session")
 def feature_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A home with synthetic data and a materialized Feast store (shared, treat as read-only)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import shutil
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,6 +12,7 @@ from pydantic import ValidationError
 
 from core.events import EventLog, FeedbackBatch, FeedbackEvent, Profile
 from core.events_redis import RedisEventLog
+from tests.conftest import run_spawned
 
 
 def ev(user: int, item: int, **kw) -> FeedbackEvent:
@@ -151,12 +151,7 @@ def test_concurrent_processes_store_every_event_exactly_once(log_at):
     """Four writer processes (replicas), each event sent by two of them: stored once, and every user's
     profile counts each of its events once (no lost update between replicas)."""
     _open(log_at).close()
-    procs = [mp.get_context("spawn").Process(target=_writer, args=(log_at, w, 60)) for w in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    assert all(p.exitcode == 0 for p in procs)
+    run_spawned(_writer, [(log_at, w, 60) for w in range(4)], timeout=120)
     log = _open(log_at)
     events = log.events()
     assert sorted(e["event_id"] for e in events) == sorted({f"w{w}-{i}" for w in range(2) for i in range(60)})

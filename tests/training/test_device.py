@@ -145,16 +145,10 @@ def _rank(rank: int, store: str, out: str, steps: int) -> None:
 def test_two_ranks_averaging_their_gradients_train_the_weights_ddp_trains(tmp_path) -> None:
     """The jobs' replicas (`prepare_replicas`: rank 0's start; `run_epoch`: one all-reduce of the flattened
     gradients after backward) end each step with DDP's weights bit for bit, the same on both ranks."""
-    import multiprocessing as mp
+    from tests.conftest import run_spawned
 
     outs = [str(tmp_path / f"rank{r}.pt") for r in range(2)]
-    procs = [mp.get_context("spawn").Process(target=_rank, args=(r, str(tmp_path / "store"), outs[r], 3))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_spawned(_rank, [(r, str(tmp_path / "store"), outs[r], 3) for r in range(2)])
     a, b = (torch.load(o, weights_only=True) for o in outs)
     for key in a["average"]:
         assert torch.equal(a["average"][key], b["average"][key]), key  # the ranks stay one model

@@ -3,13 +3,13 @@ as one worker training them all, with no gradient crossing between members."""
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import run_spawned
 from training.jobs.common import adamw, run_epoch
 from training.jobs.retrieval import Layout
 from training.models.retrieval import RetrievalConfig, SASRec
@@ -56,13 +56,7 @@ def _refit_from(model: SASRec, lay: Layout, kept: dict[str, torch.Tensor] | None
 def _two_ranks(tmp_path, refit: bool) -> dict[str, torch.Tensor]:
     """`_rank` on two spawned gloo processes; rank 0's joined state."""
     out = str(tmp_path / "joined.pt")
-    procs = [mp.get_context("spawn").Process(target=_rank, args=(r, str(tmp_path / "store"), out, refit))
-             for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(180)
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_spawned(_rank, [(r, str(tmp_path / "store"), out, refit) for r in range(2)])
     return torch.load(out, weights_only=True)
 
 
