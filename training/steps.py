@@ -98,7 +98,7 @@ def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -
                           epochs=settings.retrieval_epochs, patience=settings.retrieval_patience,
                           plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s,
                           refit_epochs=settings.retrieval_refit_epochs, members=settings.retrieval_members,
-                          d_model=settings.retrieval_member_dim,
+                          d_model=settings.retrieval_member_dim, mask_seen=settings.retrieval_mask_seen,
                           average_epochs=settings.retrieval_average_epochs, seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)

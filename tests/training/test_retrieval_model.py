@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -243,3 +245,47 @@ def test_the_member_settings_shape_the_model_or_fail_in_one_readable_line() -> N
     for bad in ({"retrieval_member_dim": 33}, {"retrieval_member_dim": 0}, {"retrieval_members": 0}):
         with pytest.raises(ConfigError, match="retrieval_member_dim a positive multiple of 2"):
             retrieval_config(s.model_copy(update=bad), data)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_the_masked_softmax_leaves_out_what_the_window_holds_up_to_each_position_but_never_the_target(members) -> None:
+    """`mask_seen`: each position's softmax is over the items its window has not shown up to it (serving never
+    recommends those), written out position by position here; a target the user had before (a repeat) stays a
+    class. Loss and gradients against autograd's on the written-out softmax."""
+    torch.manual_seed(0)
+    cfg = RetrievalConfig(n_items=30, max_len=6, d_model=8, n_heads=2, n_layers=1, members=members, dropout=0.0,
+                          content_dim=4, mask_seen=True)
+    model = SASRec(cfg, torch.randn(30, 4))
+    seq = torch.tensor([[0, 0, 3, 5, 7, 3], [1, 2, 4, 6, 8, 9]])
+    targets = torch.tensor([[0, 0, 5, 7, 3, 11], [2, 4, 6, 8, 9, 10]])  # row 0 repeats item 3 as a target
+    _, loss = model(seq, targets)
+    table = model.items.all_items()
+    h = model.encode(seq, table)
+    terms = []
+    for m, part in enumerate(h.split(cfg.d_model, dim=-1)):
+        logits = part @ table[:, m * cfg.d_model : (m + 1) * cfg.d_model].T
+        for b, t in targets.nonzero().tolist():
+            row = logits[b, t].clone()
+            hidden = {0} | {int(i) for i in seq[b, : t + 1]} - {int(targets[b, t])}
+            row[sorted(hidden)] = float("-inf")
+            terms.append(torch.logsumexp(row, 0) - logits[b, t, targets[b, t]])
+    expected = torch.stack(terms).mean()
+    torch.testing.assert_close(loss, expected)
+    params = list(model.parameters())
+    for got, want in zip(torch.autograd.grad(loss, params), torch.autograd.grad(expected, params), strict=True):
+        torch.testing.assert_close(got, want)
+    plain = SASRec(replace(cfg, mask_seen=False), model.items.content)
+    plain.load_state_dict(model.state_dict())
+    assert plain(seq, targets)[1] > loss  # the seen items took probability the masked softmax gives the rest
+
+
+def test_the_seen_mask_is_a_setting_on_by_default() -> None:
+    from types import SimpleNamespace
+
+    from core.settings import load_settings
+    from training.steps import retrieval_config
+
+    s = load_settings(environ={})
+    assert retrieval_config(s, SimpleNamespace(n_items=10)).mask_seen is True
+    off = s.model_copy(update={"retrieval_mask_seen": False})
+    assert retrieval_config(off, SimpleNamespace(n_items=10)).mask_seen is False

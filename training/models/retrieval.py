@@ -1,7 +1,9 @@
 """Retrieval: a SASRec-style sequential user encoder and an item tower (id + content embedding).
 
 Scores are dot products, so recall is an ANN search over the exported item-embedding index.
-Training: full-softmax cross-entropy over all items at every position (Klenitskiy & Vasilev, RecSys'23).
+Training: full-softmax cross-entropy over all items at every position (Klenitskiy & Vasilev, RecSys'23), less the
+items the window has shown up to that position (`mask_seen`): nothing a user has is ever recommended, so ranking
+those below the target taught the model nothing it serves.
 
 `members` > 1 trains that many independent encoders side by side, each with its own slice of the item vectors,
 and scores with the sum of their dot products: one dot product over the concatenated vectors, so the exported
@@ -33,6 +35,10 @@ class RetrievalConfig:
     n_layers: int = 2  # transformer blocks
     members: int = 1  # independent encoders trained side by side; their scores are summed (module docstring)
     dropout: float = 0.2  # dropout in blocks and on input embeddings
+    # The training softmax leaves out the items the window holds up to each position (`seen_classes`): serving and
+    # the protocol never recommend an item the user has, so the loss need not rank them. Configs written before this
+    # field existed lack it, and trained without.
+    mask_seen: bool = False
     content_dim: int = 384  # size of the item content embedding (0 = id embeddings only)
     id_init_std: float = 0.02  # std of the initial id embeddings (the output layer too: the item vectors are tied)
     # AdamW learning rate. With the weight average judged (`average_epochs`) 1.2e-2 reached on ML-100K in 36 epochs the
@@ -143,14 +149,25 @@ class SASRec(nn.Module):
             logits[..., 0] = -1e9  # padding is never a prediction
             return logits, None
         keep = targets != 0
-        return None, full_softmax_loss(h[keep], table, targets[keep], self.cfg.members)
+        seen = seen_classes(seq, targets, keep) if self.cfg.mask_seen else None
+        return None, full_softmax_loss(h[keep], table, targets[keep], self.cfg.members, seen)
 
 
-def full_softmax_loss(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, members: int) -> torch.Tensor:
+def seen_classes(seq: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(N, T) classes (item index − 1) each kept position has seen: the window's items up to and including its
+    input. A slot with no item (padding, or past the position) holds the position's own target, which the loss keeps
+    a class, so a data set where users repeat items still learns its repeats."""
+    t = seq.shape[1]
+    prefix = seq.unsqueeze(1).expand(-1, t, -1).tril()[keep]  # row (b, i) holds seq[b, :i + 1], zeros after
+    return torch.where(prefix == 0, targets[keep].unsqueeze(1), prefix) - 1
+
+
+def full_softmax_loss(h: torch.Tensor, table: torch.Tensor, targets: torch.Tensor, members: int,
+                      seen: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of `targets` (N,) against every real item, each member on its own slice of the
     features (its own softmax: members learn apart, only their scores add), averaged over members. h (N, m·d),
     table (n_items, m·d) with row 0 the padding, never a class. Written as logsumexp(all logits) − target logit
-    (`_LogSumExp`)."""
+    (`_LogSumExp`). `seen` (N, S): classes left out of each row's softmax (`seen_classes`); the target never is."""
 
     def per_member(x: torch.Tensor) -> torch.Tensor:
         """(rows, m·d) → (m, rows, d), contiguous: a strided batch made `bmm` 2.6× slower."""
@@ -158,23 +175,34 @@ def full_softmax_loss(h: torch.Tensor, table: torch.Tensor, targets: torch.Tenso
 
     hm = per_member(h)
     target = (hm * per_member(table[targets])).sum(-1)  # (m, N)
-    return (_LogSumExp.apply(hm, per_member(table[1:])) - target).mean()  # classes: items 1.., never padding
+    classes = per_member(table[1:])  # items 1.., never padding
+    if seen is None:
+        return (_LogSumExp.apply(hm, classes) - target).mean()
+    return (_LogSumExp.apply(hm, classes, seen, targets - 1) - target).mean()
 
 
 class _LogSumExp(torch.autograd.Function):
     """logsumexp over h @ w with one exponential pass: forward keeps exp(logits − max) in the logits' own buffer,
     backward scales it into the softmax times the upstream gradient and multiplies it back through both factors.
     No (m, N, n_items) one-hot, log-softmax or zero-filled gradient buffer besides the logits (`F.cross_entropy` on
-    padded logits made three, and they were a fifth of a training step on ML-100K)."""
+    padded logits made three, and they were a fifth of a training step on ML-100K). Seen classes are set to −inf
+    and the target's logit put back, N·S writes rather than a pass over the catalogue."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # h (m, N, d), w (m, I, d) → (m, N)
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, seen: torch.Tensor | None = None,
+                target_class: torch.Tensor | None = None) -> torch.Tensor:
+        # h (m, N, d), w (m, I, d) → (m, N); seen (N, S) and target_class (N,): classes
         # fp32 whatever the autocast around it (the GPU trains under bf16 autocast, `training.jobs.common.autocast`):
         # a softmax over the catalogue in bf16 loses the target's share, and autocast does not reach a Function's
         # backward, whose products would then mix bf16 and fp32 and fail. Autograd casts the gradients back.
         with torch.autocast(h.device.type, enabled=False):
             h, w = h.float(), w.float()
             logits = torch.bmm(h, w.transpose(1, 2))
+            if seen is not None:
+                m = logits.shape[0]
+                kept = target_class.view(1, -1, 1).expand(m, -1, 1)
+                own = logits.gather(2, kept)
+                logits.scatter_(2, seen.unsqueeze(0).expand(m, -1, -1), float("-inf")).scatter_(2, kept, own)
             top = logits.amax(dim=-1, keepdim=True)
             e = logits.sub_(top).exp_()
             total = e.sum(dim=-1, keepdim=True)
@@ -182,11 +210,11 @@ class _LogSumExp(torch.autograd.Function):
         return (total.log() + top).squeeze(-1)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, w, e, total = ctx.saved_tensors
         with torch.autocast(h.device.type, enabled=False):
             p = e.mul_(grad.float().unsqueeze(-1) / total)  # softmax · upstream gradient, in the kept buffer
-            return torch.bmm(p, w), torch.bmm(p.transpose(1, 2), h)
+            return torch.bmm(p, w), torch.bmm(p.transpose(1, 2), h), None, None
 
 
 # Where each member's share of a parameter lies (member i owns d_model features from i·d_model): the axis of that
