@@ -52,3 +52,18 @@ def training_windows(seqs: list[np.ndarray], max_len: int, stride: int = 0) -> t
             targets.append(t)
             end = end - stride if start > 0 else 0
     return left_pad(inputs, max_len), left_pad(targets, max_len)
+
+
+def window_priors(seqs: list[np.ndarray], max_len: int, stride: int, cap: int) -> np.ndarray:
+    """(W, ≤ cap) for `training_windows`' windows, in their order: each window's user's items before its first input
+    (the most recent `cap`, left-padded; the cap bounds the array, windows × cap), the part of the history the
+    seen-item mask (`RetrievalConfig.mask_seen`) cannot read from the window itself."""
+    stride = max_len if stride <= 0 else min(stride, max_len)
+    priors = []
+    for s in seqs:
+        end = len(s)
+        while end >= 2:
+            start = max(0, end - max_len - 1)
+            priors.append(s[max(0, start - cap) : start])
+            end = end - stride if start > 0 else 0
+    return left_pad(priors, max(1, min(cap, max((len(p) for p in priors), default=1))))

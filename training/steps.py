@@ -99,12 +99,15 @@ def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -
                           plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s,
                           refit_epochs=settings.retrieval_refit_epochs, members=settings.retrieval_members,
                           d_model=settings.retrieval_member_dim, mask_seen=settings.retrieval_mask_seen,
+                          mask_prior=settings.retrieval_mask_prior,
                           average_epochs=settings.retrieval_average_epochs, seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     if cfg.members < 1 or cfg.d_model < 1 or cfg.d_model % cfg.n_heads:
         raise ConfigError(f"retrieval_members must be ≥ 1 and retrieval_member_dim a positive multiple of "
                           f"{cfg.n_heads} (the attention heads); got {cfg.members} and {cfg.d_model}")
+    if cfg.mask_prior < 0:
+        raise ConfigError(f"retrieval_mask_prior must be ≥ 0 (items before each window); got {cfg.mask_prior}")
     return cfg
 
 

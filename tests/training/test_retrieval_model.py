@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -247,18 +248,21 @@ def test_the_member_settings_shape_the_model_or_fail_in_one_readable_line() -> N
             retrieval_config(s.model_copy(update=bad), data)
 
 
-@pytest.mark.parametrize("members", [1, 2])
-def test_the_masked_softmax_leaves_out_what_the_window_holds_up_to_each_position_but_never_the_target(members) -> None:
-    """`mask_seen`: each position's softmax is over the items its window has not shown up to it (serving never
-    recommends those), written out position by position here; a target the user had before (a repeat) stays a
-    class. Loss and gradients against autograd's on the written-out softmax."""
+@pytest.mark.parametrize(("members", "with_prior"), [(1, False), (2, False), (2, True)])
+def test_the_masked_softmax_leaves_out_what_the_user_had_up_to_each_position_but_never_the_target(
+        members, with_prior) -> None:
+    """`mask_seen`: each position's softmax is over the items the user has not had up to it (serving never
+    recommends those): the window's up to that position and the ones before the window (`prior`). Written out
+    position by position here; a target the user had before (a repeat) stays a class. Loss and gradients against
+    autograd's on the written-out softmax."""
     torch.manual_seed(0)
     cfg = RetrievalConfig(n_items=30, max_len=6, d_model=8, n_heads=2, n_layers=1, members=members, dropout=0.0,
                           content_dim=4, mask_seen=True)
     model = SASRec(cfg, torch.randn(30, 4))
     seq = torch.tensor([[0, 0, 3, 5, 7, 3], [1, 2, 4, 6, 8, 9]])
     targets = torch.tensor([[0, 0, 5, 7, 3, 11], [2, 4, 6, 8, 9, 10]])  # row 0 repeats item 3 as a target
-    _, loss = model(seq, targets)
+    prior = torch.tensor([[0, 0, 0], [12, 13, 10]]) if with_prior else None  # row 1 had item 10, its last target
+    _, loss = model(seq, targets, prior)
     table = model.items.all_items()
     h = model.encode(seq, table)
     terms = []
@@ -266,7 +270,8 @@ def test_the_masked_softmax_leaves_out_what_the_window_holds_up_to_each_position
         logits = part @ table[:, m * cfg.d_model : (m + 1) * cfg.d_model].T
         for b, t in targets.nonzero().tolist():
             row = logits[b, t].clone()
-            hidden = {0} | {int(i) for i in seq[b, : t + 1]} - {int(targets[b, t])}
+            had = [*seq[b, : t + 1].tolist(), *(prior[b].tolist() if with_prior else [])]
+            hidden = {0} | {int(i) for i in had} - {int(targets[b, t])}
             row[sorted(hidden)] = float("-inf")
             terms.append(torch.logsumexp(row, 0) - logits[b, t, targets[b, t]])
     expected = torch.stack(terms).mean()
@@ -277,15 +282,32 @@ def test_the_masked_softmax_leaves_out_what_the_window_holds_up_to_each_position
     plain = SASRec(replace(cfg, mask_seen=False), model.items.content)
     plain.load_state_dict(model.state_dict())
     assert plain(seq, targets)[1] > loss  # the seen items took probability the masked softmax gives the rest
+    if with_prior:
+        assert loss < model(seq, targets)[1]  # and the items before the window more
 
 
 def test_the_seen_mask_is_a_setting_on_by_default() -> None:
     from types import SimpleNamespace
 
+    from core.errors import ConfigError
     from core.settings import load_settings
     from training.steps import retrieval_config
 
     s = load_settings(environ={})
-    assert retrieval_config(s, SimpleNamespace(n_items=10)).mask_seen is True
-    off = s.model_copy(update={"retrieval_mask_seen": False})
-    assert retrieval_config(off, SimpleNamespace(n_items=10)).mask_seen is False
+    cfg = retrieval_config(s, SimpleNamespace(n_items=10))
+    assert (cfg.mask_seen, cfg.mask_prior) == (True, 0)  # the window's items; the ones before it on request
+    off = s.model_copy(update={"retrieval_mask_seen": False, "retrieval_mask_prior": 200})
+    assert (retrieval_config(off, SimpleNamespace(n_items=10)).mask_seen,
+            retrieval_config(off, SimpleNamespace(n_items=10)).mask_prior) == (False, 200)
+    with pytest.raises(ConfigError, match="retrieval_mask_prior"):
+        retrieval_config(s.model_copy(update={"retrieval_mask_prior": -1}), SimpleNamespace(n_items=10))
+
+
+def test_each_window_carries_the_items_its_user_had_before_it() -> None:
+    from training.sequences import training_windows, window_priors
+
+    seqs = [np.arange(1, 13), np.array([5, 6, 7])]
+    inputs, _ = training_windows(seqs, 4)
+    priors = window_priors(seqs, 4, 0, 5)
+    assert [r.tolist() for r in inputs] == [[8, 9, 10, 11], [4, 5, 6, 7], [0, 1, 2, 3], [0, 0, 5, 6]]
+    assert [r.tolist() for r in priors] == [[3, 4, 5, 6, 7], [0, 0, 1, 2, 3], [0] * 5, [0] * 5]  # the latest 5

@@ -29,7 +29,7 @@ from training.jobs.common import (
     worker_threads,
 )
 from training.models.retrieval import SHARED, RetrievalConfig, SASRec, joined_state, member_config, member_state
-from training.sequences import left_pad, training_windows
+from training.sequences import left_pad, training_windows, window_priors
 
 
 def score_fn(model: SASRec, seqs: np.ndarray, device: torch.device | None = None):
@@ -203,6 +203,13 @@ class Layout:
         return box[0]
 
 
+def window_batches(inputs: np.ndarray, targets: np.ndarray, priors: np.ndarray | None,
+                   rows: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, ...]]:
+    """The model's arguments for each batch of window rows: with the seen-item mask, each window's earlier items."""
+    for b in rows:
+        yield (inputs[b], targets[b]) if priors is None else (inputs[b], targets[b], priors[b])
+
+
 def _refit(model: SASRec, best: dict[str, Any] | None, config: dict[str, Any], cfg: RetrievalConfig,
            device: torch.device, lay: Layout) -> dict[str, torch.Tensor]:
     """`refit_epochs` epochs from the kept weights over every interaction before the test target (the validation
@@ -216,7 +223,7 @@ def _refit(model: SASRec, best: dict[str, Any] | None, config: dict[str, Any], c
         model.load_state_dict(lay.own(kept, cfg))
     # A fresh optimizer: the last epoch's moments belong to the raw weights, not to the kept average's.
     opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    inputs, targets = config["refit_inputs"], config["refit_targets"]
+    inputs, targets, priors = config["refit_inputs"], config["refit_targets"], config.get("refit_priors")
     weights = (targets != 0).sum(1)
     per_worker = lay.per_worker(cfg)
     _, steps = lay.epoch(len(inputs), per_worker)
@@ -224,7 +231,7 @@ def _refit(model: SASRec, best: dict[str, Any] | None, config: dict[str, Any], c
     for epoch in range(cfg.refit_epochs):
         model.train()
         batches = lay.batches(weights, cfg.seed * 1_000 + 999 - epoch, per_worker)
-        run_epoch(model, opt, ((inputs[b], targets[b]) for b in batches), device, average=not lay.split,
+        run_epoch(model, opt, window_batches(inputs, targets, priors, batches), device, average=not lay.split,
                   after_step=None if avg is None else lambda: avg.update_parameters(model))
     model.eval()
     return lay.whole((model if avg is None else avg.module).state_dict(), cfg)
@@ -294,7 +301,7 @@ def train_loop(config: dict[str, Any]) -> None:
         _restored_optimizer(opt, restored["optimizer"], lay)
     best = restored.get("best") if restored else None  # a resumed run keeps its best epoch (early stopping)
     judge = whole.to(device) if lay.split and rank == 0 else None  # rank 0 validates the joined members in it
-    inputs, targets = config["inputs"], config["targets"]
+    inputs, targets, priors = config["inputs"], config["targets"], config.get("priors")
     per_worker = lay.per_worker(cfg)
     weights = (targets != 0).sum(1)  # a window's target positions (`_batches`)
     valid = config["valid"]
@@ -306,7 +313,7 @@ def train_loop(config: dict[str, Any]) -> None:
     for epoch in range(start, cfg.epochs if not stopped else start):
         t0 = time.perf_counter()
         model.train()
-        train_loss = run_epoch(model, opt, ((inputs[b], targets[b]) for b in lay.batches(
+        train_loss = run_epoch(model, opt, window_batches(inputs, targets, priors, lay.batches(
                                    weights, cfg.seed * 1_000 + epoch, per_worker)), device,
                                after_step=None if avg is None else lambda: avg.update_parameters(model),
                                average=not lay.split)
@@ -389,8 +396,11 @@ def train_retrieval(
     """config → data → Ray Train loop → final evaluation on valid and test (full ranking)."""
     seqs = [prepared.train[u] for u in sorted(prepared.train)]
     inputs, targets = training_windows(seqs, cfg.max_len, cfg.stride)
+    mask_prior = cfg.mask_prior if cfg.mask_seen else 0  # items before each window its seen-item mask reads
+    priors = window_priors(seqs, cfg.max_len, cfg.stride, mask_prior) if mask_prior else None
     _, before_test, _ = prepared.eval_set("test")  # every interaction before each user's test target
     refit_inputs, refit_targets = training_windows(before_test, cfg.max_len, cfg.stride)
+    refit_priors = window_priors(before_test, cfg.max_len, cfg.stride, mask_prior) if mask_prior else None
     _, vh, vt = prepared.eval_set("valid")
     content_full = np.zeros((prepared.n_items + 1, content.shape[1]), dtype=np.float32)
     content_full[1:] = content
@@ -402,6 +412,8 @@ def train_retrieval(
         "targets": targets,
         "refit_inputs": refit_inputs,
         "refit_targets": refit_targets,
+        "priors": priors,
+        "refit_priors": refit_priors,
         "valid": {"seqs": left_pad(vh, cfg.max_len), "histories": vh, "targets": vt},
         "mlflow": mlflow_run,
         "init": warm if warm is not None and fits(SASRec(cfg, torch.from_numpy(content_full)), warm) else None,

@@ -2,8 +2,8 @@
 
 Scores are dot products, so recall is an ANN search over the exported item-embedding index.
 Training: full-softmax cross-entropy over all items at every position (Klenitskiy & Vasilev, RecSys'23), less the
-items the window has shown up to that position (`mask_seen`): nothing a user has is ever recommended, so ranking
-those below the target taught the model nothing it serves.
+items the window has shown up to that position (`mask_seen`; `mask_prior` adds the user's items before the window):
+nothing a user has is ever recommended, so ranking those below the target taught the model nothing it serves.
 
 `members` > 1 trains that many independent encoders side by side, each with its own slice of the item vectors,
 and scores with the sum of their dot products: one dot product over the concatenated vectors, so the exported
@@ -35,10 +35,11 @@ class RetrievalConfig:
     n_layers: int = 2  # transformer blocks
     members: int = 1  # independent encoders trained side by side; their scores are summed (module docstring)
     dropout: float = 0.2  # dropout in blocks and on input embeddings
-    # The training softmax leaves out the items the window holds up to each position (`seen_classes`): serving and
+    # The training softmax leaves out the items the window showed up to each position (`seen_classes`): serving and
     # the protocol never recommend an item the user has, so the loss need not rank them. Configs written before this
     # field existed lack it, and trained without.
     mask_seen: bool = False
+    mask_prior: int = 0  # with mask_seen, also the user's latest this many items before the window (0: the window's)
     content_dim: int = 384  # size of the item content embedding (0 = id embeddings only)
     id_init_std: float = 0.02  # std of the initial id embeddings (the output layer too: the item vectors are tied)
     # AdamW learning rate. With the weight average judged (`average_epochs`) 1.2e-2 reached on ML-100K in 36 epochs the
@@ -138,7 +139,7 @@ class SASRec(nn.Module):
         and the ranker's point-in-time recall features need no other."""
         return self.encode(seq, table, last_only=True)[:, -1]
 
-    def forward(self, seq: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, seq: torch.Tensor, targets: torch.Tensor | None = None, prior: torch.Tensor | None = None):
         """Without targets: (scores (B, T, n_items), None). With targets: (None, loss), the full-softmax
         cross-entropy over the non-padding target positions only (`full_softmax_loss`): the logits are most of a
         step's cost, and short histories leave many padded positions (ML-100K: 20% at length 50, 56% at 200)."""
@@ -149,16 +150,20 @@ class SASRec(nn.Module):
             logits[..., 0] = -1e9  # padding is never a prediction
             return logits, None
         keep = targets != 0
-        seen = seen_classes(seq, targets, keep) if self.cfg.mask_seen else None
+        seen = seen_classes(seq, targets, keep, prior) if self.cfg.mask_seen else None
         return None, full_softmax_loss(h[keep], table, targets[keep], self.cfg.members, seen)
 
 
-def seen_classes(seq: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """(N, T) classes (item index − 1) each kept position has seen: the window's items up to and including its
-    input. A slot with no item (padding, or past the position) holds the position's own target, which the loss keeps
-    a class, so a data set where users repeat items still learns its repeats."""
+def seen_classes(seq: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
+                 prior: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, P + T) classes (item index − 1) each kept position has seen: the `prior` items before the window, then the
+    window's up to and including its input. A slot with no item (padding, or past the position) holds the position's
+    own target, which the loss keeps a class, so a data set where users repeat items still learns its repeats."""
     t = seq.shape[1]
-    prefix = seq.unsqueeze(1).expand(-1, t, -1).tril()[keep]  # row (b, i) holds seq[b, :i + 1], zeros after
+    prefix = seq.unsqueeze(1).expand(-1, t, -1).tril()  # row (b, i) holds seq[b, :i + 1], zeros after
+    if prior is not None:  # (B, P) the user's items before the window (`training.sequences.window_priors`)
+        prefix = torch.cat([prior.unsqueeze(1).expand(-1, t, -1), prefix], dim=-1)
+    prefix = prefix[keep]
     return torch.where(prefix == 0, targets[keep].unsqueeze(1), prefix) - 1
 
 
