@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 
@@ -42,16 +44,22 @@ def training_windows(seqs: list[np.ndarray], max_len: int, stride: int = 0) -> t
     stride = max_len if stride <= 0 else min(stride, max_len)
     inputs, targets = [], []
     for s in seqs:
-        end = len(s)
-        while end >= 2:
-            start = max(0, end - max_len - 1)
+        for start, end in _windows(len(s), max_len, stride):
             inputs.append(s[start : end - 1])
             t = s[start + 1 : end].copy()
             if start > 0:
                 t[: len(t) - stride] = 0  # context only: learned in the window before, with more items in view
             targets.append(t)
-            end = end - stride if start > 0 else 0
     return left_pad(inputs, max_len), left_pad(targets, max_len)
+
+
+def _windows(n: int, max_len: int, stride: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of a history of n items' windows, cut from the end every `stride` items (`training_windows`)."""
+    end = n
+    while end >= 2:
+        start = max(0, end - max_len - 1)
+        yield start, end
+        end = end - stride if start > 0 else 0
 
 
 def window_priors(seqs: list[np.ndarray], max_len: int, stride: int, cap: int) -> np.ndarray:
@@ -59,11 +67,5 @@ def window_priors(seqs: list[np.ndarray], max_len: int, stride: int, cap: int) -
     (the most recent `cap`, left-padded; the cap bounds the array, windows × cap), the part of the history the
     seen-item mask (`RetrievalConfig.mask_seen`) cannot read from the window itself."""
     stride = max_len if stride <= 0 else min(stride, max_len)
-    priors = []
-    for s in seqs:
-        end = len(s)
-        while end >= 2:
-            start = max(0, end - max_len - 1)
-            priors.append(s[max(0, start - cap) : start])
-            end = end - stride if start > 0 else 0
+    priors = [s[max(0, start - cap) : start] for s in seqs for start, _ in _windows(len(s), max_len, stride)]
     return left_pad(priors, max(1, min(cap, max((len(p) for p in priors), default=1))))
