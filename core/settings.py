@@ -68,6 +68,7 @@ class Settings(BaseModel):
     retrieval_window_overlap: float = 0.0  # share of a retrieval training window that is context only (0: side by side)
     retrieval_members: int = 2  # independent encoders trained side by side, scores summed (one dot product; 1: single)
     retrieval_member_dim: int = 64  # each member's hidden size; the served user and item vectors: members × this
+    retrieval_heads: int = 2  # attention heads in each member's blocks (retrieval_member_dim / this features each)
     retrieval_mask_seen: bool = True  # the training softmax leaves out the items a window shows (never recommended)
     retrieval_mask_prior: int = 0  # with it, also the user's latest this many items before each window (0: none)
     retrieval_average_epochs: float = 2.7  # horizon in epochs of the weight average validation judges (0: raw weights)

@@ -98,14 +98,17 @@ def retrieval_config(settings: Settings, prepared: Prepared, **overrides: Any) -
                           epochs=settings.retrieval_epochs, patience=settings.retrieval_patience,
                           plateau=settings.retrieval_plateau, budget_s=settings.retrieval_budget_s,
                           refit_epochs=settings.retrieval_refit_epochs, members=settings.retrieval_members,
-                          d_model=settings.retrieval_member_dim, mask_seen=settings.retrieval_mask_seen,
+                          d_model=settings.retrieval_member_dim, n_heads=settings.retrieval_heads,
+                          mask_seen=settings.retrieval_mask_seen,
                           mask_prior=settings.retrieval_mask_prior,
                           average_epochs=settings.retrieval_average_epochs, seed=settings.seed)
     for k, v in overrides.items():
         setattr(cfg, k, v)
+    if cfg.n_heads < 1:
+        raise ConfigError(f"retrieval_heads must be ≥ 1 (attention heads in each block); got {cfg.n_heads}")
     if cfg.members < 1 or cfg.d_model < 1 or cfg.d_model % cfg.n_heads:
         raise ConfigError(f"retrieval_members must be ≥ 1 and retrieval_member_dim a positive multiple of "
-                          f"{cfg.n_heads} (the attention heads); got {cfg.members} and {cfg.d_model}")
+                          f"{cfg.n_heads} (retrieval_heads); got {cfg.members} and {cfg.d_model}")
     if cfg.mask_prior < 0:
         raise ConfigError(f"retrieval_mask_prior must be ≥ 0 (items before each window); got {cfg.mask_prior}")
     return cfg
@@ -170,19 +173,27 @@ def register_ranker(settings: Settings, prepared: Prepared, model: Ranker, metri
     return version
 
 
-def champion_state(settings: Settings, name: str,
-                   item_ids: np.ndarray | None = None) -> tuple[dict[str, Any] | None, str]:
+def champion_state(settings: Settings, name: str, item_ids: np.ndarray | None = None, cfg: Any = None,
+                   same: tuple[str, ...] = ()) -> tuple[dict[str, Any] | None, str]:
     """The champion's weights for a warm start, and its version ("" when there is no champion yet). With
     `item_ids` (the new data's vocabulary) the item rows follow their ids there (`grow_vocabulary`): items added
-    to the catalogue since the champion was trained get rows, the others keep what they learned."""
-    from training.jobs.common import grow_vocabulary
+    to the catalogue since the champion was trained get rows, the others keep what they learned. `same`: fields
+    of the new `cfg` the champion must share (`config_changes`); otherwise a cold start, its reason logged to the
+    run (`warm_start_refused`)."""
+    import mlflow
+    from training.jobs.common import config_changes, grow_vocabulary
     from training.registry import download_artifacts, load_torch
 
     try:
         mv = version_by_alias(settings, name, CHAMPION)
     except MissingStepError:
         return None, ""
-    state = load_torch(settings, name, str(mv.version)).model.state_dict()
+    model = load_torch(settings, name, str(mv.version)).model
+    changed = config_changes(model, cfg, same) if cfg is not None else {}
+    if changed:
+        mlflow.log_param("warm_start_refused", "; ".join(f"{k} {a} → {b}" for k, (a, b) in changed.items()))
+        return None, ""
+    state = model.state_dict()
     if item_ids is not None:
         with tempfile.TemporaryDirectory() as d:
             ids_file = download_artifacts(settings, mv.run_id, Path(d)) / ITEM_IDS_FILE
@@ -203,7 +214,8 @@ def train_retrieval_step(settings: Settings, resume: bool = False, warm_start: b
 
     with mlflow.start_run(run_name="retrieval") as run:
         mlflow.log_params({**cfg.to_dict(), **_data_params(settings, prepared)})
-        warm, warm_version = champion_state(settings, RETRIEVAL_MODEL, prepared.item_ids) if warm_start else (None, "")
+        warm, warm_version = (champion_state(settings, RETRIEVAL_MODEL, prepared.item_ids, cfg, ("n_heads",))
+                              if warm_start else (None, ""))
         out = train_retrieval(settings, prepared, content_matrix(settings, prepared), cfg, resume,
                               _run_spec(settings, run), warm)
         mlflow.log_params({"warm_start_from": warm_version if out.warm_started else "none",

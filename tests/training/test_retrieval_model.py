@@ -231,8 +231,9 @@ def test_the_loss_trains_under_bf16_autocast_as_the_gpu_does() -> None:
 
 
 def test_the_member_settings_shape_the_model_or_fail_in_one_readable_line() -> None:
-    """`retrieval_members` encoders of `retrieval_member_dim` features each: the served vector is their product; a
-    width the attention heads cannot split is refused before any worker starts (not an assertion inside Ray)."""
+    """`retrieval_members` encoders of `retrieval_member_dim` features each, `retrieval_heads` attention heads in
+    their blocks: the served vector is their product; a width the heads cannot split, or no head, is refused before
+    any worker starts (not an assertion inside Ray)."""
     from types import SimpleNamespace
 
     from core.errors import ConfigError
@@ -245,7 +246,14 @@ def test_the_member_settings_shape_the_model_or_fail_in_one_readable_line() -> N
     assert (cfg.members, cfg.d_model, cfg.width) == (3, 24, 72)
     for bad in ({"retrieval_member_dim": 33}, {"retrieval_member_dim": 0}, {"retrieval_members": 0}):
         with pytest.raises(ConfigError, match="retrieval_member_dim a positive multiple of 2"):
-            retrieval_config(s.model_copy(update=bad), data)
+            retrieval_config(s.model_copy(update={**bad, "retrieval_heads": 2}), data)
+    four = retrieval_config(s.model_copy(update={"retrieval_heads": 4, "retrieval_member_dim": 32}), data)
+    assert (four.n_heads, four.d_model) == (4, 32)
+    assert SASRec(replace(four, n_items=10, content_dim=0)).blocks[0].attn.n_heads == 4
+    with pytest.raises(ConfigError, match="a positive multiple of 4"):
+        retrieval_config(s.model_copy(update={"retrieval_heads": 4, "retrieval_member_dim": 30}), data)
+    with pytest.raises(ConfigError, match="retrieval_heads must be ≥ 1"):
+        retrieval_config(s.model_copy(update={"retrieval_heads": 0}), data)
 
 
 @pytest.mark.parametrize(("members", "with_prior"), [(1, False), (2, False), (2, True)])
@@ -311,3 +319,21 @@ def test_each_window_carries_the_items_its_user_had_before_it() -> None:
     priors = window_priors(seqs, 4, 0, 5)
     assert [r.tolist() for r in inputs] == [[8, 9, 10, 11], [4, 5, 6, 7], [0, 1, 2, 3], [0, 0, 5, 6]]
     assert [r.tolist() for r in priors] == [[3, 4, 5, 6, 7], [0, 0, 1, 2, 3], [0] * 5, [0] * 5]  # the latest 5
+
+
+def test_a_champion_with_other_attention_heads_is_not_a_warm_start() -> None:
+    """The heads split the same weights differently: a 2-head champion's weights fit a 4-head model by every name
+    and shape (`fits`) yet compute another function there, so the warm start compares the config too."""
+    from training.jobs.common import config_changes, fits
+
+    cfg = RetrievalConfig(n_items=20, max_len=6, d_model=16, n_heads=2, n_layers=1, dropout=0.0, content_dim=0)
+    torch.manual_seed(0)
+    champion = SASRec(cfg)
+    four = SASRec(replace(cfg, n_heads=4))
+    assert fits(four, champion.state_dict())  # shapes alone would let it through
+    four.load_state_dict(champion.state_dict())
+    seq = torch.tensor([[0, 3, 5, 7, 2, 9]])
+    with torch.no_grad():
+        assert not torch.allclose(champion.user_vector(seq), four.user_vector(seq))
+    assert config_changes(champion, four.cfg, ("n_heads",)) == {"n_heads": (2, 4)}
+    assert config_changes(champion, replace(cfg, lr=1.0), ("n_heads",)) == {}  # a training setting may change

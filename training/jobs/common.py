@@ -160,6 +160,16 @@ def fits(fresh: torch.nn.Module, state: dict[str, torch.Tensor]) -> bool:
     return state.keys() == target.keys() and all(state[k].shape == target[k].shape for k in target)
 
 
+def config_changes(model: torch.nn.Module, cfg: Any, fields: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    """{field: (the champion's, the new)} for the `fields` where the champion `model`'s config (`model.cfg`) and the
+    new `cfg` differ. Some settings (the attention heads) change what the weights compute but not their shapes, so
+    `fits` alone would warm-start a different function from them."""
+    old = getattr(model, "cfg", None)
+    if old is None:
+        return {}
+    return {f: (getattr(old, f, None), getattr(cfg, f)) for f in fields if getattr(old, f, None) != getattr(cfg, f)}
+
+
 ITEM_ROWS = ("items.id_emb.weight", "items.content", "item_emb.weight")  # weights with one row per item index
 
 
