@@ -209,3 +209,28 @@ def test_a_first_promotion_is_held_to_the_policy_floor(settings: Settings) -> No
     assert tags(settings, v1)["promotion.decision"] == "refused"
     v2 = register(settings, RETRIEVAL_MODEL, 0.05)
     assert promote(settings, RETRIEVAL_MODEL).action == "promoted" and champion(settings) == v2
+
+
+def test_a_champion_with_other_attention_heads_starts_the_retrain_cold_and_the_run_says_why(settings) -> None:
+    """`champion_state` against a real registry: a 2-head retrieval champion warm-starts a 2-head retrain, but not
+    a 4-head one (its weights fit by shape and compute another function): no weights, and the run's reason."""
+    from dataclasses import replace
+
+    import mlflow
+    from training.models.retrieval import RetrievalConfig, SASRec, UserEncoder
+    from training.registry import log_pytorch
+    from training.steps import champion_state
+
+    setup_mlflow(settings)
+    cfg = RetrievalConfig(n_items=20, max_len=6, d_model=16, n_heads=2, n_layers=1, dropout=0.0, content_dim=0)
+    with mlflow.start_run():
+        version = log_pytorch(UserEncoder(SASRec(cfg)), (torch.zeros(1, 6, dtype=torch.long),), ["history"],
+                              RETRIEVAL_MODEL)
+    client(settings).set_registered_model_alias(RETRIEVAL_MODEL, CHAMPION, version)
+    with mlflow.start_run() as run:
+        assert champion_state(settings, RETRIEVAL_MODEL, None, replace(cfg, n_heads=4), ("n_heads",)) == (None, "")
+    assert client(settings).get_run(run.info.run_id).data.params["warm_start_refused"] == "n_heads 2 → 4"
+    with mlflow.start_run() as run:
+        state, got = champion_state(settings, RETRIEVAL_MODEL, None, replace(cfg, lr=1.0), ("n_heads",))
+    assert got == version and state is not None and "warm_start_refused" not in client(settings).get_run(
+        run.info.run_id).data.params
