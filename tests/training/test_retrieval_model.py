@@ -305,8 +305,8 @@ def test_the_seen_mask_is_a_setting_on_by_default() -> None:
     cfg = retrieval_config(s, SimpleNamespace(n_items=10))
     assert (cfg.mask_seen, cfg.mask_prior) == (True, 0)  # the window's items; the ones before it on request
     off = s.model_copy(update={"retrieval_mask_seen": False, "retrieval_mask_prior": 200})
-    assert (retrieval_config(off, SimpleNamespace(n_items=10)).mask_seen,
-            retrieval_config(off, SimpleNamespace(n_items=10)).mask_prior) == (False, 200)
+    got = retrieval_config(off, SimpleNamespace(n_items=10))
+    assert (got.mask_seen, got.mask_prior) == (False, 200)
     with pytest.raises(ConfigError, match="retrieval_mask_prior"):
         retrieval_config(s.model_copy(update={"retrieval_mask_prior": -1}), SimpleNamespace(n_items=10))
 

@@ -165,9 +165,8 @@ def config_changes(model: torch.nn.Module, cfg: Any, fields: tuple[str, ...]) ->
     new `cfg` differ. Some settings (the attention heads) change what the weights compute but not their shapes, so
     `fits` alone would warm-start a different function from them."""
     old = getattr(model, "cfg", None)
-    if old is None:
-        return {}
-    return {f: (getattr(old, f, None), getattr(cfg, f)) for f in fields if getattr(old, f, None) != getattr(cfg, f)}
+    pairs = {f: (getattr(old, f, None), getattr(cfg, f)) for f in fields} if old is not None else {}
+    return {f: pair for f, pair in pairs.items() if pair[0] != pair[1]}
 
 
 ITEM_ROWS = ("items.id_emb.weight", "items.content", "item_emb.weight")  # weights with one row per item index
