@@ -107,6 +107,7 @@ class Settings(BaseModel):
     triton_metrics_port: int = 8102  # Triton Prometheus metrics
     triton_venv: Path = Path(".venv-triton")  # local tritonserver's own venv (numpy < 2), made by `make install`
     triton_start_timeout_s: float = 60.0  # how long `recsys triton up` waits for readiness
+    triton_cache_mb: int = 16  # local Triton's response cache (MiB): a repeated ranker request skips the model; 0: off
     model_repository: Path | None = None  # Triton model repository; None → home/model_repository
 
     serve_host: str = "127.0.0.1"  # Ray Serve HTTP proxy bind address (0.0.0.0 in a cluster)

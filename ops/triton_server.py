@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from core.artifacts import CONFIG_PBTXT
-from core.errors import MissingStepError, RecsysError
+from core.errors import ConfigError, MissingStepError, RecsysError
 from core.http_json import HttpError, answers, request_json
 from core.names import RANKER
 from core.settings import Settings
@@ -115,6 +115,8 @@ def _env(install: TritonInstall) -> dict[str, str]:
 
 def command(settings: Settings, install: TritonInstall) -> list[str]:
     host = settings.triton_host
+    if settings.triton_cache_mb < 0:
+        raise ConfigError(f"triton_cache_mb must be ≥ 0 (0: no response cache), got {settings.triton_cache_mb}")
     return [
         str(install.binary),
         f"--model-repository={settings.model_repo.resolve()}",
@@ -127,7 +129,29 @@ def command(settings: Settings, install: TritonInstall) -> list[str]:
         f"--metrics-address={host}", f"--metrics-port={settings.triton_metrics_port}",
         "--disable-auto-complete-config",  # config.pbtxt is complete; saves a stub start per load
         "--exit-timeout-secs=5",
+        *cache_flags(settings.triton_cache_mb),
     ]
+
+
+def cache_flags(mb: int) -> list[str]:
+    """The local response cache the ranker's config.pbtxt asks for (`training.export`). Triton caches only when the
+    model enables it *and* the server was started with a cache (src/dynamic_batch_scheduler.cc, the scheduler's
+    constructor, in triton-inference-server/core; src/tritonserver.cc: no --cache-config, no cache), so 0 leaves
+    the flag out and every request runs the model."""
+    return [f"--cache-config=local,size={mb * 2**20}"] if mb > 0 else []
+
+
+def cache_counts(settings: Settings, name: str) -> dict[str, int]:
+    """{"hits", "misses", "executions"} of `name`'s response cache, summed over its loaded versions: a hit is
+    answered without running the model; with no cache both counts stay 0 and every request is an execution."""
+    stats = _http(settings, f"/v2/models/{name}/stats", timeout=10).get("model_stats", [])
+    out = {"hits": 0, "misses": 0, "executions": 0}
+    for row in stats:
+        inference = row.get("inference_stats", {})
+        out["hits"] += int(inference.get("cache_hit", {}).get("count", 0))
+        out["misses"] += int(inference.get("cache_miss", {}).get("count", 0))
+        out["executions"] += int(row.get("execution_count", 0))
+    return out
 
 
 def _pid_file(settings: Settings) -> Path:

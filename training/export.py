@@ -86,10 +86,11 @@ class TensorSpec:
 
 
 def config_pbtxt(name: str, backend: Backend, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                 max_batch_size: int, versions: list[str], queue_delay_us: int = 500) -> str:
+                 max_batch_size: int, versions: list[str], queue_delay_us: int = 500, cached: bool = False) -> str:
     """`versions`: exactly the versions Triton loads (champion, plus a canary challenger), so a restarted
     server serves what the route says, never just the highest number on disk. `max_batch_size` 0: the dims are
-    whole shapes and Triton batches nothing (dynamic batching needs a batch axis shared by every input)."""
+    whole shapes and Triton batches nothing (dynamic batching needs a batch axis shared by every input).
+    `cached`: Triton's response cache on (used where the server runs with one: `ops.triton_server.cache_flags`)."""
 
     def tensors(kind: str, specs: list[TensorSpec]) -> str:
         rows = [f'  {{ name: "{s.name}" data_type: {s.dtype} dims: [ {", ".join(map(str, s.dims))} ] }}'
@@ -101,6 +102,7 @@ def config_pbtxt(name: str, backend: Backend, inputs: list[TensorSpec], outputs:
         f'name: "{name}"', head, f"max_batch_size: {max_batch_size}",
         tensors("input", inputs), tensors("output", outputs),
         *([f"dynamic_batching {{ max_queue_delay_microseconds: {queue_delay_us} }}"] if max_batch_size else []),
+        *(["response_cache { enable: true }"] if cached else []),
         "instance_group [ { count: 1 kind: KIND_CPU } ]",
         f"version_policy: {{ specific: {{ versions: [ {', '.join(versions)} ] }} }}", "",
     ])
@@ -125,6 +127,12 @@ def encoder_specs(cfg: dict) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 MAX_BATCH = {"user_encoder": 256, "ranker": 0}  # the ranker is not batched: see ranker_specs
+# The ranker's answer is a function of its request alone (the history, candidates and their features are inputs;
+# the version is in the cache key), so a repeated request (a refresh, the next page, a retry, the same list for
+# an unchanged profile) is answered from Triton's response cache without the model: 0.18 against 0.65 ms of
+# Triton's CPU a call here (README, measurement log). The key is the model, version and inputs, not the outputs
+# asked for (triton-inference-server/core src/cache_manager.cc, TritonCache::Hash): the graph asks `p_click` alone.
+RESPONSE_CACHE = {"user_encoder": False, "ranker": True}
 SPECS = {"user_encoder": encoder_specs, "ranker": ranker_specs}
 
 
@@ -143,7 +151,7 @@ def write_version(repo: Path, name: str, version: str, onnx_file: Path, cfg: dic
 
 
 def write_config(repo: Path, name: str, cfg: dict, backend: Backend, versions: list[str]) -> None:
-    text = config_pbtxt(name, backend, *SPECS[name](cfg), MAX_BATCH[name], versions)
+    text = config_pbtxt(name, backend, *SPECS[name](cfg), MAX_BATCH[name], versions, cached=RESPONSE_CACHE[name])
     tmp = repo / name / (CONFIG_PBTXT + ".tmp")
     tmp.write_text(text)
     tmp.replace(repo / name / CONFIG_PBTXT)

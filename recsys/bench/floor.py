@@ -4,9 +4,11 @@ reported against (issue 30).
 Same hops as `/recommend` without copy: HTTP (the same proxy, HAProxy in throughput mode) → an ingress replica
 (FastAPI) → one Serve hop to a recall replica → one gRPC round trip to a tritonserver python-backend model →
 JSON answer. The recall replica returns a fixed candidate list of the platform's size; the Triton model returns
-zeros for them; nothing reads features, runs a model or applies a rule. It is deployed as a second Serve app
-(`/floor`) beside the platform, on the same Ray head, proxy and tritonserver, so both are measured by the same
-client in the same sitting, interleaved.
+zeros for them; nothing reads features, runs a model or applies a rule. Its model has Triton's response cache on,
+as the ranker has (`training.export.RESPONSE_CACHE`): a repeated request is answered by tritonserver alone on both
+paths, so the floor skips what the platform skips. It is deployed as a second Serve app (`/floor`) beside the
+platform, on the same Ray head, proxy and tritonserver, so both are measured by the same client in the same
+sitting, interleaved.
 """
 
 # No `from __future__ import annotations`: FastAPI must see `Request` itself in the route signature under
@@ -47,6 +49,7 @@ max_batch_size: 0
 input [ {{ name: "item" data_type: TYPE_INT64 dims: [ -1, 1 ] }} ]
 output [ {{ name: "p_click" data_type: TYPE_FP32 dims: [ -1, 1 ] }} ]
 instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+response_cache {{ enable: true }}
 '''
 
 

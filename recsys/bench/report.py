@@ -373,6 +373,11 @@ def floor_report(sv: dict[str, Any]) -> list[str]:
     for name, cpu in fl.get("cpu_ms_per_request_c8", {}).items():
         lines.append(f"CPU per request, {name}, concurrency 8 (ms, by process): "
                      + ", ".join(f"{k} {v}" for k, v in cpu.items()) + f"; sum {sum(cpu.values()):.2f}.")
+    if fl.get("triton_cache"):
+        lines += ["", "Triton's response cache over the measured runs (both models enable it; the bench's users repeat "
+                  "with unchanged profiles): " + "; ".join(
+                      f"{name} {c['hits']} hits, {c['misses']} misses, {c['executions']} model executions"
+                      for name, c in fl["triton_cache"].items()) + "."]
     return [*lines, ""]
 
 

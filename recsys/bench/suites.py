@@ -267,14 +267,18 @@ def against_floor(s: Settings, console: Console, users: list[int], seconds: floa
     for each: this VM's speed drifts between days, so the platform's speed is reported as a share of the floor's
     measured beside it. The first pair at concurrency 8 also attributes CPU per request to processes, for both."""
     from core.endpoints import http_url
+    from core.names import RANKER
+    from ops.triton_server import cache_counts
     from recsys.bench import floor
 
     urls = {"platform": f"{http_url(s)}/recommend", "floor": floor.up(s)}
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {8: [], 1: []} for name in urls}
     cpu: dict[str, dict[str, float]] = {}
+    models = {"platform": RANKER, "floor": floor.FLOOR_MODEL}
     try:
         for url in urls.values():  # warm both: every user once (caches, lazily built rows), not measured
             load(url, users, 8, seconds, False, max_requests=len(users))
+        before = {name: cache_counts(s, m) for name, m in models.items()}
         for c in (8, 1):
             for rep in range(repeats):
                 for name, url in urls.items():
@@ -285,6 +289,9 @@ def against_floor(s: Settings, console: Console, users: list[int], seconds: floa
                     runs[name][c].append(r)
                     console.print(f"{name} c={c}: {r['rps']} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
                                   f"errors {r['errors']}")
+        # How the measured calls reached each Triton model: the bench's users repeat with unchanged profiles, so
+        # after the warm-up every ranker request is a response-cache hit; reported, not assumed.
+        cache = {name: {k: v - before[name][k] for k, v in cache_counts(s, m).items()} for name, m in models.items()}
     finally:
         floor.down(s)
 
@@ -293,7 +300,7 @@ def against_floor(s: Settings, console: Console, users: list[int], seconds: floa
                   f"(≤ 1.3), c=1 p50 {ratio['p50_c1']}× (≤ 1.5)")
     return {"runs": {name: {str(c): v for c, v in by_c.items()} for name, by_c in runs.items()},
             "cpu_ms_per_request_c8": cpu, "repeats": repeats, "candidates": floor.candidate_count(s),
-            "floor_ratio": ratio}
+            "floor_ratio": ratio, "triton_cache": cache}
 
 
 def floor_ratios(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any]:

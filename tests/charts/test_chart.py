@@ -856,6 +856,22 @@ def test_serve_replicas_at_their_minimum_fit_the_worker_groups(helm: Path, profi
     assert need_gpu <= sum(m * g for m, _, g in workers), (need_gpu, workers)
 
 
+@pytest.mark.parametrize("own_runtime", [False, True])
+def test_triton_runs_with_the_response_cache_the_rankers_config_enables(helm: Path, own_runtime: bool) -> None:
+    """The published config.pbtxt enables the cache (`training.export.RESPONSE_CACHE`), which Triton uses only when
+    started with one. The flag rides on the predictor: KServe v0.20.0 appends its args to the runtime's
+    (pkg/controller/v1beta1/inferenceservice/utils/utils.go, MergeRuntimeContainers), the cluster's runtime's or
+    the chart's own, which must not carry a second one."""
+    objs = docs(render(helm, "default", "--set", f"ranker.runtime.create={str(own_runtime).lower()}"))
+    model = one(objs, "InferenceService")["spec"]["predictor"]["model"]
+    assert model["args"] == [f"--cache-config=local,size={64 * 2**20}"]
+    if own_runtime:
+        runtime = one(objs, "ServingRuntime", f"{RELEASE}-triton")["spec"]["containers"][0]["args"]
+        assert not any(a.startswith("--cache-config") for a in runtime)
+    off = docs(render(helm, "default", "--set", "ranker.responseCacheMiB=0"))
+    assert "args" not in one(off, "InferenceService")["spec"]["predictor"]["model"]
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_the_inferenceservice_loads_what_the_pipeline_and_every_rollout_publish(helm: Path, profile: str) -> None:
     """storageUri is the prefix `ops.kserve.live_uri` writes (first pipeline run, then after each rollout), so a

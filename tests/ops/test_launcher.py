@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from core.errors import ConfigError
 from core.settings import load_settings
 from ops.launcher import ray_env, resolved_settings_file
 
@@ -125,18 +128,39 @@ def test_down_ends_a_stray_haproxy_of_its_home_and_no_other(tmp_path: Path, monk
             p.wait()
 
 
-def test_the_local_triton_loads_only_what_the_graph_calls_over_the_network(tmp_path: Path) -> None:
-    """The ranker; not the user encoder, which the Recall replica runs in-process (a stub process no request
-    reaches). Every model a loaded config names must be one the ranking client calls."""
-    from ops.triton_server import TritonInstall, command
-    from serving.triton_client import RankerClient
+def _empty_wheel(tmp_path: Path):
+    """The wheel's layout of the server's files, empty: enough for `command` to build its arguments."""
+    from ops.triton_server import TritonInstall
 
-    s = load_settings(environ={"RECSYS_HOME": str(tmp_path / "home")})
     wheel = TritonInstall(python=tmp_path / "venv/bin/python", package=tmp_path / "site/pytriton",
                           python_version="3.11", libpython_dir=str(tmp_path))
     for part in ("backends/python/libtriton_python.so", "backends/python/triton_python_backend_utils.py",
-                 "python_backend_stubs/3.11/triton_python_backend_stub"):  # the wheel's layout, empty files
+                 "python_backend_stubs/3.11/triton_python_backend_stub"):
         (wheel.server_dir / part).parent.mkdir(parents=True, exist_ok=True)
         (wheel.server_dir / part).touch()
+    return wheel
+
+
+def test_the_local_triton_loads_only_what_the_graph_calls_over_the_network(tmp_path: Path) -> None:
+    """The ranker; not the user encoder, which the Recall replica runs in-process (a stub process no request
+    reaches). Every model a loaded config names must be one the ranking client calls."""
+    from ops.triton_server import command
+    from serving.triton_client import RankerClient
+
+    s = load_settings(environ={"RECSYS_HOME": str(tmp_path / "home")})
+    wheel = _empty_wheel(tmp_path)
     loaded = [a.split("=", 1)[1] for a in command(s, wheel) if a.startswith("--load-model=")]
     assert loaded == [RankerClient("127.0.0.1:1").model]
+
+
+
+@pytest.mark.parametrize(("mb", "flags"), [(16, ["--cache-config=local,size=16777216"]), (0, [])])
+def test_the_local_triton_starts_with_the_response_cache_the_setting_sizes(tmp_path: Path, mb: int,
+                                                                          flags: list[str]) -> None:
+    from ops.triton_server import command
+
+    s = load_settings(environ={"RECSYS_HOME": str(tmp_path / "home"), "RECSYS_TRITON_CACHE_MB": str(mb)})
+    wheel = _empty_wheel(tmp_path)
+    assert [a for a in command(s, wheel) if a.startswith("--cache-config")] == flags
+    with pytest.raises(ConfigError, match="triton_cache_mb must be ≥ 0"):
+        command(s.model_copy(update={"triton_cache_mb": -1}), wheel)

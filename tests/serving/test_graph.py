@@ -443,26 +443,67 @@ def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_hom
 
     requests = [request(n) for n in (3, 17, 8, 40, 1, 25)]
     requests.append({**requests[3], "history": requests[0]["history"]})  # same candidates, another user
+    # Each round's requests differ from every earlier one (recall scores moved), so the model runs them all
+    # concurrently rather than Triton's response cache answering repeats.
+    rounds = [[{**b, "recall_score": b["recall_score"] + r} for b in requests] for r in range(21)]
 
-    async def run() -> tuple[list[np.ndarray], list[list[np.ndarray]], list[np.ndarray]]:
+    async def run() -> tuple[list[np.ndarray], list[list[np.ndarray]], list[list[np.ndarray]]]:
         client, local = RankerClient("127.0.0.1:28101"), LocalRanker(load_settings())
-        alone = [await client.score(b, "1", 10) for b in requests]
-        together = [await asyncio.gather(*(client.score(b, "1", 10) for b in requests)) for _ in range(20)]
-        here = [await local.score(b, "1", 10) for b in requests]
+        alone = [await client.score(b, "1", 10) for b in rounds[0]]
+        together = [await asyncio.gather(*(client.score(b, "1", 10) for b in batch)) for batch in rounds[1:]]
+        here = [[await local.score(b, "1", 10) for b in batch] for batch in rounds]
         await client.close()
         return alone, together, here
 
-    requests0, _ = _triton_counts()
+    requests0, executions0 = _triton_counts()
     alone, together, here = asyncio.run(run())
-    requests1, _ = _triton_counts()
+    requests1, executions1 = _triton_counts()
     assert requests1 - requests0 == len(requests) * 21
+    assert executions1 - executions0 == len(requests) * 21  # none from the cache: the model computed each
     assert [len(a) for a in alone] == [len(r["item"]) for r in requests]
-    for a, b in zip(alone, here, strict=True):
+    for a, b in zip(alone, here[0], strict=True):
         assert np.allclose(a, b, atol=1e-5)
     assert not np.allclose(alone[3], alone[-1], atol=1e-4)  # the history reached the scores
-    for scores in together:
-        for a, b in zip(alone, scores, strict=True):
+    for scores, expected in zip(together, here[1:], strict=True):
+        for a, b in zip(scores, expected, strict=True):
             assert a.shape == b.shape and np.allclose(a, b, atol=1e-5)
+
+
+def test_a_repeated_ranker_request_is_answered_from_tritons_response_cache(served, use_home):
+    """The local tritonserver runs with the cache the ranker's config enables: the same request again is a hit,
+    the same scores without running the model; a request differing in one input runs it."""
+    import asyncio
+
+    import numpy as np
+
+    from core.settings import load_settings
+    from ops.triton_server import cache_counts
+    from serving.triton_client import RankerClient
+
+    use_home(served)
+    settings = load_settings().model_copy(update={"triton_http_port": int(PORTS["RECSYS_TRITON_HTTP_PORT"]),
+                                                  "triton_grpc_port": int(PORTS["RECSYS_TRITON_GRPC_PORT"])})
+    cfg = json.loads((served / "model_repository" / "ranker" / "1" / "recsys.json").read_text())["config"]
+    rng, n = np.random.default_rng(2024), 25
+    req = {"history": rng.integers(1, cfg["n_items"], (1, cfg["max_len"])),
+           "item": rng.integers(1, cfg["n_items"], (n, 1)),
+           "item_dense": rng.random((n, len(cfg["genres"]) + 3), dtype=np.float32),
+           "item_content": rng.random((n, cfg["d_model"]), dtype=np.float32),
+           "user_dense": rng.random((1, 2), dtype=np.float32), "recall_score": rng.random((n, 1), dtype=np.float32)}
+    other = {**req, "recall_score": req["recall_score"] + 1}
+
+    async def calls() -> list[np.ndarray]:
+        client = RankerClient(settings.triton_grpc_url)
+        out = [await client.score(r, "1", 10) for r in (req, req, other)]
+        await client.close()
+        return out
+
+    before = cache_counts(settings, "ranker")
+    first, again, moved = asyncio.run(calls())
+    after = cache_counts(settings, "ranker")
+    assert {k: after[k] - before[k] for k in after} == {"hits": 1, "misses": 2, "executions": 2}
+    assert np.array_equal(first, again)
+    assert not np.allclose(first, moved, atol=1e-4)
 
 
 def test_a_ranker_exported_before_user_once_is_served_beside_a_new_one(served, use_home):

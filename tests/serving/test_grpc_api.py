@@ -63,6 +63,21 @@ def test_config_loads_exactly_the_routed_versions() -> None:
     assert '{ name: "history" data_type: TYPE_INT64 dims: [ -1, 20 ] }' in text
 
 
+def test_the_ranker_asks_for_tritons_response_cache_and_the_user_encoder_does_not(tmp_path) -> None:
+    """The config `recsys export` writes and `recsys rollout` publishes to KServe (`write_config`): the ranker's
+    answer depends on its request alone, so a repeat may come from Triton's cache."""
+    from training.export import write_config
+
+    cfg = {"genres": ["Action", "Drama"], "max_len": 20, "content_dim": 8, "d_model": 4}
+    for name, cached in (("ranker", True), ("user_encoder", False)):
+        (tmp_path / name).mkdir()
+        write_config(tmp_path, name, cfg, "onnxruntime", ["2"])
+        text = (tmp_path / name / "config.pbtxt").read_text()
+        assert ("response_cache { enable: true }" in text) is cached, name
+    plain = config_pbtxt("ranker", "python", *ranker_specs(cfg), MAX_BATCH["ranker"], ["3"])
+    assert "response_cache" not in plain
+
+
 @pytest.mark.parametrize("ms", [10**15, 2**62, -(2**62), 2**63 - 1, -(2**63)])
 def test_a_feedback_timestamp_out_of_range_is_invalid_argument_naming_the_field(ms: int) -> None:
     """Not INTERNAL: the conversion is part of the validation (out of datetime's range, or beyond the 5-minute
