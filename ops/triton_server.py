@@ -115,8 +115,6 @@ def _env(install: TritonInstall) -> dict[str, str]:
 
 def command(settings: Settings, install: TritonInstall) -> list[str]:
     host = settings.triton_host
-    if settings.triton_cache_mb < 0:
-        raise ConfigError(f"triton_cache_mb must be ≥ 0 (0: no response cache), got {settings.triton_cache_mb}")
     return [
         str(install.binary),
         f"--model-repository={settings.model_repo.resolve()}",
@@ -138,6 +136,8 @@ def cache_flags(mb: int) -> list[str]:
     model enables it *and* the server was started with a cache (src/dynamic_batch_scheduler.cc, the scheduler's
     constructor, in triton-inference-server/core; src/tritonserver.cc: no --cache-config, no cache), so 0 leaves
     the flag out and every request runs the model."""
+    if mb < 0:
+        raise ConfigError(f"triton_cache_mb must be ≥ 0 (0: no response cache), got {mb}")
     return [f"--cache-config=local,size={mb * 2**20}"] if mb > 0 else []
 
 

@@ -153,7 +153,6 @@ def test_the_local_triton_loads_only_what_the_graph_calls_over_the_network(tmp_p
     assert loaded == [RankerClient("127.0.0.1:1").model]
 
 
-
 @pytest.mark.parametrize(("mb", "flags"), [(16, ["--cache-config=local,size=16777216"]), (0, [])])
 def test_the_local_triton_starts_with_the_response_cache_the_setting_sizes(tmp_path: Path, mb: int,
                                                                           flags: list[str]) -> None:

@@ -417,6 +417,19 @@ def _triton_counts() -> tuple[int, int]:
     return int(stats["inference_stats"]["success"]["count"]), int(stats["execution_count"])
 
 
+def _ranker_request(cfg: dict, rng, n: int) -> dict:
+    """Random inputs of the exported ranker `cfg` ("user_once", projected content) for one user and n candidates."""
+    import numpy as np
+
+    from core.ranking_inputs import INPUTS
+
+    shapes = {"history": (cfg["max_len"],), "item": (1,), "item_dense": (len(cfg["genres"]) + 3,),
+              "item_content": (cfg["d_model"],), "user_dense": (2,), "recall_score": (1,)}
+    rows = {k: 1 if k in ("history", "user_dense") else n for k in INPUTS}
+    return {k: (rng.integers(1, cfg["n_items"], (rows[k], *shapes[k])) if k in ("history", "item")
+                else rng.random((rows[k], *shapes[k]), dtype=np.float32)) for k in INPUTS}
+
+
 def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_home):
     """One request = one user's history (sent once) and N candidates; concurrent users never mix, and Triton
     answers what the exported graph computes in this process."""
@@ -424,7 +437,6 @@ def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_hom
 
     import numpy as np
 
-    from core.ranking_inputs import INPUTS
     from core.settings import load_settings
     from serving.batch import LocalRanker
     from serving.triton_client import RankerClient
@@ -433,15 +445,7 @@ def test_concurrent_ranker_calls_each_get_their_own_users_scores(served, use_hom
     rng = np.random.default_rng(0)
     cfg = json.loads((served / "model_repository" / "ranker" / "1" / "recsys.json").read_text())["config"]
     assert cfg["serving_inputs"] == "user_once" and cfg["serving_content"] == "projected"
-    shapes = {"history": (cfg["max_len"],), "item": (1,), "item_dense": (len(cfg["genres"]) + 3,),
-              "item_content": (cfg["d_model"],), "user_dense": (2,), "recall_score": (1,)}
-
-    def request(n: int) -> dict[str, np.ndarray]:
-        rows = {k: 1 if k in ("history", "user_dense") else n for k in INPUTS}
-        return {k: (rng.integers(1, cfg["n_items"], (rows[k], *shapes[k])) if k in ("history", "item")
-                    else rng.random((rows[k], *shapes[k]), dtype=np.float32)) for k in INPUTS}
-
-    requests = [request(n) for n in (3, 17, 8, 40, 1, 25)]
+    requests = [_ranker_request(cfg, rng, n) for n in (3, 17, 8, 40, 1, 25)]
     requests.append({**requests[3], "history": requests[0]["history"]})  # same candidates, another user
     # Each round's requests differ from every earlier one (recall scores moved), so the model runs them all
     # concurrently rather than Triton's response cache answering repeats.
@@ -484,12 +488,7 @@ def test_a_repeated_ranker_request_is_answered_from_tritons_response_cache(serve
     settings = load_settings().model_copy(update={"triton_http_port": int(PORTS["RECSYS_TRITON_HTTP_PORT"]),
                                                   "triton_grpc_port": int(PORTS["RECSYS_TRITON_GRPC_PORT"])})
     cfg = json.loads((served / "model_repository" / "ranker" / "1" / "recsys.json").read_text())["config"]
-    rng, n = np.random.default_rng(2024), 25
-    req = {"history": rng.integers(1, cfg["n_items"], (1, cfg["max_len"])),
-           "item": rng.integers(1, cfg["n_items"], (n, 1)),
-           "item_dense": rng.random((n, len(cfg["genres"]) + 3), dtype=np.float32),
-           "item_content": rng.random((n, cfg["d_model"]), dtype=np.float32),
-           "user_dense": rng.random((1, 2), dtype=np.float32), "recall_score": rng.random((n, 1), dtype=np.float32)}
+    req = _ranker_request(cfg, np.random.default_rng(2024), 25)
     other = {**req, "recall_score": req["recall_score"] + 1}
 
     async def calls() -> list[np.ndarray]:
