@@ -84,9 +84,10 @@ def _status_kind(status: int, data: bytes) -> str:
 
 
 def load(url: str, users: list[int], concurrency: int, seconds: float, include_copy: bool,
-         max_requests: int = 5_000, honour_retry_after: bool = False) -> dict[str, Any]:
+         max_requests: int = 5_000, honour_retry_after: bool = False, raw: bool = False) -> dict[str, Any]:
     """Closed loop: `concurrency` clients, each sends its next request when the last one answered (or, with
-    `honour_retry_after`, after a refusal's Retry-After, as the API asks of its clients)."""
+    `honour_retry_after`, after a refusal's Retry-After, as the API asks of its clients). `raw`: the samples
+    are kept too (`RAW`), so slices of one load interleaved with another can be pooled (`pooled`)."""
     deadline = time.monotonic() + seconds
     lat: list[float] = []
     stages: dict[str, list[float]] = {}
@@ -125,15 +126,48 @@ def load(url: str, users: list[int], concurrency: int, seconds: float, include_c
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(client, range(concurrency)))
     wall = time.perf_counter() - t0
+    out = _summary(concurrency, include_copy, lat, stages, refused, wall, errors, degraded, kinds)
+    out["windows"] = window_spread(start, wall, done, lat)
+    if raw:
+        out[RAW] = {"lat": lat, "stages": stages, "refused": refused, "wall_s": wall}
+    return out
+
+
+RAW = "raw"  # the key of a `load(..., raw=True)` result's samples; `pooled` drops it
+
+
+def _summary(concurrency: int, include_copy: bool, lat: list[float], stages: dict[str, list[float]],
+             refused: list[float], wall: float, errors: int, degraded: int, kinds: dict[str, int]) -> dict[str, Any]:
     q = np.percentile(lat, [50, 95, 99]) if lat else [float("nan")] * 3
     return {"concurrency": concurrency, "include_copy": include_copy, "requests": len(lat), "errors": errors,
-            "windows": window_spread(start, wall, done, lat),
             "error_kinds": kinds, "refused": len(refused),
             "refused_p99_ms": round(float(np.percentile(refused, 99)), 1) if refused else None,
-            "degraded": degraded, "rps": round(len(lat) / wall, 1), "p50_ms": round(q[0], 1),
+            "degraded": degraded, "rps": round(len(lat) / wall, 1) if wall > 0 else 0.0, "p50_ms": round(q[0], 1),
             "p95_ms": round(q[1], 1), "p99_ms": round(q[2], 1),
             "stage_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()},
             "stage_cdf_ms": {k: [round(float(x), 2) for x in np.percentile(v, CDF_POINTS)] for k, v in stages.items()}}
+
+
+def pooled(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result over slices of the same load (`load(..., raw=True)`) run apart in time, interleaved with another
+    load's (`recsys.bench.interleave`): req/s is all answers over the slices' summed wall time and the percentiles
+    are over all their latencies, so each slice counts by its requests; `slices` keeps each slice's own summary
+    (without samples) as the spread. A slow minute of the VM lands in both loads' pools alike."""
+    lat = [x for r in slices for x in r[RAW]["lat"]]
+    stages: dict[str, list[float]] = {}
+    for r in slices:
+        for k, v in r[RAW]["stages"].items():
+            stages.setdefault(k, []).extend(v)
+    kinds: dict[str, int] = {}
+    for r in slices:
+        for k, n in r["error_kinds"].items():
+            kinds[k] = kinds.get(k, 0) + n
+    out = _summary(slices[0]["concurrency"], slices[0]["include_copy"], lat, stages,
+                   [x for r in slices for x in r[RAW]["refused"]], sum(r[RAW]["wall_s"] for r in slices),
+                   sum(r["errors"] for r in slices), sum(r["degraded"] for r in slices), kinds)
+    each = [{k: v for k, v in r.items() if k not in (RAW, "stage_cdf_ms", "windows")} for r in slices]
+    out["windows"] = {"rps": spread([r["rps"] for r in each]), "p50_ms": spread([r["p50_ms"] for r in each])}
+    return out | {"slices": each}
 
 
 def window_spread(start: float, wall: float, done: list[float], lat: list[float], n: int = 3) -> dict[str, list]:

@@ -173,14 +173,32 @@ def _process_cpu() -> dict[int, tuple[float, str]]:
     return out
 
 
+class CpuMeter:
+    """The machine's CPU time charged to processes (by label) over one or more loads, and the requests they
+    answered: several slices of one load (`recsys.bench.interleave`) add up to one attribution."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.requests = 0
+
+    def measure(self, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        before = _process_cpu()
+        result = run()
+        after = _process_cpu()
+        for pid, (cpu, label) in after.items():
+            self.seconds[label] = self.seconds.get(label, 0.0) + cpu - before.get(pid, (0.0, ""))[0]
+        self.requests += result["requests"]
+        return result
+
+    def per_request(self, top: int = 8) -> dict[str, float]:
+        """ms of CPU per answered request, the `top` processes that burned most."""
+        n = max(1, self.requests)
+        ranked = sorted(self.seconds.items(), key=lambda kv: -kv[1])[:top]
+        return {k: round(v / n * 1e3, 2) for k, v in ranked if v > 0}
+
+
 def cpu_per_request(run: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], dict[str, float]]:
     """Run a load and attribute the machine's CPU time to processes: ms of CPU per answered request."""
-    before = _process_cpu()
-    result = run()
-    after = _process_cpu()
-    per: dict[str, float] = {}
-    for pid, (cpu, label) in after.items():
-        per[label] = per.get(label, 0.0) + cpu - before.get(pid, (0.0, ""))[0]
-    n = max(1, result["requests"])
-    top = sorted(per.items(), key=lambda kv: -kv[1])[:8]
-    return result, {k: round(v / n * 1e3, 2) for k, v in top if v > 0}
+    meter = CpuMeter()
+    result = meter.measure(run)
+    return result, meter.per_request()

@@ -4,6 +4,7 @@ README block, with every speed beside the reference it is a ratio of."""
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -348,30 +349,67 @@ def transfer_report(t: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _slices(x: dict[str, Any]) -> str:
+    """A pooled load's slices (`recsys.bench.load.pooled`) as min–max of their req/s and p99."""
+    each = x.get("slices") or []
+    if not each:
+        return ""
+    rps, p99 = [r["rps"] for r in each], [r["p99_ms"] for r in each]
+    return f" | {min(rps)}–{max(rps)} | {min(p99)}–{max(p99)}"
+
+
+def _pair_spread(values: list[float]) -> str:
+    return f"per pair {min(values)}–{max(values)}, median {statistics.median(values):.3f}"
+
+
 def floor_report(sv: dict[str, Any]) -> list[str]:
     """The platform against its floor graph, measured interleaved in the same run (`suites.against_floor`)."""
     fl = sv.get("floor")
     if not fl:
         return []
-    lines = ["## Serving against its framework floor (same run, same client, interleaved)", "",
-             "Floor: the same hops as `/recommend` without copy (HTTP → ingress replica → one Serve hop to a recall "
-             f"replica → one gRPC call to a tritonserver model returning zeros for {fl['candidates']} candidates), "
-             "doing no work (`recsys/bench/floor.py`). Both warmed first (one request per bench user each, not "
-             "measured); each row is one run; rows alternate platform, floor.", "",
-             "| graph | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
-    for c in ("8", "1"):
-        for pair in zip(fl["runs"]["platform"][c], fl["runs"]["floor"][c], strict=True):
-            for name, x in zip(("platform", "floor"), pair, strict=True):
-                lines.append(f"| {name} | {c} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['errors']} |")
+    head = ["## Serving against its framework floor (same run, same client, interleaved)", "",
+            "Floor: the same hops as `/recommend` without copy (HTTP → ingress replica → one Serve hop to a recall "
+            f"replica → one gRPC call to a tritonserver model returning zeros for {fl['candidates']} candidates), "
+            "doing no work (`recsys/bench/floor.py`). Both warmed first (one request per bench user each, not "
+            "measured); "]
     q = fl["floor_ratio"]
-    pairs = q.get("per_pair", {"rps_c8": q["rps_c8_per_pair"]})
-    each = {k: f"; per pair {pairs[k]}" if k in pairs else "" for k in ("rps_c8", "p99_c8", "p50_c1")}
-    how = "median of the per-pair ratios" if "per_pair" in q else "medians of the runs"
-    lines += ["", f"Platform as a share of the floor ({how}): **{q['rps_c8']} of its req/s at concurrency 8** "
-              f"(target ≥ 0.6{each['rps_c8']}), p99 {q['p99_c8']}× the floor's (target ≤ 1.3{each['p99_c8']}), "
-              f"concurrency-1 p50 {q['p50_c1']}× (target ≤ 1.5{each['p50_c1']}).", ""]
+    if q.get("pooled"):
+        lines = [*head[:-1], head[-1] + f"then at each concurrency {fl['pairs']} pairs of {fl['slice_s']:g} s slices "
+                 "in mirrored order (platform, floor; floor, platform; …), each graph's slices pooled "
+                 "(`recsys/bench/interleave.py`).", "",
+                 "| graph | concurrency | req/s | p50 ms | p99 ms | errors | req/s per slice | p99 ms per slice |",
+                 "|---|---|---|---|---|---|---|---|"]
+        for c in ("8", "1"):
+            for name in ("platform", "floor"):
+                x = fl["runs"][name][c]
+                lines.append(f"| {name} | {c} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['errors']}"
+                             f"{_slices(x)} |")
+        pairs = q["per_pair"]
+        lines += ["", f"Platform as a share of the floor (ratio of the pools): **{q['rps_c8']} of its req/s at "
+                  f"concurrency 8** (target ≥ 0.6; {_pair_spread(pairs['rps_c8'])}), p99 {q['p99_c8']}× the "
+                  f"floor's (target ≤ 1.3; {_pair_spread(pairs['p99_c8'])}), concurrency-1 p50 {q['p50_c1']}× "
+                  f"(target ≤ 1.5; {_pair_spread(pairs['p50_c1'])}).", ""]
+    else:  # results written before session 65: a few long runs a side, the median of the pair ratios
+        lines = [*head[:-1], head[-1] + "each row is one run; rows alternate platform, floor.", "",
+                 "| graph | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+        for c in ("8", "1"):
+            for pair in zip(fl["runs"]["platform"][c], fl["runs"]["floor"][c], strict=True):
+                for name, x in zip(("platform", "floor"), pair, strict=True):
+                    lines.append(f"| {name} | {c} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['errors']} |")
+        pairs = q.get("per_pair", {"rps_c8": q["rps_c8_per_pair"]})
+        each = {k: f"; per pair {pairs[k]}" if k in pairs else "" for k in ("rps_c8", "p99_c8", "p50_c1")}
+        how = "median of the per-pair ratios" if "per_pair" in q else "medians of the runs"
+        lines += ["", f"Platform as a share of the floor ({how}): **{q['rps_c8']} of its req/s at concurrency 8** "
+                  f"(target ≥ 0.6{each['rps_c8']}), p99 {q['p99_c8']}× the floor's (target ≤ 1.3{each['p99_c8']}), "
+                  f"concurrency-1 p50 {q['p50_c1']}× (target ≤ 1.5{each['p50_c1']}).", ""]
+    if q.get("pooled"):
+        stages = "; ".join(f"{name} " + ", ".join(f"{k} {v}" for k, v in fl["runs"][name]["1"]["stage_p50_ms"].items())
+                           + f" of {fl['runs'][name]['1']['p50_ms']} end to end" for name in ("platform", "floor"))
+        lines += [f"Where a concurrency-1 request's time goes (p50 ms; `total` is inside the ingress handler, the "
+                  f"rest is HTTP and the proxy): {stages}.", ""]
+    over = " (all concurrency-8 slices)" if q.get("pooled") else ""
     for name, cpu in fl.get("cpu_ms_per_request_c8", {}).items():
-        lines.append(f"CPU per request, {name}, concurrency 8 (ms, by process): "
+        lines.append(f"CPU per request, {name}, concurrency 8{over} (ms, by process): "
                      + ", ".join(f"{k} {v}" for k, v in cpu.items()) + f"; sum {sum(cpu.values()):.2f}.")
     if fl.get("triton_cache"):
         lines += ["", "Triton's response cache over the measured runs (both models enable it; the bench's users repeat "
@@ -436,16 +474,27 @@ def copy_lm_serving_report(sv: dict[str, Any]) -> list[str]:
     adapter = "" if steps is None else (f"Adapter: {steps} LoRA steps" + (
         " (a stand-in: `--suite serving` ran without the copy suite, whose adapter these rows are meant to use; "
         "its misses cost several times a tuned one's)" if steps < 50 else "") + ". ")
+    pooled = isinstance(cl["runs"]["copy"], dict)
+    how = (f"{cl['pairs']} mirrored pairs of {cl['slice_s']:g} s slices (off, copy; copy, off; …), each side's slices "
+           "pooled" if pooled else "interleaved")
     lines = [f"## Serving with the copy LM loaded (v{cl['version']}){sitting}", "",
              f"{adapter}{_copy_ready(cl['ready_s'])} Warm: a Zipf "
              f"stream over 20 users, warmed at 2 clients until at most 1 % of answers had a late copy (degraded / "
-             f"answered per warm-up round: {warm}); then without and with copy, interleaved, concurrency 8.", "",
-             "| copy | req/s | p50 ms | p99 ms | degraded |", "|---|---|---|---|---|"]
-    for pair in zip(cl["runs"]["no_copy"], cl["runs"]["copy"], strict=True):
-        for name, x in zip(("off", "model copy"), pair, strict=True):
-            lines.append(f"| {name} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['degraded']} |")
+             f"answered per warm-up round: {warm}); then without and with copy, {how}, concurrency 8.", "",
+             "| copy | req/s | p50 ms | p99 ms | degraded |" + (" req/s per slice | p99 ms per slice |" if pooled
+                                                                 else ""),
+             "|---|---|---|---|---|" + ("---|---|" if pooled else "")]
+    if pooled:
+        for key, name in (("no_copy", "off"), ("copy", "model copy")):
+            x = cl["runs"][key]
+            lines.append(f"| {name} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['degraded']}{_slices(x)} |")
+    else:
+        for pair in zip(cl["runs"]["no_copy"], cl["runs"]["copy"], strict=True):
+            for name, x in zip(("off", "model copy"), pair, strict=True):
+                lines.append(f"| {name} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['degraded']} |")
     c = cl["cold"]
-    lines += ["", f"Warm p99 with copy / without: **{cl['warm_p99_ratio']}×** (target ≤ 1.2).", "",
+    each = f"; {_pair_spread(cl['warm_p99_per_pair'])}" if cl.get("warm_p99_per_pair") else ""
+    lines += ["", f"Warm p99 with copy / without: **{cl['warm_p99_ratio']}×** (target ≤ 1.2{each}).", "",
               f"Cold (users never asked for, one at a time, every copy a miss): {c['requests']} answers, p50 "
               f"{c['p50_ms']} / p99 {c['p99_ms']} ms; copy stage p95 {cl['cold_copy_p95_ms']} / max "
               f"{cl['cold_copy_max_ms']} ms against the budget {cl['copy_budget_ms']:g} ms (templates now, model copy "

@@ -19,9 +19,10 @@ from rich.console import Console
 
 from core.errors import one_line
 from core.settings import Settings, load_settings
+from recsys.bench.interleave import interleaved, pair_ratios
 from recsys.bench.lifecycle import catalogue_lifecycle
 from recsys.bench.load import feedback_load, load, post, post_feedback, spread
-from recsys.bench.processes import PeakRSS, cpu_per_request, cpu_ticks, machine, rss_mib, steal_share
+from recsys.bench.processes import CpuMeter, PeakRSS, cpu_per_request, cpu_ticks, machine, rss_mib, steal_share
 from recsys.bench.report import (
     README,
     REPORT,
@@ -260,35 +261,37 @@ def retrain_cycle(s: Settings, console: Console, retrieval_epochs: int = 2, rank
             "retrieval_epochs": retrieval_epochs, "ranking_epochs": ranking_epochs}
 
 
-def against_floor(s: Settings, console: Console, users: list[int], seconds: float,
-                  repeats: int = 3) -> dict[str, Any]:
+def against_floor(s: Settings, console: Console, users: list[int], seconds: float, pairs: int = 8,
+                  slice_s: float = 3.0) -> dict[str, Any]:
     """The platform's `/recommend` (no copy) and the floor graph (`recsys.bench.floor`: the same hops doing no
-    work), same client, interleaved `repeats` times at concurrency 8 and 1, after one warm-up request per user
-    for each: this VM's speed drifts between days, so the platform's speed is reported as a share of the floor's
-    measured beside it. The first pair at concurrency 8 also attributes CPU per request to processes, for both."""
+    work), same client, in `pairs` pairs of `slice_s` slices at concurrency 8 and then 1, mirrored and pooled
+    (`recsys.bench.interleave`), after one warm-up request per user for each: this VM's speed drifts between days
+    and within a minute, so the platform's speed is reported as a share of the floor's measured beside it. CPU
+    per request is attributed to processes over all concurrency-8 slices, for both."""
     from core.endpoints import http_url
     from core.names import RANKER
     from ops.triton_server import cache_counts
     from recsys.bench import floor
 
     urls = {"platform": f"{http_url(s)}/recommend", "floor": floor.up(s)}
-    runs: dict[str, dict[int, list[dict[str, Any]]]] = {name: {8: [], 1: []} for name in urls}
-    cpu: dict[str, dict[str, float]] = {}
+    runs: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in urls}
+    meters = {name: CpuMeter() for name in urls}
     models = {"platform": RANKER, "floor": floor.FLOOR_MODEL}
     try:
         for url in urls.values():  # warm both: every user once (caches, lazily built rows), not measured
             load(url, users, 8, seconds, False, max_requests=len(users))
         before = {name: cache_counts(s, m) for name, m in models.items()}
         for c in (8, 1):
-            for rep in range(repeats):
-                for name, url in urls.items():
-                    if c == 8 and rep == 0:
-                        r, cpu[name] = cpu_per_request(lambda u=url, n=c: load(u, users, n, seconds, False))
-                    else:
-                        r = load(url, users, c, seconds, False)
-                    runs[name][c].append(r)
-                    console.print(f"{name} c={c}: {r['rps']} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-                                  f"errors {r['errors']}")
+            def arm(name: str, c: int = c) -> Callable[[], dict[str, Any]]:
+                def one() -> dict[str, Any]:
+                    return load(urls[name], users, c, slice_s, False, raw=True)
+                return (lambda: meters[name].measure(one)) if c == 8 else one
+
+            got = interleaved({name: arm(name) for name in urls}, pairs)
+            for name, r in got.items():
+                runs[name][c] = r
+                console.print(f"{name} c={c}, {pairs} slices of {slice_s:g} s pooled: {r['rps']} req/s, p50 "
+                              f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, errors {r['errors']}")
         # How the measured calls reached each Triton model: the bench's users repeat with unchanged profiles, so
         # after the warm-up every ranker request is a response-cache hit; reported, not assumed.
         cache = {name: {k: v - before[name][k] for k, v in cache_counts(s, m).items()} for name, m in models.items()}
@@ -299,21 +302,19 @@ def against_floor(s: Settings, console: Console, users: list[int], seconds: floa
     console.print(f"platform / floor: {ratio['rps_c8']} of its req/s at c=8 (target ≥ 0.6), p99 {ratio['p99_c8']}× "
                   f"(≤ 1.3), c=1 p50 {ratio['p50_c1']}× (≤ 1.5)")
     return {"runs": {name: {str(c): v for c, v in by_c.items()} for name, by_c in runs.items()},
-            "cpu_ms_per_request_c8": cpu, "repeats": repeats, "candidates": floor.candidate_count(s),
-            "floor_ratio": ratio, "triton_cache": cache}
+            "cpu_ms_per_request_c8": {name: m.per_request() for name, m in meters.items()}, "pairs": pairs,
+            "slice_s": slice_s, "candidates": floor.candidate_count(s), "floor_ratio": ratio, "triton_cache": cache}
 
 
-def floor_ratios(runs: dict[str, dict[int, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """The platform against the floor: each measure is the median over pairs of its ratio within a pair (a
-    platform run and the floor run right after it), so the VM's drift between pairs cancels and one odd run is
-    outvoted. With two runs a side and medians of the runs, b08cddb's bench reported c=1 p50 1.21x from pairs of
-    1.76 and 0.89 (a floor run of 5.6 ms against 3.3 in the other)."""
-    def per_pair(c: int, key: str) -> list[float]:
-        return [round(float(p[key] / f[key]), 3) for p, f in zip(runs["platform"][c], runs["floor"][c], strict=True)]
-
-    pairs = {"rps_c8": per_pair(8, "rps"), "p99_c8": per_pair(8, "p99_ms"), "p50_c1": per_pair(1, "p50_ms")}
-    out: dict[str, Any] = {k: round(float(np.median(v)), 3) for k, v in pairs.items()}
-    return out | {"rps_c8_per_pair": pairs["rps_c8"], "per_pair": pairs}
+def floor_ratios(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """The platform against the floor: each measure is the ratio of the two pools (`interleaved`), with the ratio
+    within each pair of slices as its spread. Until session 65 it was the median over three pairs of 8 s runs, the
+    platform always first: pairs of 0.607 / 0.773 / 0.473 in one run."""
+    p, f = runs["platform"], runs["floor"]
+    pairs = {"rps_c8": pair_ratios(p[8], f[8], "rps"), "p99_c8": pair_ratios(p[8], f[8], "p99_ms"),
+             "p50_c1": pair_ratios(p[1], f[1], "p50_ms")}
+    return {"rps_c8": round(p[8]["rps"] / f[8]["rps"], 3), "p99_c8": round(p[8]["p99_ms"] / f[8]["p99_ms"], 3),
+            "p50_c1": round(p[1]["p50_ms"] / f[1]["p50_ms"], 3), "pooled": True, "per_pair": pairs}
 
 
 def overload(s: Settings, console: Console, users: list[int], seconds: float) -> dict[str, Any]:
@@ -412,11 +413,12 @@ def _adapter_steps(s: Settings, version: str) -> int | None:
 
 
 def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: list[int], seconds: float,
-                 repeats: int = 2, warm_rounds: int = 20) -> dict[str, Any]:
+                 pairs: int = 8, slice_s: float = 3.0, warm_rounds: int = 20) -> dict[str, Any]:
     """`/recommend` with the copy LM loaded. Warm: a Zipf stream over 20 users (the steady state of repeat
-    traffic: their copies cached after a warm-up), copy on vs off interleaved at concurrency 8 (target: p99 with
-    copy ≤ 1.2× without). Cold: users never asked for, one at a time: every copy misses, so each answer should
-    come at the copy budget with templates (background fill), never past the copy stage's timeout."""
+    traffic: their copies cached after a warm-up), copy on vs off in `pairs` mirrored pairs of `slice_s` slices at
+    concurrency 8, pooled (`recsys.bench.interleave`; target: p99 with copy ≤ 1.2× without). Cold: users never
+    asked for, one at a time: every copy misses, so each answer should come at the copy budget with templates
+    (background fill), never past the copy stage's timeout."""
     from core.artifacts import exported_copy_version
     from core.endpoints import http_url
     from ops import launcher
@@ -439,19 +441,18 @@ def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: li
         warm.append({"requests": r["requests"], "degraded": r["degraded"]})
         if r["degraded"] <= 0.01 * max(1, r["requests"]):
             break
-    runs: dict[str, list[dict[str, Any]]] = {"copy": [], "no_copy": []}
-    for _ in range(repeats):
-        for name in ("no_copy", "copy"):
-            r = load(url, stream, 8, seconds, name == "copy", honour_retry_after=True)
-            runs[name].append(r)
-            console.print(f"copy LM v{version} warm, {name} c=8: {r['rps']} req/s, p99 {r['p99_ms']} ms, degraded "
-                          f"{r['degraded']}")
+    runs = interleaved({name: (lambda copy=name == "copy": load(url, stream, 8, slice_s, copy, raw=True,
+                                                                 honour_retry_after=True))
+                        for name in ("no_copy", "copy")}, pairs)
+    for name, r in runs.items():
+        console.print(f"copy LM v{version} warm, {name} c=8, {pairs} slices of {slice_s:g} s pooled: {r['rps']} req/s, "
+                      f"p99 {r['p99_ms']} ms, degraded {r['degraded']}")
     cold = load(url, cold_users, 1, seconds, True)
-    ratio = round(float(np.median([r["p99_ms"] for r in runs["copy"]]))
-                  / float(np.median([r["p99_ms"] for r in runs["no_copy"]])), 3)
+    ratio = round(runs["copy"]["p99_ms"] / runs["no_copy"]["p99_ms"], 3)
     copy_cdf = cold["stage_cdf_ms"].get("copy", [])
     out = {"version": version, "adapter_steps": _adapter_steps(s, version), "ready_s": ready_s, "warm_up": warm,
-           "runs": runs, "warm_p99_ratio": ratio,
+           "runs": runs, "pairs": pairs, "slice_s": slice_s, "warm_p99_ratio": ratio,
+           "warm_p99_per_pair": pair_ratios(runs["copy"], runs["no_copy"], "p99_ms"),
            "cold": cold, "cold_copy_p95_ms": copy_cdf[-2] if copy_cdf else None,
            "cold_copy_max_ms": copy_cdf[-1] if copy_cdf else None, "copy_budget_ms": s.copy_budget_ms,
            "copy_timeout_ms": s.copy_timeout_ms}

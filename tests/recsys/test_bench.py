@@ -402,30 +402,96 @@ def test_the_floor_section_shows_each_interleaved_run_and_the_share_of_the_floor
     assert floor_report({}) == []  # a serving run without the floor (older results) renders nothing
 
 
-def test_floor_ratios_are_medians_of_per_pair_ratios_so_drift_and_one_odd_run_do_not_decide():
-    """The VM slows 2x from the second pair on (both graphs alike), and the floor's second c=1 run alone is slow
-    (as in b08cddb's bench: 3.3 then 5.6 ms, which two pairs turned into a c=1 p50 of 1.21x from pair ratios of
-    1.76 and 0.89). Ratios taken within pairs cancel the drift, and the median of three outvotes the odd pair."""
+def _slice(lat_ms: list[float], wall_s: float = 1.0, c: int = 8) -> dict:
+    """One `load(..., raw=True)` result as the load generator writes it: its summary and its samples (one latency
+    per answered request over `wall_s`)."""
+    import numpy as np
+
+    from recsys.bench.load import RAW
+
+    return {"concurrency": c, "include_copy": False, "requests": len(lat_ms), "errors": 0, "error_kinds": {},
+            "degraded": 0, "rps": round(len(lat_ms) / wall_s, 1), "p50_ms": float(np.median(lat_ms)),
+            "p99_ms": float(np.percentile(lat_ms, 99)), "windows": {}, "stage_cdf_ms": {}, "stage_p50_ms": {},
+            RAW: {"lat": lat_ms, "stages": {"total": lat_ms}, "refused": [], "wall_s": wall_s}}
+
+
+def test_the_copy_lm_section_shows_pooled_slices_and_the_spread_of_the_pair_ratios():
+    from recsys.bench.load import pooled
+    from recsys.bench.report import copy_lm_serving_report
+
+    runs = {"no_copy": pooled([_slice([20.0] * 290 + [40.0] * 10) for _ in range(4)]),
+            "copy": pooled([_slice([22.0] * 270 + [46.0] * 10) for _ in range(4)])}
+    cl = {"version": "3", "ready_s": 0.5, "warm_up": [{"requests": 900, "degraded": 5}], "runs": runs, "pairs": 4,
+          "slice_s": 3.0, "warm_p99_ratio": 1.15, "warm_p99_per_pair": [1.15, 1.1, 1.2, 1.15],
+          "cold": {"requests": 12, "p50_ms": 640.0, "p99_ms": 700.0}, "cold_copy_p95_ms": 610.0,
+          "cold_copy_max_ms": 590.0, "copy_budget_ms": 600.0, "copy_timeout_ms": 800.0}
+    text = "\n".join(copy_lm_serving_report({"copy_lm": cl}))
+    assert "4 mirrored pairs of 3 s slices (off, copy; copy, off; …), each side's slices pooled" in text
+    assert "| off | 300.0 | 20.0 | 40.0 | 0 | 300.0–300.0 | 40.0–40.0 |" in text
+    assert "| model copy | 280.0 | 22.0 | 46.0 | 0 | 280.0–280.0 | 46.0–46.0 |" in text
+    assert "**1.15×** (target ≤ 1.2; per pair 1.1–1.2, median 1.150)" in text
+
+
+def test_pooled_slices_count_each_request_once_and_mirrored_pairs_cancel_a_steady_drift():
+    """The VM slows steadily while two loads alternate (the platform does 0.6 of the floor's req/s at every moment).
+    In the order A B A B … the later arm of each pair always runs slower, so a pooled ratio reads 0.6 as less; the
+    mirrored order (A B, B A, …) gives 0.6 exactly. Pooling weights a slice by its requests, not one vote each."""
+    from recsys.bench.interleave import interleaved, mirrored, pair_ratios
+    from recsys.bench.load import pooled
+
+    assert mirrored(4) == [(0, 1), (1, 0), (0, 1), (1, 0)]
+    clock = itertools.count()
+
+    def arm(share: float):
+        def one() -> dict:
+            speed = 1.0 - 0.05 * next(clock)  # each slice 5 % slower than the one before, whichever arm
+            return _slice([10.0 / (share * speed)] * round(1000 * share * speed))
+        return one
+
+    got = interleaved({"platform": arm(0.6), "floor": arm(1.0)}, 4)
+    assert [r["rps"] for r in got["platform"]["slices"]] == [600.0, 510.0, 480.0, 390.0]  # slices 0, 3, 4, 7
+    assert round(got["platform"]["rps"] / got["floor"]["rps"], 6) == 0.6
+    assert pair_ratios(got["platform"], got["floor"], "rps") == [0.632, 0.567, 0.64, 0.557]  # drift within pairs
+    clock = itertools.count()
+    naive = {"platform": [], "floor": []}
+    for _ in range(4):  # A B A B: the floor always second, always slower
+        naive["platform"].append(arm(0.6)())
+        naive["floor"].append(arm(1.0)())
+    assert pooled(naive["platform"])["rps"] / pooled(naive["floor"])["rps"] > 0.62
+    # pooled percentiles are over every request: one slow slice of 2 requests does not make a p50
+    mixed = pooled([_slice([5.0] * 100), _slice([50.0, 50.0])])
+    assert mixed["requests"] == 102 and mixed["p50_ms"] == 5.0 and mixed["rps"] == 51.0  # 102 over 2 s
+    assert mixed["windows"]["rps"] == [2.0, 51.0, 100.0] and "raw" not in mixed and len(mixed["slices"]) == 2
+    assert "raw" not in mixed["slices"][0] and mixed["stage_p50_ms"] == {"total": 5.0}
+    with pytest.raises(ValueError, match="two arms"):
+        interleaved({"a": arm(1.0)}, 2)
+
+
+def test_floor_ratios_are_between_the_pools_with_each_pair_as_the_spread():
+    """A VM stall in one slice (the floor's third, 4x its p99) moves that pair's p99 ratio; the pooled p99 is read
+    over all requests of each graph, so one stalled slice of eight is below the pool's 99th percentile."""
+    from recsys.bench.load import pooled
     from recsys.bench.report import floor_report
     from recsys.bench.suites import floor_ratios
 
-    def run(rps: float, p50: float, p99: float) -> dict:
-        return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": 0}
-
-    runs = {"platform": {8: [run(300, 20, 40), run(150, 40, 80), run(150, 40, 80)],
-                         1: [run(170, 5.0, 9), run(85, 10.0, 18), run(85, 10.0, 18)]},
-            "floor": {8: [run(500, 12, 30), run(250, 24, 60), run(250, 24, 60)],
-                      1: [run(280, 3.3, 8), run(60, 11.2, 16), run(140, 6.6, 16)]}}
-    q = floor_ratios(runs)
-    assert q["per_pair"] == {"rps_c8": [0.6, 0.6, 0.6], "p99_c8": [1.333, 1.333, 1.333],
-                             "p50_c1": [1.515, 0.893, 1.515]}
-    assert (q["rps_c8"], q["p99_c8"], q["p50_c1"]) == (0.6, 1.333, 1.515)
-    assert q["rps_c8_per_pair"] == [0.6, 0.6, 0.6]
-    as_saved = {name: {str(c): v for c, v in by_c.items()} for name, by_c in runs.items()}
-    text = "\n".join(floor_report({"floor": {"runs": as_saved, "candidates": 25, "cpu_ms_per_request_c8": {},
+    plat = pooled([_slice([20.0] * 290 + [40.0] * 10) for _ in range(8)])
+    flo = pooled([_slice([12.0] * 490 + ([30.0] * 10 if i != 2 else [120.0] * 10)) for i in range(8)])
+    c1 = {name: pooled([_slice([ms] * n, c=1) for _ in range(8)]) for name, n, ms in (("platform", 150, 6.0),
+                                                                                    ("floor", 250, 4.0))}
+    c1["platform"]["stage_p50_ms"] = {"recall": 2.5, "total": 4.5}  # as the two ingresses time their stages
+    q = floor_ratios({"platform": {8: plat, 1: c1["platform"]}, "floor": {8: flo, 1: c1["floor"]}})
+    assert (q["rps_c8"], q["p50_c1"]) == (0.6, 1.5)
+    assert q["per_pair"]["p99_c8"][2] == 0.333 and q["p99_c8"] == 1.333  # the stalled pair alone reads it fast
+    assert q["pooled"] and len(q["per_pair"]["rps_c8"]) == 8
+    runs = {"platform": {"8": plat, "1": c1["platform"]}, "floor": {"8": flo, "1": c1["floor"]}}
+    text = "\n".join(floor_report({"floor": {"runs": runs, "candidates": 25, "pairs": 8, "slice_s": 3.0,
+                                              "cpu_ms_per_request_c8": {"platform": {"Ingress": 2.0}},
                                               "floor_ratio": q}}))
-    assert "(median of the per-pair ratios)" in text
-    assert "concurrency-1 p50 1.515× (target ≤ 1.5; per pair [1.515, 0.893, 1.515])" in text
+    assert "8 pairs of 3 s slices in mirrored order" in text and "(ratio of the pools)" in text
+    assert "| platform | 8 | 300.0 | 20.0 | 40.0 | 0 | 300.0–300.0 | 40.0–40.0 |" in text
+    assert "**0.6 of its req/s at concurrency 8** (target ≥ 0.6; per pair 0.6–0.6, median 0.600)" in text
+    assert "concurrency 8 (all concurrency-8 slices) (ms, by process): Ingress 2.0" in text
+    assert "platform recall 2.5, total 4.5 of 6.0 end to end; floor total 4.0 of 4.0 end to end." in text
 
 
 def test_the_copy_ahead_line_states_both_hit_rates_and_is_absent_from_older_results():

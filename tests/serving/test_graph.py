@@ -1253,7 +1253,9 @@ def test_retrain_learns_from_feedback_and_swaps_both_models_live(served, use_hom
 
 def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home):
     """`train copy` (the tiny random LM in ci) → `promote copy --force` → the running graph loads it. Its copy
-    fails the guard, so every item carries the grounded template flagged `template_guard`, never unflagged."""
+    mostly fails the guard, so those items carry the grounded template flagged `template_guard`, never unflagged.
+    Decoding is held to each item's own facts' tokens, so a random LM now and then writes a copy the guard passes
+    (session 65: 1 item of 5); that one is served as `model`, and it has what the guard demands of it."""
     with urllib.request.urlopen(URL + "/readyz/copy", timeout=10) as r:
         assert json.loads(r.read()) == {"ready": True, "copy": "template", "warmed": 0, "ahead": 0,
                                           "ahead_mtime_ns": 0}  # nothing
@@ -1279,8 +1281,15 @@ def test_copy_model_promoted_live_is_served_guarded_and_flagged(served, use_home
             break
         time.sleep(1)
     assert body["model_versions"]["copy"] == "1", body
-    assert [it["copy_source"] for it in body["items"]] == ["template_guard"] * 5
-    assert all(it["copy"].startswith(it["title"].rsplit(" (", 1)[0].split(",")[0]) for it in body["items"])
+    sources = [it["copy_source"] for it in body["items"]]
+    assert len(sources) == 5 and set(sources) <= {"template_guard", "model"} and "template_guard" in sources, sources
+    for it in body["items"]:
+        name = it["title"].rsplit(" (", 1)[0].split(",")[0]  # "Usual Suspects, The (1995)": "Usual Suspects"
+        if it["copy_source"] == "template_guard":
+            assert it["copy"].startswith(name), it
+        else:  # passed the guard: the title named, one or two finished sentences, no markup
+            assert name.lower() in it["copy"].lower() and 20 <= len(it["copy"]) <= 240, it
+            assert it["copy"].rstrip("\"')").endswith((".", "!", "?")) and "http" not in it["copy"], it
     assert not body["degraded"]
     again = recommend(4, k=5, include_copy=True)  # at once: the Ingress's near cache holds all five
     assert [(it["item_id"], it["copy"], it["copy_source"]) for it in again["items"]] == \
@@ -1351,6 +1360,8 @@ def test_the_bench_floor_answers_zeros_beside_the_platform_and_leaves_with_its_m
     assert status == 200, body
     assert len(body["items"]) == 10 and {it["score"] for it in body["items"]} == {0.0}
     assert body["degraded"] == [] and _triton_state("floor_zeros") == "READY"
+    t = body["timings_ms"]  # timed as the platform's stages are, for the bench's stage comparison
+    assert set(t) == {"recall", "ranking", "total"} and 0 < t["recall"] + t["ranking"] <= t["total"]
     assert recommend(3)["model_versions"]["ranker"]  # the platform's app answers beside it, ranked
     _bench_floor(served, "down")
     assert post("/floor/recommend", {"user_id": 3, "k": 10})[0] == 404
