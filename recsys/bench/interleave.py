@@ -1,7 +1,7 @@
 """Two loads measured against each other on a VM whose speed moves within a minute: short slices, alternated
 A B B A A B …, pooled per load.
 
-Consecutive 8 s runs of the same unchanged stack differ by up to 1.6x in req/s on this VM (README, session 65's
+Consecutive 8 s runs of the same unchanged stack differ by up to 1.7x in req/s on this VM (README, session 65's
 log), so a ratio from a few long runs, always in the same order, reads the VM's drift as much as the code. In
 slices of a few seconds each load samples the same minutes, and the mirrored order cancels a steady drift
 within each pair of pairs; each load's slices are then pooled (`recsys.bench.load.pooled`) and the ratio is taken

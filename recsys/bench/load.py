@@ -142,8 +142,8 @@ def _summary(concurrency: int, include_copy: bool, lat: list[float], stages: dic
     return {"concurrency": concurrency, "include_copy": include_copy, "requests": len(lat), "errors": errors,
             "error_kinds": kinds, "refused": len(refused),
             "refused_p99_ms": round(float(np.percentile(refused, 99)), 1) if refused else None,
-            "degraded": degraded, "rps": round(len(lat) / wall, 1) if wall > 0 else 0.0, "p50_ms": round(q[0], 1),
-            "p95_ms": round(q[1], 1), "p99_ms": round(q[2], 1),
+            "degraded": degraded, "rps": round(len(lat) / wall, 1) if wall > 0 else 0.0,
+            "p50_ms": round(float(q[0]), 1), "p95_ms": round(float(q[1]), 1), "p99_ms": round(float(q[2]), 1),
             "stage_p50_ms": {k: round(statistics.median(v), 2) for k, v in stages.items()},
             "stage_cdf_ms": {k: [round(float(x), 2) for x in np.percentile(v, CDF_POINTS)] for k, v in stages.items()}}
 

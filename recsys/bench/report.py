@@ -367,31 +367,34 @@ def floor_report(sv: dict[str, Any]) -> list[str]:
     fl = sv.get("floor")
     if not fl:
         return []
-    head = ["## Serving against its framework floor (same run, same client, interleaved)", "",
-            "Floor: the same hops as `/recommend` without copy (HTTP → ingress replica → one Serve hop to a recall "
-            f"replica → one gRPC call to a tritonserver model returning zeros for {fl['candidates']} candidates), "
-            "doing no work (`recsys/bench/floor.py`). Both warmed first (one request per bench user each, not "
-            "measured); "]
     q = fl["floor_ratio"]
+    lines = ["## Serving against its framework floor (same run, same client, interleaved)", "",
+             "Floor: the same hops as `/recommend` without copy (HTTP → ingress replica → one Serve hop to a recall "
+             f"replica → one gRPC call to a tritonserver model returning zeros for {fl['candidates']} candidates), "
+             "doing no work (`recsys/bench/floor.py`). Both warmed first (one request per bench user each, not "
+             "measured); " + (f"then at each concurrency {fl['pairs']} pairs of {fl['slice_s']:g} s slices in mirrored "
+                              "order (platform, floor; floor, platform; …), each graph's slices pooled "
+                              "(`recsys/bench/interleave.py`)." if q.get("pooled")
+                              else "each row is one run; rows alternate platform, floor."), ""]
     if q.get("pooled"):
-        lines = [*head[:-1], head[-1] + f"then at each concurrency {fl['pairs']} pairs of {fl['slice_s']:g} s slices "
-                 "in mirrored order (platform, floor; floor, platform; …), each graph's slices pooled "
-                 "(`recsys/bench/interleave.py`).", "",
-                 "| graph | concurrency | req/s | p50 ms | p99 ms | errors | req/s per slice | p99 ms per slice |",
-                 "|---|---|---|---|---|---|---|---|"]
+        lines += ["| graph | concurrency | req/s | p50 ms | p99 ms | errors | req/s per slice | p99 ms per slice |",
+                  "|---|---|---|---|---|---|---|---|"]
         for c in ("8", "1"):
             for name in ("platform", "floor"):
                 x = fl["runs"][name][c]
                 lines.append(f"| {name} | {c} | {x['rps']} | {x['p50_ms']} | {x['p99_ms']} | {x['errors']}"
                              f"{_slices(x)} |")
         pairs = q["per_pair"]
+        stages = "; ".join(f"{name} " + ", ".join(f"{k} {v}" for k, v in fl["runs"][name]["1"]["stage_p50_ms"].items())
+                           + f" of {fl['runs'][name]['1']['p50_ms']} end to end" for name in ("platform", "floor"))
         lines += ["", f"Platform as a share of the floor (ratio of the pools): **{q['rps_c8']} of its req/s at "
                   f"concurrency 8** (target ≥ 0.6; {_pair_spread(pairs['rps_c8'])}), p99 {q['p99_c8']}× the "
                   f"floor's (target ≤ 1.3; {_pair_spread(pairs['p99_c8'])}), concurrency-1 p50 {q['p50_c1']}× "
-                  f"(target ≤ 1.5; {_pair_spread(pairs['p50_c1'])}).", ""]
+                  f"(target ≤ 1.5; {_pair_spread(pairs['p50_c1'])}).", "",
+                  f"Where a concurrency-1 request's time goes (p50 ms; `total` is inside the ingress handler, the "
+                  f"rest is HTTP and the proxy): {stages}.", ""]
     else:  # results written before session 65: a few long runs a side, the median of the pair ratios
-        lines = [*head[:-1], head[-1] + "each row is one run; rows alternate platform, floor.", "",
-                 "| graph | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+        lines += ["| graph | concurrency | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
         for c in ("8", "1"):
             for pair in zip(fl["runs"]["platform"][c], fl["runs"]["floor"][c], strict=True):
                 for name, x in zip(("platform", "floor"), pair, strict=True):
@@ -402,11 +405,6 @@ def floor_report(sv: dict[str, Any]) -> list[str]:
         lines += ["", f"Platform as a share of the floor ({how}): **{q['rps_c8']} of its req/s at concurrency 8** "
                   f"(target ≥ 0.6{each['rps_c8']}), p99 {q['p99_c8']}× the floor's (target ≤ 1.3{each['p99_c8']}), "
                   f"concurrency-1 p50 {q['p50_c1']}× (target ≤ 1.5{each['p50_c1']}).", ""]
-    if q.get("pooled"):
-        stages = "; ".join(f"{name} " + ", ".join(f"{k} {v}" for k, v in fl["runs"][name]["1"]["stage_p50_ms"].items())
-                           + f" of {fl['runs'][name]['1']['p50_ms']} end to end" for name in ("platform", "floor"))
-        lines += [f"Where a concurrency-1 request's time goes (p50 ms; `total` is inside the ingress handler, the "
-                  f"rest is HTTP and the proxy): {stages}.", ""]
     over = " (all concurrency-8 slices)" if q.get("pooled") else ""
     for name, cpu in fl.get("cpu_ms_per_request_c8", {}).items():
         lines.append(f"CPU per request, {name}, concurrency 8{over} (ms, by process): "

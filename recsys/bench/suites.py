@@ -11,6 +11,7 @@ import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -282,12 +283,9 @@ def against_floor(s: Settings, console: Console, users: list[int], seconds: floa
             load(url, users, 8, seconds, False, max_requests=len(users))
         before = {name: cache_counts(s, m) for name, m in models.items()}
         for c in (8, 1):
-            def arm(name: str, c: int = c) -> Callable[[], dict[str, Any]]:
-                def one() -> dict[str, Any]:
-                    return load(urls[name], users, c, slice_s, False, raw=True)
-                return (lambda: meters[name].measure(one)) if c == 8 else one
-
-            got = interleaved({name: arm(name) for name in urls}, pairs)
+            slices = {name: partial(load, url, users, c, slice_s, False, raw=True) for name, url in urls.items()}
+            got = interleaved({name: partial(meters[name].measure, one) if c == 8 else one
+                               for name, one in slices.items()}, pairs)
             for name, r in got.items():
                 runs[name][c] = r
                 console.print(f"{name} c={c}, {pairs} slices of {slice_s:g} s pooled: {r['rps']} req/s, p50 "
@@ -441,9 +439,8 @@ def with_copy_lm(s: Settings, console: Console, users: list[int], cold_users: li
         warm.append({"requests": r["requests"], "degraded": r["degraded"]})
         if r["degraded"] <= 0.01 * max(1, r["requests"]):
             break
-    runs = interleaved({name: (lambda copy=name == "copy": load(url, stream, 8, slice_s, copy, raw=True,
-                                                                 honour_retry_after=True))
-                        for name in ("no_copy", "copy")}, pairs)
+    runs = interleaved({name: partial(load, url, stream, 8, slice_s, name == "copy", raw=True,
+                                      honour_retry_after=True) for name in ("no_copy", "copy")}, pairs)
     for name, r in runs.items():
         console.print(f"copy LM v{version} warm, {name} c=8, {pairs} slices of {slice_s:g} s pooled: {r['rps']} req/s, "
                       f"p99 {r['p99_ms']} ms, degraded {r['degraded']}")
